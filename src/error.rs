@@ -1,0 +1,70 @@
+//! The crate's error type: every failure a user can reach is a value of [`Error`], never a panic.
+
+use std::fmt;
+
+/// A shape, as written in an error message: `[2, 3]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape(pub Vec<usize>);
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[")?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(s: &[usize]) -> Self {
+        Shape(s.to_vec())
+    }
+}
+
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(s: [usize; N]) -> Self {
+        Shape(s.to_vec())
+    }
+}
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two operands of `op` do not fit together.
+    #[error("{op}: shape mismatch: {lhs} vs {rhs}")]
+    ShapeMismatch {
+        op: &'static str,
+        lhs: Shape,
+        rhs: Shape,
+    },
+    /// A strided view reaches past the end of its buffer, or its size overflows.
+    #[error("{op}: {what} view of shape {shape} with strides ({row_stride}, {col_stride}) needs {needed} elements, buffer has {len}")]
+    OutOfBounds {
+        op: &'static str,
+        what: &'static str,
+        shape: Shape,
+        row_stride: usize,
+        col_stride: usize,
+        needed: usize,
+        len: usize,
+    },
+    /// A mutable view whose strides make two elements share one memory location.
+    #[error("{op}: output view of shape {shape} with strides ({row_stride}, {col_stride}) overlaps itself")]
+    SelfOverlap {
+        op: &'static str,
+        shape: Shape,
+        row_stride: usize,
+        col_stride: usize,
+    },
+    /// A parameter outside its valid range.
+    #[error("{op}: invalid argument: {msg}")]
+    InvalidArgument { op: &'static str, msg: String },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! selfsup: self-supervised representation learning on CPUs.
+//!
+//! The crate's core is [`kernels`]: cache-blocked SIMD kernels (GEMM first) with runtime CPU
+//! dispatch, safe public APIs and results that are bit-identical for any thread count.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod error;
+pub mod kernels;
+
+pub use error::{Error, Result};
