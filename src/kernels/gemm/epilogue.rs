@@ -76,14 +76,18 @@ impl Epilogue for Fused<'_> {
             row.iter_mut().for_each(|x| *x *= s);
         }
         if let Some(cs) = self.col_scale {
-            row.iter_mut().zip(&cs[j0..j0 + w]).for_each(|(x, s)| *x *= s);
+            row.iter_mut()
+                .zip(&cs[j0..j0 + w])
+                .for_each(|(x, s)| *x *= s);
         }
         if let Some(rb) = self.row_bias {
             let b = rb[i];
             row.iter_mut().for_each(|x| *x += b);
         }
         if let Some(cb) = self.col_bias {
-            row.iter_mut().zip(&cb[j0..j0 + w]).for_each(|(x, b)| *x += b);
+            row.iter_mut()
+                .zip(&cb[j0..j0 + w])
+                .for_each(|(x, b)| *x += b);
         }
         if self.relu {
             // `x < 0` is false for NaN, so NaN propagates as in PyTorch.

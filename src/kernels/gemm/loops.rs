@@ -17,6 +17,8 @@ use std::thread::LocalKey;
 /// The largest `MR * NR` and `NR` of any kernel (sizes of the scratch tiles).
 const MAX_TILE: usize = 128;
 const MAX_NR: usize = 32;
+/// Problems with fewer multiply-adds than this run on the calling thread.
+const SEQUENTIAL_BELOW: usize = 1 << 20;
 
 /// One GEMM after validation: `C <- epi(alpha * A * B + beta * C)`, `m x n` with depth `k`.
 pub(crate) struct Problem<'a> {
@@ -121,7 +123,15 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
     }
     let (mr, nr) = (K::MR, K::NR);
     debug_assert!(mr * nr <= MAX_TILE && nr <= MAX_NR);
-    let threads = rayon::current_num_threads();
+    // Below about 2 MFLOP (tens of microseconds) waking other threads costs more than it
+    // saves: run on the calling thread. The tiles and their arithmetic are the same.
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= SEQUENTIAL_BELOW
+        && rayon::current_num_threads() > 1;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let mp = m.div_ceil(mr);
     let mc_panels = K::MC / mr;
 
@@ -135,15 +145,18 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
             let beta = if pc == 0 { p.beta } else { 1.0 };
             let last = pc + kc == k;
             with_buf(&PACK_B, np * kc * nr, |bbuf| {
-                bbuf.par_chunks_mut(kc * nr)
-                    .enumerate()
-                    .for_each(|(jp, out)| {
-                        let j0 = jp * nr;
-                        p.b.pack_panel(pc, kc, jc + j0, nr.min(nc - j0), nr, out);
-                    });
+                let pack_b = |(jp, out): (usize, &mut [f32])| {
+                    let j0 = jp * nr;
+                    p.b.pack_panel(pc, kc, jc + j0, nr.min(nc - j0), nr, out);
+                };
+                if parallel {
+                    bbuf.par_chunks_mut(kc * nr).enumerate().for_each(pack_b);
+                } else {
+                    bbuf.chunks_mut(kc * nr).enumerate().for_each(pack_b);
+                }
                 let bbuf: &[f32] = bbuf;
                 let (nb_i, nb_j) = split(mp, np, threads, mc_panels);
-                (0..nb_i * nb_j).into_par_iter().for_each(|t| {
+                let task = |t: usize| {
                     let (bi, bj) = (t / nb_j, t % nb_j);
                     let (ip0, ip1) = (bi * mp / nb_i, (bi + 1) * mp / nb_i);
                     let (jp0, jp1) = (bj * np / nb_j, (bj + 1) * np / nb_j);
@@ -170,7 +183,9 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
                                     // packed panels hold kc*mr and kc*nr aligned floats.
                                     unsafe {
                                         let ct = c.get().add(i0 * p.rsc + j0 * p.csc);
-                                        tile::<K>(kc, p.alpha, ap, bp, beta, ct, p.rsc, p.csc, h, w);
+                                        tile::<K>(
+                                            kc, p.alpha, ap, bp, beta, ct, p.rsc, p.csc, h, w,
+                                        );
                                         if last && !p.epi.is_identity() {
                                             epilogue_tile(p.epi, i0, j0, h, w, ct, p.rsc, p.csc);
                                         }
@@ -179,7 +194,12 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
                             }
                         });
                     }
-                });
+                };
+                if parallel {
+                    (0..nb_i * nb_j).into_par_iter().for_each(task);
+                } else {
+                    (0..nb_i * nb_j).for_each(task);
+                }
             });
         }
     }
@@ -252,7 +272,14 @@ unsafe fn epilogue_tile(
 
 /// # Safety
 /// `row.add(j * csc)` must be valid and exclusively owned for `j < w`.
-unsafe fn epilogue_row(epi: &dyn Epilogue, i: usize, j0: usize, w: usize, row: *mut f32, csc: usize) {
+unsafe fn epilogue_row(
+    epi: &dyn Epilogue,
+    i: usize,
+    j0: usize,
+    w: usize,
+    row: *mut f32,
+    csc: usize,
+) {
     if csc == 1 {
         // SAFETY: `w` contiguous floats owned by the caller.
         let s = unsafe { std::slice::from_raw_parts_mut(row, w) };
@@ -260,15 +287,16 @@ unsafe fn epilogue_row(epi: &dyn Epilogue, i: usize, j0: usize, w: usize, row: *
         return;
     }
     let mut t = [0.0f32; MAX_NR];
-    for (start, chunk) in (0..w).step_by(MAX_NR).map(|s| (s, MAX_NR.min(w - s))) {
-        for j in 0..chunk {
-            // SAFETY: j + start < w.
-            t[j] = unsafe { *row.add((start + j) * csc) };
+    for start in (0..w).step_by(MAX_NR) {
+        let seg = &mut t[..MAX_NR.min(w - start)];
+        for (j, x) in seg.iter_mut().enumerate() {
+            // SAFETY: start + j < w.
+            *x = unsafe { *row.add((start + j) * csc) };
         }
-        epi.apply(i, j0 + start, &mut t[..chunk]);
-        for j in 0..chunk {
-            // SAFETY: j + start < w.
-            unsafe { *row.add((start + j) * csc) = t[j] };
+        epi.apply(i, j0 + start, seg);
+        for (j, &x) in seg.iter().enumerate() {
+            // SAFETY: start + j < w.
+            unsafe { *row.add((start + j) * csc) = x };
         }
     }
 }

@@ -144,14 +144,7 @@ pub fn gemm(params: &GemmParams<'_>, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>
 ///
 /// # Errors
 /// As [`gemm`], and [`Error::OutOfBounds`] when a slice is shorter than its shape.
-pub fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-) -> Result<()> {
+pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
     gemm(
         &GemmParams::default(),
         MatRef::row_major(a, m, k)?,

@@ -142,7 +142,10 @@ impl<'a> MatRef<'a> {
     #[track_caller]
     #[inline]
     pub fn get(&self, i: usize, j: usize) -> f32 {
-        assert!(i < self.rows && j < self.cols, "index ({i}, {j}) out of range");
+        assert!(
+            i < self.rows && j < self.cols,
+            "index ({i}, {j}) out of range"
+        );
         self.data[i * self.rs + j * self.cs]
     }
 }
@@ -243,7 +246,13 @@ impl<'a> MatMut<'a> {
 
     /// The raw parts for the loop nest: pointer, rows, cols, strides.
     pub(crate) fn raw_parts(&mut self) -> (*mut f32, usize, usize, usize, usize) {
-        (self.data.as_mut_ptr(), self.rows, self.cols, self.rs, self.cs)
+        (
+            self.data.as_mut_ptr(),
+            self.rows,
+            self.cols,
+            self.rs,
+            self.cs,
+        )
     }
 }
 

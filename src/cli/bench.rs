@@ -1,0 +1,443 @@
+//! `selfsup bench`: times the canonical workloads and reports, compares or exports them.
+//!
+//! Each workload runs at least one warm-up (the default is 2), then `--reps` timed
+//! repetitions. The warm-ups decide how many operations one repetition runs so that it lasts
+//! at least [`MIN_REP_SECONDS`]; the reported `seconds` is the median per-operation time over
+//! the repetitions. Inputs are allocated, filled and checked once, outside the timing.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+
+use super::report::{self, Figures, Measurement, Report};
+use super::workloads::{registry, Reference, Runnable, Workload};
+use super::Status;
+
+/// The shortest timed repetition: short ops are batched up to this length.
+pub const MIN_REP_SECONDS: f64 = 0.030;
+
+/// A spread (max - min) / median above this earns a warning about a busy machine.
+const NOISY_SPREAD: f64 = 0.10;
+
+/// matrixmultiply's threading uses at most this many threads.
+const MATRIXMULTIPLY_MAX_THREADS: usize = 4;
+
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  selfsup bench                                  all workloads, table on stdout
+  selfsup bench --threads 2 --json ours.json     also write the JSON report
+  selfsup bench --only sgemm_1024,sgemm_conv_*   a subset ('*' matches a prefix)
+  selfsup bench --reference matrixmultiply --threads 2 --json mm.json
+  python3 ../shared/anchors/compare.py ours.json mm.json
+  selfsup bench --baseline main.json --tolerance 0.05   fail (exit 1) on a >5% slowdown
+
+Exit status: 0 on success, 1 when a workload is slower than --baseline allows,
+2 on any error (bad flag, unreadable or malformed file, failed run).";
+
+/// Options of `selfsup bench`.
+#[derive(Debug, Clone, Args)]
+#[command(after_long_help = BENCH_EXAMPLES)]
+pub struct BenchArgs {
+    /// Write the JSON report to FILE ('-': print it to stdout; the table then goes to stderr)
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Run on a pool of T threads [default: the number of logical CPUs]
+    #[arg(long, value_name = "T", value_parser = at_least_one)]
+    pub threads: Option<usize>,
+
+    /// Run only these workloads (comma-separated; a trailing '*' matches a prefix)
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub only: Vec<String>,
+
+    /// Timed repetitions per workload; the median is reported (canonical figures use >= 5)
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = at_least_one)]
+    pub reps: usize,
+
+    /// Untimed warm-up runs per workload; they also size the repetitions
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = at_least_one)]
+    pub warmup: usize,
+
+    /// Compare with an earlier JSON report; exit 1 if a workload got slower
+    #[arg(long, value_name = "OLD.json")]
+    pub baseline: Option<PathBuf>,
+
+    /// Allowed slowdown against --baseline, as a fraction in [0, 1)
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.10,
+        value_parser = fraction,
+        requires = "baseline"
+    )]
+    pub tolerance: f64,
+
+    /// Implementation to time: this crate's kernels or matrixmultiply (for side-by-side runs)
+    #[arg(long, value_enum, value_name = "IMPL", default_value_t = Reference::Selfsup)]
+    pub reference: Reference,
+
+    /// Print the (selected) workloads, one per line: name, then what one operation is; exit
+    #[arg(long)]
+    pub list: bool,
+}
+
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a positive whole number".into()),
+    }
+}
+
+fn fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
+        Ok(_) => Err("must be a fraction in [0, 1), e.g. 0.10 for 10%".into()),
+        Err(_) => Err("expected a number in [0, 1), e.g. 0.10 for 10%".into()),
+    }
+}
+
+/// The workloads named by `--only` (all when empty), in registry order, restricted to those
+/// `reference` implements. Explicit names must exist and be implemented by `reference`;
+/// patterns (`prefix*`) must match at least one workload.
+pub fn select<'a>(
+    all: &'a [Workload],
+    only: &[String],
+    reference: Reference,
+) -> Result<Vec<&'a Workload>> {
+    let valid = || all.iter().map(|w| w.name).collect::<Vec<_>>().join(", ");
+    let supported = |w: &Workload| w.references.contains(&reference);
+    if only.is_empty() {
+        return Ok(all.iter().filter(|w| supported(w)).collect());
+    }
+    let mut chosen = vec![false; all.len()];
+    for raw in only {
+        let pattern = raw.trim();
+        ensure!(
+            !pattern.is_empty(),
+            "--only: empty workload name (valid: {})",
+            valid()
+        );
+        if let Some(prefix) = pattern.strip_suffix('*') {
+            let mut any = false;
+            for (i, w) in all.iter().enumerate() {
+                if w.name.starts_with(prefix) && supported(w) {
+                    chosen[i] = true;
+                    any = true;
+                }
+            }
+            ensure!(
+                any,
+                "--only: '{pattern}' matches no workload (valid: {})",
+                valid()
+            );
+        } else {
+            let Some(i) = all.iter().position(|w| w.name == pattern) else {
+                bail!("--only: unknown workload '{pattern}' (valid: {})", valid());
+            };
+            ensure!(
+                supported(&all[i]),
+                "--only: workload '{pattern}' has no '{}' implementation",
+                reference.name()
+            );
+            chosen[i] = true;
+        }
+    }
+    Ok(all
+        .iter()
+        .zip(chosen)
+        .filter(|(_, c)| *c)
+        .map(|(w, _)| w)
+        .collect())
+}
+
+/// How many operations make one repetition of at least `target` seconds.
+pub fn ops_per_rep(seconds_per_op: f64, target: f64) -> u64 {
+    if seconds_per_op.is_nan() || seconds_per_op <= 0.0 {
+        return 1_000_000;
+    }
+    (target / seconds_per_op).ceil().clamp(1.0, 1e9) as u64
+}
+
+/// The median of a non-empty list.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// Runs `op` `n` times and returns the seconds per operation.
+fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
+    let start = Instant::now();
+    for _ in 0..n {
+        op()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / n as f64)
+}
+
+/// Warm-ups, then the timed repetitions of one workload.
+fn measure(w: &Workload, reference: Reference, warmup: usize, reps: usize) -> Result<Measurement> {
+    let mut op = w.setup(reference)?;
+    let run_err = || format!("running workload '{}'", w.name);
+    // The first warm-up is one operation; later ones are full repetitions, and the last
+    // one decides the repetition size.
+    let mut n = ops_per_rep(time_ops(&mut op, 1).with_context(run_err)?, MIN_REP_SECONDS);
+    for _ in 1..warmup {
+        n = ops_per_rep(time_ops(&mut op, n).with_context(run_err)?, MIN_REP_SECONDS);
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        times.push(time_ops(&mut op, n).with_context(run_err)?);
+    }
+    Ok(Measurement {
+        name: w.name.to_string(),
+        work: w.work,
+        seconds: median(&times),
+        min_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
+        max_seconds: times.iter().copied().fold(0.0, f64::max),
+        ops_per_rep: n,
+    })
+}
+
+fn load_baseline(path: &Path) -> Result<Vec<(String, Figures)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --baseline file '{}'", path.display()))?;
+    report::parse_workloads(&text).with_context(|| format!("--baseline file '{}'", path.display()))
+}
+
+/// Fails early when `--json FILE` could not be written at the end.
+fn check_json_target(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    ensure!(
+        dir.is_dir(),
+        "--json file '{}': directory '{}' does not exist",
+        path.display(),
+        dir.display()
+    );
+    ensure!(
+        !path.is_dir(),
+        "--json file '{}' is a directory",
+        path.display()
+    );
+    Ok(())
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `selfsup bench`.
+pub fn run(args: &BenchArgs) -> Result<Status> {
+    let all = registry();
+    let selected = select(&all, &args.only, args.reference)?;
+    if args.list {
+        let mut out = io::stdout().lock();
+        let width = selected.iter().map(|w| w.name.len()).max().unwrap_or(0);
+        for w in &selected {
+            writeln!(out, "{:<width$}  {}", w.name, w.about)?;
+        }
+        return Ok(Status::Success);
+    }
+    ensure!(!selected.is_empty(), "no workload to run");
+
+    // Validate every input before the (long) measurement.
+    let baseline = match &args.baseline {
+        Some(path) => {
+            let old = load_baseline(path)?;
+            let common = selected
+                .iter()
+                .any(|w| old.iter().any(|(n, _)| n == w.name));
+            ensure!(
+                common,
+                "--baseline file '{}' has none of the workloads of this run",
+                path.display()
+            );
+            Some((path, old))
+        }
+        None => None,
+    };
+    let json_stdout = args.json.as_deref() == Some(Path::new("-"));
+    if let Some(path) = args.json.as_deref().filter(|_| !json_stdout) {
+        check_json_target(path)?;
+    }
+
+    let threads = args.threads.unwrap_or_else(default_threads);
+    if args.reference == Reference::Matrixmultiply {
+        // matrixmultiply reads this once, at its first call; no thread has started yet.
+        std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+        if threads > MATRIXMULTIPLY_MAX_THREADS {
+            eprintln!(
+                "warning: matrixmultiply uses at most {MATRIXMULTIPLY_MAX_THREADS} threads; \
+                 the reference runs on {MATRIXMULTIPLY_MAX_THREADS}, not {threads}"
+            );
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("selfsup-bench-{i}"))
+        .build()
+        .with_context(|| format!("--threads {threads}: cannot start the thread pool"))?;
+
+    // The table goes to stdout, unless stdout carries the JSON.
+    let mut out: Box<dyn Write + Send> = if json_stdout {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    };
+    let isa = selfsup::kernels::isa().name();
+    let name_width = selected
+        .iter()
+        .map(|w| w.name.len())
+        .chain([8])
+        .max()
+        .unwrap_or(8);
+    writeln!(
+        out,
+        "selfsup {} bench: {}, isa {isa}, {threads} thread{}; {} warm-up{} + {} rep{} of >= {:.0} ms",
+        env!("CARGO_PKG_VERSION"),
+        args.reference.name(),
+        if threads == 1 { "" } else { "s" },
+        args.warmup,
+        if args.warmup == 1 { "" } else { "s" },
+        args.reps,
+        if args.reps == 1 { "" } else { "s" },
+        MIN_REP_SECONDS * 1e3,
+    )?;
+    writeln!(out, "{}", report::table_header(name_width))?;
+    let measurements = pool.install(|| -> Result<Vec<Measurement>> {
+        let mut done = Vec::with_capacity(selected.len());
+        for w in &selected {
+            let m = measure(w, args.reference, args.warmup, args.reps)?;
+            writeln!(out, "{}", report::table_row(&m, name_width))?;
+            done.push(m);
+        }
+        Ok(done)
+    })?;
+
+    for m in &measurements {
+        let spread = (m.max_seconds - m.min_seconds) / m.seconds;
+        if spread > NOISY_SPREAD {
+            eprintln!(
+                "warning: {}: repetitions spread over {:.0}% of the median; is the machine busy?",
+                m.name,
+                spread * 100.0
+            );
+        }
+    }
+
+    let report = Report {
+        threads,
+        isa,
+        reference: args.reference.name(),
+        version: env!("CARGO_PKG_VERSION"),
+        warmup: args.warmup,
+        reps: args.reps,
+        workloads: measurements,
+    };
+    match args.json.as_deref() {
+        Some(_) if json_stdout => io::stdout().write_all(report.to_json().as_bytes())?,
+        Some(path) => std::fs::write(path, report.to_json())
+            .with_context(|| format!("cannot write --json file '{}'", path.display()))?,
+        None => {}
+    }
+
+    let Some((path, old)) = baseline else {
+        return Ok(Status::Success);
+    };
+    let new: Vec<(String, Figures)> = report
+        .workloads
+        .iter()
+        .map(|m| (m.name.clone(), m.figures()))
+        .collect();
+    let rows = report::compare(&old, &new, args.tolerance);
+    let shown = path.display().to_string();
+    writeln!(out)?;
+    write!(
+        out,
+        "{}",
+        report::comparison_table(&rows, &shown, args.tolerance)
+    )?;
+    out.flush()?;
+    Ok(if report::any_slower(&rows) {
+        Status::Regression
+    } else {
+        Status::Success
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(ws: &[&Workload]) -> Vec<&'static str> {
+        ws.iter().map(|w| w.name).collect()
+    }
+
+    fn strings(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn select_keeps_registry_order_and_dedups() {
+        let all = registry();
+        let only = strings(&["sgemm_1024", "sgemm_256", "sgemm_256"]);
+        let got = select(&all, &only, Reference::Selfsup).unwrap();
+        assert_eq!(names(&got), ["sgemm_256", "sgemm_1024"]);
+        let got = select(&all, &strings(&["sgemm_conv_*"]), Reference::Selfsup).unwrap();
+        assert_eq!(
+            names(&got),
+            ["sgemm_conv_k27", "sgemm_conv_c32", "sgemm_conv_c128"]
+        );
+        assert_eq!(
+            select(&all, &[], Reference::Selfsup).unwrap().len(),
+            all.len()
+        );
+    }
+
+    #[test]
+    fn select_rejects_unknown_names_listing_valid_ones() {
+        let all = registry();
+        let err = select(&all, &strings(&["sgemm_999"]), Reference::Selfsup)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unknown workload 'sgemm_999'"), "{err}");
+        assert!(err.contains("sgemm_256, sgemm_1024"), "{err}");
+        assert!(select(&all, &strings(&["nope*"]), Reference::Selfsup).is_err());
+        assert!(select(&all, &strings(&[""]), Reference::Selfsup).is_err());
+    }
+
+    #[test]
+    fn repetition_sizing_and_median() {
+        assert_eq!(ops_per_rep(0.001, 0.030), 30);
+        assert_eq!(ops_per_rep(0.5, 0.030), 1);
+        assert_eq!(ops_per_rep(0.0, 0.030), 1_000_000);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+    }
+
+    #[test]
+    fn flag_parsers() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(at_least_one("0").unwrap_err().contains("at least 1"));
+        assert!(at_least_one("-1").is_err());
+        assert_eq!(fraction("0"), Ok(0.0));
+        assert_eq!(fraction("0.1"), Ok(0.1));
+        assert!(fraction("1").is_err());
+        assert!(fraction("-0.1").is_err());
+        assert!(fraction("NaN").is_err());
+        assert!(fraction("ten").is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! The command line of the `selfsup` program (binary only: the library never prints or exits).
+//!
+//! Subcommands: `bench` now; `pretrain`, `probe`, `embed` and `preview` arrive with later
+//! issues, each as one more [`Command`] variant and one more module next to `bench`.
+
+pub mod bench;
+mod report;
+mod workloads;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Self-supervised representation learning on CPUs, with hand-written SIMD kernels.
+#[derive(Debug, Parser)]
+#[command(
+    name = "selfsup",
+    version,
+    propagate_version = true,
+    after_help = "Without a command, `selfsup` runs `selfsup bench` with its defaults."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Time the canonical workloads (shared/BENCHMARKS.md): table, JSON, regression check
+    Bench(bench::BenchArgs),
+}
+
+/// How a successful run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    /// `bench --baseline` found a workload slower than allowed (exit status 1).
+    Regression,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<Status> {
+    // `selfsup` without arguments (what `cargo run --release` runs) is the default benchmark
+    // for now; later issues replace it with the default SimCLR run.
+    let command = match cli.command {
+        Some(c) => c,
+        None => Command::Bench(default_bench_args()),
+    };
+    match command {
+        Command::Bench(args) => bench::run(&args),
+    }
+}
+
+/// `selfsup bench` with every option at its default (the defaults live in one place: clap).
+fn default_bench_args() -> bench::BenchArgs {
+    match Cli::parse_from(["selfsup", "bench"]).command {
+        Some(Command::Bench(args)) => args,
+        None => unreachable!("`selfsup bench` parses to the bench command"),
+    }
+}
+
+/// A clap usage error on one line: the `error: ...` line and its tips, without the usage
+/// block and the `--help` hint. Plain text (no colours).
+pub fn one_line_usage_error(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let mut line = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            // Tips are separate sentences; other continuation lines complete the first one.
+            line.push_str(if part.starts_with("tip:") { "; " } else { " " });
+        }
+        line.push_str(part);
+    }
+    if line.starts_with("error:") {
+        line
+    } else {
+        format!("error: {line}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_means_the_default_bench() {
+        let args = default_bench_args();
+        assert_eq!((args.reps, args.warmup, args.tolerance), (5, 2, 0.10));
+        assert!(args.only.is_empty() && args.json.is_none() && args.baseline.is_none());
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        one_line_usage_error(&Cli::try_parse_from(args).unwrap_err())
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        for args in [
+            &["selfsup", "bench", "--threads", "0"][..],
+            &["selfsup", "bench", "--reps", "0"],
+            &["selfsup", "bench", "--jsn", "x"],
+            &[
+                "selfsup",
+                "bench",
+                "--baseline",
+                "a.json",
+                "--tolerance",
+                "1.5",
+            ],
+            &["selfsup", "bench", "--tolerance", "0.2"],
+            &["selfsup", "bench", "--reference", "blas"],
+            &["selfsup", "frobnicate"],
+        ] {
+            let e = usage_error(args);
+            assert!(e.starts_with("error: "), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "{args:?}: {e}");
+        }
+        assert!(usage_error(&["selfsup", "bench", "--threads", "0"]).contains("--threads"));
+        assert!(usage_error(&["selfsup", "bench", "--jsn", "x"]).contains("'--json'"));
+    }
+}

@@ -1,0 +1,52 @@
+//! The `selfsup` command-line program. All printing and exiting lives here and in
+//! [`cli`]; the library only returns values and errors.
+//!
+//! Exit status: 0 on success, 1 when `bench --baseline` finds a regression, 2 on any error.
+//! Errors are one line on stderr, `error: ...` followed by their causes, never a panic.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            return match err.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    // Help and version go to stdout; a closed pipe is not worth reporting.
+                    let _ = err.print();
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    eprintln!("{}", cli::one_line_usage_error(&err));
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    match cli::run(args) {
+        Ok(cli::Status::Success) => ExitCode::SUCCESS,
+        Ok(cli::Status::Regression) => ExitCode::from(1),
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` joins the cause chain with ": "; keep it to one line whatever the causes say.
+            let msg = format!("{err:#}").replace(['\n', '\r'], " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// True when the output was closed under us (`selfsup bench --list | head -1`): like other
+/// command-line tools, stop quietly.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
