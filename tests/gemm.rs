@@ -94,7 +94,19 @@ struct Case {
 /// Runs one case and compares every element with the f64 reference; checks the guard
 /// elements around and between C's elements are untouched.
 fn check(case: &Case) -> Result<(), TestCaseError> {
-    let Case { m, n, k, la, lb, lc, ta, tb, alpha, beta, seed } = case.clone();
+    let Case {
+        m,
+        n,
+        k,
+        la,
+        lb,
+        lc,
+        ta,
+        tb,
+        alpha,
+        beta,
+        seed,
+    } = case.clone();
     // Logical op(A) is m x k; stored A is k x m when transposed.
     let (ar, ac) = if ta { (k, m) } else { (m, k) };
     let (br, bc) = if tb { (n, k) } else { (k, n) };
@@ -151,7 +163,10 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     }
     for (at, (&x, &e)) in cbuf.iter().zip(&is_elem).enumerate() {
         if !e {
-            prop_assert!(x.to_bits() == GUARD.to_bits(), "guard element {at} overwritten: {x}");
+            prop_assert!(
+                x.to_bits() == GUARD.to_bits(),
+                "guard element {at} overwritten: {x}"
+            );
         }
     }
     Ok(())
@@ -160,7 +175,25 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 /// Sizes that sit on the tile edges of the kernel in use, plus primes.
 fn edge_sizes() -> Vec<usize> {
     let (mr, nr) = tile_shape();
-    let mut v = vec![0, 1, 2, mr - 1, mr, mr + 1, nr - 1, nr, nr + 1, 2 * nr + 1, 7, 13, 31, 63, 65, 127, 257];
+    let mut v = vec![
+        0,
+        1,
+        2,
+        mr - 1,
+        mr,
+        mr + 1,
+        nr - 1,
+        nr,
+        nr + 1,
+        2 * nr + 1,
+        7,
+        13,
+        31,
+        63,
+        65,
+        127,
+        257,
+    ];
     v.sort_unstable();
     v.dedup();
     v
@@ -182,19 +215,21 @@ fn case() -> impl Strategy<Value = Case> {
         (scalar(), scalar()),
         any::<u64>(),
     )
-        .prop_map(|((m, n, k), (la, lb, lc), (ta, tb), (alpha, beta), seed)| Case {
-            m,
-            n,
-            k,
-            la,
-            lb,
-            lc,
-            ta,
-            tb,
-            alpha,
-            beta,
-            seed,
-        })
+        .prop_map(
+            |((m, n, k), (la, lb, lc), (ta, tb), (alpha, beta), seed)| Case {
+                m,
+                n,
+                k,
+                la,
+                lb,
+                lc,
+                ta,
+                tb,
+                alpha,
+                beta,
+                seed,
+            },
+        )
 }
 
 proptest! {
@@ -212,7 +247,13 @@ fn fixed_edge_sweep() {
     let mut seed = 1;
     for &m in &sizes {
         for &n in &sizes {
-            for (k, alpha, beta) in [(0, 1.0, 0.0), (1, 1.0, 1.0), (5, -0.5, 0.0), (27, 1.0, 0.75), (33, 0.0, 2.0)] {
+            for (k, alpha, beta) in [
+                (0, 1.0, 0.0),
+                (1, 1.0, 1.0),
+                (5, -0.5, 0.0),
+                (27, 1.0, 0.75),
+                (33, 0.0, 2.0),
+            ] {
                 if m * n * k > 300_000 {
                     continue;
                 }
@@ -239,7 +280,12 @@ fn fixed_edge_sweep() {
 #[test]
 fn deep_and_wide_cross_every_block_boundary() {
     // k spans several KC blocks (beta handling between them), n spans several NC blocks.
-    for (m, n, k) in [(13, 4500, 20), (150, 40, 700), (7, 9000, 3), (290, 170, 513)] {
+    for (m, n, k) in [
+        (13, 4500, 20),
+        (150, 40, 700),
+        (7, 9000, 3),
+        (290, 170, 513),
+    ] {
         for beta in [0.0, 1.0, 0.3] {
             let c = Case {
                 m,
@@ -260,7 +306,10 @@ fn deep_and_wide_cross_every_block_boundary() {
 }
 
 fn run_in_pool(threads: usize, m: usize, n: usize, k: usize, beta: f32) -> Vec<u32> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let a = fill(m * k, 11);
     let b = fill(k * n, 12);
     let mut c = fill(m * n, 13);
@@ -278,12 +327,21 @@ fn run_in_pool(threads: usize, m: usize, n: usize, k: usize, beta: f32) -> Vec<u
 
 #[test]
 fn bit_identical_for_1_2_3_threads() {
-    for (m, n, k) in [(300, 500, 600), (32, 5000, 300), (1000, 37, 520), (5, 4200, 27), (145, 33, 1)] {
+    for (m, n, k) in [
+        (300, 500, 600),
+        (32, 5000, 300),
+        (1000, 37, 520),
+        (5, 4200, 27),
+        (145, 33, 1),
+    ] {
         for beta in [0.0, 0.5] {
             let one = run_in_pool(1, m, n, k, beta);
             for threads in [2, 3] {
                 let other = run_in_pool(threads, m, n, k, beta);
-                assert!(one == other, "{m}x{n}x{k} beta {beta}: {threads} threads differ from 1");
+                assert!(
+                    one == other,
+                    "{m}x{n}x{k} beta {beta}: {threads} threads differ from 1"
+                );
             }
         }
     }
@@ -294,7 +352,10 @@ fn concurrent_gemms_from_many_threads_agree() {
     use rayon::prelude::*;
     let (m, n, k) = (70, 90, 300);
     let serial = run_in_pool(1, m, n, k, 0.0);
-    let results: Vec<Vec<u32>> = (0..8).into_par_iter().map(|_| run_in_pool(2, m, n, k, 0.0)).collect();
+    let results: Vec<Vec<u32>> = (0..8)
+        .into_par_iter()
+        .map(|_| run_in_pool(2, m, n, k, 0.0))
+        .collect();
     for r in results {
         assert!(r == serial);
     }
@@ -338,7 +399,9 @@ fn fused_epilogue_matches_reference() {
                         w = w.max(0.0);
                     }
                     let got = f64::from(cbuf[i * crs + j * ccs]);
-                    let t = tol[i * n + j] * s.abs() * 2.0 + 4.0 * f64::from(f32::EPSILON) * w.abs() + 1e-6;
+                    let t = tol[i * n + j] * s.abs() * 2.0
+                        + 4.0 * f64::from(f32::EPSILON) * w.abs()
+                        + 1e-6;
                     assert!((got - w).abs() <= t, "({i},{j}) got {got} want {w}");
                 }
             }
@@ -363,8 +426,16 @@ impl Epilogue for Counter {
 
 #[test]
 fn epilogue_runs_exactly_once_per_element() {
-    for (m, n, k, alpha) in [(41, 67, 600, 1.0), (8, 5000, 10, 1.0), (9, 9, 0, 1.0), (9, 9, 5, 0.0)] {
-        let counter = Counter { n, hits: (0..m * n).map(|_| AtomicU32::new(0)).collect() };
+    for (m, n, k, alpha) in [
+        (41, 67, 600, 1.0),
+        (8, 5000, 10, 1.0),
+        (9, 9, 0, 1.0),
+        (9, 9, 5, 0.0),
+    ] {
+        let counter = Counter {
+            n,
+            hits: (0..m * n).map(|_| AtomicU32::new(0)).collect(),
+        };
         let a = vec![1.0f32; m * k];
         let b = vec![1.0f32; k * n];
         let mut c = vec![f32::NAN; m * n * 2];
@@ -405,10 +476,17 @@ impl PackB for Procedural {
     fn cols(&self) -> usize {
         self.n
     }
-    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
-        for p in 0..kc {
-            for j in 0..nr {
-                out[p * nr + j] = if j < w { Self::at(p0 + p, j0 + j) } else { 0.0 };
+    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
+        for (q, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
+            for p in 0..kc {
+                for j in 0..nr {
+                    let col = q * nr + j;
+                    panel[p * nr + j] = if col < w {
+                        Self::at(p0 + p, j0 + col)
+                    } else {
+                        0.0
+                    };
+                }
             }
         }
     }
@@ -422,9 +500,20 @@ fn pluggable_b_packing_equals_materialized_b() {
     let mut c1 = vec![0.0f32; m * n];
     let mut c2 = vec![0.0f32; m * n];
     let ar = MatRef::row_major(&a, m, k).unwrap();
-    gemm_packed(&GemmParams::new(), &ar, &Procedural { k, n }, MatMut::row_major(&mut c1, m, n).unwrap()).unwrap();
-    gemm(&GemmParams::new(), ar, MatRef::row_major(&bm, k, n).unwrap(), MatMut::row_major(&mut c2, m, n).unwrap())
-        .unwrap();
+    gemm_packed(
+        &GemmParams::new(),
+        &ar,
+        &Procedural { k, n },
+        MatMut::row_major(&mut c1, m, n).unwrap(),
+    )
+    .unwrap();
+    gemm(
+        &GemmParams::new(),
+        ar,
+        MatRef::row_major(&bm, k, n).unwrap(),
+        MatMut::row_major(&mut c2, m, n).unwrap(),
+    )
+    .unwrap();
     assert!(c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
@@ -434,16 +523,46 @@ fn bad_shapes_and_views_are_errors() {
     let mut w = vec![0.0f32; 64];
     let a = MatRef::row_major(&v, 4, 4).unwrap();
     let b = MatRef::row_major(&v, 3, 4).unwrap();
-    let err = gemm(&GemmParams::new(), a, b, MatMut::row_major(&mut w, 4, 4).unwrap()).unwrap_err();
+    let err = gemm(
+        &GemmParams::new(),
+        a,
+        b,
+        MatMut::row_major(&mut w, 4, 4).unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    let err = gemm(&GemmParams::new(), a, a, MatMut::row_major(&mut w, 4, 5).unwrap()).unwrap_err();
+    let err = gemm(
+        &GemmParams::new(),
+        a,
+        a,
+        MatMut::row_major(&mut w, 4, 5).unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    assert!(matches!(MatRef::row_major(&v, 9, 9), Err(Error::OutOfBounds { .. })));
-    assert!(matches!(MatRef::new(&v, 2, 2, usize::MAX / 2, 3), Err(Error::OutOfBounds { .. })));
-    assert!(matches!(MatMut::new(&mut w, 4, 4, 2, 1), Err(Error::SelfOverlap { .. })));
+    assert!(matches!(
+        MatRef::row_major(&v, 9, 9),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        MatRef::new(&v, 2, 2, usize::MAX / 2, 3),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        MatMut::new(&mut w, 4, 4, 2, 1),
+        Err(Error::SelfOverlap { .. })
+    ));
     let short = [1.0f32; 3];
-    let epi = Fused { col_bias: Some(&short), ..Fused::default() };
-    let err = gemm(&GemmParams::new().epilogue(&epi), a, a, MatMut::row_major(&mut w, 4, 4).unwrap()).unwrap_err();
+    let epi = Fused {
+        col_bias: Some(&short),
+        ..Fused::default()
+    };
+    let err = gemm(
+        &GemmParams::new().epilogue(&epi),
+        a,
+        a,
+        MatMut::row_major(&mut w, 4, 4).unwrap(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("col_bias"), "{err}");
     let err = gemm_packed(
         &GemmParams::new().trans_a(Transpose::Yes),
@@ -464,7 +583,11 @@ fn the_kernel_asked_for_is_the_one_that_ran() {
         assert_eq!(isa(), Isa::Portable);
     }
     match std::env::var("SELFSUP_EXPECT_ISA").as_deref() {
-        Ok("avx2") => assert_eq!(isa(), Isa::Avx2Fma, "AVX2+FMA was asked for but not detected"),
+        Ok("avx2") => assert_eq!(
+            isa(),
+            Isa::Avx2Fma,
+            "AVX2+FMA was asked for but not detected"
+        ),
         Ok("portable") => assert_eq!(isa(), Isa::Portable),
         Ok(other) => panic!("SELFSUP_EXPECT_ISA={other}: expected avx2 or portable"),
         Err(_) => {}

@@ -48,6 +48,14 @@ unsafe fn kernel_6x16(
     csc: usize,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    if csc == 1 {
+        // Start fetching the C tile now, so the update at the end does not wait on memory.
+        for i in 0..6 {
+            let row = c.wrapping_add(i * rsc);
+            _mm_prefetch::<_MM_HINT_T0>(row.cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(15).cast::<i8>());
+        }
+    }
 
     macro_rules! step {
         () => {{

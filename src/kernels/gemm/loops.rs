@@ -19,6 +19,8 @@ const MAX_TILE: usize = 128;
 const MAX_NR: usize = 32;
 /// Problems with fewer multiply-adds than this run on the calling thread.
 const SEQUENTIAL_BELOW: usize = 1 << 20;
+/// B micro-panels packed per call (one parallel work item).
+const B_GROUP: usize = 8;
 
 /// One GEMM after validation: `C <- epi(alpha * A * B + beta * C)`, `m x n` with depth `k`.
 pub(crate) struct Problem<'a> {
@@ -135,24 +137,34 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
     let mp = m.div_ceil(mr);
     let mc_panels = K::MC / mr;
 
+    // The depth is cut into equal blocks of at most 1.25 KC, so no pass over C is a sliver
+    // (k = 288 runs as one block, not 256 + 32). Depends on k alone, never on threads.
+    let kblocks = k.div_ceil(K::KC + K::KC / 4);
+    let kc_step = k.div_ceil(kblocks);
+
     // LOOP 5: split n into blocks of nc columns (the B block lives in L3).
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let np = nc.div_ceil(nr);
         // LOOP 4: split k into blocks of kc (one packed B block per step).
-        for pc in (0..k).step_by(K::KC) {
-            let kc = K::KC.min(k - pc);
+        for pc in (0..k).step_by(kc_step) {
+            let kc = kc_step.min(k - pc);
             let beta = if pc == 0 { p.beta } else { 1.0 };
             let last = pc + kc == k;
             with_buf(&PACK_B, np * kc * nr, |bbuf| {
-                let pack_b = |(jp, out): (usize, &mut [f32])| {
-                    let j0 = jp * nr;
-                    p.b.pack_panel(pc, kc, jc + j0, nr.min(nc - j0), nr, out);
+                // Packed in groups of B_GROUP panels, each group walking B in memory order.
+                let pack_b = |(g, out): (usize, &mut [f32])| {
+                    let j0 = g * B_GROUP * nr;
+                    p.b.pack(pc, kc, jc + j0, (B_GROUP * nr).min(nc - j0), nr, out);
                 };
                 if parallel {
-                    bbuf.par_chunks_mut(kc * nr).enumerate().for_each(pack_b);
+                    bbuf.par_chunks_mut(B_GROUP * kc * nr)
+                        .enumerate()
+                        .for_each(pack_b);
                 } else {
-                    bbuf.chunks_mut(kc * nr).enumerate().for_each(pack_b);
+                    bbuf.chunks_mut(B_GROUP * kc * nr)
+                        .enumerate()
+                        .for_each(pack_b);
                 }
                 let bbuf: &[f32] = bbuf;
                 let (nb_i, nb_j) = split(mp, np, threads, mc_panels);
@@ -164,10 +176,8 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
                     for ic in (ip0..ip1).step_by(mc_panels) {
                         let ic_end = (ic + mc_panels).min(ip1);
                         with_buf(&PACK_A, (ic_end - ic) * kc * mr, |abuf| {
-                            for (ip, out) in (ic..ic_end).zip(abuf.chunks_exact_mut(kc * mr)) {
-                                let i0 = ip * mr;
-                                p.a.pack_panel(i0, mr.min(m - i0), pc, kc, mr, out);
-                            }
+                            let i0 = ic * mr;
+                            p.a.pack(i0, (ic_end * mr).min(m) - i0, pc, kc, mr, abuf);
                             // LOOP 2: over the nr-column micro-panels of B (one stays in L1).
                             for jp in jp0..jp1 {
                                 let j0 = jc + jp * nr;

@@ -1,36 +1,51 @@
 //! Packing: copying blocks of A and B into the contiguous micro-panels the microkernel streams.
 //!
 //! BLIS (Van Zee and van de Geijn, 2015) packs an `mc x kc` block of A into `mr`-row
-//! micro-panels stored k-major (`out[p * mr + i] = A[i, p]`) and a `kc x nc` block of B into
-//! `nr`-column micro-panels (`out[p * nr + j] = B[p, j]`), padding the last panel with zeros.
-//! The traits here make packing pluggable: convolution packs B straight from an image
+//! micro-panels stored k-major (`panel[p * mr + i] = A[i, p]`) and a `kc x nc` block of B into
+//! `nr`-column micro-panels (`panel[p * nr + j] = B[p, j]`), padding the last panel with
+//! zeros. The traits here make packing pluggable: convolution packs B straight from an image
 //! (implicit im2col) by implementing [`PackB`] instead of materializing a column matrix.
 //! Packers write into a safe slice, so a custom packer cannot break memory safety.
+//!
+//! A packer receives several panels at once so it can walk its source in memory order: a
+//! row-major B is read one contiguous row segment at a time and scattered into the panels,
+//! instead of panel by panel down the rows (one page, and one TLB miss, per row).
 
 use super::view::MatRef;
 
-/// A source of the `m x k` left operand, packed one micro-panel at a time.
+/// A source of the `m x k` left operand, packed into `mr`-row micro-panels.
 pub trait PackA: Sync {
     /// Rows of op(A).
     fn rows(&self) -> usize;
     /// Columns of op(A) (the reduction length `k`).
     fn depth(&self) -> usize;
-    /// Packs rows `i0 .. i0 + h` (`h <= mr`) and columns `p0 .. p0 + kc` into `out`
-    /// (`out.len() == kc * mr`) as `out[p * mr + i] = A[i0 + i, p0 + p]`; rows `h .. mr` of
-    /// the panel must be written as zeros.
-    fn pack_panel(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]);
+    /// Packs rows `i0 .. i0 + h` and columns `p0 .. p0 + kc` into `ceil(h / mr)` consecutive
+    /// micro-panels of `kc * mr` floats (`out.len()` is exactly that):
+    /// `out[q * kc * mr + p * mr + i] = A[i0 + q * mr + i, p0 + p]`, and zero for rows past
+    /// `h` in the last panel.
+    fn pack(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]);
 }
 
-/// A source of the `k x n` right operand, packed one micro-panel at a time.
+/// A source of the `k x n` right operand, packed into `nr`-column micro-panels.
 pub trait PackB: Sync {
     /// Rows of op(B) (the reduction length `k`).
     fn depth(&self) -> usize;
     /// Columns of op(B).
     fn cols(&self) -> usize;
-    /// Packs rows `p0 .. p0 + kc` and columns `j0 .. j0 + w` (`w <= nr`) into `out`
-    /// (`out.len() == kc * nr`) as `out[p * nr + j] = B[p0 + p, j0 + j]`; columns `w .. nr`
-    /// of the panel must be written as zeros.
-    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]);
+    /// Packs rows `p0 .. p0 + kc` and columns `j0 .. j0 + w` into `ceil(w / nr)` consecutive
+    /// micro-panels of `kc * nr` floats (`out.len()` is exactly that):
+    /// `out[q * kc * nr + p * nr + j] = B[p0 + p, j0 + q * nr + j]`, and zero for columns
+    /// past `w` in the last panel.
+    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]);
+}
+
+/// Zeroes the padding of the last panel: lanes `used .. width` of each of its `kc` rows.
+fn zero_tail(last_panel: &mut [f32], width: usize, used: usize) {
+    if used < width {
+        for row in last_panel.chunks_exact_mut(width) {
+            row[used..].fill(0.0);
+        }
+    }
 }
 
 impl PackA for MatRef<'_> {
@@ -40,35 +55,39 @@ impl PackA for MatRef<'_> {
     fn depth(&self) -> usize {
         self.cols()
     }
-    fn pack_panel(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
-        let out = &mut out[..kc * mr];
+    fn pack(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+        let panel = kc * mr;
+        let out = &mut out[..h.div_ceil(mr) * panel];
         let (rs, cs) = (self.row_stride(), self.col_stride());
         let data = self.data();
-        if h < mr {
-            out.fill(0.0);
-        }
-        if cs == 1 && h == mr {
-            // Row-major A: walk each row contiguously, scatter into the k-major panel.
-            for i in 0..h {
-                let row = &data[(i0 + i) * rs + p0..][..kc];
-                for (p, &v) in row.iter().enumerate() {
-                    out[p * mr + i] = v;
-                }
-            }
-        } else if rs == 1 {
+        if rs == 1 {
             // Column-major A (or a transposed row-major one): each k-column is contiguous.
-            for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
+            for p in 0..kc {
                 let col = &data[(p0 + p) * cs + i0..][..h];
-                dst[..h].copy_from_slice(col);
+                for (q, seg) in col.chunks(mr).enumerate() {
+                    out[q * panel + p * mr..][..seg.len()].copy_from_slice(seg);
+                }
             }
         } else {
+            // Row-major or strided A: walk each row, scatter into its panel k-major.
             for i in 0..h {
+                let (q, ii) = (i / mr, i % mr);
+                let dst = &mut out[q * panel..][..panel];
                 let base = (i0 + i) * rs + p0 * cs;
-                for p in 0..kc {
-                    out[p * mr + i] = data[base + p * cs];
+                if cs == 1 {
+                    for (p, &v) in data[base..][..kc].iter().enumerate() {
+                        dst[p * mr + ii] = v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        dst[p * mr + ii] = data[base + p * cs];
+                    }
                 }
             }
         }
+        let used = h - (h.div_ceil(mr) - 1) * mr;
+        let last = out.len() - panel;
+        zero_tail(&mut out[last..], mr, used);
     }
 }
 
@@ -79,38 +98,39 @@ impl PackB for MatRef<'_> {
     fn cols(&self) -> usize {
         MatRef::cols(self)
     }
-    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
-        let out = &mut out[..kc * nr];
+    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
+        let panel = kc * nr;
+        let out = &mut out[..w.div_ceil(nr) * panel];
         let (rs, cs) = (self.row_stride(), self.col_stride());
         let data = self.data();
         if cs == 1 {
-            // Row-major B: every k-row of the panel is a contiguous run of `w` floats.
-            for (p, dst) in out.chunks_exact_mut(nr).enumerate() {
-                let src = &data[(p0 + p) * rs + j0..][..w];
-                dst[..w].copy_from_slice(src);
-                dst[w..].fill(0.0);
+            // Row-major B: read each row segment once, scatter `nr`-runs into the panels.
+            for p in 0..kc {
+                let row = &data[(p0 + p) * rs + j0..][..w];
+                for (q, seg) in row.chunks(nr).enumerate() {
+                    out[q * panel + p * nr..][..seg.len()].copy_from_slice(seg);
+                }
             }
         } else {
-            if w < nr {
-                out.fill(0.0);
-            }
-            if rs == 1 {
-                // Column-major B: each column is contiguous along k.
-                for j in 0..w {
-                    let col = &data[(j0 + j) * cs + p0..][..kc];
-                    for (p, &v) in col.iter().enumerate() {
-                        out[p * nr + j] = v;
+            // Column-major or strided B: walk each column (contiguous when rs == 1).
+            for j in 0..w {
+                let (q, jj) = (j / nr, j % nr);
+                let dst = &mut out[q * panel..][..panel];
+                let base = p0 * rs + (j0 + j) * cs;
+                if rs == 1 {
+                    for (p, &v) in data[base..][..kc].iter().enumerate() {
+                        dst[p * nr + jj] = v;
                     }
-                }
-            } else {
-                for (p, dst) in out.chunks_exact_mut(nr).enumerate() {
-                    let base = (p0 + p) * rs + j0 * cs;
-                    for (j, d) in dst[..w].iter_mut().enumerate() {
-                        *d = data[base + j * cs];
+                } else {
+                    for p in 0..kc {
+                        dst[p * nr + jj] = data[base + p * rs];
                     }
                 }
             }
         }
+        let used = w - (w.div_ceil(nr) - 1) * nr;
+        let last = out.len() - panel;
+        zero_tail(&mut out[last..], nr, used);
     }
 }
 
@@ -118,49 +138,62 @@ impl PackB for MatRef<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn packs_a_in_every_layout() {
-        // 5 x 7 matrix, value 10*i + j.
-        let rm: Vec<f32> = (0..35).map(|x| (10 * (x / 7) + x % 7) as f32).collect();
-        let cm: Vec<f32> = (0..35).map(|x| (10 * (x % 5) + x / 5) as f32).collect();
-        let mut strided = vec![-1.0f32; 5 * 2 * 7 * 3];
+    /// 5 x 7 matrix with value 10*i + j, stored row-major, column-major and strided.
+    fn views(store: &mut [Vec<f32>; 3]) -> [MatRef<'_>; 3] {
+        store[0] = (0..35).map(|x| (10 * (x / 7) + x % 7) as f32).collect();
+        store[1] = (0..35).map(|x| (10 * (x % 5) + x / 5) as f32).collect();
+        store[2] = vec![-1.0f32; 5 * 21];
         for i in 0..5 {
             for j in 0..7 {
-                strided[i * 21 + j * 3] = (10 * i + j) as f32;
+                store[2][i * 21 + j * 3] = (10 * i + j) as f32;
             }
         }
-        let views = [
-            MatRef::row_major(&rm, 5, 7).unwrap(),
-            MatRef::col_major(&cm, 5, 7).unwrap(),
-            MatRef::new(&strided, 5, 7, 21, 3).unwrap(),
-        ];
-        for v in views {
-            for (i0, h) in [(0usize, 4usize), (4, 1), (1, 3)] {
-                let mut out = vec![f32::NAN; 4 * 5];
-                PackA::pack_panel(&v, i0, h, 2, 5, 4, &mut out);
-                for p in 0..5 {
-                    for i in 0..4 {
-                        let want = if i < h {
-                            (10 * (i0 + i) + 2 + p) as f32
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(out[p * 4 + i], want);
+        let [a, b, c] = store;
+        [
+            MatRef::row_major(a, 5, 7).unwrap(),
+            MatRef::col_major(b, 5, 7).unwrap(),
+            MatRef::new(c, 5, 7, 21, 3).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn packs_a_and_b_in_every_layout() {
+        let mut store = [vec![], vec![], vec![]];
+        for v in views(&mut store) {
+            for (i0, h) in [(0usize, 5usize), (4, 1), (1, 3), (0, 4)] {
+                let np = h.div_ceil(2);
+                let mut out = vec![f32::NAN; np * 5 * 2];
+                PackA::pack(&v, i0, h, 2, 5, 2, &mut out);
+                for q in 0..np {
+                    for p in 0..5 {
+                        for i in 0..2 {
+                            let r = q * 2 + i;
+                            let want = if r < h {
+                                (10 * (i0 + r) + 2 + p) as f32
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(out[q * 10 + p * 2 + i], want);
+                        }
                     }
                 }
             }
-            let bt = v.t();
-            for (j0, w) in [(0usize, 4usize), (4, 1), (1, 3)] {
-                let mut out = vec![f32::NAN; 6 * 4];
-                PackB::pack_panel(&bt, 1, 6, j0, w, 4, &mut out);
-                for p in 0..6 {
-                    for j in 0..4 {
-                        let want = if j < w {
-                            (10 * (j0 + j) + 1 + p) as f32
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(out[p * 4 + j], want);
+            let bt = v.t(); // 7 x 5, bt[p, j] = 10 * j + p
+            for (j0, w) in [(0usize, 5usize), (4, 1), (1, 3), (0, 3)] {
+                let np = w.div_ceil(2);
+                let mut out = vec![f32::NAN; np * 6 * 2];
+                PackB::pack(&bt, 1, 6, j0, w, 2, &mut out);
+                for q in 0..np {
+                    for p in 0..6 {
+                        for j in 0..2 {
+                            let c = q * 2 + j;
+                            let want = if c < w {
+                                (10 * (j0 + c) + 1 + p) as f32
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(out[q * 12 + p * 2 + j], want);
+                        }
                     }
                 }
             }
