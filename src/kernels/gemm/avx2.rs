@@ -59,7 +59,7 @@ unsafe fn kernel_6x16(
 
     macro_rules! step {
         () => {{
-            // SAFETY: `b` points into a packed panel of `kc * 16` 32-byte aligned floats and
+            // SAFETY: `b` points into a 32-byte-aligned packed panel of `kc * 16` floats and
             // `a` into one of `kc * 6`; the loop below runs exactly `kc` steps.
             unsafe {
                 let b0 = _mm256_load_ps(b);

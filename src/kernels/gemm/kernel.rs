@@ -22,8 +22,9 @@ pub(crate) trait MicroKernel {
     /// falls never changes a result. When `beta == 0`, C is not read.
     ///
     /// # Safety
-    /// `a` must be valid for reading `kc * MR` floats and `b` for `kc * NR` floats, both
-    /// 32-byte aligned; `c.add(i * rsc + j * csc)` must be valid for reading and writing for
+    /// `a` must be valid for reading `kc * MR` floats and `b` for `kc * NR` floats, `b`
+    /// 32-byte aligned (every packed B panel is: `kc * NR * 4` bytes from a 64-byte-aligned
+    /// start); `c.add(i * rsc + j * csc)` must be valid for reading and writing for
     /// all `i < MR`, `j < NR`, and not accessed by anyone else during the call. The CPU
     /// features the kernel was compiled for must be present.
     #[allow(clippy::too_many_arguments)]

@@ -146,11 +146,34 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let np = nc.div_ceil(nr);
+        let (nb_i, nb_j) = split(mp, np, threads, mc_panels);
+        let blk = Blocking {
+            jc,
+            nc,
+            np,
+            nb_i,
+            nb_j,
+            mp,
+            kc_step,
+        };
+        if nb_i == 1 || nb_j > 1 {
+            // Short M: each task owns a slice of columns and packs its own B for every
+            // kc block. One parallel region for the whole depth, no barrier per block.
+            let task = |t: usize| {
+                // SAFETY: forwarded from the caller; tasks own disjoint tiles.
+                unsafe { private_task::<K>(p, c, &blk, t) }
+            };
+            if parallel {
+                (0..nb_i * nb_j).into_par_iter().for_each(task);
+            } else {
+                (0..nb_i * nb_j).for_each(task);
+            }
+            continue;
+        }
+        // Tall M: per kc block, all threads pack one shared B block, then split the rows.
         // LOOP 4: split k into blocks of kc (one packed B block per step).
         for pc in (0..k).step_by(kc_step) {
             let kc = kc_step.min(k - pc);
-            let beta = if pc == 0 { p.beta } else { 1.0 };
-            let last = pc + kc == k;
             with_buf(&PACK_B, np * kc * nr, |bbuf| {
                 // Packed in groups of B_GROUP panels, each group walking B in memory order.
                 let pack_b = |(g, out): (usize, &mut [f32])| {
@@ -167,51 +190,120 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
                         .for_each(pack_b);
                 }
                 let bbuf: &[f32] = bbuf;
-                let (nb_i, nb_j) = split(mp, np, threads, mc_panels);
                 let task = |t: usize| {
-                    let (bi, bj) = (t / nb_j, t % nb_j);
-                    let (ip0, ip1) = (bi * mp / nb_i, (bi + 1) * mp / nb_i);
-                    let (jp0, jp1) = (bj * np / nb_j, (bj + 1) * np / nb_j);
-                    // LOOP 3: split this block's rows into blocks of mc (packed A in L2).
-                    for ic in (ip0..ip1).step_by(mc_panels) {
-                        let ic_end = (ic + mc_panels).min(ip1);
-                        with_buf(&PACK_A, (ic_end - ic) * kc * mr, |abuf| {
-                            let i0 = ic * mr;
-                            p.a.pack(i0, (ic_end * mr).min(m) - i0, pc, kc, mr, abuf);
-                            // LOOP 2: over the nr-column micro-panels of B (one stays in L1).
-                            for jp in jp0..jp1 {
-                                let j0 = jc + jp * nr;
-                                let w = nr.min(n - j0);
-                                let bp = bbuf[jp * kc * nr..][..kc * nr].as_ptr();
-                                // LOOP 1: over the mr-row micro-panels of A.
-                                for ip in ic..ic_end {
-                                    let i0 = ip * mr;
-                                    let h = mr.min(m - i0);
-                                    let ap = abuf[(ip - ic) * kc * mr..][..kc * mr].as_ptr();
-                                    // SAFETY: the tile (i0.., j0..) of h x w lies inside C
-                                    // (caller contract) and belongs to this task alone; the
-                                    // packed panels hold kc*mr and kc*nr aligned floats.
-                                    unsafe {
-                                        let ct = c.get().add(i0 * p.rsc + j0 * p.csc);
-                                        tile::<K>(
-                                            kc, p.alpha, ap, bp, beta, ct, p.rsc, p.csc, h, w,
-                                        );
-                                        if last && !p.epi.is_identity() {
-                                            epilogue_tile(p.epi, i0, j0, h, w, ct, p.rsc, p.csc);
-                                        }
-                                    }
-                                }
-                            }
-                        });
-                    }
+                    let (ip0, ip1) = blk.rows_of(t);
+                    // SAFETY: forwarded from the caller; tasks own disjoint row blocks.
+                    unsafe { row_blocks::<K>(p, c, &blk, pc, kc, ip0, ip1, bbuf, 0..np) };
                 };
                 if parallel {
-                    (0..nb_i * nb_j).into_par_iter().for_each(task);
+                    (0..nb_i).into_par_iter().for_each(task);
                 } else {
-                    (0..nb_i * nb_j).for_each(task);
+                    (0..nb_i).for_each(task);
                 }
             });
         }
+    }
+}
+
+/// The partition of one `nc`-column block into `nb_i x nb_j` output blocks of whole panels.
+struct Blocking {
+    jc: usize,
+    nc: usize,
+    np: usize,
+    nb_i: usize,
+    nb_j: usize,
+    mp: usize,
+    kc_step: usize,
+}
+
+impl Blocking {
+    /// The A micro-panels `ip0 .. ip1` of task `t`.
+    fn rows_of(&self, t: usize) -> (usize, usize) {
+        let bi = t / self.nb_j;
+        (bi * self.mp / self.nb_i, (bi + 1) * self.mp / self.nb_i)
+    }
+    /// The B micro-panels `jp0 .. jp1` (relative to `jc`) of task `t`.
+    fn cols_of(&self, t: usize) -> (usize, usize) {
+        let bj = t % self.nb_j;
+        (bj * self.np / self.nb_j, (bj + 1) * self.np / self.nb_j)
+    }
+}
+
+/// One output block that packs its own B slice, for every kc block of the depth.
+///
+/// # Safety
+/// As [`run`]; the tiles of task `t` are touched by this call only.
+unsafe fn private_task<K: MicroKernel>(p: &Problem<'_>, c: CPtr, blk: &Blocking, t: usize) {
+    let (nr, k) = (K::NR, p.k);
+    let (ip0, ip1) = blk.rows_of(t);
+    let (jp0, jp1) = blk.cols_of(t);
+    if ip0 == ip1 || jp0 == jp1 {
+        return;
+    }
+    let j0 = jp0 * nr;
+    let w = (jp1 * nr).min(blk.nc) - j0;
+    with_buf(&PACK_B, (jp1 - jp0) * blk.kc_step * nr, |bbuf| {
+        // LOOP 4: split k into blocks of kc.
+        for pc in (0..k).step_by(blk.kc_step) {
+            let kc = blk.kc_step.min(k - pc);
+            let bblock = &mut bbuf[..(jp1 - jp0) * kc * nr];
+            p.b.pack(pc, kc, blk.jc + j0, w, nr, bblock);
+            // SAFETY: forwarded from the caller.
+            unsafe { row_blocks::<K>(p, c, blk, pc, kc, ip0, ip1, bblock, jp0..jp1) };
+        }
+    });
+}
+
+/// LOOP 3 to LOOP 1 for A micro-panels `ip0 .. ip1` against the packed B micro-panels
+/// `jps` (`bbuf` starts at panel `jps.start`).
+///
+/// # Safety
+/// As [`run`]; the tiles `ip0..ip1 x jps` are touched by this call only.
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_blocks<K: MicroKernel>(
+    p: &Problem<'_>,
+    c: CPtr,
+    blk: &Blocking,
+    pc: usize,
+    kc: usize,
+    ip0: usize,
+    ip1: usize,
+    bbuf: &[f32],
+    jps: std::ops::Range<usize>,
+) {
+    let (mr, nr, m, n) = (K::MR, K::NR, p.m, p.n);
+    let mc_panels = K::MC / mr;
+    let beta = if pc == 0 { p.beta } else { 1.0 };
+    let last = pc + kc == p.k;
+    // LOOP 3: split the rows into blocks of mc (packed A in L2).
+    for ic in (ip0..ip1).step_by(mc_panels) {
+        let ic_end = (ic + mc_panels).min(ip1);
+        with_buf(&PACK_A, (ic_end - ic) * kc * mr, |abuf| {
+            let i0 = ic * mr;
+            p.a.pack(i0, (ic_end * mr).min(m) - i0, pc, kc, mr, abuf);
+            // LOOP 2: over the nr-column micro-panels of B (one stays in L1).
+            for jp in jps.clone() {
+                let j0 = blk.jc + jp * nr;
+                let w = nr.min(n - j0);
+                let bp = bbuf[(jp - jps.start) * kc * nr..][..kc * nr].as_ptr();
+                // LOOP 1: over the mr-row micro-panels of A.
+                for ip in ic..ic_end {
+                    let i0 = ip * mr;
+                    let h = mr.min(m - i0);
+                    let ap = abuf[(ip - ic) * kc * mr..][..kc * mr].as_ptr();
+                    // SAFETY: the tile (i0.., j0..) of h x w lies inside C (caller
+                    // contract) and belongs to this call alone; the packed panels hold
+                    // kc*mr and kc*nr aligned floats.
+                    unsafe {
+                        let ct = c.get().add(i0 * p.rsc + j0 * p.csc);
+                        tile::<K>(kc, p.alpha, ap, bp, beta, ct, p.rsc, p.csc, h, w);
+                        if last && !p.epi.is_identity() {
+                            epilogue_tile(p.epi, i0, j0, h, w, ct, p.rsc, p.csc);
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -48,6 +48,19 @@ fn zero_tail(last_panel: &mut [f32], width: usize, used: usize) {
     }
 }
 
+/// `dst[p * R + i] = rows[i][p]`: R equally long rows interleaved k-major.
+#[inline]
+fn interleave_rows<const R: usize>(rows: [&[f32]; R], dst: &mut [f32]) {
+    let kc = dst.len() / R;
+    // Bounds known up front let the compiler drop the per-element checks.
+    let rows: [&[f32]; R] = std::array::from_fn(|i| &rows[i][..kc]);
+    for (p, d) in dst.chunks_exact_mut(R).enumerate() {
+        for i in 0..R {
+            d[i] = rows[i][p];
+        }
+    }
+}
+
 impl PackA for MatRef<'_> {
     fn rows(&self) -> usize {
         MatRef::rows(self)
@@ -68,20 +81,30 @@ impl PackA for MatRef<'_> {
                     out[q * panel + p * mr..][..seg.len()].copy_from_slice(seg);
                 }
             }
+        } else if cs == 1 && mr == 6 {
+            // Row-major A with the 6-row kernels: gather six rows per panel, writing each
+            // panel sequentially.
+            let full = h / 6;
+            for q in 0..full {
+                let r = i0 + q * 6;
+                let rows: [&[f32]; 6] = std::array::from_fn(|i| &data[(r + i) * rs + p0..][..kc]);
+                interleave_rows(rows, &mut out[q * panel..][..panel]);
+            }
+            for i in full * 6..h {
+                let dst = &mut out[full * panel..][..panel];
+                let row = &data[(i0 + i) * rs + p0..][..kc];
+                for (d, &v) in dst[i - full * 6..].iter_mut().step_by(6).zip(row) {
+                    *d = v;
+                }
+            }
         } else {
             // Row-major or strided A: walk each row, scatter into its panel k-major.
             for i in 0..h {
                 let (q, ii) = (i / mr, i % mr);
                 let dst = &mut out[q * panel..][..panel];
                 let base = (i0 + i) * rs + p0 * cs;
-                if cs == 1 {
-                    for (p, &v) in data[base..][..kc].iter().enumerate() {
-                        dst[p * mr + ii] = v;
-                    }
-                } else {
-                    for p in 0..kc {
-                        dst[p * mr + ii] = data[base + p * cs];
-                    }
+                for (p, d) in dst[ii..].iter_mut().step_by(mr).enumerate() {
+                    *d = data[base + p * cs];
                 }
             }
         }
