@@ -18,6 +18,8 @@ use super::Status;
 
 /// The shortest timed repetition: short ops are batched up to this length.
 pub const MIN_REP_SECONDS: f64 = 0.030;
+/// Least total warm-up time per workload (threads awake, clock ramped).
+pub const MIN_WARMUP_SECONDS: f64 = 0.25;
 
 /// A spread (max - min) / median above this earns a warning about a busy machine.
 const NOISY_SPREAD: f64 = 0.10;
@@ -188,10 +190,14 @@ fn measure(w: &Workload, reference: Reference, warmup: usize, reps: usize) -> Re
     let mut op = w.setup(reference)?;
     let run_err = || format!("running workload '{}'", w.name);
     // The first warm-up is one operation; later ones are full repetitions, and the last
-    // one decides the repetition size.
+    // one decides the repetition size. Warm-ups go on until they have lasted MIN_WARMUP in
+    // all, so the threads are awake and the clock has ramped before the first timed rep.
+    let started = Instant::now();
     let mut n = ops_per_rep(time_ops(&mut op, 1).with_context(run_err)?, MIN_REP_SECONDS);
-    for _ in 1..warmup {
+    let mut done = 1;
+    while done < warmup || started.elapsed().as_secs_f64() < MIN_WARMUP_SECONDS {
         n = ops_per_rep(time_ops(&mut op, n).with_context(run_err)?, MIN_REP_SECONDS);
+        done += 1;
     }
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
