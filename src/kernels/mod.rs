@@ -1,8 +1,13 @@
 //! The hot loops. The only place in the crate with `unsafe` and CPU intrinsics; every public
 //! function here is safe and checks its arguments before any unsafe code runs.
 
+pub mod batchnorm;
+pub mod conv;
 pub mod dispatch;
+pub mod elementwise;
 pub mod gemm;
+pub mod linear;
+pub mod pool;
 pub mod reference;
 
 pub use dispatch::{isa, Isa};

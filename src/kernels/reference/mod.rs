@@ -49,3 +49,6 @@ pub fn gemm_tolerance(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &[
     }
     out
 }
+
+pub mod conv;
+pub mod layers;

@@ -1,0 +1,1 @@
+//! batchnorm kernels (placeholder until filled).

@@ -1,0 +1,1 @@
+//! linear kernels (placeholder until filled).

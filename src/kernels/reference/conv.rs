@@ -1,0 +1,1 @@
+//! f64 references: conv (placeholder until filled).

@@ -1,0 +1,1 @@
+//! f64 references: layers (placeholder until filled).
