@@ -35,6 +35,8 @@ pub(crate) struct Problem<'a> {
     pub c: CPtr,
     pub rsc: usize,
     pub csc: usize,
+    /// May split the work over the rayon pool.
+    pub parallel: bool,
 }
 
 /// The output pointer, shared by the tasks that write disjoint tiles of it.
@@ -127,7 +129,8 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
     debug_assert!(mr * nr <= MAX_TILE && nr <= MAX_NR);
     // Below about 2 MFLOP (tens of microseconds) waking other threads costs more than it
     // saves: run on the calling thread. The tiles and their arithmetic are the same.
-    let parallel = m.saturating_mul(n).saturating_mul(k) >= SEQUENTIAL_BELOW
+    let parallel = p.parallel
+        && m.saturating_mul(n).saturating_mul(k) >= SEQUENTIAL_BELOW
         && rayon::current_num_threads() > 1;
     let threads = if parallel {
         rayon::current_num_threads()
@@ -408,7 +411,7 @@ unsafe fn epilogue_row(
 /// # Safety
 /// As [`run`].
 unsafe fn scale_only(p: &Problem<'_>, c: CPtr) {
-    (0..p.m).into_par_iter().for_each(|i| {
+    let row_op = |i: usize| {
         // SAFETY: row i of C is valid and belongs to this iteration alone.
         unsafe {
             let row = c.get().add(i * p.rsc);
@@ -420,7 +423,12 @@ unsafe fn scale_only(p: &Problem<'_>, c: CPtr) {
                 epilogue_row(p.epi, i, 0, p.n, row, p.csc);
             }
         }
-    });
+    };
+    if p.parallel && p.m.saturating_mul(p.n) >= SEQUENTIAL_BELOW / 16 {
+        (0..p.m).into_par_iter().for_each(row_op);
+    } else {
+        (0..p.m).for_each(row_op);
+    }
 }
 
 #[cfg(test)]

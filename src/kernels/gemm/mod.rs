@@ -63,6 +63,10 @@ pub struct GemmParams<'e> {
     pub trans_b: Transpose,
     /// Applied to each tile of C after its final update (default: none).
     pub epilogue: &'e dyn Epilogue,
+    /// Split the work over the current rayon pool (default). `false` runs on the calling
+    /// thread only: for callers that already run one GEMM per thread, such as a convolution
+    /// parallel over images. The result is the same bits either way.
+    pub parallel: bool,
 }
 
 impl Default for GemmParams<'_> {
@@ -73,6 +77,7 @@ impl Default for GemmParams<'_> {
             trans_a: Transpose::No,
             trans_b: Transpose::No,
             epilogue: &Identity,
+            parallel: true,
         }
     }
 }
@@ -84,6 +89,7 @@ impl std::fmt::Debug for GemmParams<'_> {
             .field("beta", &self.beta)
             .field("trans_a", &self.trans_a)
             .field("trans_b", &self.trans_b)
+            .field("parallel", &self.parallel)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +122,12 @@ impl<'e> GemmParams<'e> {
     #[must_use]
     pub fn epilogue(mut self, e: &'e dyn Epilogue) -> Self {
         self.epilogue = e;
+        self
+    }
+    /// Runs on the calling thread only (see [`GemmParams::parallel`]).
+    #[must_use]
+    pub fn sequential(mut self) -> Self {
+        self.parallel = false;
         self
     }
 }
@@ -213,6 +225,7 @@ fn gemm_impl(
         c: loops::CPtr(ptr),
         rsc,
         csc,
+        parallel: params.parallel,
     };
     match isa() {
         #[cfg(target_arch = "x86_64")]
