@@ -1,0 +1,230 @@
+//! conv2d forward, input gradient and weight gradient against the f64 direct convolution;
+//! finite differences; thread-count invariance; bad geometry.
+
+use proptest::prelude::*;
+use selfsup::kernels::conv::{
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
+};
+use selfsup::kernels::reference::conv as refc;
+
+fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn close(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    mag: &[f64],
+    taps: usize,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len());
+    let eps = f64::from(f32::EPSILON);
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let tol = (taps as f64 + 4.0) * eps * (m + w.abs()) + 1e-6;
+        prop_assert!(
+            (f64::from(g) - w).abs() <= tol,
+            "{what}[{i}] = {g}, want {w} (tol {tol:e})"
+        );
+    }
+    Ok(())
+}
+
+fn geometry() -> impl Strategy<Value = Conv2d> {
+    (
+        (1usize..4, 1usize..6, 1usize..9),
+        (1usize..12, 1usize..12),
+        (1usize..6, 1usize..6),
+        (1usize..4, 1usize..4),
+        (0usize..3, 0usize..3),
+    )
+        .prop_filter_map(
+            "kernel must fit",
+            |((n, ci, co), (h, w), (kh, kw), (sh, sw), (ph, pw))| {
+                let g = Conv2d {
+                    n,
+                    c_in: ci,
+                    h,
+                    w,
+                    c_out: co,
+                    kh,
+                    kw,
+                    stride: (sh, sw),
+                    pad: (ph, pw),
+                };
+                g.validate().ok().map(|_| g)
+            },
+        )
+}
+
+fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
+    let x = fill(g.x_len(), seed);
+    let w = fill(g.w_len(), seed + 1);
+    let b = fill(g.c_out, seed + 2);
+    let taps = g.c_in * g.kh * g.kw;
+    for (bias, relu) in [(None, false), (Some(&b[..]), true)] {
+        let mut y = vec![f32::NAN; g.y_len()];
+        conv2d_forward(g, &x, &w, bias, relu, &mut y).unwrap();
+        let want = refc::conv2d_forward(g, &x, &w, bias, relu);
+        let mag = refc::conv2d_forward_magnitude(g, &x, &w);
+        close("y", &y, &want, &mag, taps)?;
+    }
+    let dy = fill(g.y_len(), seed + 3);
+    let mut dx = vec![f32::NAN; g.x_len()];
+    conv2d_backward_input(g, &dy, &w, &mut dx).unwrap();
+    let (want, mag) = refc::conv2d_backward_input(g, &dy, &w);
+    close("dx", &dx, &want, &mag, g.c_out * g.kh * g.kw)?;
+
+    let (want, mag) = refc::conv2d_backward_weight(g, &x, &dy);
+    let mut dw = vec![f32::NAN; g.w_len()];
+    conv2d_backward_weight(g, &x, &dy, &mut dw, false).unwrap();
+    let depth = g.n * g.out_h() * g.out_w();
+    close("dw", &dw, &want, &mag, depth)?;
+    // Accumulation adds onto what is there.
+    let mut acc = vec![1.0f32; g.w_len()];
+    conv2d_backward_weight(g, &x, &dy, &mut acc, true).unwrap();
+    let plus_one: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
+    close("dw accumulated", &acc, &plus_one, &mag, depth)?;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv_matches_direct_f64(g in geometry(), seed in any::<u64>()) {
+        check_all(&g, seed)?;
+    }
+}
+
+#[test]
+fn resnet_mini_layers_match_reference() {
+    // The layer shapes of the benchmark model, at a small batch.
+    for g in [
+        Conv2d::new(2, 3, 32, 32, 32, 3, 1, 1),
+        Conv2d::new(2, 32, 16, 16, 64, 3, 2, 1),
+        Conv2d::new(2, 32, 16, 16, 64, 1, 2, 0),
+        Conv2d::new(2, 64, 8, 8, 64, 3, 1, 1),
+        Conv2d::new(1, 64, 8, 8, 128, 1, 1, 0),
+    ] {
+        check_all(&g, 7).unwrap();
+    }
+}
+
+/// `d/dx sum(r * conv(x))` by central differences on the f32 forward, at sampled points.
+#[test]
+fn gradients_match_finite_differences() {
+    for g in [
+        Conv2d::new(2, 3, 7, 6, 4, 3, 1, 1),
+        Conv2d::new(1, 2, 9, 9, 3, 3, 2, 2),
+        Conv2d::new(2, 3, 5, 5, 2, 1, 1, 0),
+    ] {
+        let x = fill(g.x_len(), 1);
+        let w = fill(g.w_len(), 2);
+        let r = fill(g.y_len(), 3);
+        let loss = |x: &[f32], w: &[f32]| -> f64 {
+            let mut y = vec![0.0f32; g.y_len()];
+            conv2d_forward(&g, x, w, None, false, &mut y).unwrap();
+            y.iter()
+                .zip(&r)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
+        };
+        let mut dx = vec![0.0f32; g.x_len()];
+        conv2d_backward_input(&g, &r, &w, &mut dx).unwrap();
+        let mut dw = vec![0.0f32; g.w_len()];
+        conv2d_backward_weight(&g, &x, &r, &mut dw, false).unwrap();
+        let h = 1e-2f32;
+        for i in (0..g.x_len()).step_by(5) {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (loss(&xp, &w) - loss(&xm, &w)) / (2.0 * f64::from(h));
+            assert!(
+                (fd - f64::from(dx[i])).abs() <= 2e-3 * (1.0 + fd.abs()),
+                "{g:?} dx[{i}]: fd {fd} vs {}",
+                dx[i]
+            );
+        }
+        for i in 0..g.w_len() {
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[i] += h;
+            wm[i] -= h;
+            let fd = (loss(&x, &wp) - loss(&x, &wm)) / (2.0 * f64::from(h));
+            assert!(
+                (fd - f64::from(dw[i])).abs() <= 2e-3 * (1.0 + fd.abs()),
+                "{g:?} dw[{i}]: fd {fd} vs {}",
+                dw[i]
+            );
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn run_all(g: &Conv2d, threads: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let x = fill(g.x_len(), 11);
+    let w = fill(g.w_len(), 12);
+    let dy = fill(g.y_len(), 13);
+    pool.install(|| {
+        let mut y = vec![0.0f32; g.y_len()];
+        conv2d_forward(g, &x, &w, None, true, &mut y).unwrap();
+        let mut dx = vec![0.0f32; g.x_len()];
+        conv2d_backward_input(g, &dy, &w, &mut dx).unwrap();
+        let mut dw = vec![0.0f32; g.w_len()];
+        conv2d_backward_weight(g, &x, &dy, &mut dw, false).unwrap();
+        (bits(&y), bits(&dx), bits(&dw))
+    })
+}
+
+#[test]
+fn bit_identical_for_1_2_3_threads() {
+    for g in [
+        Conv2d::new(6, 16, 16, 16, 32, 3, 1, 1),
+        Conv2d::new(5, 16, 16, 16, 32, 3, 2, 1),
+        Conv2d::new(1, 32, 20, 20, 48, 3, 1, 1),
+        Conv2d::new(1, 32, 20, 20, 48, 1, 2, 0),
+    ] {
+        let one = run_all(&g, 1);
+        for t in [2, 3] {
+            assert!(run_all(&g, t) == one, "{g:?}: {t} threads differ from 1");
+        }
+    }
+}
+
+#[test]
+fn bad_geometry_and_lengths_are_errors() {
+    let g = Conv2d::new(1, 2, 3, 3, 2, 5, 1, 0); // kernel larger than the input
+    assert!(g.validate().is_err());
+    let g = Conv2d {
+        stride: (0, 1),
+        ..Conv2d::new(1, 2, 8, 8, 2, 3, 1, 1)
+    };
+    assert!(g.validate().is_err());
+    let g = Conv2d::new(1, 2, 8, 8, 2, 3, 1, 1);
+    let x = vec![0.0f32; g.x_len()];
+    let w = vec![0.0f32; g.w_len()];
+    let mut y = vec![0.0f32; g.y_len() - 1];
+    let err = conv2d_forward(&g, &x, &w, None, false, &mut y).unwrap_err();
+    assert!(err.to_string().contains("conv2d output"), "{err}");
+    let mut y = vec![0.0f32; g.y_len()];
+    assert!(conv2d_forward(&g, &x, &w, Some(&[1.0]), false, &mut y).is_err());
+    let mut dw = vec![0.0f32; g.w_len() + 1];
+    assert!(conv2d_backward_weight(&g, &x, &y, &mut dw, false).is_err());
+    let huge = Conv2d::new(usize::MAX / 4, 4, 8, 8, 2, 3, 1, 1);
+    assert!(huge.validate().is_err());
+}
