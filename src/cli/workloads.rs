@@ -10,6 +10,9 @@
 //! with the reference scripts there.
 
 use anyhow::{bail, ensure, Context, Result};
+use selfsup::kernels::conv::{
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
+};
 use selfsup::kernels::gemm::matmul;
 
 /// The implementation a workload is timed with.
@@ -132,9 +135,55 @@ const fn gemm_shape(
     GemmShape { name, m, n, k, why }
 }
 
+/// The convolution workloads of `shared/BENCHMARKS.md`: 3x3, stride 1, padding 1,
+/// `C_in = C_out`, batch 512 (two views of 256 images); one operation is the forward pass,
+/// the input gradient and the weight gradient.
+pub const CONV_LAYERS: &[(&str, usize, usize)] = &[
+    ("conv_32x32_c32", 32, 32),
+    ("conv_16x16_c64", 16, 64),
+    ("conv_8x8_c128", 8, 128),
+];
+
+/// Images per convolution workload.
+pub const CONV_BATCH: usize = 512;
+
 /// Every workload, in the order they run and are reported.
 pub fn registry() -> Vec<Workload> {
-    SGEMM_SHAPES.iter().map(|&s| sgemm_workload(s)).collect()
+    let mut all: Vec<Workload> = SGEMM_SHAPES.iter().map(|&s| sgemm_workload(s)).collect();
+    all.extend(
+        CONV_LAYERS
+            .iter()
+            .map(|&(name, hw, c)| conv_workload(name, CONV_BATCH, hw, c)),
+    );
+    all
+}
+
+fn conv_workload(name: &'static str, batch: usize, hw: usize, c: usize) -> Workload {
+    let g = Conv2d::new(batch, c, hw, hw, c, 3, 1, 1);
+    Workload {
+        name,
+        about: format!(
+            "conv 3x3 s1 p1, {batch} x {c} x {hw} x {hw} -> {c} channels: forward + input \
+             gradient + weight gradient"
+        ),
+        work: Work::Flops(3.0 * 2.0 * (batch * c * hw * hw * c * 9) as f64),
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            g.validate()?;
+            let x = filled(g.x_len(), 0x5eed_0101);
+            let w = filled(g.w_len(), 0x5eed_0102);
+            let dy = vec![1.0f32; g.y_len()];
+            let mut y = vec![0.0f32; g.y_len()];
+            let mut dx = vec![0.0f32; g.x_len()];
+            let mut dw = vec![0.0f32; g.w_len()];
+            Ok(Box::new(move || {
+                conv2d_forward(&g, &x, &w, None, false, &mut y)?;
+                conv2d_backward_input(&g, &dy, &w, &mut dx)?;
+                conv2d_backward_weight(&g, &x, &dy, &mut dw, false)?;
+                Ok(())
+            }))
+        }),
+    }
 }
 
 fn sgemm_workload(shape: GemmShape) -> Workload {

@@ -141,69 +141,62 @@ impl Conv2d {
     }
 }
 
-/// `col(X[n])` of one image as the GEMM's B operand (`Cin*Kh*Kw x Ho*Wo`), packed on the fly.
+/// `col(X[n])` of one image, read a row segment at a time by the packers below.
 struct Im2col<'a> {
     x: &'a [f32],
     g: Conv2d,
-    ho: usize,
     wo: usize,
 }
 
+/// Columns packed per step through a stack buffer.
+const SEG: usize = 512;
+
 impl Im2col<'_> {
-    /// Writes `col[p, j0 .. j0 + count]` (row p of the column matrix) into
-    /// `dst[0], dst[stride], ...`.
+    /// Writes `col[p, j0 .. j0 + dst.len()]` (row p of the column matrix) into `dst`: for
+    /// each output row, zeros where the kernel tap falls in the padding and a copy (stride 1)
+    /// or a gather (larger strides) of the input row in between.
     #[inline]
-    fn row_segment(&self, p: usize, j0: usize, count: usize, dst: &mut [f32], stride: usize) {
+    fn row_segment(&self, p: usize, j0: usize, dst: &mut [f32]) {
         let g = &self.g;
         let (ci, r) = (p / (g.kh * g.kw), p % (g.kh * g.kw));
         let (ky, kx) = (r / g.kw, r % g.kw);
         let plane = &self.x[ci * g.h * g.w..][..g.h * g.w];
         let (sh, sw) = g.stride;
+        let pw = g.pad.1;
+        // Output columns whose tap is inside the row: ox in [lo, hi).
+        let lo = if pw > kx { (pw - kx).div_ceil(sw) } else { 0 };
+        let hi = if g.w + pw > kx {
+            ((g.w - 1 + pw - kx) / sw + 1).min(self.wo)
+        } else {
+            0
+        };
         let mut j = j0;
-        let end = j0 + count;
         let mut out = 0;
-        while j < end {
+        while out < dst.len() {
             let (oy, ox0) = (j / self.wo, j % self.wo);
-            let run = (self.wo - ox0).min(end - j);
+            let run = (self.wo - ox0).min(dst.len() - out);
+            let seg = &mut dst[out..out + run];
             let iy = (oy * sh + ky) as isize - g.pad.0 as isize;
-            if iy < 0 || iy >= g.h as isize {
-                for t in 0..run {
-                    dst[(out + t) * stride] = 0.0;
-                }
+            if iy < 0 || iy >= g.h as isize || lo >= hi {
+                seg.fill(0.0);
             } else {
                 let row = &plane[iy as usize * g.w..][..g.w];
-                for t in 0..run {
-                    let ix = ((ox0 + t) * sw + kx) as isize - g.pad.1 as isize;
-                    dst[(out + t) * stride] = if ix < 0 || ix >= g.w as isize {
-                        0.0
-                    } else {
-                        row[ix as usize]
-                    };
+                let a = lo.clamp(ox0, ox0 + run);
+                let b = hi.clamp(a, ox0 + run);
+                seg[..a - ox0].fill(0.0);
+                seg[b - ox0..].fill(0.0);
+                let mid = &mut seg[a - ox0..b - ox0];
+                let first = a * sw + kx - pw;
+                if sw == 1 {
+                    mid.copy_from_slice(&row[first..first + mid.len()]);
+                } else {
+                    for (d, &v) in mid.iter_mut().zip(row[first..].iter().step_by(sw)) {
+                        *d = v;
+                    }
                 }
             }
             out += run;
             j += run;
-        }
-    }
-}
-
-impl PackB for Im2col<'_> {
-    fn depth(&self) -> usize {
-        self.g.depth()
-    }
-    fn cols(&self) -> usize {
-        self.ho * self.wo
-    }
-    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
-        let panel = kc * nr;
-        for (q, dst) in out.chunks_exact_mut(panel).enumerate() {
-            let c0 = q * nr;
-            let wq = nr.min(w - c0);
-            for p in 0..kc {
-                let row = &mut dst[p * nr..][..nr];
-                self.row_segment(p0 + p, j0 + c0, wq, row, 1);
-                row[wq..].fill(0.0);
-            }
         }
     }
 }
@@ -239,126 +232,278 @@ pub fn conv2d_forward(
         relu,
         ..Fused::default()
     };
-    let per_image = g.n > 1;
-    let one = |(xi, yi): (&[f32], &mut [f32])| -> Result<()> {
+    // Small images are grouped so each GEMM has about GROUP_COLS columns: the weights are
+    // packed once per group instead of once per image. A group's output goes through a
+    // per-thread scratch (Cout x group*HoWo) and is copied into place.
+    let hw = ho * wo;
+    let group = (GROUP_COLS / hw).clamp(1, g.n);
+    let parallel_groups = g.n > group;
+    let one = |(xg, yg): (&[f32], &mut [f32])| -> Result<()> {
+        let gn = xg.len() / xs;
         let mut params = GemmParams::new().epilogue(&epi);
-        if per_image {
+        if parallel_groups {
             params = params.sequential();
         }
-        let c = MatMut::row_major(yi, g.c_out, ho * wo)?;
-        if g.is_pointwise() {
-            gemm(&params, wm, MatRef::row_major(xi, g.c_in, g.h * g.w)?, c)
-        } else {
+        if gn == 1 {
+            let c = MatMut::row_major(yg, g.c_out, hw)?;
+            return if g.is_pointwise() {
+                gemm(&params, wm, MatRef::row_major(xg, g.c_in, g.h * g.w)?, c)
+            } else {
+                gemm_packed(
+                    &params,
+                    &wm,
+                    &GroupIm2col {
+                        x: xg,
+                        g: *g,
+                        ho,
+                        wo,
+                        images: 1,
+                    },
+                    c,
+                )
+            };
+        }
+        with_scratch(&OUT, g.c_out * gn * hw, |scratch| {
+            let b = GroupIm2col {
+                x: xg,
+                g: *g,
+                ho,
+                wo,
+                images: gn,
+            };
             gemm_packed(
                 &params,
                 &wm,
-                &Im2col {
-                    x: xi,
-                    g: *g,
-                    ho,
-                    wo,
-                },
-                c,
-            )
-        }
+                &b,
+                MatMut::row_major(scratch, g.c_out, gn * hw)?,
+            )?;
+            for (img, yi) in yg.chunks_exact_mut(ys).enumerate() {
+                for (co, dst) in yi.chunks_exact_mut(hw).enumerate() {
+                    dst.copy_from_slice(&scratch[co * gn * hw + img * hw..][..hw]);
+                }
+            }
+            Ok(())
+        })
     };
-    if per_image {
-        x.par_chunks(xs).zip(y.par_chunks_mut(ys)).try_for_each(one)
+    if parallel_groups {
+        x.par_chunks(xs * group)
+            .zip(y.par_chunks_mut(ys * group))
+            .try_for_each(one)
     } else {
         one((x, y))
     }
 }
 
-/// `dY` of the whole batch as the GEMM's A operand: `Cout x (N * HoWo)`.
-struct BatchRows<'a> {
-    dy: &'a [f32],
-    rows: usize,
-    hw: usize,
-    n: usize,
+/// Columns of one forward GEMM when images are small (see [`conv2d_forward`]).
+const GROUP_COLS: usize = 1024;
+
+thread_local! {
+    static OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-impl PackA for BatchRows<'_> {
-    fn rows(&self) -> usize {
-        self.rows
-    }
+/// Runs `f` on `len` floats of this thread's scratch `key` (reused across calls; a fresh
+/// buffer when the scratch is already in use by an outer call on this thread).
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// `col(X)` of `images` consecutive images as the GEMM's B operand
+/// (`Cin*Kh*Kw x images*HoWo`), packed on the fly.
+struct GroupIm2col<'a> {
+    x: &'a [f32],
+    g: Conv2d,
+    ho: usize,
+    wo: usize,
+    images: usize,
+}
+
+impl PackB for GroupIm2col<'_> {
     fn depth(&self) -> usize {
-        self.n * self.hw
+        self.g.depth()
     }
-    fn pack(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
-        let panel = kc * mr;
-        for (q, dst) in out.chunks_exact_mut(panel).enumerate() {
-            for i in 0..mr {
-                let r = q * mr + i;
-                if r >= h {
-                    dst[i..].iter_mut().step_by(mr).for_each(|d| *d = 0.0);
-                    continue;
-                }
-                let co = i0 + r;
-                // Walk the columns p0 .. p0 + kc image by image (each a contiguous run).
-                let mut p = p0;
-                while p < p0 + kc {
-                    let (img, pix) = (p / self.hw, p % self.hw);
-                    let run = (self.hw - pix).min(p0 + kc - p);
-                    let src = &self.dy[(img * self.rows + co) * self.hw + pix..][..run];
-                    let dst_run = dst[(p - p0) * mr + i..].iter_mut().step_by(mr);
-                    for (d, &v) in dst_run.zip(src) {
-                        *d = v;
-                    }
-                    p += run;
+    fn cols(&self) -> usize {
+        self.images * self.ho * self.wo
+    }
+    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
+        let (hw, xs) = (self.ho * self.wo, self.g.c_in * self.g.h * self.g.w);
+        let panel = kc * nr;
+        let mut buf = [0.0f32; SEG];
+        // Row by row of the column matrix, SEG columns at a time, scattered into the panels.
+        for c0 in (0..w).step_by(SEG / nr * nr) {
+            let len = (SEG / nr * nr).min(w - c0);
+            for p in 0..kc {
+                for_each_image_run(hw, j0 + c0, len, |img, pix, at, run| {
+                    let x = &self.x[img * xs..][..xs];
+                    let im = Im2col {
+                        x,
+                        g: self.g,
+                        wo: self.wo,
+                    };
+                    im.row_segment(p0 + p, pix, &mut buf[at..at + run]);
+                });
+                for (t, chunk) in buf[..len].chunks(nr).enumerate() {
+                    let dst = &mut out[(c0 / nr + t) * panel + p * nr..][..nr];
+                    dst[..chunk.len()].copy_from_slice(chunk);
+                    dst[chunk.len()..].fill(0.0);
                 }
             }
         }
     }
 }
 
-/// `col(X)^T` of the whole batch as the GEMM's B operand: `(N * HoWo) x (Cin*Kh*Kw)`.
-struct BatchIm2colT<'a> {
+/// Fills one k-major panel of width `R` from `rows` source rows (the rest zero):
+/// `panel[p * R + i] = row_i[p]`, where `fetch(i, p_off, dst)` writes row `i`'s columns
+/// `p_off .. p_off + dst.len()` (relative to the panel's first column).
+fn interleave_panel<const R: usize>(
+    rows: usize,
+    kc: usize,
+    panel: &mut [f32],
+    mut fetch: impl FnMut(usize, usize, &mut [f32]),
+) {
+    const CH: usize = 128;
+    let mut tmp = [[0.0f32; CH]; R];
+    for c0 in (0..kc).step_by(CH) {
+        let len = CH.min(kc - c0);
+        for (i, t) in tmp.iter_mut().enumerate() {
+            if i < rows {
+                fetch(i, c0, &mut t[..len]);
+            } else {
+                t[..len].fill(0.0);
+            }
+        }
+        for (p, d) in panel[c0 * R..][..len * R].chunks_exact_mut(R).enumerate() {
+            for i in 0..R {
+                d[i] = tmp[i][p];
+            }
+        }
+    }
+}
+
+/// [`interleave_panel`] for a run-time panel width.
+fn interleave_any(
+    width: usize,
+    rows: usize,
+    kc: usize,
+    panel: &mut [f32],
+    fetch: impl FnMut(usize, usize, &mut [f32]),
+) {
+    match width {
+        6 => interleave_panel::<6>(rows, kc, panel, fetch),
+        8 => interleave_panel::<8>(rows, kc, panel, fetch),
+        16 => interleave_panel::<16>(rows, kc, panel, fetch),
+        _ => {
+            let mut fetch = fetch;
+            let mut tmp = vec![0.0f32; kc];
+            panel[..kc * width].fill(0.0);
+            for i in 0..rows {
+                fetch(i, 0, &mut tmp);
+                for (d, &v) in panel[i..].iter_mut().step_by(width).zip(&tmp) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// Walks the batch-wide column range `p0 .. p0 + len` (`hw` columns per image) image by
+/// image: `f(image, first column in the image, offset into the range, run length)`.
+fn for_each_image_run(
+    hw: usize,
+    p0: usize,
+    len: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let mut p = p0;
+    while p < p0 + len {
+        let (img, pix) = (p / hw, p % hw);
+        let run = (hw - pix).min(p0 + len - p);
+        f(img, pix, p - p0, run);
+        p += run;
+    }
+}
+
+/// `col(X)` of the whole batch as the GEMM's A operand: `(Cin*Kh*Kw) x (N * HoWo)`.
+struct BatchIm2col<'a> {
     x: &'a [f32],
     g: Conv2d,
     ho: usize,
     wo: usize,
 }
 
-impl PackB for BatchIm2colT<'_> {
+impl PackA for BatchIm2col<'_> {
+    fn rows(&self) -> usize {
+        self.g.depth()
+    }
     fn depth(&self) -> usize {
         self.g.n * self.ho * self.wo
     }
-    fn cols(&self) -> usize {
-        self.g.depth()
-    }
-    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
-        let hw = self.ho * self.wo;
-        let xs = self.g.c_in * self.g.h * self.g.w;
-        let panel = kc * nr;
-        for (q, dst) in out.chunks_exact_mut(panel).enumerate() {
-            for jj in 0..nr {
-                let col = q * nr + jj;
-                if col >= w {
-                    dst[jj..].iter_mut().step_by(nr).for_each(|d| *d = 0.0);
-                    continue;
-                }
-                // Column `j0 + col` of B is row `j0 + col` of col(X): walk the pixels of
-                // p0 .. p0 + kc image by image.
-                let mut p = p0;
-                while p < p0 + kc {
-                    let (img, pix) = (p / hw, p % hw);
-                    let run = (hw - pix).min(p0 + kc - p);
+    fn pack(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+        let (hw, xs) = (self.ho * self.wo, self.g.c_in * self.g.h * self.g.w);
+        for (q, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
+            let rows = mr.min(h - q * mr);
+            interleave_any(mr, rows, kc, panel, |i, off, dst| {
+                let kidx = i0 + q * mr + i;
+                for_each_image_run(hw, p0 + off, dst.len(), |img, pix, at, run| {
+                    let x = &self.x[img * xs..][..xs];
                     let im = Im2col {
-                        x: &self.x[img * xs..][..xs],
+                        x,
                         g: self.g,
-                        ho: self.ho,
                         wo: self.wo,
                     };
-                    im.row_segment(j0 + col, pix, run, &mut dst[(p - p0) * nr + jj..], nr);
-                    p += run;
-                }
-            }
+                    im.row_segment(kidx, pix, &mut dst[at..at + run]);
+                });
+            });
+        }
+    }
+}
+
+/// `dY^T` of the whole batch as the GEMM's B operand: `(N * HoWo) x Cout`.
+struct BatchDyT<'a> {
+    dy: &'a [f32],
+    c_out: usize,
+    hw: usize,
+    n: usize,
+}
+
+impl PackB for BatchDyT<'_> {
+    fn depth(&self) -> usize {
+        self.n * self.hw
+    }
+    fn cols(&self) -> usize {
+        self.c_out
+    }
+    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
+        for (q, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
+            let cols = nr.min(w - q * nr);
+            interleave_any(nr, cols, kc, panel, |jj, off, dst| {
+                let co = j0 + q * nr + jj;
+                for_each_image_run(self.hw, p0 + off, dst.len(), |img, pix, at, run| {
+                    let src = &self.dy[(img * self.c_out + co) * self.hw + pix..][..run];
+                    dst[at..at + run].copy_from_slice(src);
+                });
+            });
         }
     }
 }
 
 /// `dW (+)= sum_n dY[n] * col(X[n])^T`: the weight gradient, `Cout x Cin x Kh x Kw`.
 /// With `accumulate`, adds to `dw` (gradient accumulation); otherwise overwrites it.
+///
+/// Computed as `dW^T = col(X) * dY^T`, one GEMM whose reduction runs over every pixel of the
+/// batch: the column matrix is the A operand (`Cin*Kh*Kw` rows fill whole micro-panels) and
+/// the result is written through a transposed view of `dw`.
 ///
 /// # Errors
 /// An invalid geometry or a slice of the wrong length.
@@ -374,15 +519,16 @@ pub fn conv2d_backward_weight(
     g.check_len("conv2d output gradient", dy.len(), g.y_len())?;
     g.check_len("conv2d weight gradient", dw.len(), g.w_len())?;
     let (ho, wo) = (g.out_h(), g.out_w());
-    let a = BatchRows {
+    let a = BatchIm2col { x, g: *g, ho, wo };
+    let b = BatchDyT {
         dy,
-        rows: g.c_out,
+        c_out: g.c_out,
         hw: ho * wo,
         n: g.n,
     };
-    let b = BatchIm2colT { x, g: *g, ho, wo };
     let params = GemmParams::new().beta(if accumulate { 1.0 } else { 0.0 });
-    gemm_packed(&params, &a, &b, MatMut::row_major(dw, g.c_out, g.depth())?)
+    let depth = g.depth();
+    gemm_packed(&params, &a, &b, MatMut::new(dw, depth, g.c_out, 1, depth)?)
 }
 
 thread_local! {

@@ -19,6 +19,8 @@ const MAX_TILE: usize = 128;
 const MAX_NR: usize = 32;
 /// Problems with fewer multiply-adds than this run on the calling thread.
 const SEQUENTIAL_BELOW: usize = 1 << 20;
+/// Outputs smaller than this with more than two kc blocks take the one-region schedule.
+const SMALL_OUTPUT: usize = 1 << 16;
 /// B micro-panels packed per call (one parallel work item).
 const B_GROUP: usize = 8;
 
@@ -159,9 +161,10 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
             mp,
             kc_step,
         };
-        if nb_i == 1 || nb_j > 1 {
-            // Short M: each task owns a slice of columns and packs its own B for every
-            // kc block. One parallel region for the whole depth, no barrier per block.
+        if nb_i == 1 || nb_j > 1 || (m * nc < SMALL_OUTPUT && kblocks > 2) {
+            // Short M, or a small output with a deep reduction: each task owns a block of
+            // the output and packs its own B for every kc block. One parallel region for
+            // the whole depth, no barrier per block.
             let task = |t: usize| {
                 // SAFETY: forwarded from the caller; tasks own disjoint tiles.
                 unsafe { private_task::<K>(p, c, &blk, t) }
