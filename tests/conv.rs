@@ -114,6 +114,10 @@ fn resnet_mini_layers_match_reference() {
         Conv2d::new(2, 32, 16, 16, 64, 1, 2, 0),
         Conv2d::new(2, 64, 8, 8, 64, 3, 1, 1),
         Conv2d::new(1, 64, 8, 8, 128, 1, 1, 0),
+        // More images than one GEMM group holds (1024 columns): 16 + 4 images.
+        Conv2d::new(20, 8, 8, 8, 8, 3, 1, 1),
+        Conv2d::new(20, 8, 16, 16, 8, 3, 2, 1),
+        Conv2d::new(20, 8, 8, 8, 8, 1, 1, 0),
     ] {
         check_all(&g, 7).unwrap();
     }
@@ -198,6 +202,8 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(5, 16, 16, 16, 32, 3, 2, 1),
         Conv2d::new(1, 32, 20, 20, 48, 3, 1, 1),
         Conv2d::new(1, 32, 20, 20, 48, 1, 2, 0),
+        Conv2d::new(40, 8, 8, 8, 16, 3, 1, 1),
+        Conv2d::new(40, 8, 16, 16, 16, 3, 2, 1),
     ] {
         let one = run_all(&g, 1);
         for t in [2, 3] {

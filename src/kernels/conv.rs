@@ -577,46 +577,80 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         debug_assert_eq!((t.out_h(), t.out_w()), (g.h, g.w));
         return conv2d_forward(&t, dy, &wf, None, false, dx);
     }
-    // Strided (or padded beyond the kernel): dcol = W^T dY[n] into a per-thread scratch,
-    // then col2im.
+    // Strided (or padded beyond the kernel): dcol = W^T dY into a per-thread scratch for a
+    // group of images (about GROUP_COLS columns, so W^T is packed once per group), then
+    // col2im for each image of the group.
     let depth = g.depth();
     let wm = MatRef::row_major(w, g.c_out, depth)?.t();
-    let (xs, ys) = (g.c_in * g.h * g.w, g.c_out * ho * wo);
-    let per_image = g.n > 1;
-    let one = |(dyi, dxi): (&[f32], &mut [f32])| -> Result<()> {
-        COLS.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let cols = match guard.as_deref_mut() {
-                Ok(v) => v,
-                Err(_) => &mut fresh,
+    let hw = ho * wo;
+    let (xs, ys) = (g.c_in * g.h * g.w, g.c_out * hw);
+    let group = (GROUP_COLS / hw).clamp(1, g.n);
+    let parallel_groups = g.n > group;
+    let one = |(dyg, dxg): (&[f32], &mut [f32])| -> Result<()> {
+        let gn = dyg.len() / ys;
+        let mut params = GemmParams::new();
+        if parallel_groups {
+            params = params.sequential();
+        }
+        with_scratch(&COLS, depth * gn * hw, |cols| {
+            let b = GroupRows {
+                x: dyg,
+                rows: g.c_out,
+                hw,
+                images: gn,
             };
-            cols.resize(depth * ho * wo, 0.0);
-            let mut params = GemmParams::new();
-            if per_image {
-                params = params.sequential();
+            gemm_packed(&params, &wm, &b, MatMut::row_major(cols, depth, gn * hw)?)?;
+            for (img, dxi) in dxg.chunks_exact_mut(xs).enumerate() {
+                col2im(g, ho, wo, &cols[img * hw..], gn * hw, dxi);
             }
-            gemm(
-                &params,
-                wm,
-                MatRef::row_major(dyi, g.c_out, ho * wo)?,
-                MatMut::row_major(cols, depth, ho * wo)?,
-            )?;
-            col2im(g, ho, wo, cols, dxi);
             Ok(())
         })
     };
-    if per_image {
-        dy.par_chunks(ys)
-            .zip(dx.par_chunks_mut(xs))
+    if parallel_groups {
+        dy.par_chunks(ys * group)
+            .zip(dx.par_chunks_mut(xs * group))
             .try_for_each(one)
     } else {
         one((dy, dx))
     }
 }
 
+/// `images` consecutive `rows x hw` planes side by side as one GEMM operand
+/// `rows x images*hw` (`B[r, img*hw + pix] = x[img, r, pix]`).
+struct GroupRows<'a> {
+    x: &'a [f32],
+    rows: usize,
+    hw: usize,
+    images: usize,
+}
+
+impl PackB for GroupRows<'_> {
+    fn depth(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.images * self.hw
+    }
+    fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
+        let panel = kc * nr;
+        for p in 0..kc {
+            let r = p0 + p;
+            for (q, c0) in (0..w).step_by(nr).enumerate() {
+                let dst = &mut out[q * panel + p * nr..][..nr];
+                let len = nr.min(w - c0);
+                for_each_image_run(self.hw, j0 + c0, len, |img, pix, at, run| {
+                    let src = &self.x[(img * self.rows + r) * self.hw + pix..][..run];
+                    dst[at..at + run].copy_from_slice(src);
+                });
+                dst[len..].fill(0.0);
+            }
+        }
+    }
+}
+
 /// `dx = col2im(cols)`: each column entry added back to the input pixel it was read from.
-fn col2im(g: &Conv2d, ho: usize, wo: usize, cols: &[f32], dx: &mut [f32]) {
+/// Row `p` of the column matrix starts at `cols[p * ld]`.
+fn col2im(g: &Conv2d, ho: usize, wo: usize, cols: &[f32], ld: usize, dx: &mut [f32]) {
     dx.fill(0.0);
     let (sh, sw) = g.stride;
     for ci in 0..g.c_in {
@@ -624,7 +658,7 @@ fn col2im(g: &Conv2d, ho: usize, wo: usize, cols: &[f32], dx: &mut [f32]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let p = (ci * g.kh + ky) * g.kw + kx;
-                let row = &cols[p * ho * wo..][..ho * wo];
+                let row = &cols[p * ld..][..ho * wo];
                 for oy in 0..ho {
                     let iy = (oy * sh + ky) as isize - g.pad.0 as isize;
                     if iy < 0 || iy >= g.h as isize {
