@@ -363,20 +363,25 @@ impl PackB for GroupIm2col<'_> {
     }
 }
 
+/// Columns staged per step by [`interleave_panel`].
+const CH: usize = 128;
+/// Staging rows for one panel: up to 16 rows (the widest micro-panel) of CH columns.
+type Stage = [[f32; CH]; 16];
+
 /// Fills one k-major panel of width `R` from `rows` source rows (the rest zero):
 /// `panel[p * R + i] = row_i[p]`, where `fetch(i, p_off, dst)` writes row `i`'s columns
-/// `p_off .. p_off + dst.len()` (relative to the panel's first column).
+/// `p_off .. p_off + dst.len()` (relative to the panel's first column). `tmp` is staging
+/// space, passed in so it is not re-initialized for every panel.
 fn interleave_panel<const R: usize>(
     rows: usize,
     kc: usize,
     panel: &mut [f32],
+    tmp: &mut Stage,
     mut fetch: impl FnMut(usize, usize, &mut [f32]),
 ) {
-    const CH: usize = 128;
-    let mut tmp = [[0.0f32; CH]; R];
     for c0 in (0..kc).step_by(CH) {
         let len = CH.min(kc - c0);
-        for (i, t) in tmp.iter_mut().enumerate() {
+        for (i, t) in tmp[..R].iter_mut().enumerate() {
             if i < rows {
                 fetch(i, c0, &mut t[..len]);
             } else {
@@ -397,19 +402,20 @@ fn interleave_any(
     rows: usize,
     kc: usize,
     panel: &mut [f32],
+    tmp: &mut Stage,
     fetch: impl FnMut(usize, usize, &mut [f32]),
 ) {
     match width {
-        6 => interleave_panel::<6>(rows, kc, panel, fetch),
-        8 => interleave_panel::<8>(rows, kc, panel, fetch),
-        16 => interleave_panel::<16>(rows, kc, panel, fetch),
+        6 => interleave_panel::<6>(rows, kc, panel, tmp, fetch),
+        8 => interleave_panel::<8>(rows, kc, panel, tmp, fetch),
+        16 => interleave_panel::<16>(rows, kc, panel, tmp, fetch),
         _ => {
             let mut fetch = fetch;
-            let mut tmp = vec![0.0f32; kc];
+            let mut row = vec![0.0f32; kc];
             panel[..kc * width].fill(0.0);
             for i in 0..rows {
-                fetch(i, 0, &mut tmp);
-                for (d, &v) in panel[i..].iter_mut().step_by(width).zip(&tmp) {
+                fetch(i, 0, &mut row);
+                for (d, &v) in panel[i..].iter_mut().step_by(width).zip(&row) {
                     *d = v;
                 }
             }
@@ -451,9 +457,10 @@ impl PackA for BatchIm2col<'_> {
     }
     fn pack(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
         let (hw, xs) = (self.ho * self.wo, self.g.c_in * self.g.h * self.g.w);
+        let mut tmp: Stage = [[0.0; CH]; 16];
         for (q, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
             let rows = mr.min(h - q * mr);
-            interleave_any(mr, rows, kc, panel, |i, off, dst| {
+            interleave_any(mr, rows, kc, panel, &mut tmp, |i, off, dst| {
                 let kidx = i0 + q * mr + i;
                 for_each_image_run(hw, p0 + off, dst.len(), |img, pix, at, run| {
                     let x = &self.x[img * xs..][..xs];
@@ -485,9 +492,10 @@ impl PackB for BatchDyT<'_> {
         self.c_out
     }
     fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
+        let mut tmp: Stage = [[0.0; CH]; 16];
         for (q, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
             let cols = nr.min(w - q * nr);
-            interleave_any(nr, cols, kc, panel, |jj, off, dst| {
+            interleave_any(nr, cols, kc, panel, &mut tmp, |jj, off, dst| {
                 let co = j0 + q * nr + jj;
                 for_each_image_run(self.hw, p0 + off, dst.len(), |img, pix, at, run| {
                     let src = &self.dy[(img * self.c_out + co) * self.hw + pix..][..run];
