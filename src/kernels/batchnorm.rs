@@ -1,1 +1,520 @@
-//! batchnorm kernels (placeholder until filled).
+//! BatchNorm2d over NCHW (Ioffe & Szegedy 2015) with PyTorch semantics, optionally fused
+//! with ReLU: training forward (batch statistics), eval forward (running statistics),
+//! training backward, and the eval-mode fold into a per-channel scale and shift.
+//!
+//! - Statistics: two passes per channel (mean, then the sum of squared deviations), each
+//!   plane summed in `f32x8` blocks of 256 added into `f64`, planes added in index order.
+//! - Normalization uses the biased batch variance; the running variance is updated with the
+//!   unbiased one: `running = (1 - momentum) * running + momentum * batch`.
+//! - Backward: `dx = gamma * inv_std / M * (M dy - sum(dy) - xhat * sum(dy xhat))`,
+//!   `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `M = N * H * W`.
+//! - Parallelism: reductions over channels (each channel sequential, in a fixed order), the
+//!   element-wise passes over groups of whole planes; results are bit-identical for any
+//!   number of threads. Nothing is allocated.
+
+use crate::error::{Error, Result};
+use crate::kernels::elementwise::{check_len, sum_dev_seq, sum_sq_dev_seq, CHUNK};
+use rayon::prelude::*;
+use wide::f32x8;
+
+/// The geometry and hyper-parameters of one BatchNorm2d: input `N x C x H x W`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm2d {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Added to the variance before the square root (PyTorch default `1e-5`).
+    pub eps: f32,
+    /// Weight of the batch statistic in the running update (PyTorch default `0.1`).
+    pub momentum: f32,
+}
+
+impl BatchNorm2d {
+    /// PyTorch's defaults: `eps = 1e-5`, `momentum = 0.1`.
+    pub fn new(n: usize, c: usize, h: usize, w: usize) -> Self {
+        Self {
+            n,
+            c,
+            h,
+            w,
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+    /// Elements of the input tensor.
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Values per channel, `M = N * H * W`.
+    pub fn per_channel(&self) -> usize {
+        self.n * self.h * self.w
+    }
+    fn check(&self, op: &'static str, x: usize, y: usize) -> Result<()> {
+        if !valid_eps(self.eps) {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!("eps must be positive and finite, got {}", self.eps),
+            });
+        }
+        check_len(op, x, self.len())?;
+        check_len(op, y, self.len())
+    }
+}
+
+fn valid_eps(eps: f32) -> bool {
+    eps > 0.0 && eps.is_finite()
+}
+
+/// The learned affine parameters, one value per channel.
+#[derive(Clone, Copy, Debug)]
+pub struct BnAffine<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+}
+
+/// The running statistics, one value per channel, updated by the training forward.
+#[derive(Debug)]
+pub struct BnRunning<'a> {
+    pub mean: &'a mut [f32],
+    pub var: &'a mut [f32],
+}
+
+/// What the training forward saves for the backward: per channel the batch mean and
+/// `inv_std = 1 / sqrt(biased_var + eps)`. Allocate once with [`BnSaved::new`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BnSaved {
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+impl BnSaved {
+    /// Zeroed state for `c` channels.
+    pub fn new(c: usize) -> Self {
+        Self {
+            mean: vec![0.0; c],
+            inv_std: vec![0.0; c],
+        }
+    }
+}
+
+/// The gradients the backward writes (overwritten, not accumulated).
+#[derive(Debug)]
+pub struct BnGrads<'a> {
+    /// `N x C x H x W`.
+    pub dx: &'a mut [f32],
+    /// `C`.
+    pub dgamma: &'a mut [f32],
+    /// `C`.
+    pub dbeta: &'a mut [f32],
+}
+
+/// Runs `f(channel, plane_index, x_plane, y_plane)` over all planes, parallel over groups
+/// of whole planes of about [`CHUNK`] elements.
+fn for_planes<F>(bn: &BatchNorm2d, x: &[f32], y: &mut [f32], f: F)
+where
+    F: Fn(usize, &[f32], &mut [f32], usize) + Sync,
+{
+    let hw = bn.h * bn.w;
+    if hw == 0 || bn.is_empty() {
+        return;
+    }
+    let per = (CHUNK / hw).max(1);
+    let group = per * hw;
+    y.par_chunks_mut(group)
+        .zip(x.par_chunks(group))
+        .enumerate()
+        .for_each(|(g, (yg, xg))| {
+            for (k, (yp, xp)) in yg.chunks_mut(hw).zip(xg.chunks(hw)).enumerate() {
+                let plane = g * per + k;
+                f(plane % bn.c, xp, yp, plane);
+            }
+        });
+}
+
+/// `y = act((x - mean) * scale + beta)` over one plane (centred first: no cancellation
+/// when the values sit far from zero).
+#[inline]
+fn affine_plane(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32, relu: bool) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        let t = (v - mean) * scale + beta;
+        *o = if relu && t < 0.0 { 0.0 } else { t };
+    }
+}
+
+fn check_channels(op: &'static str, c: usize, lens: &[usize]) -> Result<()> {
+    for &l in lens {
+        check_len(op, l, c)?;
+    }
+    Ok(())
+}
+
+fn train_forward_impl(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    x: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    y: &mut [f32],
+    relu: bool,
+) -> Result<()> {
+    const OP: &str = "batchnorm_forward_train";
+    bn.check(OP, x.len(), y.len())?;
+    check_channels(
+        OP,
+        bn.c,
+        &[
+            p.gamma.len(),
+            p.beta.len(),
+            running.mean.len(),
+            running.var.len(),
+            saved.mean.len(),
+            saved.inv_std.len(),
+        ],
+    )?;
+    let m = bn.per_channel();
+    if m <= 1 && bn.c > 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!(
+                "expected more than 1 value per channel when training, got input [{}, {}, {}, {}]",
+                bn.n, bn.c, bn.h, bn.w
+            ),
+        });
+    }
+    let (hw, plane_stride) = (bn.h * bn.w, bn.c * bn.h * bn.w);
+    let mom = f64::from(bn.momentum);
+    let eps = f64::from(bn.eps);
+    saved
+        .mean
+        .par_iter_mut()
+        .zip(saved.inv_std.par_iter_mut())
+        .zip(running.mean.par_iter_mut())
+        .zip(running.var.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, (((sm, si), rm), rv))| {
+            let plane = |n: usize| &x[n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw];
+            // Shifted sums (around the channel's first value) keep the mean accurate when
+            // the values sit far from zero.
+            let shift = x[c * hw];
+            let total: f64 = (0..bn.n).map(|n| sum_dev_seq(plane(n), shift)).sum();
+            let mean = f64::from(shift) + total / m as f64;
+            let mean32 = mean as f32;
+            // Deviations from the f32 mean, corrected for its rounding (exact two-pass).
+            let mut ss = 0.0f64;
+            for n in 0..bn.n {
+                ss += sum_sq_dev_seq(plane(n), mean32);
+            }
+            let delta = mean - f64::from(mean32);
+            let var = (ss / m as f64 - delta * delta).max(0.0);
+            *sm = mean32;
+            *si = (1.0 / (var + eps).sqrt()) as f32;
+            let unbiased = var * m as f64 / (m - 1) as f64;
+            *rm = ((1.0 - mom) * f64::from(*rm) + mom * mean) as f32;
+            *rv = ((1.0 - mom) * f64::from(*rv) + mom * unbiased) as f32;
+        });
+    let (gamma, beta) = (p.gamma, p.beta);
+    let (mean, inv_std) = (&saved.mean, &saved.inv_std);
+    for_planes(bn, x, y, |c, xp, yp, _| {
+        affine_plane(xp, yp, mean[c], gamma[c] * inv_std[c], beta[c], relu);
+    });
+    Ok(())
+}
+
+/// Training forward: normalizes with the batch statistics, updates the running statistics
+/// and fills `saved` for the backward. `y = gamma * (x - mean) * inv_std + beta`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `x`, `y` are not `N*C*H*W` long or a per-channel slice is
+/// not `C` long; [`Error::InvalidArgument`] when `N*H*W == 1` (as PyTorch, "expected more
+/// than 1 value per channel when training") or `eps` is not positive.
+pub fn batchnorm_forward_train(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    x: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    y: &mut [f32],
+) -> Result<()> {
+    train_forward_impl(bn, p, x, running, saved, y, false)
+}
+
+/// [`batchnorm_forward_train`] followed by ReLU, in one pass over the output.
+///
+/// # Errors
+/// As [`batchnorm_forward_train`].
+pub fn batchnorm_relu_forward_train(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    x: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    y: &mut [f32],
+) -> Result<()> {
+    train_forward_impl(bn, p, x, running, saved, y, true)
+}
+
+/// Eval-mode fold: `scale = gamma / sqrt(running_var + eps)` and
+/// `shift = beta - running_mean * scale`, so that eval BN is `y = x * scale[c] + shift[c]` (a per-row scale and bias in a
+/// convolution's GEMM epilogue).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when the slices differ in length; [`Error::InvalidArgument`] when
+/// `eps` is not positive.
+pub fn batchnorm_fold(
+    p: BnAffine<'_>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    scale: &mut [f32],
+    shift: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batchnorm_fold";
+    if !valid_eps(eps) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("eps must be positive and finite, got {eps}"),
+        });
+    }
+    let c = p.gamma.len();
+    check_channels(
+        OP,
+        c,
+        &[
+            p.beta.len(),
+            running_mean.len(),
+            running_var.len(),
+            scale.len(),
+            shift.len(),
+        ],
+    )?;
+    for i in 0..c {
+        let (s, b) = fold_one(p.gamma[i], p.beta[i], running_mean[i], running_var[i], eps);
+        scale[i] = s;
+        shift[i] = b;
+    }
+    Ok(())
+}
+
+fn fold_one(gamma: f32, beta: f32, mean: f32, var: f32, eps: f32) -> (f32, f32) {
+    let inv = 1.0 / (f64::from(var) + f64::from(eps)).sqrt();
+    let s = (f64::from(gamma) * inv) as f32;
+    (s, beta - mean * s)
+}
+
+fn eval_impl(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    relu: bool,
+) -> Result<()> {
+    const OP: &str = "batchnorm_forward_eval";
+    bn.check(OP, x.len(), y.len())?;
+    check_channels(
+        OP,
+        bn.c,
+        &[
+            p.gamma.len(),
+            p.beta.len(),
+            running_mean.len(),
+            running_var.len(),
+        ],
+    )?;
+    for_planes(bn, x, y, |c, xp, yp, _| {
+        let (s, _) = fold_one(
+            p.gamma[c],
+            p.beta[c],
+            running_mean[c],
+            running_var[c],
+            bn.eps,
+        );
+        affine_plane(xp, yp, running_mean[c], s, p.beta[c], relu);
+    });
+    Ok(())
+}
+
+/// Eval forward with the running statistics: `y = (x - running_mean[c]) * scale[c] + beta[c]`
+/// with `scale` as in [`batchnorm_fold`]. `momentum` is ignored.
+///
+/// # Errors
+/// As [`batchnorm_forward_train`], except that `N*H*W == 1` is allowed.
+pub fn batchnorm_forward_eval(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    eval_impl(bn, p, running_mean, running_var, x, y, false)
+}
+
+/// [`batchnorm_forward_eval`] followed by ReLU.
+///
+/// # Errors
+/// As [`batchnorm_forward_eval`].
+pub fn batchnorm_relu_forward_eval(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    eval_impl(bn, p, running_mean, running_var, x, y, true)
+}
+
+/// `(sum(dy'), sum(dy' * (x - mean)))` over one plane, `dy' = mask > 0 ? dy : 0`:
+/// `f32x8` lanes over blocks of 256 elements, each block added into `f64`.
+fn plane_grad_sums(dy: &[f32], x: &[f32], mask: Option<&[f32]>, mean: f32) -> (f64, f64) {
+    const BLOCK: usize = 256;
+    let vm = f32x8::splat(mean);
+    let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
+    for start in (0..dy.len()).step_by(BLOCK) {
+        let end = (start + BLOCK).min(dy.len());
+        let (mut a, mut b) = (f32x8::ZERO, f32x8::ZERO);
+        let mut i = start;
+        while i + 8 <= end {
+            let mut d = lanes(&dy[i..i + 8]);
+            if let Some(m) = mask {
+                d = lanes(&m[i..i + 8])
+                    .simd_gt(f32x8::ZERO)
+                    .select(d, f32x8::ZERO);
+            }
+            a += d;
+            b += d * (lanes(&x[i..i + 8]) - vm);
+            i += 8;
+        }
+        let (mut sa, mut sb) = (a.reduce_add(), b.reduce_add());
+        for j in i..end {
+            let d = match mask {
+                Some(m) if m[j] <= 0.0 || m[j].is_nan() => 0.0,
+                _ => dy[j],
+            };
+            sa += d;
+            sb += d * (x[j] - mean);
+        }
+        s_dy += f64::from(sa);
+        s_dyx += f64::from(sb);
+    }
+    (s_dy, s_dyx)
+}
+
+#[inline(always)]
+fn lanes(s: &[f32]) -> f32x8 {
+    let a: [f32; 8] = s.try_into().expect("8 lanes");
+    f32x8::from(a)
+}
+
+fn backward_impl(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    mask: Option<&[f32]>,
+    dy: &[f32],
+    g: BnGrads<'_>,
+) -> Result<()> {
+    const OP: &str = "batchnorm_backward";
+    bn.check(OP, x.len(), dy.len())?;
+    check_len(OP, g.dx.len(), bn.len())?;
+    if let Some(m) = mask {
+        check_len(OP, m.len(), bn.len())?;
+    }
+    check_channels(
+        OP,
+        bn.c,
+        &[
+            gamma.len(),
+            saved.mean.len(),
+            saved.inv_std.len(),
+            g.dgamma.len(),
+            g.dbeta.len(),
+        ],
+    )?;
+    let (hw, plane_stride) = (bn.h * bn.w, bn.c * bn.h * bn.w);
+    // Per channel: dbeta = sum(dy), dgamma = sum(dy * xhat).
+    g.dgamma
+        .par_iter_mut()
+        .zip(g.dbeta.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, (dg, db))| {
+            let mean = saved.mean[c];
+            let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
+            for n in 0..bn.n {
+                let r = n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw;
+                let (a, b) =
+                    plane_grad_sums(&dy[r.clone()], &x[r.clone()], mask.map(|m| &m[r]), mean);
+                s_dy += a;
+                s_dyx += b;
+            }
+            *db = s_dy as f32;
+            *dg = (s_dyx * f64::from(saved.inv_std[c])) as f32;
+        });
+    let m = bn.per_channel() as f64;
+    let (dgamma, dbeta) = (&*g.dgamma, &*g.dbeta);
+    for_planes(bn, dy, g.dx, |c, dyp, dxp, plane| {
+        let inv = f64::from(saved.inv_std[c]);
+        let a = f64::from(gamma[c]) * inv;
+        // dx = a * dy - a * sum_dy / M - a * inv * sum_dyxhat / M * (x - mean)
+        let k = (-a * inv * f64::from(dgamma[c]) / m) as f32;
+        let b = (-a * f64::from(dbeta[c]) / m) as f32;
+        let (a, mean) = (a as f32, saved.mean[c]);
+        let r = plane * hw..(plane + 1) * hw;
+        let xp = &x[r.clone()];
+        match mask {
+            Some(m) => {
+                for ((o, &d), (&v, &mv)) in dxp.iter_mut().zip(dyp).zip(xp.iter().zip(&m[r])) {
+                    let d = if mv > 0.0 { d } else { 0.0 };
+                    *o = a * d + k * (v - mean) + b;
+                }
+            }
+            None => {
+                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
+                    *o = a * d + k * (v - mean) + b;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Training backward: `dx`, `dgamma`, `dbeta` from `x`, `dy` and the state the training
+/// forward saved.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on a wrong length.
+pub fn batchnorm_backward(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    dy: &[f32],
+    grads: BnGrads<'_>,
+) -> Result<()> {
+    backward_impl(bn, gamma, saved, x, None, dy, grads)
+}
+
+/// Backward of [`batchnorm_relu_forward_train`]: `dy` is first masked by `y > 0`, where
+/// `y` is that forward's output.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on a wrong length.
+pub fn batchnorm_relu_backward(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    grads: BnGrads<'_>,
+) -> Result<()> {
+    backward_impl(bn, gamma, saved, x, Some(y), dy, grads)
+}
