@@ -151,7 +151,13 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let np = nc.div_ceil(nr);
-        let (nb_i, nb_j) = split(mp, np, threads, mc_panels);
+        let (mut nb_i, nb_j) = split(mp, np, threads, mc_panels);
+        let small_deep = m * nc < SMALL_OUTPUT && kblocks > 2;
+        if small_deep && nb_j == 1 {
+            // Each task packs its own B for every kc block: one task per thread keeps that
+            // work from being repeated (its rows still go through A in mc blocks).
+            nb_i = nb_i.min(threads);
+        }
         let blk = Blocking {
             jc,
             nc,
@@ -161,7 +167,7 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
             mp,
             kc_step,
         };
-        if nb_i == 1 || nb_j > 1 || (m * nc < SMALL_OUTPUT && kblocks > 2) {
+        if nb_i == 1 || nb_j > 1 || small_deep {
             // Short M, or a small output with a deep reduction: each task owns a block of
             // the output and packs its own B for every kc block. One parallel region for
             // the whole depth, no barrier per block.
