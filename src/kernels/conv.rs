@@ -170,10 +170,10 @@ impl Im2col<'_> {
         } else {
             0
         };
-        let mut j = j0;
+        // One division for the start; then whole output rows, counted incrementally.
+        let (mut oy, mut ox0) = (j0 / self.wo, j0 % self.wo);
         let mut out = 0;
         while out < dst.len() {
-            let (oy, ox0) = (j / self.wo, j % self.wo);
             let run = (self.wo - ox0).min(dst.len() - out);
             let seg = &mut dst[out..out + run];
             let iy = (oy * sh + ky) as isize - g.pad.0 as isize;
@@ -196,7 +196,8 @@ impl Im2col<'_> {
                 }
             }
             out += run;
-            j += run;
+            ox0 = 0;
+            oy += 1;
         }
     }
 }
