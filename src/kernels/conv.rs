@@ -542,6 +542,7 @@ pub fn conv2d_backward_weight(
 
 thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static FLIPPED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `dX = conv2d_input_gradient(dY, W)`, `N x Cin x H x W`, overwritten.
@@ -560,18 +561,7 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
         // The transposed convolution of a stride-1 convolution is a convolution of dY with
         // the kernel flipped in space and transposed in channels, padded by K - 1 - p.
-        let mut wf = vec![0.0f32; g.w_len()];
         let (kh, kw) = (g.kh, g.kw);
-        for co in 0..g.c_out {
-            for ci in 0..g.c_in {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        wf[((ci * g.c_out + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] =
-                            w[((co * g.c_in + ci) * kh + ky) * kw + kx];
-                    }
-                }
-            }
-        }
         let t = Conv2d {
             n: g.n,
             c_in: g.c_out,
@@ -584,7 +574,20 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
             pad: (kh - 1 - g.pad.0, kw - 1 - g.pad.1),
         };
         debug_assert_eq!((t.out_h(), t.out_w()), (g.h, g.w));
-        return conv2d_forward(&t, dy, &wf, None, false, dx);
+        // The flipped kernel lives in a per-thread scratch: no allocation in steady state.
+        return with_scratch(&FLIPPED, g.w_len(), |wf| {
+            for co in 0..g.c_out {
+                for ci in 0..g.c_in {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            wf[((ci * g.c_out + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] =
+                                w[((co * g.c_in + ci) * kh + ky) * kw + kx];
+                        }
+                    }
+                }
+            }
+            conv2d_forward(&t, dy, wf, None, false, dx)
+        });
     }
     // Strided (or padded beyond the kernel): dcol = W^T dY into a per-thread scratch for a
     // group of images (about GROUP_COLS columns, so W^T is packed once per group), then

@@ -1,0 +1,91 @@
+//! Once warmed up, the GEMM and the convolution passes do not touch the heap: their packing
+//! buffers and scratch are per-thread and reused. A counting global allocator proves it (on
+//! a one-thread pool, so the thread that warmed the buffers is the one measured).
+
+use selfsup::kernels::conv::{
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
+};
+use selfsup::kernels::gemm::{gemm, Fused, GemmParams, MatMut, MatRef};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts them.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(mut f: impl FnMut()) -> usize {
+    f(); // warm-up: buffers grow to their steady size
+    f();
+    let before = ALLOCS.load(Ordering::Relaxed);
+    f();
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn gemm_and_conv_allocate_nothing_in_steady_state() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let (m, n, k) = (150, 700, 530);
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        let mut c = vec![0.0f32; m * n];
+        let bias = vec![1.0f32; n];
+        let epi = Fused {
+            col_bias: Some(&bias),
+            relu: true,
+            ..Fused::default()
+        };
+        let count = allocations_during(|| {
+            gemm(
+                &GemmParams::new().epilogue(&epi),
+                MatRef::row_major(&a, m, k).unwrap(),
+                MatRef::row_major(&b, k, n).unwrap(),
+                MatMut::row_major(&mut c, m, n).unwrap(),
+            )
+            .unwrap();
+        });
+        assert_eq!(count, 0, "gemm allocated {count} times");
+
+        for g in [
+            Conv2d::new(4, 8, 16, 16, 16, 3, 1, 1),
+            Conv2d::new(40, 8, 8, 8, 16, 3, 2, 1),
+        ] {
+            let x = vec![0.1f32; g.x_len()];
+            let w = vec![0.2f32; g.w_len()];
+            let dy = vec![0.3f32; g.y_len()];
+            let mut y = vec![0.0f32; g.y_len()];
+            let mut dx = vec![0.0f32; g.x_len()];
+            let mut dw = vec![0.0f32; g.w_len()];
+            let count = allocations_during(|| {
+                conv2d_forward(&g, &x, &w, None, true, &mut y).unwrap();
+                conv2d_backward_input(&g, &dy, &w, &mut dx).unwrap();
+                conv2d_backward_weight(&g, &x, &dy, &mut dw, false).unwrap();
+            });
+            assert_eq!(count, 0, "{g:?}: conv passes allocated {count} times");
+        }
+    });
+}
