@@ -96,8 +96,16 @@ fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The case count: `PROPTEST_CASES` when set (heavier sweeps), else the file's default.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
 
     #[test]
     fn conv_matches_direct_f64(g in geometry(), seed in any::<u64>()) {

@@ -232,8 +232,16 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// The case count: `PROPTEST_CASES` when set (heavier sweeps), else the file's default.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn gemm_matches_f64_reference(c in case()) {

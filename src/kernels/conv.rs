@@ -185,13 +185,17 @@ impl Im2col<'_> {
                 let b = hi.clamp(a, ox0 + run);
                 seg[..a - ox0].fill(0.0);
                 seg[b - ox0..].fill(0.0);
-                let mid = &mut seg[a - ox0..b - ox0];
-                let first = a * sw + kx - pw;
-                if sw == 1 {
-                    mid.copy_from_slice(&row[first..first + mid.len()]);
-                } else {
-                    for (d, &v) in mid.iter_mut().zip(row[first..].iter().step_by(sw)) {
-                        *d = v;
+                // a < b means at least one tap inside the row, so a >= lo and the first
+                // input column below is not negative.
+                if a < b {
+                    let mid = &mut seg[a - ox0..b - ox0];
+                    let first = a * sw + kx - pw;
+                    if sw == 1 {
+                        mid.copy_from_slice(&row[first..first + mid.len()]);
+                    } else {
+                        for (d, &v) in mid.iter_mut().zip(row[first..].iter().step_by(sw)) {
+                            *d = v;
+                        }
                     }
                 }
             }
@@ -233,6 +237,10 @@ pub fn conv2d_forward(
         relu,
         ..Fused::default()
     };
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma && !g.is_pointwise() {
+        return direct::forward(g, x, w, bias, relu, y);
+    }
     // Small images are grouped so each GEMM has about GROUP_COLS columns: the weights are
     // packed once per group instead of once per image. A group's output goes through a
     // per-thread scratch (Cout x group*HoWo) and is copied into place.
@@ -292,6 +300,164 @@ pub fn conv2d_forward(
             .try_for_each(one)
     } else {
         one((x, y))
+    }
+}
+
+/// Direct convolution on the AVX2 gather microkernel: no column matrix at all.
+///
+/// The input of a group of images is copied once into a zero-padded scratch; each 6-pixel x
+/// 16-channel output tile is then `sum_p x_padded[base_i + offs[p]] * W^T[p, co]` over every
+/// kernel tap `p = (ci, ky, kx)` (`offs[p] = (ci * Hp + ky) * Wp + kx`, `base_i` the padded
+/// position of pixel i), the six input values broadcast straight from the padded image. The
+/// weights are packed once per call into 16-channel panels. The whole depth runs in one pass
+/// per tile, so every output is the same sequence of fused multiply-adds whatever the threads.
+#[cfg(target_arch = "x86_64")]
+mod direct {
+    use super::{with_scratch, Conv2d};
+    use crate::error::Result;
+    use crate::kernels::gemm::avx2::gather_tile_6x16;
+    use rayon::prelude::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static WPANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Bytes of padded input per group: the group stays in L2 while every channel panel of
+    /// the weights passes over it.
+    const GROUP_BYTES: usize = 256 * 1024;
+
+    pub(super) fn forward(
+        g: &Conv2d,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let depth = g.depth();
+        let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * ho * wo, g.c_in * hp * wp);
+        let panels = g.c_out.div_ceil(16);
+        let group = (GROUP_BYTES / (4 * ps)).clamp(1, g.n);
+        // Weights as W^T in 16-channel panels: wp[q][p * 16 + j] = W[16 q + j, p].
+        with_scratch(&WPANELS, panels * depth * 16, |wpan| {
+            for (q, panel) in wpan.chunks_exact_mut(depth * 16).enumerate() {
+                for (p, row) in panel.chunks_exact_mut(16).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let co = 16 * q + j;
+                        *v = if co < g.c_out { w[co * depth + p] } else { 0.0 };
+                    }
+                }
+            }
+            let wpan: &[f32] = wpan;
+            OFFSETS.with(|cell| {
+                let mut fresh = Vec::new();
+                let mut guard = cell.try_borrow_mut();
+                let offs = match guard.as_deref_mut() {
+                    Ok(v) => v,
+                    Err(_) => &mut fresh,
+                };
+                offs.clear();
+                for ci in 0..g.c_in {
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            offs.push((ci * hp + ky) * wp + kx);
+                        }
+                    }
+                }
+                let offs: &[usize] = offs;
+                let one = |(xg, yg): (&[f32], &mut [f32])| {
+                    group_forward(g, xg, yg, wpan, offs, bias, relu);
+                };
+                if g.n > group {
+                    x.par_chunks(xs * group)
+                        .zip(y.par_chunks_mut(ys * group))
+                        .for_each(one);
+                } else {
+                    one((x, y));
+                }
+            });
+        });
+        Ok(())
+    }
+
+    /// One group of images: pad, then every (channel panel, pixel tile).
+    fn group_forward(
+        g: &Conv2d,
+        xg: &[f32],
+        yg: &mut [f32],
+        wpan: &[f32],
+        offs: &[usize],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let hw = ho * wo;
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let depth = g.depth();
+        let (xs, ps) = (g.c_in * g.h * g.w, g.c_in * hp * wp);
+        let gn = xg.len() / xs;
+        let npix = gn * hw;
+        with_scratch(&PADDED, gn * ps, |xp| {
+            xp.fill(0.0);
+            for img in 0..gn {
+                for ci in 0..g.c_in {
+                    for r in 0..g.h {
+                        let src = &xg[img * xs + (ci * g.h + r) * g.w..][..g.w];
+                        let at = img * ps + (ci * hp + r + g.pad.0) * wp + g.pad.1;
+                        xp[at..at + g.w].copy_from_slice(src);
+                    }
+                }
+            }
+            // The padded position of output pixel j of the group.
+            let base_of = |j: usize| {
+                let (img, pix) = (j / hw, j % hw);
+                let (oy, ox) = (pix / wo, pix % wo);
+                img * ps + oy * g.stride.0 * wp + ox * g.stride.1
+            };
+            // Largest offset read: the last tap from the last pixel; checked once so the
+            // kernel's reads are in bounds.
+            let last = base_of(npix - 1) + offs[depth - 1];
+            assert!(last < xp.len(), "direct conv: padded input too short");
+            let mut tile = [0.0f32; 96];
+            for q in 0..g.c_out.div_ceil(16) {
+                let panel = &wpan[q * depth * 16..][..depth * 16];
+                let cos = (16 * q)..(16 * q + 16).min(g.c_out);
+                for t0 in (0..npix).step_by(6) {
+                    let valid = 6.min(npix - t0);
+                    // Rows past the last pixel repeat it (in bounds) and are not stored.
+                    let bases: [*const f32; 6] =
+                        std::array::from_fn(|i| xp[base_of((t0 + i).min(npix - 1))..].as_ptr());
+                    // SAFETY: the CPU has AVX2+FMA (the caller checked `isa()`); `offs` has
+                    // `depth` entries; every base is a pixel's padded position and every
+                    // base + offset is at most `last`, which is inside `xp` (asserted
+                    // above, since bases and offsets grow with the pixel and the tap); the
+                    // panel holds depth * 16 floats.
+                    unsafe {
+                        gather_tile_6x16(depth, offs.as_ptr(), &bases, panel.as_ptr(), &mut tile)
+                    };
+                    for i in 0..valid {
+                        let j = t0 + i;
+                        let (img, pix) = (j / hw, j % hw);
+                        let out = &mut yg[img * g.c_out * hw..];
+                        for co in cos.clone() {
+                            let mut v = tile[i * 16 + (co - 16 * q)];
+                            if let Some(b) = bias {
+                                v += b[co];
+                            }
+                            if relu && v < 0.0 {
+                                v = 0.0;
+                            }
+                            out[co * hw + pix] = v;
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -119,3 +119,59 @@ unsafe fn kernel_6x16(
         }
     }
 }
+
+/// A 6x16 tile of a direct convolution, `out[16 i + j] = sum_p bases[i][offs[p]] *
+/// b[16 p + j]`: row `i` is an output pixel (its own base pointer into a zero-padded input),
+/// `offs[p]` the input offset of kernel tap `p`, and `b` a 16-channel panel of the weights.
+/// No column matrix is packed: the six broadcasts per step read the input directly.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `offs` must be valid for `k` reads, `bases[i].add(o)`
+/// valid for reading for every `i < 6` and every `o` in `offs[..k]`, and `b` valid for
+/// `k * 16` reads.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gather_tile_6x16(
+    k: usize,
+    offs: *const usize,
+    bases: &[*const f32; 6],
+    b: *const f32,
+    out: &mut [f32; 96],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    let mut b = b;
+    let mut offs = offs;
+    macro_rules! step {
+        () => {{
+            // SAFETY: the caller guarantees `offs` has `k` entries, every `bases[i] + o` is
+            // readable, and `b` holds `k * 16` floats; the loops below run `k` steps.
+            unsafe {
+                let o = *offs;
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                for (row, base) in acc.iter_mut().zip(bases.iter()) {
+                    let ai = _mm256_broadcast_ss(&*base.add(o));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+                offs = offs.add(1);
+                b = b.add(16);
+            }
+        }};
+    }
+    for _ in 0..k / 4 {
+        step!();
+        step!();
+        step!();
+        step!();
+    }
+    for _ in 0..k % 4 {
+        step!();
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: `out` holds 96 floats; row i covers out[16 i .. 16 i + 16].
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(16 * i), row[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(16 * i + 8), row[1]);
+        }
+    }
+}

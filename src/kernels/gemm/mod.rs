@@ -27,7 +27,7 @@
 //! rayon-parallel loop nest splits only independent output blocks, never the K reduction.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 mod epilogue;
 mod kernel;
 mod loops;
