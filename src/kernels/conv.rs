@@ -385,6 +385,164 @@ mod direct {
         Ok(())
     }
 
+    /// Padded input per group of the weight gradient.
+    const WGRAD_GROUP_BYTES: usize = 1024 * 1024;
+
+    thread_local! {
+        static DYT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static PIXELS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+        static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Copies images `xg` into `xp` with their zero border (`Cin` planes of `hp x wp` each).
+    fn pad_into(g: &Conv2d, xg: &[f32], xp: &mut [f32]) {
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let (xs, ps) = (g.c_in * g.h * g.w, g.c_in * hp * wp);
+        xp.par_chunks_mut(ps)
+            .zip(xg.par_chunks(xs))
+            .for_each(|(dst, src)| {
+                dst.fill(0.0);
+                for ci in 0..g.c_in {
+                    for r in 0..g.h {
+                        let at = (ci * hp + r + g.pad.0) * wp + g.pad.1;
+                        dst[at..at + g.w].copy_from_slice(&src[(ci * g.h + r) * g.w..][..g.w]);
+                    }
+                }
+            });
+    }
+
+    /// `dW (+)= sum over the batch of x_padded[pixel + tap] * dY[co, pixel]`, as 6-tap x
+    /// 16-channel tiles of `dW^T` on the gather microkernel: the rows are taps (their
+    /// offsets the kernel's six bases), the steps are the pixels of a group of images (their
+    /// padded positions the offset table) and `dY^T` is the 16-channel panel. Groups run in
+    /// order and each tile adds its group sum to its own accumulator, so the result does not
+    /// depend on the number of threads.
+    pub(super) fn weight_grad(g: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32], accumulate: bool) {
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let hw = ho * wo;
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let depth = g.depth();
+        let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * hw, g.c_in * hp * wp);
+        let panels = g.c_out.div_ceil(16);
+        let tap_tiles = depth.div_ceil(6);
+        let group = (WGRAD_GROUP_BYTES / (4 * ps)).clamp(1, g.n);
+        let mut offs = Vec::new();
+        OFFSETS.with(|cell| {
+            if let Ok(mut v) = cell.try_borrow_mut() {
+                offs = std::mem::take(&mut *v);
+            }
+        });
+        offs.clear();
+        for ci in 0..g.c_in {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    offs.push((ci * hp + ky) * wp + kx);
+                }
+            }
+        }
+        with_scratch(&TILES, tap_tiles * panels * 96, |acc| {
+            acc.fill(0.0);
+            for (xg, dyg) in x.chunks(xs * group).zip(dy.chunks(ys * group)) {
+                let gn = xg.len() / xs;
+                let npix = gn * hw;
+                with_scratch(&PADDED, gn * ps, |xp| {
+                    pad_into(g, xg, xp);
+                    let xp: &[f32] = xp;
+                    with_scratch(&DYT, panels * npix * 16, |dyt| {
+                        // dY^T panels: dyt[q][s * 16 + j] = dY[img(s), 16 q + j, pix(s)].
+                        dyt.par_chunks_mut(npix * 16)
+                            .enumerate()
+                            .for_each(|(q, panel)| {
+                                for (s, row) in panel.chunks_exact_mut(16).enumerate() {
+                                    let (img, pix) = (s / hw, s % hw);
+                                    for (j, v) in row.iter_mut().enumerate() {
+                                        let co = 16 * q + j;
+                                        *v = if co < g.c_out {
+                                            dyg[img * ys + co * hw + pix]
+                                        } else {
+                                            0.0
+                                        };
+                                    }
+                                }
+                            });
+                        let dyt: &[f32] = dyt;
+                        PIXELS.with(|cell| {
+                            let mut fresh = Vec::new();
+                            let mut guard = cell.try_borrow_mut();
+                            let pix = match guard.as_deref_mut() {
+                                Ok(v) => v,
+                                Err(_) => &mut fresh,
+                            };
+                            pix.clear();
+                            pix.extend((0..npix).map(|s| {
+                                let (img, p) = (s / hw, s % hw);
+                                img * ps + (p / wo) * g.stride.0 * wp + (p % wo) * g.stride.1
+                            }));
+                            let pix: &[usize] = pix;
+                            // The largest element read: the last tap at the last pixel.
+                            let last = pix[npix - 1] + offs[depth - 1];
+                            assert!(last < xp.len(), "direct conv: padded input too short");
+                            acc.par_chunks_mut(96)
+                                .enumerate()
+                                .for_each(|(task, tile_acc)| {
+                                    let (t, q) = (task / panels, task % panels);
+                                    // Taps past the last one repeat it (in bounds), never stored.
+                                    let bases: [*const f32; 6] = std::array::from_fn(|i| {
+                                        xp[offs[(6 * t + i).min(depth - 1)]..].as_ptr()
+                                    });
+                                    let mut tile = [0.0f32; 96];
+                                    // SAFETY: AVX2+FMA were detected by the caller; `pix` has
+                                    // npix entries; every base + pixel offset is at most `last`
+                                    // (both grow monotonically), which is inside `xp`; the dY^T
+                                    // panel holds npix * 16 floats.
+                                    unsafe {
+                                        gather_tile_6x16(
+                                            npix,
+                                            pix.as_ptr(),
+                                            &bases,
+                                            dyt[q * npix * 16..].as_ptr(),
+                                            &mut tile,
+                                        )
+                                    };
+                                    for (a, v) in tile_acc.iter_mut().zip(tile) {
+                                        *a += v;
+                                    }
+                                });
+                        });
+                    });
+                });
+            }
+            // Scatter the tiles of dW^T into dW (Cout x Cin*Kh*Kw).
+            for (task, tile) in acc.chunks_exact(96).enumerate() {
+                let (t, q) = (task / panels, task % panels);
+                for i in 0..6 {
+                    let p = 6 * t + i;
+                    if p >= depth {
+                        break;
+                    }
+                    for j in 0..16 {
+                        let co = 16 * q + j;
+                        if co >= g.c_out {
+                            break;
+                        }
+                        let d = &mut dw[co * depth + p];
+                        *d = if accumulate {
+                            *d + tile[i * 16 + j]
+                        } else {
+                            tile[i * 16 + j]
+                        };
+                    }
+                }
+            }
+        });
+        // Hand the offset table back to this thread's scratch for the next call.
+        OFFSETS.with(|cell| {
+            if let Ok(mut v) = cell.try_borrow_mut() {
+                *v = offs;
+            }
+        });
+    }
+
     /// One group of images: pad, then every (channel panel, pixel tile).
     fn group_forward(
         g: &Conv2d,
@@ -693,6 +851,11 @@ pub fn conv2d_backward_weight(
     g.check_len("conv2d input", x.len(), g.x_len())?;
     g.check_len("conv2d output gradient", dy.len(), g.y_len())?;
     g.check_len("conv2d weight gradient", dw.len(), g.w_len())?;
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma && !g.is_pointwise() && g.n > 0 {
+        direct::weight_grad(g, x, dy, dw, accumulate);
+        return Ok(());
+    }
     let (ho, wo) = (g.out_h(), g.out_w());
     let a = BatchIm2col { x, g: *g, ho, wo };
     let b = BatchDyT {
