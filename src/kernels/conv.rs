@@ -1,18 +1,20 @@
-//! 2-D convolution (NCHW, any kernel size, stride and padding; dilation 1, groups 1) as GEMM
-//! with implicit im2col: the GEMM's packers read panels straight from the image, so no
-//! column matrix is ever materialized (Chellapilla et al. 2006 for the lowering; the BLIS
-//! packing interface of `gemm` for doing it on the fly).
+//! 2-D convolution (NCHW, any kernel size, stride and padding; dilation 1, groups 1), never
+//! through a materialized column matrix.
 //!
-//! - forward, per image: `Y[n] (Cout x HoWo) = W (Cout x Cin*Kh*Kw) * col(X[n])`, bias and
-//!   ReLU in the GEMM epilogue; parallel over images, one sequential GEMM per image (a
-//!   single image runs one parallel GEMM instead).
-//! - weight gradient: `dW = sum_n dY[n] * col(X[n])^T` as ONE GEMM whose reduction runs over
-//!   every pixel of the batch (`dY` and `col(X)^T` both packed from the tensors), so the sum
-//!   over images is never split across threads and the result does not depend on them.
-//! - input gradient: for stride 1 a forward convolution of `dY` with the flipped, transposed
-//!   kernel (padding `K - 1 - p`); for larger strides `dcol = W^T * dY[n]` per image into a
-//!   per-thread scratch, then col2im accumulation into `dX[n]`.
-//! - 1x1, stride 1, no padding: the image itself is the GEMM operand (no im2col at all).
+//! - AVX2 (the `direct` module): the forward pass and the weight gradient run a direct
+//!   convolution on the gather microkernel: a zero-padded copy of a group of images, then 6x16
+//!   register tiles whose six A values per step are broadcast straight from the padded image
+//!   at `pixel position + tap offset` (pixels x taps for the forward pass, taps x pixels for
+//!   the weight gradient, summed over groups of images in a fixed order).
+//! - Portable: GEMM with implicit im2col (Chellapilla et al. 2006 for the lowering): the
+//!   GEMM's packers read panels straight from the image. Forward per group of small images
+//!   `Y = W * col(X)` (bias and ReLU in the epilogue); weight gradient one GEMM
+//!   `dW^T = col(X) * dY^T` over every pixel of the batch, so the sum over images is never
+//!   split across threads.
+//! - Input gradient: for stride 1 a forward convolution of `dY` with the flipped, transposed
+//!   kernel (padding `K - 1 - p`); for larger strides `dcol = W^T * dY` per group of images
+//!   into a per-thread scratch, then col2im accumulation into `dX`.
+//! - 1x1, stride 1, no padding: the image itself is the GEMM operand.
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{gemm, gemm_packed, Fused, GemmParams, MatMut, MatRef, PackA, PackB};
