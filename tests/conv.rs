@@ -243,6 +243,15 @@ fn bad_geometry_and_lengths_are_errors() {
     assert!(conv2d_forward(&g, &x, &w, Some(&[1.0]), false, &mut y).is_err());
     let mut dw = vec![0.0f32; g.w_len() + 1];
     assert!(conv2d_backward_weight(&g, &x, &y, &mut dw, false).is_err());
+    // An empty batch: nothing to compute, the weight gradient is zero (or left as is).
+    let e = Conv2d::new(0, 2, 8, 8, 3, 3, 1, 1);
+    conv2d_forward(&e, &[], &vec![1.0; e.w_len()], None, false, &mut []).unwrap();
+    conv2d_backward_input(&e, &[], &vec![1.0; e.w_len()], &mut []).unwrap();
+    let mut dw = vec![5.0f32; e.w_len()];
+    conv2d_backward_weight(&e, &[], &[], &mut dw, true).unwrap();
+    assert!(dw.iter().all(|&v| v == 5.0));
+    conv2d_backward_weight(&e, &[], &[], &mut dw, false).unwrap();
+    assert!(dw.iter().all(|&v| v == 0.0));
     let huge = Conv2d::new(usize::MAX / 4, 4, 8, 8, 2, 3, 1, 1);
     assert!(huge.validate().is_err());
 }
