@@ -322,6 +322,7 @@ mod direct {
     use std::cell::RefCell;
 
     thread_local! {
+        static FWD_PIXELS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
         static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
         static WPANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
         static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
@@ -573,50 +574,70 @@ mod direct {
                     }
                 }
             }
-            // The padded position of output pixel j of the group.
-            let base_of = |j: usize| {
-                let (img, pix) = (j / hw, j % hw);
-                let (oy, ox) = (pix / wo, pix % wo);
-                img * ps + oy * g.stride.0 * wp + ox * g.stride.1
-            };
-            // Largest offset read: the last tap from the last pixel; checked once so the
-            // kernel's reads are in bounds.
-            let last = base_of(npix - 1) + offs[depth - 1];
-            assert!(last < xp.len(), "direct conv: padded input too short");
-            let mut tile = [0.0f32; 96];
-            for q in 0..g.c_out.div_ceil(16) {
-                let panel = &wpan[q * depth * 16..][..depth * 16];
-                let cos = (16 * q)..(16 * q + 16).min(g.c_out);
-                for t0 in (0..npix).step_by(6) {
-                    let valid = 6.min(npix - t0);
-                    // Rows past the last pixel repeat it (in bounds) and are not stored.
-                    let bases: [*const f32; 6] =
-                        std::array::from_fn(|i| xp[base_of((t0 + i).min(npix - 1))..].as_ptr());
-                    // SAFETY: the CPU has AVX2+FMA (the caller checked `isa()`); `offs` has
-                    // `depth` entries; every base is a pixel's padded position and every
-                    // base + offset is at most `last`, which is inside `xp` (asserted
-                    // above, since bases and offsets grow with the pixel and the tap); the
-                    // panel holds depth * 16 floats.
-                    unsafe {
-                        gather_tile_6x16(depth, offs.as_ptr(), &bases, panel.as_ptr(), &mut tile)
-                    };
-                    for i in 0..valid {
-                        let j = t0 + i;
-                        let (img, pix) = (j / hw, j % hw);
-                        let out = &mut yg[img * g.c_out * hw..];
-                        for co in cos.clone() {
-                            let mut v = tile[i * 16 + (co - 16 * q)];
-                            if let Some(b) = bias {
-                                v += b[co];
-                            }
-                            if relu && v < 0.0 {
-                                v = 0.0;
-                            }
-                            out[co * hw + pix] = v;
+            FWD_PIXELS.with(|cell| {
+                let mut fresh = Vec::new();
+                let mut guard = cell.try_borrow_mut();
+                let pix = match guard.as_deref_mut() {
+                    Ok(v) => v,
+                    Err(_) => &mut fresh,
+                };
+                // For each output pixel j of the group: its padded input position, then
+                // where its channel 0 goes in the output (no divisions in the tile loop).
+                pix.clear();
+                for img in 0..gn {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            pix.push(img * ps + oy * g.stride.0 * wp + ox * g.stride.1);
                         }
                     }
                 }
-            }
+                for img in 0..gn {
+                    pix.extend((0..hw).map(|p| img * g.c_out * hw + p));
+                }
+                let (pin, pout) = pix.split_at(npix);
+                // Largest offset read: the last tap from the last pixel; checked once so the
+                // kernel's reads are in bounds.
+                let last = pin[npix - 1] + offs[depth - 1];
+                assert!(last < xp.len(), "direct conv: padded input too short");
+                let mut tile = [0.0f32; 96];
+                for q in 0..g.c_out.div_ceil(16) {
+                    let panel = &wpan[q * depth * 16..][..depth * 16];
+                    let cos = (16 * q)..(16 * q + 16).min(g.c_out);
+                    for t0 in (0..npix).step_by(6) {
+                        let valid = 6.min(npix - t0);
+                        // Rows past the last pixel repeat it (in bounds) and are not stored.
+                        let bases: [*const f32; 6] =
+                            std::array::from_fn(|i| xp[pin[(t0 + i).min(npix - 1)]..].as_ptr());
+                        // SAFETY: the CPU has AVX2+FMA (the caller checked `isa()`); `offs`
+                        // has `depth` entries; every base is a pixel's padded position and
+                        // every base + offset is at most `last`, which is inside `xp`
+                        // (asserted above: positions and offsets grow with the pixel and the
+                        // tap); the panel holds depth * 16 floats.
+                        unsafe {
+                            gather_tile_6x16(
+                                depth,
+                                offs.as_ptr(),
+                                &bases,
+                                panel.as_ptr(),
+                                &mut tile,
+                            )
+                        };
+                        for co in cos.clone() {
+                            let lane = co - 16 * q;
+                            for i in 0..valid {
+                                let mut v = tile[i * 16 + lane];
+                                if let Some(b) = bias {
+                                    v += b[co];
+                                }
+                                if relu && v < 0.0 {
+                                    v = 0.0;
+                                }
+                                yg[pout[t0 + i] + co * hw] = v;
+                            }
+                        }
+                    }
+                }
+            });
         });
     }
 }
