@@ -328,6 +328,34 @@ mod direct {
         static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     }
 
+    /// `offs[p]`: the offset of kernel tap `p = (ci, ky, kx)` from a pixel's position in the
+    /// zero-padded input, `(ci * Hp + ky) * Wp + kx`.
+    fn tap_offsets(g: &Conv2d, offs: &mut [usize]) {
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let taps = (0..g.c_in).flat_map(|ci| {
+            (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (ci * hp + ky) * wp + kx))
+        });
+        for (o, t) in offs.iter_mut().zip(taps) {
+            *o = t;
+        }
+    }
+
+    /// `pos[j]`: the position in the zero-padded input of a group of the top-left tap of
+    /// output pixel `j` (images one after another).
+    fn pixel_positions(g: &Conv2d, pos: &mut [usize]) {
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let ps = g.c_in * hp * wp;
+        let all = (0..).flat_map(|img| {
+            (0..ho).flat_map(move |oy| {
+                (0..wo).map(move |ox| img * ps + oy * g.stride.0 * wp + ox * g.stride.1)
+            })
+        });
+        for (p, v) in pos.iter_mut().zip(all) {
+            *p = v;
+        }
+    }
+
     /// Bytes of padded input per group: the group stays in L2 while every channel panel of
     /// the weights passes over it.
     const GROUP_BYTES: usize = 256 * 1024;
@@ -357,21 +385,8 @@ mod direct {
                 }
             }
             let wpan: &[f32] = wpan;
-            OFFSETS.with(|cell| {
-                let mut fresh = Vec::new();
-                let mut guard = cell.try_borrow_mut();
-                let offs = match guard.as_deref_mut() {
-                    Ok(v) => v,
-                    Err(_) => &mut fresh,
-                };
-                offs.clear();
-                for ci in 0..g.c_in {
-                    for ky in 0..g.kh {
-                        for kx in 0..g.kw {
-                            offs.push((ci * hp + ky) * wp + kx);
-                        }
-                    }
-                }
+            with_scratch(&OFFSETS, depth, |offs| {
+                tap_offsets(g, offs);
                 let offs: &[usize] = offs;
                 let one = |(xg, yg): (&[f32], &mut [f32])| {
                     group_forward(g, xg, yg, wpan, offs, bias, relu);
@@ -429,120 +444,94 @@ mod direct {
         let panels = g.c_out.div_ceil(16);
         let tap_tiles = depth.div_ceil(6);
         let group = (WGRAD_GROUP_BYTES / (4 * ps)).clamp(1, g.n);
-        let mut offs = Vec::new();
-        OFFSETS.with(|cell| {
-            if let Ok(mut v) = cell.try_borrow_mut() {
-                offs = std::mem::take(&mut *v);
-            }
-        });
-        offs.clear();
-        for ci in 0..g.c_in {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    offs.push((ci * hp + ky) * wp + kx);
-                }
-            }
-        }
-        with_scratch(&TILES, tap_tiles * panels * 96, |acc| {
-            acc.fill(0.0);
-            for (xg, dyg) in x.chunks(xs * group).zip(dy.chunks(ys * group)) {
-                let gn = xg.len() / xs;
-                let npix = gn * hw;
-                with_scratch(&PADDED, gn * ps, |xp| {
-                    pad_into(g, xg, xp);
-                    let xp: &[f32] = xp;
-                    with_scratch(&DYT, panels * npix * 16, |dyt| {
-                        // dY^T panels: dyt[q][s * 16 + j] = dY[img(s), 16 q + j, pix(s)].
-                        dyt.par_chunks_mut(npix * 16)
-                            .enumerate()
-                            .for_each(|(q, panel)| {
-                                for (s, row) in panel.chunks_exact_mut(16).enumerate() {
-                                    let (img, pix) = (s / hw, s % hw);
-                                    for (j, v) in row.iter_mut().enumerate() {
-                                        let co = 16 * q + j;
-                                        *v = if co < g.c_out {
-                                            dyg[img * ys + co * hw + pix]
-                                        } else {
-                                            0.0
-                                        };
-                                    }
-                                }
-                            });
-                        let dyt: &[f32] = dyt;
-                        PIXELS.with(|cell| {
-                            let mut fresh = Vec::new();
-                            let mut guard = cell.try_borrow_mut();
-                            let pix = match guard.as_deref_mut() {
-                                Ok(v) => v,
-                                Err(_) => &mut fresh,
-                            };
-                            pix.clear();
-                            pix.extend((0..npix).map(|s| {
-                                let (img, p) = (s / hw, s % hw);
-                                img * ps + (p / wo) * g.stride.0 * wp + (p % wo) * g.stride.1
-                            }));
-                            let pix: &[usize] = pix;
-                            // The largest element read: the last tap at the last pixel.
-                            let last = pix[npix - 1] + offs[depth - 1];
-                            assert!(last < xp.len(), "direct conv: padded input too short");
-                            acc.par_chunks_mut(96)
+        with_scratch(&OFFSETS, depth, |offs| {
+            tap_offsets(g, offs);
+            let offs: &[usize] = offs;
+            with_scratch(&TILES, tap_tiles * panels * 96, |acc| {
+                acc.fill(0.0);
+                for (xg, dyg) in x.chunks(xs * group).zip(dy.chunks(ys * group)) {
+                    let gn = xg.len() / xs;
+                    let npix = gn * hw;
+                    with_scratch(&PADDED, gn * ps, |xp| {
+                        pad_into(g, xg, xp);
+                        let xp: &[f32] = xp;
+                        with_scratch(&DYT, panels * npix * 16, |dyt| {
+                            // dY^T panels: dyt[q][s * 16 + j] = dY[img(s), 16 q + j, pix(s)].
+                            dyt.par_chunks_mut(npix * 16)
                                 .enumerate()
-                                .for_each(|(task, tile_acc)| {
-                                    let (t, q) = (task / panels, task % panels);
-                                    // Taps past the last one repeat it (in bounds), never stored.
-                                    let bases: [*const f32; 6] = std::array::from_fn(|i| {
-                                        xp[offs[(6 * t + i).min(depth - 1)]..].as_ptr()
-                                    });
-                                    let mut tile = [0.0f32; 96];
-                                    // SAFETY: AVX2+FMA were detected by the caller; `pix` has
-                                    // npix entries; every base + pixel offset is at most `last`
-                                    // (both grow monotonically), which is inside `xp`; the dY^T
-                                    // panel holds npix * 16 floats.
-                                    unsafe {
-                                        gather_tile_6x16(
-                                            npix,
-                                            pix.as_ptr(),
-                                            &bases,
-                                            dyt[q * npix * 16..].as_ptr(),
-                                            &mut tile,
-                                        )
-                                    };
-                                    for (a, v) in tile_acc.iter_mut().zip(tile) {
-                                        *a += v;
+                                .for_each(|(q, panel)| {
+                                    for (s, row) in panel.chunks_exact_mut(16).enumerate() {
+                                        let (img, pix) = (s / hw, s % hw);
+                                        for (j, v) in row.iter_mut().enumerate() {
+                                            let co = 16 * q + j;
+                                            *v = if co < g.c_out {
+                                                dyg[img * ys + co * hw + pix]
+                                            } else {
+                                                0.0
+                                            };
+                                        }
                                     }
                                 });
+                            let dyt: &[f32] = dyt;
+                            with_scratch(&PIXELS, npix, |pix| {
+                                pixel_positions(g, pix);
+                                let pix: &[usize] = pix;
+                                // The largest element read: the last tap at the last pixel.
+                                let last = pix[npix - 1] + offs[depth - 1];
+                                assert!(last < xp.len(), "direct conv: padded input too short");
+                                acc.par_chunks_mut(96)
+                                    .enumerate()
+                                    .for_each(|(task, tile_acc)| {
+                                        let (t, q) = (task / panels, task % panels);
+                                        // Taps past the last one repeat it (in bounds), never stored.
+                                        let bases: [*const f32; 6] = std::array::from_fn(|i| {
+                                            xp[offs[(6 * t + i).min(depth - 1)]..].as_ptr()
+                                        });
+                                        let mut tile = [0.0f32; 96];
+                                        // SAFETY: AVX2+FMA were detected by the caller; `pix` has
+                                        // npix entries; every base + pixel offset is at most `last`
+                                        // (both grow monotonically), which is inside `xp`; the dY^T
+                                        // panel holds npix * 16 floats.
+                                        unsafe {
+                                            gather_tile_6x16(
+                                                npix,
+                                                pix.as_ptr(),
+                                                &bases,
+                                                dyt[q * npix * 16..].as_ptr(),
+                                                &mut tile,
+                                            )
+                                        };
+                                        for (a, v) in tile_acc.iter_mut().zip(tile) {
+                                            *a += v;
+                                        }
+                                    });
+                            });
                         });
                     });
-                });
-            }
-            // Scatter the tiles of dW^T into dW (Cout x Cin*Kh*Kw).
-            for (task, tile) in acc.chunks_exact(96).enumerate() {
-                let (t, q) = (task / panels, task % panels);
-                for i in 0..6 {
-                    let p = 6 * t + i;
-                    if p >= depth {
-                        break;
-                    }
-                    for j in 0..16 {
-                        let co = 16 * q + j;
-                        if co >= g.c_out {
+                }
+                // Scatter the tiles of dW^T into dW (Cout x Cin*Kh*Kw).
+                for (task, tile) in acc.chunks_exact(96).enumerate() {
+                    let (t, q) = (task / panels, task % panels);
+                    for i in 0..6 {
+                        let p = 6 * t + i;
+                        if p >= depth {
                             break;
                         }
-                        let d = &mut dw[co * depth + p];
-                        *d = if accumulate {
-                            *d + tile[i * 16 + j]
-                        } else {
-                            tile[i * 16 + j]
-                        };
+                        for j in 0..16 {
+                            let co = 16 * q + j;
+                            if co >= g.c_out {
+                                break;
+                            }
+                            let d = &mut dw[co * depth + p];
+                            *d = if accumulate {
+                                *d + tile[i * 16 + j]
+                            } else {
+                                tile[i * 16 + j]
+                            };
+                        }
                     }
                 }
-            }
-        });
-        // Hand the offset table back to this thread's scratch for the next call.
-        OFFSETS.with(|cell| {
-            if let Ok(mut v) = cell.try_borrow_mut() {
-                *v = offs;
-            }
+            });
         });
     }
 
@@ -574,27 +563,15 @@ mod direct {
                     }
                 }
             }
-            FWD_PIXELS.with(|cell| {
-                let mut fresh = Vec::new();
-                let mut guard = cell.try_borrow_mut();
-                let pix = match guard.as_deref_mut() {
-                    Ok(v) => v,
-                    Err(_) => &mut fresh,
-                };
-                // For each output pixel j of the group: its padded input position, then
-                // where its channel 0 goes in the output (no divisions in the tile loop).
-                pix.clear();
-                for img in 0..gn {
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            pix.push(img * ps + oy * g.stride.0 * wp + ox * g.stride.1);
-                        }
-                    }
+            with_scratch(&FWD_PIXELS, 2 * npix, |pix| {
+                // For each output pixel j of the group: its padded input position, and where
+                // its channel 0 goes in the output (no divisions in the tile loop).
+                let (pin, pout) = pix.split_at_mut(npix);
+                pixel_positions(g, pin);
+                for (j, o) in pout.iter_mut().enumerate() {
+                    *o = (j / hw) * g.c_out * hw + j % hw;
                 }
-                for img in 0..gn {
-                    pix.extend((0..hw).map(|p| img * g.c_out * hw + p));
-                }
-                let (pin, pout) = pix.split_at(npix);
+                let (pin, pout): (&[usize], &[usize]) = (pin, pout);
                 // Largest offset read: the last tap from the last pixel; checked once so the
                 // kernel's reads are in bounds.
                 let last = pin[npix - 1] + offs[depth - 1];
@@ -649,21 +626,22 @@ thread_local! {
     static OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on `len` floats of this thread's scratch `key` (reused across calls; a fresh
-/// buffer when the scratch is already in use by an outer call on this thread).
-fn with_scratch<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+/// Runs `f` on `len` elements of this thread's scratch `key` (reused across calls, so no
+/// allocation in steady state; a fresh buffer when the scratch is already in use by an outer
+/// call on this thread).
+fn with_scratch<T: Clone + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => {
             if v.len() < len {
-                v.resize(len, 0.0);
+                v.resize(len, T::default());
             }
             f(&mut v[..len])
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 
