@@ -68,3 +68,17 @@ pub enum Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Ok` when a slice has the length an operation needs, else [`Error::ShapeMismatch`] naming
+/// the operand (`op`) with the length it has and the one it needs.
+pub(crate) fn check_len(op: &'static str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op,
+            lhs: [got].into(),
+            rhs: [want].into(),
+        })
+    }
+}

@@ -16,7 +16,7 @@
 //!   into a per-thread scratch, then col2im accumulation into `dX`.
 //! - 1x1, stride 1, no padding: the image itself is the GEMM operand.
 
-use crate::error::{Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::kernels::gemm::{gemm, gemm_packed, Fused, GemmParams, MatMut, MatRef, PackA, PackB};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -126,18 +126,6 @@ impl Conv2d {
         Ok(())
     }
 
-    fn check_len(&self, what: &'static str, got: usize, want: usize) -> Result<()> {
-        if got == want {
-            Ok(())
-        } else {
-            Err(Error::ShapeMismatch {
-                op: what,
-                lhs: [got].into(),
-                rhs: [want].into(),
-            })
-        }
-    }
-
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0)
     }
@@ -222,11 +210,11 @@ pub fn conv2d_forward(
     y: &mut [f32],
 ) -> Result<()> {
     g.validate()?;
-    g.check_len("conv2d input", x.len(), g.x_len())?;
-    g.check_len("conv2d weight", w.len(), g.w_len())?;
-    g.check_len("conv2d output", y.len(), g.y_len())?;
+    check_len("conv2d input", x.len(), g.x_len())?;
+    check_len("conv2d weight", w.len(), g.w_len())?;
+    check_len("conv2d output", y.len(), g.y_len())?;
     if let Some(b) = bias {
-        g.check_len("conv2d bias", b.len(), g.c_out)?;
+        check_len("conv2d bias", b.len(), g.c_out)?;
     }
     if g.n == 0 {
         return Ok(());
@@ -296,12 +284,25 @@ pub fn conv2d_forward(
             Ok(())
         })
     };
-    if parallel_groups {
-        x.par_chunks(xs * group)
-            .zip(y.par_chunks_mut(ys * group))
-            .try_for_each(one)
+    for_each_group(x, xs * group, y, ys * group, one)
+}
+
+/// Runs `f` on the matching groups of `a` (chunks of `a_group`) and `b` (chunks of
+/// `b_group`): in parallel when there is more than one group, else once on the calling thread
+/// (where `f`'s GEMMs may use the pool themselves).
+fn for_each_group<A: Sync, B: Send>(
+    a: &[A],
+    a_group: usize,
+    b: &mut [B],
+    b_group: usize,
+    f: impl Fn((&[A], &mut [B])) -> Result<()> + Sync + Send,
+) -> Result<()> {
+    if a.len() > a_group {
+        a.par_chunks(a_group)
+            .zip(b.par_chunks_mut(b_group))
+            .try_for_each(f)
     } else {
-        one((x, y))
+        f((a, b))
     }
 }
 
@@ -315,7 +316,7 @@ pub fn conv2d_forward(
 /// per tile, so every output is the same sequence of fused multiply-adds whatever the threads.
 #[cfg(target_arch = "x86_64")]
 mod direct {
-    use super::{with_scratch, Conv2d};
+    use super::{for_each_group, with_scratch, Conv2d};
     use crate::error::Result;
     use crate::kernels::gemm::avx2::gather_tile_6x16;
     use rayon::prelude::*;
@@ -390,17 +391,11 @@ mod direct {
                 let offs: &[usize] = offs;
                 let one = |(xg, yg): (&[f32], &mut [f32])| {
                     group_forward(g, xg, yg, wpan, offs, bias, relu);
+                    Ok(())
                 };
-                if g.n > group {
-                    x.par_chunks(xs * group)
-                        .zip(y.par_chunks_mut(ys * group))
-                        .for_each(one);
-                } else {
-                    one((x, y));
-                }
-            });
-        });
-        Ok(())
+                for_each_group(x, xs * group, y, ys * group, one)
+            })
+        })
     }
 
     /// Padded input per group of the weight gradient.
@@ -849,9 +844,9 @@ pub fn conv2d_backward_weight(
     accumulate: bool,
 ) -> Result<()> {
     g.validate()?;
-    g.check_len("conv2d input", x.len(), g.x_len())?;
-    g.check_len("conv2d output gradient", dy.len(), g.y_len())?;
-    g.check_len("conv2d weight gradient", dw.len(), g.w_len())?;
+    check_len("conv2d input", x.len(), g.x_len())?;
+    check_len("conv2d output gradient", dy.len(), g.y_len())?;
+    check_len("conv2d weight gradient", dw.len(), g.w_len())?;
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma && !g.is_pointwise() && g.n > 0 {
         direct::weight_grad(g, x, dy, dw, accumulate);
@@ -881,9 +876,9 @@ thread_local! {
 /// An invalid geometry or a slice of the wrong length.
 pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
     g.validate()?;
-    g.check_len("conv2d output gradient", dy.len(), g.y_len())?;
-    g.check_len("conv2d weight", w.len(), g.w_len())?;
-    g.check_len("conv2d input gradient", dx.len(), g.x_len())?;
+    check_len("conv2d output gradient", dy.len(), g.y_len())?;
+    check_len("conv2d weight", w.len(), g.w_len())?;
+    check_len("conv2d input gradient", dx.len(), g.x_len())?;
     if g.n == 0 {
         return Ok(());
     }
@@ -948,13 +943,7 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
             Ok(())
         })
     };
-    if parallel_groups {
-        dy.par_chunks(ys * group)
-            .zip(dx.par_chunks_mut(xs * group))
-            .try_for_each(one)
-    } else {
-        one((dy, dx))
-    }
+    for_each_group(dy, ys * group, dx, xs * group, one)
 }
 
 /// `images` consecutive `rows x hw` planes side by side as one GEMM operand

@@ -28,7 +28,7 @@
 //!   `f32::MIN_POSITIVE` and are still identical for any thread count when every worker
 //!   uses the same mode. On other architectures both are no-ops.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use rayon::prelude::*;
 use wide::f32x8;
 
@@ -78,17 +78,7 @@ fn mask_s(m: f32, dy: f32) -> f32 {
     }
 }
 
-pub(crate) fn check_len(op: &'static str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            op,
-            lhs: [got].into(),
-            rhs: [want].into(),
-        })
-    }
-}
+pub(crate) use crate::error::check_len;
 
 /// `y[i] = f(y[i])` over one chunk.
 #[inline(always)]
