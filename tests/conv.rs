@@ -1,6 +1,9 @@
 //! conv2d forward, input gradient and weight gradient against the f64 direct convolution;
 //! finite differences; thread-count invariance; bad geometry.
 
+mod common;
+use common::cases;
+
 use proptest::prelude::*;
 use selfsup::kernels::conv::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
@@ -94,14 +97,6 @@ fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
     let plus_one: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
     close("dw accumulated", &acc, &plus_one, &mag, depth)?;
     Ok(())
-}
-
-/// The case count: `PROPTEST_CASES` when set (heavier sweeps), else the file's default.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

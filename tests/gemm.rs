@@ -4,6 +4,9 @@
 //!
 //! `PROPTEST_CASES=2000 cargo test --release --test gemm` runs a heavier sweep.
 
+mod common;
+use common::cases;
+
 use proptest::prelude::*;
 use selfsup::kernels::gemm::{
     gemm, gemm_packed, tile_shape, Epilogue, Fused, GemmParams, MatMut, MatRef, PackB, Transpose,
@@ -230,14 +233,6 @@ fn case() -> impl Strategy<Value = Case> {
                 seed,
             },
         )
-}
-
-/// The case count: `PROPTEST_CASES` when set (heavier sweeps), else the file's default.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

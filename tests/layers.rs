@@ -5,6 +5,9 @@
 //!
 //! `PROPTEST_CASES=1000 cargo test --release --test layers` runs a heavier sweep.
 
+mod common;
+use common::cases;
+
 use proptest::prelude::*;
 use selfsup::kernels::batchnorm::{
     batchnorm_backward, batchnorm_fold, batchnorm_forward_eval, batchnorm_forward_train,
@@ -91,14 +94,6 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// A dimension: 1, a small odd size, or anything small.
 fn dim(max: usize) -> impl Strategy<Value = usize> {
     prop_oneof![Just(1usize), Just(3usize), 1..=max]
-}
-
-/// `default` cases, or `PROPTEST_CASES` when set.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
