@@ -9,5 +9,7 @@ pub mod gemm;
 pub mod linear;
 pub mod pool;
 pub mod reference;
+pub(crate) mod simd;
+pub mod vmath;
 
 pub use dispatch::{isa, Isa};
