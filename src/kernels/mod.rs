@@ -2,6 +2,7 @@
 //! function here is safe and checks its arguments before any unsafe code runs.
 
 pub mod batchnorm;
+pub mod contrastive;
 pub mod conv;
 pub mod dispatch;
 pub mod elementwise;
@@ -9,6 +10,7 @@ pub mod gemm;
 pub mod linear;
 pub mod pool;
 pub mod reference;
+pub mod softmax;
 pub(crate) mod simd;
 pub mod vmath;
 
