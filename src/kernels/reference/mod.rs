@@ -50,5 +50,7 @@ pub fn gemm_tolerance(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &[
     out
 }
 
+pub mod contrastive;
 pub mod conv;
 pub mod layers;
+pub mod losses;
