@@ -426,14 +426,14 @@ impl NtXent {
                     )
                 };
                 // Positives: record their scores, then mask them, so the running sums hold
-                // the negatives only (see `finish_forward`). Each positive pair (i, p(i))
+                // the negatives only (see `run_forward`'s end). Each positive pair (i, p(i))
                 // with i in I and p(i) in J is also the entry of column p(i).
-                for r in 0..h {
+                for (r, ps) in ps_i.iter_mut().enumerate() {
                     let p = plan.pairing.partner(ti_.start + r, m);
                     if (tj_.start..tj_.end).contains(&p) {
                         let at = r * ld + p - tj_.start;
                         if ti_.anchor {
-                            ps_i[r] = s[at];
+                            *ps = s[at];
                         }
                         if tj_.anchor && ti != tj {
                             // SAFETY: as above; `ti != tj`, so these rows differ from I's.
