@@ -32,7 +32,7 @@ const NAN: f32 = f32::NAN;
 const TINY: f32 = f32::MIN_POSITIVE;
 const SUB: f32 = 1.0e-40;
 /// The smallest positive subnormal, 2^-149.
-const SUB_MIN: f32 = f32::from_bits(1);
+const SUB_MIN: f32 = f32::MIN_POSITIVE / 8_388_608.0;
 
 fn funcs() -> [Func; 4] {
     [
@@ -276,9 +276,12 @@ fn into_checks_the_lengths_and_leaves_dst_alone() {
     }
 }
 
+/// (slice function, name, (input, exact output) pairs)
+type SpecialCase = (fn(&mut [f32]), &'static str, &'static [(f32, f32)]);
+
 #[test]
 fn special_values() {
-    let cases: &[(fn(&mut [f32]), &str, &[(f32, f32)])] = &[
+    let cases: &[SpecialCase] = &[
         (
             exp_inplace,
             "exp",
