@@ -113,6 +113,12 @@ pub struct QtInBatchRef {
     pub df: Vec<f64>,
     /// `m x d`.
     pub dg: Vec<f64>,
+    /// `|scale| sum_j (K_i p_ij + Y_ij) / T |g_jp|` (`n x d`): the magnitude a rounding error
+    /// of `dF` scales with (`W = (K p - Y) / T` is formed from these two terms, which cancel
+    /// when a target candidate takes almost all the probability).
+    pub df_mag: Vec<f64>,
+    /// `|scale| sum_i (K_i p_ij + Y_ij) / T |f_ip|` (`m x d`).
+    pub dg_mag: Vec<f64>,
     /// Targets ranked within the top `K_i` of their anchor (strictly-higher counting).
     pub hits: usize,
     /// Targets whose hit or miss could flip under a perturbation of the scores of `tie_tol`
@@ -166,7 +172,7 @@ pub fn qt_in_batch_f64(
     for &(i, _) in targets {
         k[i as usize] += 1;
     }
-    // W = dL/dS.
+    // W = dL/dS, and |K p| + |Y| (its two terms before they cancel).
     let mut w = vec![0.0; n * m];
     for i in 0..n {
         if k[i] == 0 {
@@ -176,12 +182,14 @@ pub fn qt_in_batch_f64(
             w[i * m + j] = k[i] as f64 * ((s[i * m + j] - lse[i].0) - lse[i].1).exp() / t;
         }
     }
+    let mut wabs = w.clone();
     let mut loss = 0.0;
     let (mut hits, mut ambiguous) = (0, 0);
     for &(i, c) in targets {
         let (i, c) = (i as usize, c as usize);
         loss += (lse[i].0 - s[i * m + c]) + lse[i].1;
         w[i * m + c] -= 1.0 / t;
+        wabs[i * m + c] += 1.0 / t;
         let sc = s[i * m + c];
         let row = &s[i * m..(i + 1) * m];
         let higher = row.iter().filter(|&&v| v > sc).count();
@@ -195,15 +203,20 @@ pub fn qt_in_batch_f64(
     let sc = f(scale);
     let mut df = vec![0.0; n * d];
     let mut dg = vec![0.0; m * d];
+    let mut df_mag = vec![0.0; n * d];
+    let mut dg_mag = vec![0.0; m * d];
     for i in 0..n {
         for j in 0..m {
             let wij = w[i * m + j] * sc;
-            if wij == 0.0 {
+            let aij = wabs[i * m + j] * sc.abs();
+            if aij == 0.0 {
                 continue;
             }
             for p in 0..d {
                 df[i * d + p] += wij * f(g[j * d + p]);
                 dg[j * d + p] += wij * f(fm[i * d + p]);
+                df_mag[i * d + p] += aij * f(g[j * d + p]).abs();
+                dg_mag[j * d + p] += aij * f(fm[i * d + p]).abs();
             }
         }
     }
@@ -211,6 +224,8 @@ pub fn qt_in_batch_f64(
         loss: loss / t,
         df,
         dg,
+        df_mag,
+        dg_mag,
         hits,
         ambiguous,
     }
