@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
+use super::memory::{probes, MemoryMeasurement, MemoryProbe};
 use super::report::{self, Figures, Measurement, Report};
 use super::workloads::{registry, Reference, Runnable, Workload};
 use super::Status;
@@ -32,6 +33,7 @@ Examples:
   selfsup bench                                  all workloads, table on stdout
   selfsup bench --threads 2 --json ours.json     also write the JSON report
   selfsup bench --only sgemm_1024,sgemm_conv_*   a subset ('*' matches a prefix)
+  selfsup bench --only ntxent_n16384_d128        the NT-Xent peak-memory probe alone
   selfsup bench --reference matrixmultiply --threads 2 --json mm.json
   python3 ../shared/anchors/compare.py ours.json mm.json
   selfsup bench --baseline main.json --tolerance 0.05   fail (exit 1) on a >5% slowdown
@@ -84,6 +86,10 @@ pub struct BenchArgs {
     /// Print the (selected) workloads, one per line: name, then what one operation is; exit
     #[arg(long)]
     pub list: bool,
+
+    /// Images in the NT-Xent memory probe instead of 16384 (for quick tests)
+    #[arg(long, value_name = "N", hide = true, value_parser = at_least_one)]
+    pub memory_n: Option<usize>,
 }
 
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
@@ -102,20 +108,60 @@ fn fraction(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// The workloads named by `--only` (all when empty), in registry order, restricted to those
-/// `reference` implements. Explicit names must exist and be implemented by `reference`;
-/// patterns (`prefix*`) must match at least one workload.
+/// What `--only` chose: timed workloads and memory probes, each in registry order.
+pub struct Selection<'a> {
+    pub workloads: Vec<&'a Workload>,
+    pub probes: Vec<&'a MemoryProbe>,
+}
+
+impl Selection<'_> {
+    fn is_empty(&self) -> bool {
+        self.workloads.is_empty() && self.probes.is_empty()
+    }
+}
+
+/// The workloads and memory probes named by `--only` (all when empty), in registry order,
+/// restricted to those `reference` implements (memory probes are `selfsup` only). Explicit
+/// names must exist and be implemented by `reference`; patterns (`prefix*`) must match at
+/// least one.
 pub fn select<'a>(
     all: &'a [Workload],
+    probes: &'a [MemoryProbe],
     only: &[String],
     reference: Reference,
-) -> Result<Vec<&'a Workload>> {
-    let valid = || all.iter().map(|w| w.name).collect::<Vec<_>>().join(", ");
-    let supported = |w: &Workload| w.references.contains(&reference);
+) -> Result<Selection<'a>> {
+    let names: Vec<&str> = all
+        .iter()
+        .map(|w| w.name)
+        .chain(probes.iter().map(|p| p.name))
+        .collect();
+    let supported: Vec<bool> = all
+        .iter()
+        .map(|w| w.references.contains(&reference))
+        .chain(probes.iter().map(|_| reference == Reference::Selfsup))
+        .collect();
+    let chosen = select_names(&names, &supported, only, reference)?;
+    let (w, p) = chosen.split_at(all.len());
+    let pick = |c: &[bool]| -> Vec<usize> { (0..c.len()).filter(|&i| c[i]).collect() };
+    Ok(Selection {
+        workloads: pick(w).into_iter().map(|i| &all[i]).collect(),
+        probes: pick(p).into_iter().map(|i| &probes[i]).collect(),
+    })
+}
+
+/// Which of `names` `--only` chooses (see [`select`]); `supported[i]` says whether `reference`
+/// implements `names[i]`.
+fn select_names(
+    names: &[&str],
+    supported: &[bool],
+    only: &[String],
+    reference: Reference,
+) -> Result<Vec<bool>> {
+    let valid = || names.join(", ");
     if only.is_empty() {
-        return Ok(all.iter().filter(|w| supported(w)).collect());
+        return Ok(supported.to_vec());
     }
-    let mut chosen = vec![false; all.len()];
+    let mut chosen = vec![false; names.len()];
     for raw in only {
         let pattern = raw.trim();
         ensure!(
@@ -125,8 +171,8 @@ pub fn select<'a>(
         );
         if let Some(prefix) = pattern.strip_suffix('*') {
             let mut any = false;
-            for (i, w) in all.iter().enumerate() {
-                if w.name.starts_with(prefix) && supported(w) {
+            for (i, name) in names.iter().enumerate() {
+                if name.starts_with(prefix) && supported[i] {
                     chosen[i] = true;
                     any = true;
                 }
@@ -137,23 +183,18 @@ pub fn select<'a>(
                 valid()
             );
         } else {
-            let Some(i) = all.iter().position(|w| w.name == pattern) else {
+            let Some(i) = names.iter().position(|&n| n == pattern) else {
                 bail!("--only: unknown workload '{pattern}' (valid: {})", valid());
             };
             ensure!(
-                supported(&all[i]),
+                supported[i],
                 "--only: workload '{pattern}' has no '{}' implementation",
                 reference.name()
             );
             chosen[i] = true;
         }
     }
-    Ok(all
-        .iter()
-        .zip(chosen)
-        .filter(|(_, c)| *c)
-        .map(|(w, _)| w)
-        .collect())
+    Ok(chosen)
 }
 
 /// How many operations make one repetition of at least `target` seconds.
@@ -243,15 +284,46 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Runs the memory probes (each once, on its own fresh thread pool) and prints their table.
+fn run_probes(
+    probes: &[&MemoryProbe],
+    threads: usize,
+    memory_n: Option<usize>,
+    name_width: usize,
+    out: &mut dyn Write,
+) -> Result<Vec<MemoryMeasurement>> {
+    let mut done = Vec::with_capacity(probes.len());
+    if probes.is_empty() {
+        return Ok(done);
+    }
+    writeln!(
+        out,
+        "\nmemory: one run each, fresh workspace and fresh {threads}-thread pool (per-thread \
+         scratch counted);\n  peak = most heap bytes live at once during the call beyond those \
+         live before it (input and output apart)"
+    )?;
+    writeln!(out, "{}", report::memory_header(name_width))?;
+    for p in probes {
+        let m = p.run(threads, memory_n)?;
+        writeln!(out, "{}", report::memory_row(&m, name_width))?;
+        done.push(m);
+    }
+    Ok(done)
+}
+
 /// Runs `selfsup bench`.
 pub fn run(args: &BenchArgs) -> Result<Status> {
     let all = registry();
-    let selected = select(&all, &args.only, args.reference)?;
+    let all_probes = probes();
+    let selected = select(&all, &all_probes, &args.only, args.reference)?;
     if args.list {
         let mut out = io::stdout().lock();
-        let width = selected.iter().map(|w| w.name.len()).max().unwrap_or(0);
-        for w in &selected {
-            writeln!(out, "{:<width$}  {}", w.name, w.about)?;
+        let names = selected.workloads.iter().map(|w| (w.name, &w.about));
+        let names = names.chain(selected.probes.iter().map(|p| (p.name, &p.about)));
+        let names: Vec<_> = names.collect();
+        let width = names.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        for (name, about) in names {
+            writeln!(out, "{name:<width$}  {about}")?;
         }
         return Ok(Status::Success);
     }
@@ -262,6 +334,7 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         Some(path) => {
             let old = load_baseline(path)?;
             let common = selected
+                .workloads
                 .iter()
                 .any(|w| old.iter().any(|(n, _)| n == w.name));
             ensure!(
@@ -303,8 +376,10 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
     };
     let isa = selfsup::kernels::isa().name();
     let name_width = selected
+        .workloads
         .iter()
         .map(|w| w.name.len())
+        .chain(selected.probes.iter().map(|p| p.name.len()))
         .chain([8])
         .max()
         .unwrap_or(8);
@@ -320,16 +395,26 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         if args.reps == 1 { "" } else { "s" },
         MIN_REP_SECONDS * 1e3,
     )?;
-    writeln!(out, "{}", report::table_header(name_width))?;
+    if !selected.workloads.is_empty() {
+        writeln!(out, "{}", report::table_header(name_width))?;
+    }
     let measurements = pool.install(|| -> Result<Vec<Measurement>> {
-        let mut done = Vec::with_capacity(selected.len());
-        for w in &selected {
+        let mut done = Vec::with_capacity(selected.workloads.len());
+        for w in &selected.workloads {
             let m = measure(w, args.reference, args.warmup, args.reps)?;
             writeln!(out, "{}", report::table_row(&m, name_width))?;
             done.push(m);
         }
         Ok(done)
     })?;
+    drop(pool);
+    let memory = run_probes(
+        &selected.probes,
+        threads,
+        args.memory_n,
+        name_width,
+        &mut out,
+    )?;
 
     for m in &measurements {
         let spread = (m.max_seconds - m.min_seconds) / m.seconds;
@@ -350,6 +435,7 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         warmup: args.warmup,
         reps: args.reps,
         workloads: measurements,
+        memory,
     };
     match args.json.as_deref() {
         Some(_) if json_stdout => io::stdout().write_all(report.to_json().as_bytes())?,
@@ -386,8 +472,21 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
 mod tests {
     use super::*;
 
-    fn names(ws: &[&Workload]) -> Vec<&'static str> {
-        ws.iter().map(|w| w.name).collect()
+    fn names(s: &Selection) -> Vec<&'static str> {
+        s.workloads
+            .iter()
+            .map(|w| w.name)
+            .chain(s.probes.iter().map(|p| p.name))
+            .collect()
+    }
+
+    fn sel<'a>(
+        all: &'a [Workload],
+        probes: &'a [MemoryProbe],
+        only: &[&str],
+        r: Reference,
+    ) -> Result<Selection<'a>> {
+        select(all, probes, &strings(only), r)
     }
 
     fn strings(xs: &[&str]) -> Vec<String> {
@@ -396,32 +495,58 @@ mod tests {
 
     #[test]
     fn select_keeps_registry_order_and_dedups() {
-        let all = registry();
-        let only = strings(&["sgemm_1024", "sgemm_256", "sgemm_256"]);
-        let got = select(&all, &only, Reference::Selfsup).unwrap();
+        let (all, pr) = (registry(), probes());
+        let s = Reference::Selfsup;
+        let got = sel(&all, &pr, &["sgemm_1024", "sgemm_256", "sgemm_256"], s).unwrap();
         assert_eq!(names(&got), ["sgemm_256", "sgemm_1024"]);
-        let got = select(&all, &strings(&["sgemm_conv_*"]), Reference::Selfsup).unwrap();
+        let got = sel(&all, &pr, &["sgemm_conv_*"], s).unwrap();
         assert_eq!(
             names(&got),
             ["sgemm_conv_k27", "sgemm_conv_c32", "sgemm_conv_c128"]
         );
+        let got = sel(&all, &pr, &[], s).unwrap();
         assert_eq!(
-            select(&all, &[], Reference::Selfsup).unwrap().len(),
-            all.len()
+            (got.workloads.len(), got.probes.len()),
+            (all.len(), pr.len())
         );
     }
 
     #[test]
+    fn select_finds_the_ntxent_workloads_and_the_memory_probe() {
+        let (all, pr) = (registry(), probes());
+        let s = Reference::Selfsup;
+        let got = sel(&all, &pr, &["ntxent_n16384_d128", "ntxent_n256_d128"], s).unwrap();
+        assert_eq!(names(&got), ["ntxent_n256_d128", "ntxent_n16384_d128"]);
+        assert_eq!(got.probes.len(), 1);
+        let got = sel(&all, &pr, &["ntxent_*"], s).unwrap();
+        assert_eq!(
+            names(&got),
+            [
+                "ntxent_n256_d128",
+                "ntxent_n1024_d128",
+                "ntxent_n4096_d128",
+                "ntxent_n16384_d128"
+            ]
+        );
+        // Only this crate's kernels have the NT-Xent workloads and the probe.
+        let mm = Reference::Matrixmultiply;
+        let got = sel(&all, &pr, &[], mm).unwrap();
+        assert!(got.probes.is_empty());
+        assert!(got.workloads.iter().all(|w| w.name.starts_with("sgemm_")));
+        let err = sel(&all, &pr, &["ntxent_n16384_d128"], mm).err().unwrap();
+        assert!(err.to_string().contains("no 'matrixmultiply'"), "{err}");
+    }
+
+    #[test]
     fn select_rejects_unknown_names_listing_valid_ones() {
-        let all = registry();
-        let err = select(&all, &strings(&["sgemm_999"]), Reference::Selfsup)
-            .err()
-            .unwrap()
-            .to_string();
+        let (all, pr) = (registry(), probes());
+        let s = Reference::Selfsup;
+        let err = sel(&all, &pr, &["sgemm_999"], s).err().unwrap().to_string();
         assert!(err.contains("unknown workload 'sgemm_999'"), "{err}");
         assert!(err.contains("sgemm_256, sgemm_1024"), "{err}");
-        assert!(select(&all, &strings(&["nope*"]), Reference::Selfsup).is_err());
-        assert!(select(&all, &strings(&[""]), Reference::Selfsup).is_err());
+        assert!(err.contains("ntxent_n16384_d128"), "{err}");
+        assert!(sel(&all, &pr, &["nope*"], s).is_err());
+        assert!(sel(&all, &pr, &[""], s).is_err());
     }
 
     #[test]

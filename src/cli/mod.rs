@@ -4,6 +4,9 @@
 //! issues, each as one more [`Command`] variant and one more module next to `bench`.
 
 pub mod bench;
+mod memory;
+mod ntxent;
+pub mod peak_alloc;
 mod report;
 mod workloads;
 

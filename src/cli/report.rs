@@ -3,13 +3,18 @@
 //!
 //! JSON shape (`shared/BENCHMARKS.md`; `shared/anchors/compare.py` reads `workloads`):
 //! `{"threads": 2, "isa": "avx2", "reference": "selfsup",
-//!   "workloads": {"sgemm_1024": {"seconds": 0.031, "gflops": 69.1, ...}}}`
+//!   "workloads": {"sgemm_1024": {"seconds": 0.031, "gflops": 69.1, ...}},
+//!   "memory": {"ntxent_n16384_d128": {"peak_heap_bytes": ..., "seconds": ..., ...}}}`
+//!
+//! `memory` (present only when a memory probe ran) is apart from `workloads`, so readers of
+//! the timings never see it.
 
 use anyhow::{bail, Context, Result};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::memory::MemoryMeasurement;
 use super::workloads::Work;
 
 /// The timing of one workload: per-operation seconds over the timed repetitions.
@@ -98,6 +103,8 @@ pub struct Report {
     pub warmup: usize,
     pub reps: usize,
     pub workloads: Vec<Measurement>,
+    /// The memory probes that ran.
+    pub memory: Vec<MemoryMeasurement>,
 }
 
 /// The serialized form of one workload entry.
@@ -140,6 +147,45 @@ fn ordered_workloads<S: Serializer>(ms: &[Measurement], s: S) -> Result<S::Ok, S
     map.end()
 }
 
+/// What a memory entry counts, stated in the JSON beside the figures.
+pub const MEMORY_COUNTS: &str = "one run from a fresh workspace on a fresh thread pool \
+    (per-thread scratch counted); peak_heap_bytes: the most heap bytes live at once during \
+    the call beyond those live before it (input z and output dz excluded, given apart); \
+    retained_bytes: still live after the call (workspace and per-thread scratch)";
+
+/// The serialized form of one memory probe.
+#[derive(Serialize)]
+struct MemoryEntry {
+    rows: usize,
+    d: usize,
+    peak_heap_bytes: usize,
+    retained_bytes: usize,
+    input_bytes: usize,
+    output_bytes: usize,
+    seconds: f64,
+    loss: f32,
+    counts: &'static str,
+}
+
+fn ordered_memory<S: Serializer>(ms: &[MemoryMeasurement], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(ms.len()))?;
+    for m in ms {
+        let entry = MemoryEntry {
+            rows: m.rows,
+            d: m.d,
+            peak_heap_bytes: m.peak_heap_bytes,
+            retained_bytes: m.retained_bytes,
+            input_bytes: m.input_bytes,
+            output_bytes: m.output_bytes,
+            seconds: sig(m.seconds, 6),
+            loss: m.loss,
+            counts: MEMORY_COUNTS,
+        };
+        map.serialize_entry(&m.name, &entry)?;
+    }
+    map.end()
+}
+
 #[derive(Serialize)]
 struct ReportJson<'a> {
     threads: usize,
@@ -150,6 +196,11 @@ struct ReportJson<'a> {
     reps: usize,
     #[serde(serialize_with = "ordered_workloads")]
     workloads: &'a [Measurement],
+    #[serde(
+        serialize_with = "ordered_memory",
+        skip_serializing_if = "<[_]>::is_empty"
+    )]
+    memory: &'a [MemoryMeasurement],
 }
 
 impl Report {
@@ -163,6 +214,7 @@ impl Report {
             warmup: self.warmup,
             reps: self.reps,
             workloads: &self.workloads,
+            memory: &self.memory,
         };
         // Serializing plain structs, strings and finite-or-null floats cannot fail.
         let mut s = serde_json::to_string_pretty(&json).unwrap_or_default();
@@ -201,6 +253,30 @@ pub fn table_row(m: &Measurement, name_width: usize) -> String {
     )
     .trim_end()
     .to_string()
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The header of the memory table, for names up to `name_width` characters.
+pub fn memory_header(name_width: usize) -> String {
+    format!(
+        "{:<name_width$}  {:>10}  {:>13}  {:>12}  {:>9}  {:>10}",
+        "probe", "run ms", "peak heap MiB", "retained MiB", "input MiB", "output MiB"
+    )
+}
+
+/// One row of the memory table.
+pub fn memory_row(m: &MemoryMeasurement, name_width: usize) -> String {
+    let mib = |b: usize| b as f64 / MIB;
+    format!(
+        "{:<name_width$}  {:>10.1}  {:>13.2}  {:>12.2}  {:>9.2}  {:>10.2}",
+        m.name,
+        m.seconds * 1e3,
+        mib(m.peak_heap_bytes),
+        mib(m.retained_bytes),
+        mib(m.input_bytes),
+        mib(m.output_bytes)
+    )
 }
 
 /// Parses the `workloads` of a benchmark report (ours, or a reference script's), sorted by
@@ -509,8 +585,10 @@ mod tests {
                 max_seconds: 0.0011,
                 ops_per_rep: 30,
             }],
+            memory: vec![],
         };
         let json = r.to_json();
+        assert!(!json.contains("memory"), "{json}");
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["threads"], 2);
         assert_eq!(v["isa"], "avx2");
@@ -541,6 +619,43 @@ mod tests {
         assert!(err("{\"workloads\": {\"a\": {}}}").contains("none of"));
         // An empty workloads object is valid (the caller decides whether that is useful).
         assert!(parse_workloads("{\"workloads\": {}}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn memory_probes_go_apart_from_the_workloads() {
+        let mem = MemoryMeasurement {
+            name: "ntxent_n16384_d128".into(),
+            rows: 32768,
+            d: 128,
+            peak_heap_bytes: 17 << 20,
+            retained_bytes: 16 << 20,
+            input_bytes: 16 << 20,
+            output_bytes: 16 << 20,
+            seconds: 6.5,
+            loss: 10.4,
+        };
+        let r = Report {
+            threads: 2,
+            isa: "avx2",
+            reference: "selfsup",
+            version: "0.1.0",
+            warmup: 2,
+            reps: 5,
+            workloads: vec![],
+            memory: vec![mem.clone()],
+        };
+        let json = r.to_json();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        let e = &v["memory"]["ntxent_n16384_d128"];
+        assert_eq!(e["peak_heap_bytes"], 17 << 20);
+        assert_eq!(e["input_bytes"], 16 << 20);
+        assert_eq!(e["seconds"], 6.5);
+        assert_eq!(e["rows"], 32768);
+        // Readers of the timings (ours, compare.py) see no memory entry.
+        assert!(parse_workloads(&json).unwrap().is_empty());
+        let row = memory_row(&mem, 18);
+        assert!(row.contains("6500.0") && row.contains("17.00"), "{row}");
+        assert_eq!(memory_header(18).len(), row.len(), "columns align");
     }
 
     #[test]

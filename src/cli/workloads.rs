@@ -15,6 +15,8 @@ use selfsup::kernels::conv::{
 };
 use selfsup::kernels::gemm::matmul;
 
+use super::ntxent::NtXentBench;
+
 /// The implementation a workload is timed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Reference {
@@ -49,7 +51,6 @@ pub enum Work {
     #[allow(dead_code)] // the first image workloads arrive with the SimCLR issues
     Images(f64),
     /// No natural rate; only `seconds` is reported (NT-Xent loss, for example).
-    #[allow(dead_code)] // the first such workloads arrive with the NT-Xent issue
     Seconds,
 }
 
@@ -147,6 +148,21 @@ pub const CONV_LAYERS: &[(&str, usize, usize)] = &[
 /// Images per convolution workload.
 pub const CONV_BATCH: usize = 512;
 
+/// The NT-Xent workloads of `shared/BENCHMARKS.md`: N images, so 2N rows (the two views of
+/// each image are adjacent rows, as in `shared/anchors/torch_reference.py`) of dimension
+/// [`NTXENT_D`], temperature [`NTXENT_TAU`]; one operation is the loss and its gradient with
+/// respect to the rows.
+pub const NTXENT_SIZES: &[(&str, usize)] = &[
+    ("ntxent_n256_d128", 256),
+    ("ntxent_n1024_d128", 1024),
+    ("ntxent_n4096_d128", 4096),
+];
+
+/// The row dimension of the NT-Xent workloads.
+pub const NTXENT_D: usize = 128;
+/// The temperature of the NT-Xent workloads.
+pub const NTXENT_TAU: f32 = 0.1;
+
 /// Every workload, in the order they run and are reported.
 pub fn registry() -> Vec<Workload> {
     let mut all: Vec<Workload> = SGEMM_SHAPES.iter().map(|&s| sgemm_workload(s)).collect();
@@ -155,7 +171,31 @@ pub fn registry() -> Vec<Workload> {
             .iter()
             .map(|&(name, hw, c)| conv_workload(name, CONV_BATCH, hw, c)),
     );
+    all.extend(
+        NTXENT_SIZES
+            .iter()
+            .map(|&(name, n)| ntxent_workload(name, n, NTXENT_D, NTXENT_TAU)),
+    );
     all
+}
+
+fn ntxent_workload(name: &'static str, n: usize, d: usize, tau: f32) -> Workload {
+    Workload {
+        name,
+        about: format!(
+            "NT-Xent, {} rows x {d} (two views of {n} images), tau {tau}: loss + gradient \
+             w.r.t. the rows",
+            2 * n
+        ),
+        work: Work::Seconds,
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            let mut bench = NtXentBench::new(n, d, tau, 0x5eed_0201);
+            bench.run()?;
+            bench.check()?;
+            Ok(Box::new(move || bench.run()))
+        }),
+    }
 }
 
 fn conv_workload(name: &'static str, batch: usize, hw: usize, c: usize) -> Workload {
@@ -355,6 +395,15 @@ mod tests {
             let mut op = w.setup(r).unwrap();
             op().unwrap();
         }
+    }
+
+    #[test]
+    fn small_ntxent_runs_and_checks() {
+        let w = ntxent_workload("t", 50, 20, 0.1);
+        let mut op = w.setup(Reference::Selfsup).unwrap();
+        op().unwrap();
+        assert!(w.setup(Reference::Matrixmultiply).is_err());
+        assert_eq!(w.work, Work::Seconds);
     }
 
     #[test]
