@@ -1,5 +1,6 @@
 //! End-to-end tests of `selfsup bench`: the JSON report, the `--baseline` exit status, and
-//! one-line errors for bad input. They run the built binary on the smallest workload.
+//! one-line errors for bad input. They run the built binary on the smallest workloads, and
+//! the NT-Xent memory probe at a small size (`--memory-n`, a hidden flag for tests).
 #![cfg(feature = "cli")]
 
 use std::path::PathBuf;
@@ -217,7 +218,126 @@ fn list_prints_the_workload_names() {
         "sgemm_2048",
         "sgemm_conv_c128",
         "sgemm_tall_skinny",
+        "ntxent_n256_d128",
+        "ntxent_n1024_d128",
+        "ntxent_n4096_d128",
+        "ntxent_n16384_d128",
     ] {
         assert!(names.iter().any(|n| n == name), "{names:?}");
     }
+    // The NT-Xent workloads and the probe are this crate's only.
+    let out = selfsup(&["bench", "--list", "--reference", "matrixmultiply"]);
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stdout).contains("ntxent"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Fast settings for the smallest NT-Xent workload.
+const QUICK_NTXENT: &[&str] = &[
+    "bench",
+    "--only",
+    "ntxent_n256_d128",
+    "--reps",
+    "1",
+    "--warmup",
+    "1",
+    "--threads",
+    "2",
+];
+
+#[test]
+fn ntxent_reports_seconds_only() {
+    let out = selfsup(&[QUICK_NTXENT, &["--json", "-"]].concat());
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_str(&text(&out.stdout)).expect("stdout is JSON");
+    let w = &v["workloads"]["ntxent_n256_d128"];
+    let seconds = w["seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds < 10.0, "{w}");
+    assert!(
+        w.get("gflops").is_none() && w.get("images_per_s").is_none(),
+        "{w}"
+    );
+    assert!(v.get("memory").is_none(), "{v}");
+    let table = text(&out.stderr);
+    assert!(table.contains("ntxent_n256_d128"), "{table}");
+    assert!(!table.contains("memory:"), "{table}");
+}
+
+#[test]
+fn ntxent_has_no_matrixmultiply_reference() {
+    assert_one_line_error(
+        &[QUICK_NTXENT, &["--reference", "matrixmultiply"]].concat(),
+        "no 'matrixmultiply' implementation",
+    );
+    assert_one_line_error(
+        &["bench", "--only", "ntxent_n16384_d128", "--memory-n", "0"],
+        "--memory-n",
+    );
+}
+
+#[test]
+fn memory_probe_json_shape_and_baseline_compatibility() {
+    let json = TempFile::new("memory");
+    let out = selfsup(
+        &[
+            QUICK_NTXENT,
+            &[
+                "--only",
+                "ntxent_n256_d128,ntxent_n16384_d128",
+                "--memory-n",
+                "256",
+                "--json",
+                json.path(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("memory:") && table.contains("peak heap MiB"),
+        "{table}"
+    );
+    let report = std::fs::read_to_string(&json.0).unwrap();
+    let v: Value = serde_json::from_str(&report).unwrap();
+    // The timings stay in `workloads` (what compare.py reads); the probe goes apart, under
+    // the name of the size it ran.
+    let workloads = v["workloads"].as_object().unwrap();
+    assert_eq!(
+        workloads.keys().collect::<Vec<_>>(),
+        ["ntxent_n256_d128"],
+        "{v}"
+    );
+    let memory = v["memory"].as_object().unwrap();
+    assert_eq!(memory.len(), 1, "{v}");
+    let e = &memory["ntxent_n256_d128"];
+    let bytes = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k}: {e}"));
+    assert_eq!(bytes("rows"), 512);
+    assert_eq!(bytes("d"), 128);
+    assert_eq!(bytes("input_bytes"), 512 * 128 * 4);
+    assert_eq!(bytes("output_bytes"), 512 * 128 * 4);
+    // The workspace keeps (at least) the normalized rows, as large as the input.
+    assert!(bytes("retained_bytes") >= bytes("input_bytes"), "{e}");
+    assert!(bytes("peak_heap_bytes") >= bytes("retained_bytes"), "{e}");
+    assert!(bytes("peak_heap_bytes") < 64 << 20, "{e}");
+    assert!(e["seconds"].as_f64().unwrap() > 0.0, "{e}");
+    assert!(e["loss"].as_f64().unwrap().is_finite(), "{e}");
+
+    // A report with a memory object is a valid baseline.
+    let out = selfsup(
+        &[
+            QUICK_NTXENT,
+            &["--baseline", json.path(), "--tolerance", "0.99"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ok: 1 compared"),
+        "{}",
+        text(&out.stdout)
+    );
 }
