@@ -174,10 +174,9 @@ fn make_targets(
 ) -> Vec<(u32, u32)> {
     let mut g = Rng::new(seed);
     let mut t = Vec::new();
-    if neighbours && off.is_some() && n >= 2 {
-        let mut starts: Vec<usize> = (1..n).filter(|_| g.below(9) == 0).collect();
-        starts.dedup();
-        qt_neighbor_targets(n, off.unwrap(), &starts, &mut t).unwrap();
+    if let (true, Some(o), true) = (neighbours, off, n >= 2) {
+        let starts: Vec<usize> = (1..n).filter(|_| g.below(9) == 0).collect();
+        qt_neighbor_targets(n, o, &starts, &mut t).unwrap();
     } else {
         let count = 1 + g.below(2 * n + 1);
         for _ in 0..count {

@@ -28,7 +28,9 @@
 //!   output row is written by one task in a fixed order, so the results are bit-identical for
 //!   any thread count; the forward's loss is summed over row tiles by a fixed binary tree.
 //!
-//! The cost is three `n x m x d` GEMMs (one forward, two backward) and `3 n m` exponentials.
+//! The cost is five `n x m x d` GEMMs (the scores once in the forward and once in each
+//! backward pass, plus `dF` and `dG`) and `3 n m` exponentials, against three GEMMs for an
+//! implementation that keeps the score matrix: the price of `O((n + m) d)` memory.
 //!
 //! # Distributed use
 //! The layout is what data-parallel training across processes needs: each rank keeps its own

@@ -193,7 +193,7 @@ pub fn qt_in_batch_f64(
         let sc = s[i * m + c];
         let row = &s[i * m..(i + 1) * m];
         let higher = row.iter().filter(|&&v| v > sc).count();
-        hits += usize::from(1 + higher <= k[i]);
+        hits += usize::from(higher < k[i]); // rank 1 + higher <= K_i
         let close = row
             .iter()
             .enumerate()
