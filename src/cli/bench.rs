@@ -383,17 +383,25 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         .chain([8])
         .max()
         .unwrap_or(8);
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let timing = if selected.workloads.is_empty() {
+        "memory probes only".to_string()
+    } else {
+        format!(
+            "{} warm-up{} + {} rep{} of >= {:.0} ms",
+            args.warmup,
+            plural(args.warmup),
+            args.reps,
+            plural(args.reps),
+            MIN_REP_SECONDS * 1e3
+        )
+    };
     writeln!(
         out,
-        "selfsup {} bench: {}, isa {isa}, {threads} thread{}; {} warm-up{} + {} rep{} of >= {:.0} ms",
+        "selfsup {} bench: {}, isa {isa}, {threads} thread{}; {timing}",
         env!("CARGO_PKG_VERSION"),
         args.reference.name(),
-        if threads == 1 { "" } else { "s" },
-        args.warmup,
-        if args.warmup == 1 { "" } else { "s" },
-        args.reps,
-        if args.reps == 1 { "" } else { "s" },
-        MIN_REP_SECONDS * 1e3,
+        plural(threads),
     )?;
     if !selected.workloads.is_empty() {
         writeln!(out, "{}", report::table_header(name_width))?;
@@ -407,7 +415,8 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         }
         Ok(done)
     })?;
-    drop(pool);
+    // The bench pool stays alive (idle) through the probes: its threads exiting now would
+    // free their scratch while a probe counts.
     let memory = run_probes(
         &selected.probes,
         threads,
