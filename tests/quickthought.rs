@@ -321,7 +321,7 @@ fn check_against_reference(
 // ---------------------------------------------------------------- in-batch vs reference
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(40), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn in_batch_matches_reference_on_exact_scores(case in case_strategy(true)) {
@@ -537,6 +537,8 @@ fn bit_identical_for_any_thread_count() {
 
 #[test]
 fn workspace_reuse_gives_the_same_bits() {
+    assert_eq!(QtInBatch::default().tiles(), (64, 128));
+    assert_eq!(QtInBatch::with_tiles(7, 9).unwrap().tiles(), (7, 9));
     let mut qt = QtInBatch::with_tiles(7, 9).unwrap();
     let mut results = Vec::new();
     for (n, m, d) in [(50, 60, 8), (20, 25, 5), (50, 60, 8)] {

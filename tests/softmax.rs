@@ -184,7 +184,7 @@ fn rows() -> impl Strategy<Value = usize> {
 // ---------------------------------------------------------------- against the reference
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn xent_matches_reference(

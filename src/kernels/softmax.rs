@@ -5,8 +5,9 @@
 //!   `m = max_j z_j`, the loss is `lse - z_y` and its gradient `softmax(z) - onehot(y)`. Every
 //!   exponent is `<= 0`, so logits of any finite size (1e30, `f32::MAX`) neither overflow nor
 //!   give NaN; the sum is at least 1, so its logarithm is finite.
-//! - Vectorization: the exponentials go through the generic [`exp`] on the [`Simd`] token
-//!   (AVX2+FMA when the runtime dispatch chose it, the portable backend otherwise).
+//! - Vectorization: the exponentials go through the crate's generic vectorized `exp` on its
+//!   `Simd` token (AVX2+FMA when the runtime dispatch chose it, the portable backend
+//!   otherwise).
 //! - Parallelism and determinism: rows are split into chunks of [`rows_per_chunk`]`(c)` rows,
 //!   a number that depends on `c` only, never on the thread count. Each chunk sums its row
 //!   losses in `f64` in row order; chunk sums are combined by a fixed binary tree over chunk

@@ -31,6 +31,14 @@
 //! The cost is five `n x m x d` GEMMs (the scores once in the forward and once in each
 //! backward pass, plus `dF` and `dG`) and `3 n m` exponentials, against three GEMMs for an
 //! implementation that keeps the score matrix: the price of `O((n + m) d)` memory.
+//! Measured on a shared 2-core AMD EPYC (AVX2, loaded, so indicative only): `n = m = 400`,
+//! `d = 1200`, default tiles: forward 6.6 ms, forward + backward 38 ms, one full
+//! `400 x 400 x 1200` GEMM 5.0 ms; larger tiles (96 x 200) give 32 ms but fewer parallel tasks.
+//!
+//! Numerics: the target scores are dot products and the tile scores GEMM results, which may
+//! differ in the last bits; the loss uses the former, the softmax the latter, and only the
+//! accuracy of near-ties can notice. `W = (K p - Y) / T` is formed from its two terms, so where
+//! a target takes almost all the probability its absolute error is about `eps / T`.
 //!
 //! # Distributed use
 //! The layout is what data-parallel training across processes needs: each rank keeps its own
@@ -559,7 +567,7 @@ struct Seen {
 /// let stats = qt.forward_backward(&batch, &mut df, &mut dg).unwrap();
 /// assert!(stats.loss > 0.0 && stats.targets == 6);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QtInBatch {
     tile_rows: usize,
     tile_cols: usize,
@@ -853,13 +861,26 @@ fn forward_tree(
     Ok((loss, hits))
 }
 
+impl Default for QtInBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl QtInBatch {
-    /// A workspace with the default tiles ([`QT_TILE_ROWS`] x [`QT_TILE_COLS`]).
+    /// A workspace with the default tiles ([`QT_TILE_ROWS`] x [`QT_TILE_COLS`]); allocates
+    /// nothing until the first forward pass.
     pub fn new() -> Self {
         Self {
             tile_rows: QT_TILE_ROWS,
             tile_cols: QT_TILE_COLS,
-            ..Self::default()
+            offs: Vec::new(),
+            cand: Vec::new(),
+            ts: Vec::new(),
+            above: Vec::new(),
+            row_max: Vec::new(),
+            row_ls: Vec::new(),
+            seen: None,
         }
     }
 
@@ -878,19 +899,13 @@ impl QtInBatch {
         Ok(Self {
             tile_rows,
             tile_cols,
-            ..Self::default()
+            ..Self::new()
         })
     }
 
     /// The tile sizes `(rows, cols)`.
     pub fn tiles(&self) -> (usize, usize) {
         (self.tile_rows, self.tile_cols)
-    }
-
-    fn ensure_tiles(&mut self) {
-        if self.tile_rows == 0 || self.tile_cols == 0 {
-            (self.tile_rows, self.tile_cols) = (QT_TILE_ROWS, QT_TILE_COLS);
-        }
     }
 
     /// Checks a batch and groups its targets by anchor (into `offs` and `cand`).
@@ -995,7 +1010,6 @@ impl QtInBatch {
     ///   holds an index out of range, a pair twice, or a pair whose candidate is the
     ///   anchor's excluded self; or the scores of a row overflow `f32` (naming the row).
     pub fn forward(&mut self, b: &QtBatch<'_>) -> Result<QtStats> {
-        self.ensure_tiles();
         self.seen = None;
         self.prepare(b)?;
         let (n, t) = (b.n, b.targets.len());
