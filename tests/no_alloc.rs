@@ -89,3 +89,23 @@ fn gemm_and_conv_allocate_nothing_in_steady_state() {
         }
     });
 }
+
+#[test]
+fn nt_xent_allocates_nothing_with_a_warm_workspace() {
+    use selfsup::kernels::contrastive::ntxent::{NtXent, NtXentConfig};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let (m, d) = (1100usize, 24usize); // several tiles of 128 rows and a partial one
+        let z: Vec<f32> = (0..m * d).map(|k| ((k * 37 % 101) as f32) - 50.0).collect();
+        let mut dz = vec![0.0f32; m * d];
+        let mut ws = NtXent::new();
+        let cfg = NtXentConfig::new(0.1);
+        let count = allocations_during(|| {
+            ws.forward_backward(&z, m, d, &cfg, &mut dz).unwrap();
+        });
+        assert_eq!(count, 0, "NT-Xent allocated {count} times");
+    });
+}
