@@ -11,6 +11,8 @@
 #       at the end (about 10 s). $NAMES overrides the workload list (comma-separated).
 #
 # PYTHON must have numpy and torch (see shared/BENCHMARKS.md: ../ref-venv/bin/python).
+# $BIN: a selfsup binary to use instead of building this tree (e.g. one built from a clean
+# export of a commit while the working tree is mid-edit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=gemm
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --ntxent) mode=ntxent; shift ;;
     --memory) memory=1; shift ;;
-    --help|-h) sed -n '2,12p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
     --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -27,8 +29,12 @@ done
 rounds=${1:-3}
 py=${2:-../ref-venv/bin/python}
 out=$(mktemp -d)
-cargo build --release -q
-b=./target/release/selfsup
+if [ -n "${BIN:-}" ]; then
+  b=$BIN
+else
+  cargo build --release -q
+  b=./target/release/selfsup
+fi
 torch_ref=../shared/anchors/torch_reference.py
 compare=../shared/anchors/compare.py
 
