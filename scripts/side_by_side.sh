@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --ntxent) mode=ntxent; shift ;;
     --memory) memory=1; shift ;;
-    --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,15p' "$0"; exit 0 ;;
     --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) break ;;
   esac
