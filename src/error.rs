@@ -64,6 +64,9 @@ pub enum Error {
     /// A parameter outside its valid range.
     #[error("{op}: invalid argument: {msg}")]
     InvalidArgument { op: &'static str, msg: String },
+    /// A graph that cannot be built or run: the node's name and what is wrong with it.
+    #[error("graph node '{node}': {msg}")]
+    Graph { node: String, msg: String },
 }
 
 /// The crate's result type.

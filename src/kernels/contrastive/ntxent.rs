@@ -185,6 +185,8 @@ impl<'a> NtXentConfig<'a> {
 pub struct NtXentOutput {
     /// The loss, summed over the anchors and divided by `mean_over`.
     pub loss: f32,
+    /// The same before rounding to `f32` (the sum runs in `f64`).
+    pub loss_f64: f64,
     /// The fraction of anchors whose positive has the highest similarity among all their
     /// candidates (ties count as correct): SimCLR's contrastive top-1 accuracy.
     pub accuracy: f32,
@@ -486,6 +488,7 @@ impl NtXent {
         }
         NtXentOutput {
             loss: (total / plan.mean_over as f64) as f32,
+            loss_f64: total / plan.mean_over as f64,
             accuracy: correct as f32 / plan.anchors.len() as f32,
         }
     }
