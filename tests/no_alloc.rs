@@ -34,6 +34,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide and tests run on parallel threads, so each measurement holds
+/// this lock (the tests do their setup allocations under it too).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn allocations_during(mut f: impl FnMut()) -> usize {
     f(); // warm-up: buffers grow to their steady size
     f();
@@ -44,6 +48,7 @@ fn allocations_during(mut f: impl FnMut()) -> usize {
 
 #[test]
 fn gemm_and_conv_allocate_nothing_in_steady_state() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -92,6 +97,7 @@ fn gemm_and_conv_allocate_nothing_in_steady_state() {
 
 #[test]
 fn nt_xent_allocates_nothing_with_a_warm_workspace() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use selfsup::kernels::contrastive::ntxent::{NtXent, NtXentConfig};
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -107,5 +113,57 @@ fn nt_xent_allocates_nothing_with_a_warm_workspace() {
             ws.forward_backward(&z, m, d, &cfg, &mut dz).unwrap();
         });
         assert_eq!(count, 0, "NT-Xent allocated {count} times");
+    });
+}
+
+#[test]
+fn a_training_step_allocates_nothing_once_built() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use selfsup::graph::Mode;
+    use selfsup::nn::{encoder_classifier, simclr, ResNetConfig};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let cfg = ResNetConfig {
+            in_channels: 3,
+            image_size: 16,
+            widths: vec![8, 16],
+            blocks: vec![1, 2],
+            head_hidden: 16,
+            head_out: 8,
+        };
+        let mut m = simclr(&cfg, 6, 0.5, 1).unwrap();
+        let len: usize = m.graph.shape(m.input).iter().product();
+        let x: Vec<f32> = (0..len)
+            .map(|k| ((k * 31 % 97) as f32) / 97.0 - 0.5)
+            .collect();
+        m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+        let count = allocations_during(|| {
+            m.graph.forward(Mode::Train).unwrap();
+            m.graph.backward().unwrap();
+            let (p, g, _) = m.graph.params_and_grads();
+            for (p, g) in p.iter_mut().zip(g) {
+                *p -= 0.01 * g;
+            }
+        });
+        assert_eq!(count, 0, "a SimCLR step allocated {count} times");
+
+        let mut c = encoder_classifier(&cfg, 8, 4, 2).unwrap();
+        let len: usize = c.graph.shape(c.input).iter().product();
+        c.graph
+            .input_mut(c.input)
+            .unwrap()
+            .copy_from_slice(&x[..len]);
+        c.graph
+            .set_labels(c.loss, &[0, 1, 2, 3, 0, 1, 2, 3])
+            .unwrap();
+        let count = allocations_during(|| {
+            c.graph.forward(Mode::Train).unwrap();
+            c.graph.backward().unwrap();
+            c.graph.forward_to(c.h, Mode::Eval).unwrap();
+        });
+        assert_eq!(count, 0, "a classifier step allocated {count} times");
     });
 }

@@ -1,0 +1,1128 @@
+//! The static graph: build once, check every shape, plan every buffer, then run training
+//! steps that allocate nothing (the llm.c way: explicit per-node forward and backward over
+//! explicit dimensions, parameters in one arena with each tensor's name and shape beside it).
+//!
+//! - [`GraphBuilder`] adds nodes in execution order. Every node checks its input shapes as it
+//!   is added and returns [`Error::Graph`] naming the node and the shapes.
+//! - [`GraphBuilder::build`] lays out one flat arena each for the activations, the
+//!   activation gradients, the parameters, the parameter gradients and the non-trained
+//!   buffers (BatchNorm running statistics), and initializes the parameters from a seed as
+//!   PyTorch does: Kaiming-uniform convolution and linear weights
+//!   (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, PyTorch's default `a = sqrt(5)`), linear biases
+//!   from the same range, BatchNorm `gamma = 1`, `beta = 0`, running mean 0 and variance 1.
+//! - [`Graph::forward`] runs the nodes in order, [`Graph::backward`] in reverse. A tensor read
+//!   by several nodes (a residual input) receives the sum of their gradients: the first
+//!   backward to reach it overwrites its gradient, later ones accumulate. Parameter gradients
+//!   are overwritten by every backward. Graph inputs get no gradient, so the stem
+//!   convolution skips its input-gradient pass.
+//! - Every kernel is bit-identical for any number of threads, so the graph is too.
+
+use crate::error::{Error, Result};
+use crate::kernels::batchnorm::{
+    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, batchnorm_relu_backward,
+    batchnorm_relu_forward_eval, batchnorm_relu_forward_train, BatchNorm2d, BnAffine, BnGrads,
+    BnRunning, BnSaved,
+};
+use crate::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, Pairing};
+use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
+use crate::kernels::elementwise::{
+    add, add_assign, add_relu, add_relu_backward, relu, relu_backward,
+};
+use crate::kernels::linear::{
+    linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward, Linear,
+};
+use crate::kernels::pool::{global_avg_pool_backward, global_avg_pool_forward};
+use crate::kernels::softmax::softmax_cross_entropy;
+use crate::optim::ParamGroup;
+
+/// A tensor of the graph (an activation), returned by the builder's methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TensorId(usize);
+
+/// Training (batch statistics in BatchNorm, running statistics updated) or evaluation
+/// (running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// What a parameter tensor is; decides its initialization and whether weight decay and LARS
+/// adaptation apply (only to convolution and linear weights, as in SimCLR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A convolution weight `[C_out, C_in, K, K]`.
+    ConvWeight,
+    /// A linear weight `[out, in]`.
+    LinearWeight,
+    /// A linear bias `[out]`.
+    LinearBias,
+    /// BatchNorm scale `[C]`.
+    BnGamma,
+    /// BatchNorm shift `[C]`.
+    BnBeta,
+}
+
+impl ParamKind {
+    /// Whether weight decay (and LARS adaptation) applies.
+    pub fn is_weight(self) -> bool {
+        matches!(self, ParamKind::ConvWeight | ParamKind::LinearWeight)
+    }
+}
+
+/// One parameter tensor in the arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    /// Where it lives in [`Graph::params`].
+    pub range: std::ops::Range<usize>,
+    /// Fan-in for the initialization.
+    fan_in: usize,
+}
+
+/// One non-trained buffer (BatchNorm running statistics) in the buffer arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
+    init: f32,
+}
+
+#[derive(Clone, Debug)]
+struct TensorInfo {
+    #[allow(dead_code)] // kept for debugging output
+    name: String,
+    shape: Vec<usize>,
+    /// Range in the activation arena.
+    act: std::ops::Range<usize>,
+    /// Range in the gradient arena (graph inputs have none).
+    grad: Option<std::ops::Range<usize>>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Input,
+    Conv {
+        g: Conv2d,
+        w: usize,
+    },
+    BatchNorm {
+        bn: BatchNorm2d,
+        gamma: usize,
+        beta: usize,
+        mean: usize,
+        var: usize,
+        relu: bool,
+        saved: BnSaved,
+    },
+    Relu,
+    Add {
+        relu: bool,
+    },
+    GlobalAvgPool {
+        planes: usize,
+        hw: usize,
+    },
+    Linear {
+        l: Linear,
+        w: usize,
+        b: Option<usize>,
+        relu: bool,
+    },
+    /// The training forward computes the gradient too (into `dz`); the backward scales it.
+    NtXent {
+        tau: f32,
+        halves: bool,
+        ws: Box<NtXent>,
+        out: Option<NtXentOutput>,
+        dz: Vec<f32>,
+        loss64: f64,
+    },
+    SoftmaxCe {
+        n: usize,
+        c: usize,
+        labels: Vec<u32>,
+        correct: usize,
+        dlogits: Vec<f32>,
+        loss64: f64,
+    },
+}
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    op: Op,
+    inputs: Vec<TensorId>,
+    output: TensorId,
+}
+
+/// Adds nodes in execution order, checking shapes as it goes; [`GraphBuilder::build`] plans
+/// the buffers.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    tensors: Vec<(String, Vec<usize>, bool)>,
+    nodes: Vec<Node>,
+    params: Vec<(String, Vec<usize>, ParamKind, usize)>,
+    buffers: Vec<(String, Vec<usize>, f32)>,
+}
+
+fn err(node: &str, msg: String) -> Error {
+    Error::Graph {
+        node: node.to_string(),
+        msg,
+    }
+}
+
+fn shape_str(s: &[usize]) -> String {
+    crate::error::Shape(s.to_vec()).to_string()
+}
+
+impl GraphBuilder {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shape of a tensor added so far.
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.tensors[t.0].1
+    }
+
+    fn check_name(&self, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(err(name, "empty node name".into()));
+        }
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(err(name, "a node of this name already exists".into()));
+        }
+        Ok(())
+    }
+
+    fn tensor(&mut self, name: &str, shape: Vec<usize>, grad: bool) -> Result<TensorId> {
+        if shape.contains(&0) {
+            return Err(err(
+                name,
+                format!("empty output shape {}", shape_str(&shape)),
+            ));
+        }
+        shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| err(name, format!("shape {} overflows", shape_str(&shape))))?;
+        self.tensors.push((name.to_string(), shape, grad));
+        Ok(TensorId(self.tensors.len() - 1))
+    }
+
+    fn param(&mut self, name: String, shape: Vec<usize>, kind: ParamKind, fan_in: usize) -> usize {
+        self.params.push((name, shape, kind, fan_in));
+        self.params.len() - 1
+    }
+
+    fn buffer(&mut self, name: String, shape: Vec<usize>, init: f32) -> usize {
+        self.buffers.push((name, shape, init));
+        self.buffers.len() - 1
+    }
+
+    fn push(&mut self, name: &str, op: Op, inputs: Vec<TensorId>, output: TensorId) -> TensorId {
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs,
+            output,
+        });
+        output
+    }
+
+    fn nchw(&self, name: &str, x: TensorId) -> Result<[usize; 4]> {
+        let s = self.shape(x);
+        <[usize; 4]>::try_from(s).map_err(|_| {
+            err(
+                name,
+                format!("expects an N x C x H x W input, got shape {}", shape_str(s)),
+            )
+        })
+    }
+
+    fn matrix(&self, name: &str, x: TensorId) -> Result<[usize; 2]> {
+        let s = self.shape(x);
+        <[usize; 2]>::try_from(s).map_err(|_| {
+            err(
+                name,
+                format!("expects an N x features input, got shape {}", shape_str(s)),
+            )
+        })
+    }
+
+    /// A graph input of the given shape (filled with [`Graph::input_mut`]; no gradient).
+    ///
+    /// # Errors
+    /// A duplicate or empty name, or an empty shape.
+    pub fn input(&mut self, name: &str, shape: &[usize]) -> Result<TensorId> {
+        self.check_name(name)?;
+        let t = self.tensor(name, shape.to_vec(), false)?;
+        Ok(self.push(name, Op::Input, vec![], t))
+    }
+
+    /// A convolution without bias, `K x K`, with the given stride and zero padding; weight
+    /// `name.weight` of shape `[c_out, C_in, k, k]`.
+    ///
+    /// # Errors
+    /// A non-NCHW input or a geometry the convolution rejects (kernel larger than the padded
+    /// input, zero sizes).
+    pub fn conv2d(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, c, h, w] = self.nchw(name, x)?;
+        let g = Conv2d::new(n, c, h, w, c_out, k, stride, pad);
+        g.validate().map_err(|e| {
+            err(
+                name,
+                format!(
+                    "conv {k}x{k} stride {stride} pad {pad} on input {}: {e}",
+                    shape_str(self.shape(x))
+                ),
+            )
+        })?;
+        let out = self.tensor(name, vec![n, c_out, g.out_h(), g.out_w()], true)?;
+        let wp = self.param(
+            format!("{name}.weight"),
+            vec![c_out, c, k, k],
+            ParamKind::ConvWeight,
+            c * k * k,
+        );
+        Ok(self.push(name, Op::Conv { g, w: wp }, vec![x], out))
+    }
+
+    /// BatchNorm2d (PyTorch defaults: eps 1e-5, momentum 0.1), optionally fused with ReLU;
+    /// parameters `name.weight` (gamma) and `name.bias` (beta), buffers `name.running_mean`
+    /// and `name.running_var`.
+    ///
+    /// # Errors
+    /// A non-NCHW input.
+    pub fn batchnorm(&mut self, name: &str, x: TensorId, relu: bool) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, c, h, w] = self.nchw(name, x)?;
+        let out = self.tensor(name, vec![n, c, h, w], true)?;
+        let gamma = self.param(format!("{name}.weight"), vec![c], ParamKind::BnGamma, c);
+        let beta = self.param(format!("{name}.bias"), vec![c], ParamKind::BnBeta, c);
+        let mean = self.buffer(format!("{name}.running_mean"), vec![c], 0.0);
+        let var = self.buffer(format!("{name}.running_var"), vec![c], 1.0);
+        let op = Op::BatchNorm {
+            bn: BatchNorm2d::new(n, c, h, w),
+            gamma,
+            beta,
+            mean,
+            var,
+            relu,
+            saved: BnSaved::new(c),
+        };
+        Ok(self.push(name, op, vec![x], out))
+    }
+
+    /// `max(x, 0)`.
+    ///
+    /// # Errors
+    /// A duplicate name.
+    pub fn relu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.check_name(name)?;
+        let out = self.tensor(name, self.shape(x).to_vec(), true)?;
+        Ok(self.push(name, Op::Relu, vec![x], out))
+    }
+
+    /// `a + b`, optionally followed by ReLU (the residual join).
+    ///
+    /// # Errors
+    /// Different shapes, or the same tensor twice.
+    pub fn add(&mut self, name: &str, a: TensorId, b: TensorId, relu: bool) -> Result<TensorId> {
+        self.check_name(name)?;
+        if self.shape(a) != self.shape(b) {
+            return Err(err(
+                name,
+                format!(
+                    "cannot add shapes {} and {}",
+                    shape_str(self.shape(a)),
+                    shape_str(self.shape(b))
+                ),
+            ));
+        }
+        if a == b {
+            return Err(err(name, "both inputs are the same tensor".into()));
+        }
+        let out = self.tensor(name, self.shape(a).to_vec(), true)?;
+        Ok(self.push(name, Op::Add { relu }, vec![a, b], out))
+    }
+
+    /// Global average pooling `N x C x H x W -> N x C`.
+    ///
+    /// # Errors
+    /// A non-NCHW input.
+    pub fn global_avg_pool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, c, h, w] = self.nchw(name, x)?;
+        let out = self.tensor(name, vec![n, c], true)?;
+        let op = Op::GlobalAvgPool {
+            planes: n * c,
+            hw: h * w,
+        };
+        Ok(self.push(name, op, vec![x], out))
+    }
+
+    /// `y = x W^T + b`, optionally followed by ReLU; weight `name.weight` `[out, in]`, bias
+    /// `name.bias` `[out]`.
+    ///
+    /// # Errors
+    /// A non-matrix input or `out == 0`.
+    pub fn linear(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        out_features: usize,
+        bias: bool,
+        relu: bool,
+    ) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, fin] = self.matrix(name, x)?;
+        let out = self.tensor(name, vec![n, out_features], true)?;
+        let w = self.param(
+            format!("{name}.weight"),
+            vec![out_features, fin],
+            ParamKind::LinearWeight,
+            fin,
+        );
+        let b = bias.then(|| {
+            self.param(
+                format!("{name}.bias"),
+                vec![out_features],
+                ParamKind::LinearBias,
+                fin,
+            )
+        });
+        let l = Linear {
+            n,
+            in_features: fin,
+            out_features,
+        };
+        Ok(self.push(name, Op::Linear { l, w, b, relu }, vec![x], out))
+    }
+
+    /// The NT-Xent loss (SimCLR) over the rows of `z` (`2N x d`): rows `2k`, `2k+1` are the
+    /// two views of image k (or rows `k`, `k + N` with `halves`). Output: the scalar loss.
+    ///
+    /// # Errors
+    /// A non-matrix input, an odd or too small row count, or an invalid `tau`.
+    pub fn nt_xent(&mut self, name: &str, z: TensorId, tau: f32, halves: bool) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, d] = self.matrix(name, z)?;
+        if n < 2 || n % 2 != 0 {
+            return Err(err(
+                name,
+                format!("needs an even number (>= 2) of rows, got {n}"),
+            ));
+        }
+        if !(tau.is_finite() && tau > 0.0 && (1.0 / tau).is_finite()) {
+            return Err(err(
+                name,
+                format!("temperature tau = {tau} must be positive and finite"),
+            ));
+        }
+        let out = self.tensor(name, vec![1], true)?;
+        let op = Op::NtXent {
+            tau,
+            halves,
+            ws: Box::default(),
+            out: None,
+            dz: vec![0.0; n * d],
+            loss64: 0.0,
+        };
+        Ok(self.push(name, op, vec![z], out))
+    }
+
+    /// Softmax cross-entropy of `logits` (`N x C`) with integer labels set by
+    /// [`Graph::set_labels`]. Output: the scalar mean loss.
+    ///
+    /// # Errors
+    /// A non-matrix input.
+    pub fn softmax_cross_entropy(&mut self, name: &str, logits: TensorId) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, c] = self.matrix(name, logits)?;
+        let out = self.tensor(name, vec![1], true)?;
+        let op = Op::SoftmaxCe {
+            n,
+            c,
+            labels: vec![0; n],
+            correct: 0,
+            dlogits: vec![0.0; n * c],
+            loss64: 0.0,
+        };
+        Ok(self.push(name, op, vec![logits], out))
+    }
+
+    /// Plans the buffers and initializes the parameters from `seed`.
+    ///
+    /// # Errors
+    /// A graph without nodes.
+    pub fn build(self, seed: u64) -> Result<Graph> {
+        if self.nodes.is_empty() {
+            return Err(err("(graph)", "no nodes".into()));
+        }
+        let mut act_len = 0usize;
+        let mut grad_len = 0usize;
+        let mut scratch = 0usize;
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for (name, shape, needs_grad) in self.tensors {
+            let len: usize = shape.iter().product();
+            let act = act_len..act_len + len;
+            act_len += len;
+            let grad = needs_grad.then(|| {
+                let r = grad_len..grad_len + len;
+                grad_len += len;
+                r
+            });
+            scratch = scratch.max(len);
+            tensors.push(TensorInfo {
+                name,
+                shape,
+                act,
+                grad,
+            });
+        }
+        let mut p_len = 0usize;
+        let params: Vec<ParamInfo> = self
+            .params
+            .into_iter()
+            .map(|(name, shape, kind, fan_in)| {
+                let len: usize = shape.iter().product();
+                let range = p_len..p_len + len;
+                p_len += len;
+                ParamInfo {
+                    name,
+                    shape,
+                    kind,
+                    range,
+                    fan_in,
+                }
+            })
+            .collect();
+        let mut b_len = 0usize;
+        let buffers: Vec<BufferInfo> = self
+            .buffers
+            .into_iter()
+            .map(|(name, shape, init)| {
+                let len: usize = shape.iter().product();
+                let range = b_len..b_len + len;
+                b_len += len;
+                BufferInfo {
+                    name,
+                    shape,
+                    range,
+                    init,
+                }
+            })
+            .collect();
+        let groups = params
+            .iter()
+            .map(|p| ParamGroup {
+                name: p.name.clone(),
+                range: p.range.clone(),
+                decay: p.kind.is_weight(),
+                adapt: p.kind.is_weight(),
+            })
+            .collect();
+        let n_tensors = tensors.len();
+        let mut consumed = vec![false; n_tensors];
+        for node in &self.nodes {
+            for t in &node.inputs {
+                consumed[t.0] = true;
+            }
+        }
+        let mut g = Graph {
+            nodes: self.nodes,
+            tensors,
+            params,
+            buffers,
+            groups,
+            act: vec![0.0; act_len],
+            grad: vec![0.0; grad_len],
+            param: vec![0.0; p_len],
+            param_grad: vec![0.0; p_len],
+            buffer: vec![0.0; b_len],
+            scratch: vec![0.0; scratch],
+            written: vec![false; n_tensors],
+            consumed,
+            forwarded: None,
+        };
+        g.init_params(seed);
+        Ok(g)
+    }
+}
+
+/// A built graph: its buffers, parameters and the per-step entry points.
+#[derive(Debug)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    tensors: Vec<TensorInfo>,
+    params: Vec<ParamInfo>,
+    buffers: Vec<BufferInfo>,
+    groups: Vec<ParamGroup>,
+    act: Vec<f32>,
+    grad: Vec<f32>,
+    param: Vec<f32>,
+    param_grad: Vec<f32>,
+    buffer: Vec<f32>,
+    scratch: Vec<f32>,
+    /// Per tensor: whether its gradient has been written in the current backward.
+    written: Vec<bool>,
+    /// Per tensor: whether some node reads it.
+    consumed: Vec<bool>,
+    /// The mode and the number of nodes of the last forward.
+    forwarded: Option<(Mode, usize)>,
+}
+
+/// SplitMix64 (Steele, Lea and Flood 2014): a tiny generator whose stream never changes
+/// between versions, so a seed means the same initial weights forever.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[-1, 1)`.
+    fn symmetric(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+}
+
+impl Graph {
+    fn init_params(&mut self, seed: u64) {
+        for (i, p) in self.params.iter().enumerate() {
+            // One stream per tensor, so adding a tensor does not change the others.
+            let mut rng = SplitMix64(seed ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+            let dst = &mut self.param[p.range.clone()];
+            match p.kind {
+                ParamKind::ConvWeight | ParamKind::LinearWeight | ParamKind::LinearBias => {
+                    let bound = 1.0 / (p.fan_in.max(1) as f32).sqrt();
+                    for x in dst.iter_mut() {
+                        *x = bound * rng.symmetric();
+                    }
+                }
+                ParamKind::BnGamma => dst.fill(1.0),
+                ParamKind::BnBeta => dst.fill(0.0),
+            }
+        }
+        for b in &self.buffers {
+            self.buffer[b.range.clone()].fill(b.init);
+        }
+    }
+
+    /// The parameter arena.
+    pub fn params(&self) -> &[f32] {
+        &self.param
+    }
+    /// The parameter arena, mutable (for the optimizer and checkpoint loading).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.param
+    }
+    /// The parameter gradient arena, filled by [`Graph::backward`].
+    pub fn param_grads(&self) -> &[f32] {
+        &self.param_grad
+    }
+    /// Parameters and gradients together, for an optimizer step.
+    pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32], &[ParamGroup]) {
+        (&mut self.param, &self.param_grad, &self.groups)
+    }
+    /// One entry per parameter tensor: name, range, and whether decay / adaptation apply.
+    pub fn param_groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+    /// The parameter tensors, in arena order.
+    pub fn param_info(&self) -> &[ParamInfo] {
+        &self.params
+    }
+    /// The non-trained buffers (BatchNorm running statistics), in arena order.
+    pub fn buffer_info(&self) -> &[BufferInfo] {
+        &self.buffers
+    }
+    /// The buffer arena.
+    pub fn buffers(&self) -> &[f32] {
+        &self.buffer
+    }
+    /// The buffer arena, mutable (checkpoint loading).
+    pub fn buffers_mut(&mut self) -> &mut [f32] {
+        &mut self.buffer
+    }
+    /// Bytes held by the graph's arenas.
+    pub fn arena_bytes(&self) -> usize {
+        4 * (self.act.len()
+            + self.grad.len()
+            + self.param.len()
+            + self.param_grad.len()
+            + self.buffer.len()
+            + self.scratch.len())
+    }
+
+    /// The shape of a tensor.
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.tensors[t.0].shape
+    }
+    /// The value of a tensor after the last forward.
+    pub fn value(&self, t: TensorId) -> &[f32] {
+        &self.act[self.tensors[t.0].act.clone()]
+    }
+    /// The gradient of a tensor after the last backward (`None` for graph inputs).
+    pub fn grad(&self, t: TensorId) -> Option<&[f32]> {
+        self.tensors[t.0].grad.clone().map(|r| &self.grad[r])
+    }
+    /// The buffer of a graph input, to fill before [`Graph::forward`].
+    ///
+    /// # Errors
+    /// When `t` is not an input.
+    pub fn input_mut(&mut self, t: TensorId) -> Result<&mut [f32]> {
+        let node = self.producer(t);
+        if !matches!(node.op, Op::Input) {
+            return Err(err(&node.name, "is not a graph input".into()));
+        }
+        Ok(&mut self.act[self.tensors[t.0].act.clone()])
+    }
+    /// Sets the labels of a softmax cross-entropy node (given by its output tensor).
+    ///
+    /// # Errors
+    /// When `t` is not such a node's output, the length differs from its batch, or a label
+    /// is out of range.
+    pub fn set_labels(&mut self, t: TensorId, labels: &[u32]) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.output == t)
+            .expect("every tensor has a producer");
+        match &mut node.op {
+            Op::SoftmaxCe {
+                n, c, labels: l, ..
+            } => {
+                if labels.len() != *n {
+                    return Err(err(
+                        &node.name,
+                        format!("{} labels for a batch of {n}", labels.len()),
+                    ));
+                }
+                if let Some((i, &y)) = labels.iter().enumerate().find(|&(_, &y)| y as usize >= *c) {
+                    return Err(err(
+                        &node.name,
+                        format!("label {y} of row {i} is not below {c}"),
+                    ));
+                }
+                l.copy_from_slice(labels);
+                Ok(())
+            }
+            _ => Err(err(
+                &node.name,
+                "is not a softmax cross-entropy node".into(),
+            )),
+        }
+    }
+    /// The scalar a loss node computed in the last forward.
+    pub fn loss(&self, t: TensorId) -> f32 {
+        self.value(t)[0]
+    }
+    /// The loss of a loss node before rounding to `f32` (the kernels sum it in `f64`), for
+    /// finite-difference checks; the value of any other scalar tensor.
+    pub fn loss_f64(&self, t: TensorId) -> f64 {
+        self.nodes
+            .iter()
+            .find(|n| n.output == t)
+            .and_then(|n| match n.op {
+                Op::NtXent { loss64, .. } | Op::SoftmaxCe { loss64, .. } => Some(loss64),
+                _ => None,
+            })
+            .unwrap_or_else(|| f64::from(self.value(t)[0]))
+    }
+    /// Contrastive top-1 accuracy of an NT-Xent node, or the top-1 accuracy of a softmax
+    /// cross-entropy node, from the last forward.
+    pub fn accuracy(&self, t: TensorId) -> Option<f32> {
+        let node = self.nodes.iter().find(|n| n.output == t)?;
+        match &node.op {
+            Op::NtXent { out, .. } => out.map(|o| o.accuracy),
+            Op::SoftmaxCe { n, correct, .. } => Some(*correct as f32 / *n as f32),
+            _ => None,
+        }
+    }
+
+    fn producer(&self, t: TensorId) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.output == t)
+            .expect("every tensor has a producer")
+    }
+
+    /// Runs every node in order.
+    ///
+    /// # Errors
+    /// A kernel error (non-finite input to a loss, for example), naming the node.
+    pub fn forward(&mut self, mode: Mode) -> Result<()> {
+        self.forward_nodes(mode, self.nodes.len())
+    }
+
+    /// Runs the nodes up to and including the one producing `t` (for example the
+    /// representation `h`, without the head and the loss).
+    ///
+    /// # Errors
+    /// As [`Graph::forward`].
+    pub fn forward_to(&mut self, t: TensorId, mode: Mode) -> Result<()> {
+        let last = self
+            .nodes
+            .iter()
+            .position(|n| n.output == t)
+            .expect("every tensor has a producer");
+        self.forward_nodes(mode, last + 1)
+    }
+
+    fn forward_nodes(&mut self, mode: Mode, count: usize) -> Result<()> {
+        self.forwarded = None;
+        for k in 0..count {
+            let node = &mut self.nodes[k];
+            forward_node(
+                node,
+                mode,
+                &self.tensors,
+                &mut self.act,
+                &self.param,
+                &self.params,
+                &mut self.buffer,
+                &self.buffers,
+            )
+            .map_err(|e| wrap(&node.name, e))?;
+        }
+        self.forwarded = Some((mode, count));
+        Ok(())
+    }
+
+    /// Runs every node's backward in reverse order, from a full training forward. The loss
+    /// node seeds the gradient (d loss / d loss = 1).
+    ///
+    /// # Errors
+    /// When the last forward was not a full training forward, or a kernel error.
+    pub fn backward(&mut self) -> Result<()> {
+        if self.forwarded != Some((Mode::Train, self.nodes.len())) {
+            return Err(err(
+                "(graph)",
+                "backward needs a full forward in training mode first".into(),
+            ));
+        }
+        self.written.fill(false);
+        // Tensors nothing reads: a loss gets d loss / d loss = 1, anything else 0.
+        for (t, info) in self.tensors.iter().enumerate() {
+            if let (Some(r), false) = (info.grad.clone(), self.consumed[t]) {
+                let is_loss = self.nodes.iter().any(|n| {
+                    n.output.0 == t && matches!(n.op, Op::NtXent { .. } | Op::SoftmaxCe { .. })
+                });
+                self.grad[r].fill(if is_loss { 1.0 } else { 0.0 });
+                self.written[t] = true;
+            }
+        }
+        for k in (0..self.nodes.len()).rev() {
+            let node = &mut self.nodes[k];
+            backward_node(
+                node,
+                &self.tensors,
+                &self.act,
+                &mut self.grad,
+                &mut self.written,
+                &mut self.scratch,
+                &self.param,
+                &mut self.param_grad,
+                &self.params,
+            )
+            .map_err(|e| wrap(&node.name, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn wrap(node: &str, e: Error) -> Error {
+    match e {
+        Error::Graph { .. } => e,
+        other => err(node, other.to_string()),
+    }
+}
+
+/// `(inputs, output)` of a node: the output's range lies after every input's (tensors are
+/// laid out in creation order), so one split separates them.
+fn split_io<'a>(buf: &'a mut [f32], out: &std::ops::Range<usize>) -> (&'a [f32], &'a mut [f32]) {
+    let (lo, hi) = buf.split_at_mut(out.start);
+    (lo, &mut hi[..out.len()])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_node(
+    node: &mut Node,
+    mode: Mode,
+    tensors: &[TensorInfo],
+    act: &mut [f32],
+    param: &[f32],
+    params: &[ParamInfo],
+    buffer: &mut [f32],
+    buffers: &[BufferInfo],
+) -> Result<()> {
+    let out_r = tensors[node.output.0].act.clone();
+    let (lo, y) = split_io(act, &out_r);
+    let x_of = |i: usize| &lo[tensors[node.inputs[i].0].act.clone()];
+    let p = |i: usize| &param[params[i].range.clone()];
+    match &mut node.op {
+        Op::Input => {}
+        Op::Conv { g, w } => conv2d_forward(g, x_of(0), p(*w), None, false, y)?,
+        Op::BatchNorm {
+            bn,
+            gamma,
+            beta,
+            mean,
+            var,
+            relu,
+            saved,
+        } => {
+            let aff = BnAffine {
+                gamma: p(*gamma),
+                beta: p(*beta),
+            };
+            let (rm, rv) = (buffers[*mean].range.clone(), buffers[*var].range.clone());
+            match mode {
+                Mode::Train => {
+                    let (a, b) = buffer.split_at_mut(rv.start);
+                    let running = BnRunning {
+                        mean: &mut a[rm],
+                        var: &mut b[..rv.len()],
+                    };
+                    if *relu {
+                        batchnorm_relu_forward_train(bn, aff, x_of(0), running, saved, y)?;
+                    } else {
+                        batchnorm_forward_train(bn, aff, x_of(0), running, saved, y)?;
+                    }
+                }
+                Mode::Eval => {
+                    let (m, v) = (&buffer[rm], &buffer[rv]);
+                    if *relu {
+                        batchnorm_relu_forward_eval(bn, aff, m, v, x_of(0), y)?;
+                    } else {
+                        batchnorm_forward_eval(bn, aff, m, v, x_of(0), y)?;
+                    }
+                }
+            }
+        }
+        Op::Relu => relu(x_of(0), y)?,
+        Op::Add { relu } => {
+            if *relu {
+                add_relu(x_of(0), x_of(1), y)?;
+            } else {
+                add(x_of(0), x_of(1), y)?;
+            }
+        }
+        Op::GlobalAvgPool { planes, hw } => global_avg_pool_forward(*planes, *hw, x_of(0), y)?,
+        Op::Linear { l, w, b, relu } => {
+            linear_forward(l, x_of(0), p(*w), b.map(p), *relu, y)?;
+        }
+        Op::NtXent {
+            tau,
+            halves,
+            ws,
+            out,
+            dz,
+            loss64,
+        } => {
+            let s = &tensors[node.inputs[0].0].shape;
+            let pairing = if *halves {
+                Pairing::Halves
+            } else {
+                Pairing::Adjacent
+            };
+            let cfg = NtXentConfig::new(*tau).pairing(pairing);
+            let o = match mode {
+                Mode::Train => ws.forward_backward(x_of(0), s[0], s[1], &cfg, dz)?,
+                Mode::Eval => ws.forward(x_of(0), s[0], s[1], &cfg)?,
+            };
+            *out = Some(o);
+            y[0] = o.loss;
+            *loss64 = o.loss_f64;
+        }
+        Op::SoftmaxCe {
+            n,
+            c,
+            labels,
+            correct,
+            dlogits,
+            loss64,
+        } => {
+            let dl = (mode == Mode::Train).then_some(&mut dlogits[..]);
+            let st = softmax_cross_entropy(x_of(0), *n, *c, labels, dl)?;
+            *correct = st.correct;
+            y[0] = st.loss as f32;
+            *loss64 = st.loss;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the gradient of input `t` with `f(dst)`, which overwrites `dst`: straight into
+/// the tensor's gradient buffer on the first write of this backward, else into `scratch` and
+/// then added. For a tensor without a gradient (a graph input) `f` runs on the scratch only
+/// when `always` (the kernel also produces parameter gradients), else not at all.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    tensors: &[TensorInfo],
+    written: &mut [bool],
+    scratch: &mut [f32],
+    lo: &mut [f32],
+    t: TensorId,
+    always: bool,
+    f: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    let Some(range) = tensors[t.0].grad.clone() else {
+        if always {
+            f(&mut scratch[..tensors[t.0].act.len()])?;
+        }
+        return Ok(());
+    };
+    if written[t.0] {
+        let s = &mut scratch[..range.len()];
+        f(s)?;
+        add_assign(&mut lo[range], s)?;
+    } else {
+        written[t.0] = true;
+        f(&mut lo[range])?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_node(
+    node: &mut Node,
+    tensors: &[TensorInfo],
+    act: &[f32],
+    grad: &mut [f32],
+    written: &mut [bool],
+    scratch: &mut [f32],
+    param: &[f32],
+    param_grad: &mut [f32],
+    params: &[ParamInfo],
+) -> Result<()> {
+    if matches!(node.op, Op::Input) {
+        return Ok(());
+    }
+    let out = &tensors[node.output.0];
+    let gout_r = out.grad.clone().expect("only inputs lack gradients");
+    let y = &act[out.act.clone()];
+    let x_r = |i: usize| tensors[node.inputs[i].0].act.clone();
+    let p = |i: usize| &param[params[i].range.clone()];
+    let (lo, hi) = grad.split_at_mut(gout_r.start);
+    let dy = &hi[..gout_r.len()];
+    let x0 = node.inputs.first().copied();
+    match &mut node.op {
+        Op::Input => {}
+        Op::Conv { g, w } => {
+            let pr = params[*w].range.clone();
+            conv2d_backward_weight(g, &act[x_r(0)], dy, &mut param_grad[pr], false)?;
+            let wv = p(*w);
+            let x0 = x0.expect("one input");
+            emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
+                conv2d_backward_input(g, dy, wv, dx)
+            })?;
+        }
+        Op::BatchNorm {
+            bn,
+            gamma,
+            beta,
+            relu,
+            saved,
+            ..
+        } => {
+            // gamma and beta are adjacent in the arena (added one after the other).
+            let (gr, br) = (params[*gamma].range.clone(), params[*beta].range.clone());
+            let (pg_lo, pg_hi) = param_grad.split_at_mut(br.start);
+            let mut dg = Some((&mut pg_lo[gr], &mut pg_hi[..br.len()]));
+            let gam = p(*gamma);
+            let x = &act[x_r(0)];
+            let x0 = x0.expect("one input");
+            emit(tensors, written, scratch, lo, x0, true, &mut |dx| {
+                let (dgamma, dbeta) = dg.take().expect("called once");
+                let grads = BnGrads { dx, dgamma, dbeta };
+                if *relu {
+                    batchnorm_relu_backward(bn, gam, saved, x, y, dy, grads)
+                } else {
+                    batchnorm_backward(bn, gam, saved, x, dy, grads)
+                }
+            })?;
+        }
+        Op::Relu => {
+            let x0 = x0.expect("one input");
+            emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
+                relu_backward(y, dy, dx)
+            })?;
+        }
+        Op::Add { relu } => {
+            let r = *relu;
+            for &t in &node.inputs {
+                emit(tensors, written, scratch, lo, t, false, &mut |dx| {
+                    if r {
+                        add_relu_backward(y, dy, dx)
+                    } else {
+                        dx.copy_from_slice(dy);
+                        Ok(())
+                    }
+                })?;
+            }
+        }
+        Op::GlobalAvgPool { planes, hw } => {
+            let x0 = x0.expect("one input");
+            emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
+                global_avg_pool_backward(*planes, *hw, dy, dx)
+            })?;
+        }
+        Op::Linear { l, w, b, relu } => {
+            // A fused ReLU masks the output gradient first (into the front of the scratch;
+            // the input gradient then goes straight to its buffer, accumulating with
+            // beta = 1 when needed, so the rest of the scratch is not used).
+            let (masked, _) = scratch.split_at_mut(if *relu { dy.len() } else { 0 });
+            let dyv: &[f32] = if *relu {
+                relu_backward(y, dy, masked)?;
+                masked
+            } else {
+                dy
+            };
+            let x = &act[x_r(0)];
+            let wr = params[*w].range.clone();
+            linear_backward_weight(l, dyv, x, &mut param_grad[wr], 0.0)?;
+            if let Some(b) = b {
+                let br = params[*b].range.clone();
+                linear_backward_bias(l, dyv, &mut param_grad[br], 0.0)?;
+            }
+            let t = x0.expect("one input");
+            if let Some(range) = tensors[t.0].grad.clone() {
+                let beta = if written[t.0] { 1.0 } else { 0.0 };
+                written[t.0] = true;
+                linear_backward_input(l, dyv, p(*w), &mut lo[range], beta)?;
+            }
+        }
+        Op::NtXent { dz: g, .. } | Op::SoftmaxCe { dlogits: g, .. } => {
+            let seed = dy[0];
+            let x0 = x0.expect("one input");
+            emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
+                for (d, &v) in dx.iter_mut().zip(g.iter()) {
+                    *d = seed * v;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}

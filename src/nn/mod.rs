@@ -1,0 +1,259 @@
+//! Model builders on the static graph: the ResNet-mini encoder of `shared/BENCHMARKS.md`
+//! (configurable), SimCLR's projection head, RotNet's rotation classifier and the linear
+//! probe.
+//!
+//! Tensor names follow the PyTorch reference model (`shared/anchors/torch_reference.py`):
+//! `stem.0` (convolution), `stem.1` (BatchNorm), `l1.c1`, `l1.b1`, `l1.c2`, `l1.b2`, `l2.sc.0`,
+//! `l2.sc.1`, ..., `head.0`, `head.2`, with `.weight`, `.bias`, `.running_mean` and
+//! `.running_var` suffixes, so a checkpoint maps onto a PyTorch `state_dict` key for key.
+//! With more than one block per stage the blocks are `l1.0`, `l1.1`, ...
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, GraphBuilder, TensorId};
+
+/// The encoder's configuration. [`ResNetConfig::default`] is the canonical ResNet-mini
+/// (3 x 32 x 32 input, widths 32/64/128, one block per stage, head 128 -> 128 -> 64).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+pub struct ResNetConfig {
+    /// Input channels (3 for RGB, 1 for Fashion-MNIST).
+    pub in_channels: usize,
+    /// Input height and width.
+    pub image_size: usize,
+    /// Channels of each stage; stage `s > 0` halves the resolution.
+    pub widths: Vec<usize>,
+    /// BasicBlocks per stage.
+    pub blocks: Vec<usize>,
+    /// Hidden width of the projection head.
+    pub head_hidden: usize,
+    /// Output width of the projection head (z).
+    pub head_out: usize,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            image_size: 32,
+            widths: vec![32, 64, 128],
+            blocks: vec![1, 1, 1],
+            head_hidden: 128,
+            head_out: 64,
+        }
+    }
+}
+
+impl ResNetConfig {
+    /// The Fashion-MNIST variant: 1 x 28 x 28 input.
+    pub fn fashion_mnist() -> Self {
+        Self {
+            in_channels: 1,
+            image_size: 28,
+            ..Self::default()
+        }
+    }
+
+    /// The width of the representation h.
+    pub fn feature_dim(&self) -> usize {
+        self.widths.last().copied().unwrap_or(0)
+    }
+
+    /// Checks that the configuration describes a buildable network.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| {
+            Err(Error::InvalidArgument {
+                op: "resnet config",
+                msg,
+            })
+        };
+        if self.in_channels == 0 || self.image_size == 0 {
+            return bad(format!(
+                "input {} x {} x {} is empty",
+                self.in_channels, self.image_size, self.image_size
+            ));
+        }
+        if self.widths.is_empty() || self.widths.len() != self.blocks.len() {
+            return bad(format!(
+                "widths {:?} and blocks {:?} must be non-empty and of equal length",
+                self.widths, self.blocks
+            ));
+        }
+        if self.widths.contains(&0) || self.blocks.contains(&0) {
+            return bad(format!(
+                "widths {:?} and blocks {:?} must be positive",
+                self.widths, self.blocks
+            ));
+        }
+        if self.head_hidden == 0 || self.head_out == 0 {
+            return bad("head widths must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The encoder's input and its representation `h` (`N x feature_dim`).
+#[derive(Clone, Copy, Debug)]
+pub struct Encoder {
+    pub input: TensorId,
+    pub h: TensorId,
+}
+
+fn basic_block(
+    b: &mut GraphBuilder,
+    name: &str,
+    x: TensorId,
+    c_out: usize,
+    stride: usize,
+) -> Result<TensorId> {
+    let c_in = b.shape(x)[1];
+    let y = b.conv2d(&format!("{name}.c1"), x, c_out, 3, stride, 1)?;
+    let y = b.batchnorm(&format!("{name}.b1"), y, true)?;
+    let y = b.conv2d(&format!("{name}.c2"), y, c_out, 3, 1, 1)?;
+    let y = b.batchnorm(&format!("{name}.b2"), y, false)?;
+    let shortcut = if stride != 1 || c_in != c_out {
+        let s = b.conv2d(&format!("{name}.sc.0"), x, c_out, 1, stride, 0)?;
+        b.batchnorm(&format!("{name}.sc.1"), s, false)?
+    } else {
+        x
+    };
+    b.add(&format!("{name}.out"), y, shortcut, true)
+}
+
+/// Adds the ResNet encoder for a batch of `batch` images; returns its input and `h`.
+///
+/// # Errors
+/// An invalid configuration, or an image too small for the strides.
+pub fn resnet_encoder(b: &mut GraphBuilder, cfg: &ResNetConfig, batch: usize) -> Result<Encoder> {
+    cfg.validate()?;
+    let input = b.input(
+        "input",
+        &[batch, cfg.in_channels, cfg.image_size, cfg.image_size],
+    )?;
+    let y = b.conv2d("stem.0", input, cfg.widths[0], 3, 1, 1)?;
+    let mut y = b.batchnorm("stem.1", y, true)?;
+    for (s, (&w, &nb)) in cfg.widths.iter().zip(&cfg.blocks).enumerate() {
+        for k in 0..nb {
+            let name = if nb == 1 {
+                format!("l{}", s + 1)
+            } else {
+                format!("l{}.{k}", s + 1)
+            };
+            let stride = if s > 0 && k == 0 { 2 } else { 1 };
+            y = basic_block(b, &name, y, w, stride)?;
+        }
+    }
+    let h = b.global_avg_pool("pool", y)?;
+    Ok(Encoder { input, h })
+}
+
+/// SimCLR's projection head g: `Linear(h -> hidden) -> ReLU -> Linear(hidden -> out)`.
+///
+/// # Errors
+/// A non-matrix `h`.
+pub fn projection_head(
+    b: &mut GraphBuilder,
+    h: TensorId,
+    hidden: usize,
+    out: usize,
+) -> Result<TensorId> {
+    let y = b.linear("head.0", h, hidden, true, true)?;
+    b.linear("head.2", y, out, true, false)
+}
+
+/// A SimCLR model: encoder, projection head and NT-Xent over `2 * images` views.
+#[derive(Debug)]
+pub struct SimclrModel {
+    pub graph: Graph,
+    /// `2N x C x H x W`, rows `2k` and `2k + 1` the two views of image k.
+    pub input: TensorId,
+    pub h: TensorId,
+    pub z: TensorId,
+    pub loss: TensorId,
+}
+
+/// Builds SimCLR for `images` images per step (`2 * images` views).
+///
+/// # Errors
+/// An invalid configuration or temperature.
+pub fn simclr(cfg: &ResNetConfig, images: usize, tau: f32, seed: u64) -> Result<SimclrModel> {
+    let mut b = GraphBuilder::new();
+    let enc = resnet_encoder(&mut b, cfg, 2 * images)?;
+    let z = projection_head(&mut b, enc.h, cfg.head_hidden, cfg.head_out)?;
+    let loss = b.nt_xent("loss", z, tau, false)?;
+    Ok(SimclrModel {
+        graph: b.build(seed)?,
+        input: enc.input,
+        h: enc.h,
+        z,
+        loss,
+    })
+}
+
+/// An encoder with a classifier on `h` and softmax cross-entropy: RotNet's 4-way rotation
+/// head (`classes = 4`), or a supervised baseline.
+#[derive(Debug)]
+pub struct ClassifierModel {
+    pub graph: Graph,
+    pub input: TensorId,
+    pub h: TensorId,
+    pub logits: TensorId,
+    pub loss: TensorId,
+}
+
+/// Builds the encoder with a linear classifier `classifier` on `h`.
+///
+/// # Errors
+/// An invalid configuration or `classes == 0`.
+pub fn encoder_classifier(
+    cfg: &ResNetConfig,
+    batch: usize,
+    classes: usize,
+    seed: u64,
+) -> Result<ClassifierModel> {
+    let mut b = GraphBuilder::new();
+    let enc = resnet_encoder(&mut b, cfg, batch)?;
+    let logits = b.linear("classifier", enc.h, classes, true, false)?;
+    let loss = b.softmax_cross_entropy("loss", logits)?;
+    Ok(ClassifierModel {
+        graph: b.build(seed)?,
+        input: enc.input,
+        h: enc.h,
+        logits,
+        loss,
+    })
+}
+
+/// The linear probe: a linear layer and softmax cross-entropy on frozen features.
+#[derive(Debug)]
+pub struct ProbeModel {
+    pub graph: Graph,
+    /// `batch x features`.
+    pub input: TensorId,
+    pub logits: TensorId,
+    pub loss: TensorId,
+}
+
+/// Builds a linear probe for `features`-wide inputs and `classes` classes.
+///
+/// # Errors
+/// Zero sizes.
+pub fn linear_probe(
+    batch: usize,
+    features: usize,
+    classes: usize,
+    seed: u64,
+) -> Result<ProbeModel> {
+    let mut b = GraphBuilder::new();
+    let input = b.input("features", &[batch, features])?;
+    let logits = b.linear("probe", input, classes, true, false)?;
+    let loss = b.softmax_cross_entropy("loss", logits)?;
+    Ok(ProbeModel {
+        graph: b.build(seed)?,
+        input,
+        logits,
+        loss,
+    })
+}

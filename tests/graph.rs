@@ -1,0 +1,413 @@
+//! The static graph: whole-graph finite differences on a tiny encoder, overfitting a small
+//! batch, determinism across thread counts, shape errors at build time, modes.
+
+use selfsup::graph::{GraphBuilder, Mode};
+use selfsup::nn::{encoder_classifier, linear_probe, simclr, ResNetConfig};
+use selfsup::Error;
+
+fn tiny() -> ResNetConfig {
+    ResNetConfig {
+        in_channels: 2,
+        image_size: 8,
+        widths: vec![4, 6],
+        blocks: vec![1, 2],
+        head_hidden: 8,
+        head_out: 5,
+    }
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+/// Central difference of the loss (summed in f64 by the loss kernels) in parameter `k`.
+fn central_difference(
+    graph: &mut selfsup::graph::Graph,
+    loss: selfsup::graph::TensorId,
+    k: usize,
+    rel: f32,
+) -> f64 {
+    let base = graph.params()[k];
+    let h = rel * base.abs().max(0.1);
+    let mut at = |v: f32| {
+        graph.params_mut()[k] = v;
+        graph.forward(Mode::Train).unwrap();
+        graph.loss_f64(loss)
+    };
+    let fd = (at(base + h) - at(base - h)) / (f64::from(base + h) - f64::from(base - h));
+    graph.params_mut()[k] = base;
+    fd
+}
+
+/// Per parameter tensor: up to `per_tensor` evenly spaced entries, the relative error
+/// `|fd - g| / |g|` of the vectors. In f32 a single difference carries rounding noise of
+/// the whole forward, and in a network with ReLUs a perturbation may cross a kink, so the
+/// check is on each tensor's vector, which a wrong gradient (a missing accumulation, a
+/// transposed weight) fails by far.
+fn check_tensors(
+    graph: &mut selfsup::graph::Graph,
+    loss: selfsup::graph::TensorId,
+    per_tensor: usize,
+    rel: f32,
+    tol: f64,
+) {
+    graph.forward(Mode::Train).unwrap();
+    graph.backward().unwrap();
+    let grads = graph.param_grads().to_vec();
+    let info: Vec<(String, std::ops::Range<usize>)> = graph
+        .param_info()
+        .iter()
+        .map(|p| (p.name.clone(), p.range.clone()))
+        .collect();
+    for (name, r) in info {
+        let step = (r.len() / per_tensor).max(1);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for k in r.clone().step_by(step) {
+            let g = f64::from(grads[k]);
+            let fd = central_difference(graph, loss, k, rel);
+            num += (fd - g).powi(2);
+            den += g * g;
+        }
+        let err = (num / den.max(1e-30)).sqrt();
+        assert!(
+            err <= tol,
+            "{name}: |fd - g| / |g| = {err:.3e} (tol {tol}), |g| = {:.3e}",
+            den.sqrt()
+        );
+    }
+}
+
+/// Every parameter tensor of SimCLR on a tiny encoder (conv, BatchNorm with batch
+/// statistics, ReLU, residual adds with and without projection shortcuts, pooling, the head,
+/// NT-Xent) against central differences.
+#[test]
+fn simclr_gradients_match_finite_differences() {
+    let mut m = simclr(&tiny(), 3, 0.5, 7).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 1);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    check_tensors(&mut m.graph, m.loss, 24, 3e-3, 0.05);
+}
+
+#[test]
+fn classifier_gradients_match_finite_differences() {
+    let mut m = encoder_classifier(&tiny(), 5, 3, 3).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 2);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    m.graph.set_labels(m.loss, &[0, 2, 1, 1, 0]).unwrap();
+    check_tensors(&mut m.graph, m.loss, 24, 3e-3, 0.05);
+}
+
+/// Without ReLU the loss is smooth, so every entry is checked on its own, tightly: conv
+/// (stride 1 and 2), BatchNorm, a residual add whose input feeds two nodes, pooling,
+/// linear, softmax cross-entropy.
+#[test]
+fn smooth_graph_gradients_match_finite_differences_entrywise() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[5, 2, 6, 6]).unwrap();
+    let y = b.conv2d("c1", x, 4, 3, 1, 1).unwrap();
+    let y = b.batchnorm("b1", y, false).unwrap();
+    let y2 = b.conv2d("c2", y, 4, 3, 1, 1).unwrap();
+    let y = b.add("add", y2, y, false).unwrap();
+    let y = b.conv2d("c3", y, 3, 3, 2, 1).unwrap();
+    let y = b.batchnorm("b3", y, false).unwrap();
+    let h = b.global_avg_pool("pool", y).unwrap();
+    let h = b.linear("fc0", h, 4, true, false).unwrap();
+    let l = b.linear("fc", h, 3, true, false).unwrap();
+    let loss = b.softmax_cross_entropy("loss", l).unwrap();
+    let mut g = b.build(5).unwrap();
+    g.input_mut(x)
+        .unwrap()
+        .copy_from_slice(&values(5 * 2 * 36, 8));
+    g.set_labels(loss, &[0, 2, 1, 1, 0]).unwrap();
+    g.forward(Mode::Train).unwrap();
+    g.backward().unwrap();
+    let grads = g.param_grads().to_vec();
+    let gmax = grads.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+    for k in 0..grads.len() {
+        let gk = f64::from(grads[k]);
+        let fd = central_difference(&mut g, loss, k, 1e-2);
+        assert!(
+            (fd - gk).abs() <= 1e-2 * gk.abs() + 2e-3 * gmax,
+            "parameter {k}: finite difference {fd} vs backward {gk} (max |g| {gmax})"
+        );
+    }
+}
+
+/// Plain SGD (the optimizers have their own tests).
+fn sgd(g: &mut selfsup::graph::Graph, lr: f32) {
+    let (p, gr, _) = g.params_and_grads();
+    for (p, g) in p.iter_mut().zip(gr) {
+        *p -= lr * g;
+    }
+}
+
+#[test]
+fn a_tiny_classifier_overfits_a_small_batch() {
+    let mut m = encoder_classifier(&tiny(), 8, 4, 11).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 5);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    m.graph
+        .set_labels(m.loss, &[0, 1, 2, 3, 3, 2, 1, 0])
+        .unwrap();
+    let mut first = None;
+    let mut last = 0.0;
+    for _ in 0..150 {
+        m.graph.forward(Mode::Train).unwrap();
+        m.graph.backward().unwrap();
+        sgd(&mut m.graph, 0.1);
+        last = m.graph.loss(m.loss);
+        first.get_or_insert(last);
+    }
+    assert!(first.unwrap() > 1.0, "starts near ln 4: {first:?}");
+    assert!(last < 0.05, "loss after 150 steps: {last}");
+    assert_eq!(m.graph.accuracy(m.loss), Some(1.0));
+}
+
+#[test]
+fn simclr_loss_falls_on_a_fixed_batch() {
+    let mut m = simclr(&tiny(), 8, 0.5, 3).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 9);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    m.graph.forward(Mode::Train).unwrap();
+    let start = m.graph.loss(m.loss);
+    for _ in 0..100 {
+        m.graph.forward(Mode::Train).unwrap();
+        m.graph.backward().unwrap();
+        sgd(&mut m.graph, 0.2);
+    }
+    m.graph.forward(Mode::Train).unwrap();
+    let end = m.graph.loss(m.loss);
+    // ln(15) = 2.71 at chance (the two "views" are unrelated random images, so the encoder
+    // has to memorize the pairs); 100 steps of plain SGD bring it to about 1.44.
+    assert!(start > 2.5 && end < 1.6, "NT-Xent {start} -> {end}");
+}
+
+#[test]
+fn training_is_bit_identical_for_any_thread_count() {
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut m = simclr(&tiny(), 6, 0.2, 5).unwrap();
+                let x = values(m.graph.shape(m.input).iter().product(), 3);
+                m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+                for _ in 0..3 {
+                    m.graph.forward(Mode::Train).unwrap();
+                    m.graph.backward().unwrap();
+                    sgd(&mut m.graph, 0.1);
+                }
+                let mut bits: Vec<u32> = m.graph.params().iter().map(|v| v.to_bits()).collect();
+                bits.extend(m.graph.buffers().iter().map(|v| v.to_bits()));
+                bits
+            })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
+
+#[test]
+fn same_seed_same_weights_different_seed_different_weights() {
+    let a = simclr(&tiny(), 2, 0.5, 1).unwrap();
+    let b = simclr(&tiny(), 2, 0.5, 1).unwrap();
+    let c = simclr(&tiny(), 2, 0.5, 2).unwrap();
+    assert_eq!(a.graph.params(), b.graph.params());
+    assert_ne!(a.graph.params(), c.graph.params());
+    // PyTorch's default init ranges: conv weights within 1/sqrt(fan_in).
+    let info = &a.graph.param_info()[0];
+    assert_eq!(info.name, "stem.0.weight");
+    assert_eq!(info.shape, vec![4, 2, 3, 3]);
+    let bound = 1.0 / (18f32).sqrt();
+    let w = &a.graph.params()[info.range.clone()];
+    assert!(w.iter().all(|v| v.abs() <= bound));
+    assert!(w.iter().any(|v| v.abs() > 0.5 * bound));
+}
+
+#[test]
+fn names_follow_the_pytorch_reference_model() {
+    let m = simclr(&ResNetConfig::default(), 2, 0.5, 1).unwrap();
+    let names: Vec<&str> = m
+        .graph
+        .param_info()
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    for want in [
+        "stem.0.weight",
+        "stem.1.weight",
+        "stem.1.bias",
+        "l1.c1.weight",
+        "l2.sc.0.weight",
+        "l3.b2.bias",
+        "head.0.weight",
+        "head.2.bias",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let buffers: Vec<&str> = m
+        .graph
+        .buffer_info()
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    assert!(buffers.contains(&"l3.sc.1.running_var"));
+    // Decay and LARS adaptation only on convolution and linear weights.
+    for (g, p) in m.graph.param_groups().iter().zip(m.graph.param_info()) {
+        assert_eq!(g.name, p.name);
+        assert_eq!(g.range, p.range);
+        assert_eq!(g.decay, p.kind.is_weight(), "{}", g.name);
+        assert_eq!(g.adapt, p.kind.is_weight(), "{}", g.name);
+    }
+    let decayed = |n: &str| {
+        m.graph
+            .param_groups()
+            .iter()
+            .find(|g| g.name == n)
+            .unwrap()
+            .decay
+    };
+    assert!(decayed("l2.sc.0.weight") && decayed("head.0.weight") && decayed("stem.0.weight"));
+    assert!(!decayed("l2.sc.1.weight") && !decayed("head.0.bias") && !decayed("stem.1.bias"));
+    // ResNet-mini's parameter count (convs, BatchNorm, head), as in PyTorch.
+    let total: usize = m.graph.params().len();
+    assert_eq!(
+        total,
+        32 * 3 * 9
+            + 2 * 32
+            + 2 * (32 * 32 * 9 + 2 * 32)
+            + (64 * 32 * 9 + 64 * 64 * 9 + 64 * 32 + 3 * 2 * 64)
+            + (128 * 64 * 9 + 128 * 128 * 9 + 128 * 64 + 3 * 2 * 128)
+            + (128 * 128 + 128 + 64 * 128 + 64)
+    );
+}
+
+#[test]
+fn eval_mode_uses_running_statistics_and_leaves_them_alone() {
+    let mut m = simclr(&tiny(), 4, 0.5, 1).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 4);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    let before = m.graph.buffers().to_vec();
+    m.graph.forward_to(m.h, Mode::Eval).unwrap();
+    assert_eq!(m.graph.buffers(), &before[..]);
+    let h_eval = m.graph.value(m.h).to_vec();
+    m.graph.forward(Mode::Train).unwrap();
+    assert_ne!(
+        m.graph.buffers(),
+        &before[..],
+        "training updates running statistics"
+    );
+    assert_ne!(m.graph.value(m.h), &h_eval[..]);
+    // Backward needs a full training forward.
+    m.graph.forward_to(m.h, Mode::Train).unwrap();
+    assert!(m.graph.backward().is_err());
+    m.graph.forward(Mode::Eval).unwrap();
+    assert!(m.graph.backward().is_err());
+}
+
+fn build_err(f: impl FnOnce(&mut GraphBuilder) -> selfsup::Result<()>) -> String {
+    let mut b = GraphBuilder::new();
+    match f(&mut b) {
+        Err(e @ Error::Graph { .. }) => e.to_string(),
+        other => panic!("expected a graph error, got {other:?}"),
+    }
+}
+
+#[test]
+fn shape_errors_name_the_node_and_the_shapes() {
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 3, 8, 8])?;
+        b.linear("fc", x, 10, true, false)?;
+        Ok(())
+    });
+    assert!(e.contains("'fc'") && e.contains("[4, 3, 8, 8]"), "{e}");
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 3, 8, 8])?;
+        let y = b.conv2d("c", x, 5, 3, 2, 1)?;
+        b.add("join", x, y, true)?;
+        Ok(())
+    });
+    assert!(
+        e.contains("'join'") && e.contains("[4, 3, 8, 8]") && e.contains("[4, 5, 4, 4]"),
+        "{e}"
+    );
+    let e = build_err(|b| {
+        let x = b.input("x", &[2, 3, 4, 4])?;
+        b.conv2d("big", x, 8, 7, 1, 1)?;
+        Ok(())
+    });
+    assert!(e.contains("'big'") && e.contains("[2, 3, 4, 4]"), "{e}");
+    let e = build_err(|b| {
+        let x = b.input("x", &[5, 16])?;
+        b.nt_xent("loss", x, 0.5, false)?;
+        Ok(())
+    });
+    assert!(e.contains("'loss'") && e.contains("even"), "{e}");
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 16])?;
+        b.nt_xent("loss", x, 0.0, false)?;
+        Ok(())
+    });
+    assert!(e.contains("tau"), "{e}");
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 16])?;
+        b.relu("x", x)?;
+        Ok(())
+    });
+    assert!(e.contains("already exists"), "{e}");
+    let e = build_err(|b| {
+        b.input("x", &[4, 0])?;
+        Ok(())
+    });
+    assert!(e.contains("empty"), "{e}");
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 16])?;
+        b.global_avg_pool("pool", x)?;
+        Ok(())
+    });
+    assert!(e.contains("'pool'") && e.contains("[4, 16]"), "{e}");
+    assert!(GraphBuilder::new().build(0).is_err());
+    let bad = ResNetConfig {
+        widths: vec![4, 8],
+        blocks: vec![1],
+        ..tiny()
+    };
+    assert!(simclr(&bad, 2, 0.5, 0).is_err());
+}
+
+#[test]
+fn labels_are_checked() {
+    let mut p = linear_probe(4, 6, 3, 0).unwrap();
+    assert!(p.graph.set_labels(p.loss, &[0, 1, 2]).is_err());
+    let e = p
+        .graph
+        .set_labels(p.loss, &[0, 1, 3, 0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label 3") && e.contains("row 2"), "{e}");
+    assert!(p.graph.set_labels(p.logits, &[0, 1, 2, 0]).is_err());
+    assert!(p.graph.input_mut(p.logits).is_err());
+    p.graph.set_labels(p.loss, &[0, 1, 2, 0]).unwrap();
+    p.graph.forward(Mode::Train).unwrap();
+    assert!((p.graph.loss(p.loss) - 3f32.ln()).abs() < 0.5);
+}
+
+#[test]
+fn non_finite_inputs_stop_with_the_node_named() {
+    let mut m = simclr(&tiny(), 2, 0.5, 1).unwrap();
+    let len: usize = m.graph.shape(m.input).iter().product();
+    let mut x = values(len, 1);
+    x[3] = f32::NAN;
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    let e = m.graph.forward(Mode::Train).unwrap_err().to_string();
+    assert!(e.contains("'loss'") && e.contains("non-finite"), "{e}");
+}
