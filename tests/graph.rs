@@ -411,3 +411,27 @@ fn non_finite_inputs_stop_with_the_node_named() {
     let e = m.graph.forward(Mode::Train).unwrap_err().to_string();
     assert!(e.contains("'loss'") && e.contains("non-finite"), "{e}");
 }
+
+/// Eval mode folds each BatchNorm into the convolution before it; the result equals the
+/// unfused evaluation up to rounding, after training has moved the running statistics.
+#[test]
+fn eval_fusion_matches_the_unfused_evaluation() {
+    let mut m = simclr(&tiny(), 4, 0.5, 2).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 6);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    for _ in 0..3 {
+        m.graph.forward(Mode::Train).unwrap();
+        m.graph.backward().unwrap();
+        sgd(&mut m.graph, 0.1);
+    }
+    m.graph.forward_to(m.h, Mode::Eval).unwrap();
+    let fused = m.graph.value(m.h).to_vec();
+    m.graph.set_eval_fusion(false);
+    m.graph.forward_to(m.h, Mode::Eval).unwrap();
+    let plain = m.graph.value(m.h).to_vec();
+    let scale = plain.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    assert!(scale > 0.0);
+    for (a, b) in fused.iter().zip(&plain) {
+        assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+    }
+}

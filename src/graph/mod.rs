@@ -19,9 +19,9 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::batchnorm::{
-    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, batchnorm_relu_backward,
-    batchnorm_relu_forward_eval, batchnorm_relu_forward_train, BatchNorm2d, BnAffine, BnGrads,
-    BnRunning, BnSaved,
+    batchnorm_backward, batchnorm_fold, batchnorm_forward_eval, batchnorm_forward_train,
+    batchnorm_relu_backward, batchnorm_relu_forward_eval, batchnorm_relu_forward_train,
+    BatchNorm2d, BnAffine, BnGrads, BnRunning, BnSaved,
 };
 use crate::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, Pairing};
 use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
@@ -545,6 +545,27 @@ impl GraphBuilder {
                 consumed[t.0] = true;
             }
         }
+        // Conv followed by a BatchNorm that is the only reader of its output.
+        let mut fusable = vec![false; self.nodes.len()];
+        let (mut fold_w, mut fold_c) = (0usize, 0usize);
+        let mut readers = vec![0usize; n_tensors];
+        for node in &self.nodes {
+            for t in &node.inputs {
+                readers[t.0] += 1;
+            }
+        }
+        for k in 0..self.nodes.len().saturating_sub(1) {
+            if let (Op::Conv { g, .. }, Op::BatchNorm { .. }) =
+                (&self.nodes[k].op, &self.nodes[k + 1].op)
+            {
+                let out = self.nodes[k].output;
+                if self.nodes[k + 1].inputs == [out] && readers[out.0] == 1 {
+                    fusable[k] = true;
+                    fold_w = fold_w.max(g.w_len());
+                    fold_c = fold_c.max(g.c_out);
+                }
+            }
+        }
         let mut g = Graph {
             nodes: self.nodes,
             tensors,
@@ -560,6 +581,11 @@ impl GraphBuilder {
             written: vec![false; n_tensors],
             consumed,
             forwarded: None,
+            fusable,
+            eval_fusion: true,
+            fold_w: vec![0.0; fold_w],
+            fold_scale: vec![0.0; fold_c],
+            fold_shift: vec![0.0; fold_c],
         };
         g.init_params(seed);
         Ok(g)
@@ -586,6 +612,13 @@ pub struct Graph {
     consumed: Vec<bool>,
     /// The mode and the number of nodes of the last forward.
     forwarded: Option<(Mode, usize)>,
+    /// Per node: a convolution whose output only feeds the BatchNorm right after it, which
+    /// the evaluation forward folds into the convolution (see [`Graph::set_eval_fusion`]).
+    fusable: Vec<bool>,
+    eval_fusion: bool,
+    fold_w: Vec<f32>,
+    fold_scale: Vec<f32>,
+    fold_shift: Vec<f32>,
 }
 
 /// SplitMix64 (Steele, Lea and Flood 2014): a tiny generator whose stream never changes
@@ -789,9 +822,25 @@ impl Graph {
         self.forward_nodes(mode, last + 1)
     }
 
+    /// Whether the evaluation forward folds each BatchNorm into the convolution before it
+    /// (on by default): `w' = w * scale[c]` and the shift as the convolution's bias, with
+    /// `scale` and `shift` from the running statistics, so eval BatchNorm costs no pass over
+    /// the activations. The convolution's own output is then not written (only the
+    /// BatchNorm's). Results differ from the unfused ones by rounding only.
+    pub fn set_eval_fusion(&mut self, on: bool) {
+        self.eval_fusion = on;
+    }
+
     fn forward_nodes(&mut self, mode: Mode, count: usize) -> Result<()> {
         self.forwarded = None;
-        for k in 0..count {
+        let mut k = 0;
+        while k < count {
+            if mode == Mode::Eval && self.eval_fusion && self.fusable[k] && k + 1 < count {
+                self.forward_conv_bn_eval(k)
+                    .map_err(|e| wrap(&self.nodes[k].name, e))?;
+                k += 2;
+                continue;
+            }
             let node = &mut self.nodes[k];
             forward_node(
                 node,
@@ -804,9 +853,58 @@ impl Graph {
                 &self.buffers,
             )
             .map_err(|e| wrap(&node.name, e))?;
+            k += 1;
         }
         self.forwarded = Some((mode, count));
         Ok(())
+    }
+
+    /// Node `k` (a convolution) and node `k + 1` (BatchNorm in eval mode) as one convolution.
+    fn forward_conv_bn_eval(&mut self, k: usize) -> Result<()> {
+        let (
+            Op::Conv { g, w },
+            Op::BatchNorm {
+                bn,
+                gamma,
+                beta,
+                mean,
+                var,
+                relu,
+                ..
+            },
+        ) = (&self.nodes[k].op, &self.nodes[k + 1].op)
+        else {
+            unreachable!("fusable marks conv + batchnorm pairs only");
+        };
+        let c = g.c_out;
+        let p = |i: usize| &self.param[self.params[i].range.clone()];
+        batchnorm_fold(
+            BnAffine {
+                gamma: p(*gamma),
+                beta: p(*beta),
+            },
+            &self.buffer[self.buffers[*mean].range.clone()],
+            &self.buffer[self.buffers[*var].range.clone()],
+            bn.eps,
+            &mut self.fold_scale[..c],
+            &mut self.fold_shift[..c],
+        )?;
+        let wv = p(*w);
+        let per = wv.len() / c;
+        let fw = &mut self.fold_w[..wv.len()];
+        for ((dst, src), &s) in fw
+            .chunks_exact_mut(per)
+            .zip(wv.chunks_exact(per))
+            .zip(&self.fold_scale[..c])
+        {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v * s;
+            }
+        }
+        let x_r = self.tensors[self.nodes[k].inputs[0].0].act.clone();
+        let y_r = self.tensors[self.nodes[k + 1].output.0].act.clone();
+        let (lo, y) = split_io(&mut self.act, &y_r);
+        conv2d_forward(g, &lo[x_r], fw, Some(&self.fold_shift[..c]), *relu, y)
     }
 
     /// Runs every node's backward in reverse order, from a full training forward. The loss
