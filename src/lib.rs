@@ -8,5 +8,6 @@
 pub mod checkpoint;
 pub mod error;
 pub mod kernels;
+pub mod optim;
 
 pub use error::{Error, Result};
