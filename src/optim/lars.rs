@@ -14,9 +14,7 @@
 //! the trust ratio and `lr * trust` are computed in `f64` and rounded once to `f32`. The
 //! velocity starts at zero, so the first step gives `v = lr * trust * g'`.
 
-use super::{
-    check_hyper, check_step, chunks2, decayed, decayed_grad_sum_squares, load_named, ParamGroup,
-};
+use super::{check_hyper, check_step, chunks2, decayed_grad_sum_squares, load_named, ParamGroup};
 use crate::error::Result;
 use crate::kernels::elementwise::sum_squares;
 
@@ -127,7 +125,6 @@ impl Lars {
     ) -> Result<()> {
         check_step(OP, self.v.len(), params, grads, groups, lr)?;
         let c = self.config;
-        let m = c.momentum;
         for group in groups {
             let r = group.range.clone();
             let wd = (group.decay && c.weight_decay != 0.0).then_some(c.weight_decay);
@@ -138,23 +135,17 @@ impl Lars {
             } else {
                 1.0
             };
-            let scaled_lr = (f64::from(lr) * trust) as f32;
+            let k = Coeffs {
+                scaled_lr: (f64::from(lr) * trust) as f32,
+                wd: c.weight_decay,
+                momentum: c.momentum,
+            };
+            let body = kernel(wd.is_some(), c.nesterov);
             chunks2(
                 &mut params[r.clone()],
                 &mut self.v[r.clone()],
                 &grads[r],
-                |p, v, g| {
-                    for ((p, v), &g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
-                        let d = decayed(g, *p, wd);
-                        *v = m * *v + scaled_lr * d;
-                        let update = if c.nesterov {
-                            m * *v + scaled_lr * d
-                        } else {
-                            *v
-                        };
-                        *p -= update;
-                    }
-                },
+                |p, v, g| body(p, v, g, &k),
             );
         }
         self.steps += 1;
@@ -179,5 +170,46 @@ impl Lars {
         load_named(OP, &NAMES, &mut [&mut self.v], tensors)?;
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// The scalars of one tensor's update.
+struct Coeffs {
+    scaled_lr: f32,
+    wd: f32,
+    momentum: f32,
+}
+
+type Kernel = fn(&mut [f32], &mut [f32], &[f32], &Coeffs);
+
+/// The update of one chunk with the switches resolved at compile time (one straight-line,
+/// vectorizable loop per case).
+#[inline(always)]
+fn body<const DECAY: bool, const NESTEROV: bool>(
+    p: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    k: &Coeffs,
+) {
+    let n = p.len();
+    let (v, g) = (&mut v[..n], &g[..n]);
+    for i in 0..n {
+        let d = if DECAY { g[i] + k.wd * p[i] } else { g[i] };
+        v[i] = k.momentum * v[i] + k.scaled_lr * d;
+        p[i] -= if NESTEROV {
+            k.momentum * v[i] + k.scaled_lr * d
+        } else {
+            v[i]
+        };
+    }
+}
+
+/// The compiled case of [`body`] for these switches.
+fn kernel(decay: bool, nesterov: bool) -> Kernel {
+    match (decay, nesterov) {
+        (false, false) => body::<false, false>,
+        (false, true) => body::<false, true>,
+        (true, false) => body::<true, false>,
+        (true, true) => body::<true, true>,
     }
 }

@@ -414,29 +414,29 @@ pub(crate) fn decayed_grad_sum_squares(g: &[f32], p: &[f32], wd: Option<f32>) ->
     let chunks = g.len().div_ceil(CHUNK);
     tree_sum(0, chunks, &|i| {
         let r = i * CHUNK..((i + 1) * CHUNK).min(g.len());
-        let (g, p) = (&g[r.clone()], &p[r]);
-        let mut acc = [0.0f64; 4];
-        let mut ig = g.chunks_exact(4);
-        let mut ip = p.chunks_exact(4);
-        for (g4, p4) in (&mut ig).zip(&mut ip) {
-            for j in 0..4 {
-                let d = decayed(g4[j], p4[j], wd);
-                acc[j] += f64::from(d) * f64::from(d);
-            }
+        match wd {
+            Some(wd) => chunk_sum_squares::<true>(&g[r.clone()], &p[r], wd),
+            None => chunk_sum_squares::<false>(&g[r.clone()], &p[r], 0.0),
         }
-        for (&g, &p) in ig.remainder().iter().zip(ip.remainder()) {
-            let d = decayed(g, p, wd);
-            acc[0] += f64::from(d) * f64::from(d);
-        }
-        (acc[0] + acc[1]) + (acc[2] + acc[3])
     })
 }
 
-/// The coupled-decay gradient `g + wd * p` (a multiply then an add), or `g` without decay.
+/// One chunk of [`decayed_grad_sum_squares`], sequential.
 #[inline(always)]
-pub(crate) fn decayed(g: f32, p: f32, wd: Option<f32>) -> f32 {
-    match wd {
-        Some(wd) => g + wd * p,
-        None => g,
+fn chunk_sum_squares<const DECAY: bool>(g: &[f32], p: &[f32], wd: f32) -> f64 {
+    let d = |g: f32, p: f32| f64::from(if DECAY { g + wd * p } else { g });
+    let mut acc = [0.0f64; 4];
+    let mut ig = g.chunks_exact(4);
+    let mut ip = p.chunks_exact(4);
+    for (g4, p4) in (&mut ig).zip(&mut ip) {
+        for j in 0..4 {
+            let x = d(g4[j], p4[j]);
+            acc[j] += x * x;
+        }
     }
+    for (&g, &p) in ig.remainder().iter().zip(ip.remainder()) {
+        let x = d(g, p);
+        acc[0] += x * x;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }

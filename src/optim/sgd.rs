@@ -11,7 +11,7 @@
 //! p = p - lr * d
 //! ```
 
-use super::{check_hyper, check_step, chunks2, decayed, load_named, ParamGroup};
+use super::{check_hyper, check_step, chunks2, load_named, ParamGroup};
 use crate::error::Result;
 
 pub(crate) const KIND: &str = "sgd";
@@ -105,26 +105,22 @@ impl Sgd {
     ) -> Result<()> {
         check_step(OP, self.buf.len(), params, grads, groups, lr)?;
         let c = self.config;
+        let k = Coeffs {
+            lr,
+            wd: c.weight_decay,
+            momentum: c.momentum,
+            keep: 1.0 - c.dampening,
+        };
         let first = self.steps == 0;
-        let keep = 1.0 - c.dampening;
-        let m = c.momentum;
         for group in groups {
             let r = group.range.clone();
-            let wd = (group.decay && c.weight_decay != 0.0).then_some(c.weight_decay);
+            let decay = group.decay && c.weight_decay != 0.0;
+            let body = kernel(decay, c.momentum != 0.0, first, c.nesterov);
             chunks2(
                 &mut params[r.clone()],
                 &mut self.buf[r.clone()],
                 &grads[r],
-                |p, b, g| {
-                    for ((p, b), &g) in p.iter_mut().zip(b.iter_mut()).zip(g) {
-                        let mut d = decayed(g, *p, wd);
-                        if m != 0.0 {
-                            *b = if first { d } else { m * *b + keep * d };
-                            d = if c.nesterov { d + m * *b } else { *b };
-                        }
-                        *p -= lr * d;
-                    }
-                },
+                |p, b, g| body(p, b, g, &k),
             );
         }
         self.steps += 1;
@@ -149,5 +145,60 @@ impl Sgd {
         load_named(OP, &NAMES, &mut [&mut self.buf], tensors)?;
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// The scalars of one step.
+struct Coeffs {
+    lr: f32,
+    wd: f32,
+    momentum: f32,
+    keep: f32,
+}
+
+type Kernel = fn(&mut [f32], &mut [f32], &[f32], &Coeffs);
+
+/// The update of one chunk with every loop-invariant switch resolved at compile time, so each
+/// case is one straight-line loop the compiler vectorizes.
+#[inline(always)]
+fn body<const DECAY: bool, const MOMENTUM: bool, const FIRST: bool, const NESTEROV: bool>(
+    p: &mut [f32],
+    b: &mut [f32],
+    g: &[f32],
+    k: &Coeffs,
+) {
+    let n = p.len();
+    let (b, g) = (&mut b[..n], &g[..n]);
+    for i in 0..n {
+        let mut d = if DECAY { g[i] + k.wd * p[i] } else { g[i] };
+        if MOMENTUM {
+            b[i] = if FIRST {
+                d
+            } else {
+                k.momentum * b[i] + k.keep * d
+            };
+            d = if NESTEROV {
+                d + k.momentum * b[i]
+            } else {
+                b[i]
+            };
+        }
+        p[i] -= k.lr * d;
+    }
+}
+
+/// The compiled case of [`body`] for these switches.
+fn kernel(decay: bool, momentum: bool, first: bool, nesterov: bool) -> Kernel {
+    match (decay, momentum, first, nesterov) {
+        (false, false, _, _) => body::<false, false, false, false>,
+        (true, false, _, _) => body::<true, false, false, false>,
+        (false, true, false, false) => body::<false, true, false, false>,
+        (false, true, false, true) => body::<false, true, false, true>,
+        (false, true, true, false) => body::<false, true, true, false>,
+        (false, true, true, true) => body::<false, true, true, true>,
+        (true, true, false, false) => body::<true, true, false, false>,
+        (true, true, false, true) => body::<true, true, false, true>,
+        (true, true, true, false) => body::<true, true, true, false>,
+        (true, true, true, true) => body::<true, true, true, true>,
     }
 }
