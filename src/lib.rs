@@ -7,7 +7,10 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod graph;
 pub mod kernels;
+pub mod nn;
 pub mod optim;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -19,6 +19,9 @@ use crate::checkpoint::{self, CheckpointError, TensorView};
 use crate::graph::Graph;
 use crate::optim::Optimizer;
 
+/// A checkpoint's string metadata.
+pub type Metadata = BTreeMap<String, String>;
+
 /// Metadata key of the optimizer's kind (`sgd`, `lars`, `adamw`).
 pub const OPTIMIZER_KEY: &str = "optimizer";
 /// Metadata key of the optimizer's step counter.
@@ -225,7 +228,7 @@ pub fn resume_latest(
     dir: impl AsRef<Path>,
     graph: &mut Graph,
     optimizer: Option<&mut Optimizer>,
-) -> Result<Option<(u64, BTreeMap<String, String>)>, CheckpointError> {
+) -> Result<Option<(u64, Metadata)>, CheckpointError> {
     match checkpoint::latest_in(dir)? {
         Some((step, path)) => Ok(Some((step, load(path, graph, optimizer)?))),
         None => Ok(None),

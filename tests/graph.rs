@@ -131,8 +131,8 @@ fn smooth_graph_gradients_match_finite_differences_entrywise() {
     g.backward().unwrap();
     let grads = g.param_grads().to_vec();
     let gmax = grads.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
-    for k in 0..grads.len() {
-        let gk = f64::from(grads[k]);
+    for (k, &g32) in grads.iter().enumerate() {
+        let gk = f64::from(g32);
         let fd = central_difference(&mut g, loss, k, 1e-2);
         assert!(
             (fd - gk).abs() <= 1e-2 * gk.abs() + 2e-3 * gmax,

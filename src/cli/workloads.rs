@@ -48,7 +48,6 @@ pub enum Work {
     /// Floating-point operations per op, reported as `gflops`.
     Flops(f64),
     /// Images per op, reported as `images_per_s` (training and inference workloads).
-    #[allow(dead_code)] // the first image workloads arrive with the SimCLR issues
     Images(f64),
     /// No natural rate; only `seconds` is reported (NT-Xent loss, for example).
     Seconds,
@@ -176,7 +175,92 @@ pub fn registry() -> Vec<Workload> {
             .iter()
             .map(|&(name, n)| ntxent_workload(name, n, NTXENT_D, NTXENT_TAU)),
     );
+    all.push(simclr_step_workload(SIMCLR_IMAGES));
+    all.push(embed_workload(EMBED_IMAGES));
     all
+}
+
+/// Images per SimCLR step (two views each), as in `shared/BENCHMARKS.md`.
+pub const SIMCLR_IMAGES: usize = 256;
+/// Images per embedding batch.
+pub const EMBED_IMAGES: usize = 512;
+
+/// One SimCLR training step of ResNet-mini: forward of encoder and head on two views of
+/// each image, NT-Xent (tau 0.5), backward, SGD with momentum 0.9 and weight decay 1e-6.
+fn simclr_step_workload(images: usize) -> Workload {
+    use selfsup::graph::Mode;
+    use selfsup::nn::{simclr, ResNetConfig};
+    use selfsup::optim::{Sgd, SgdConfig};
+    Workload {
+        name: "simclr_step_resnet_mini_b256",
+        about: format!(
+            "SimCLR step, ResNet-mini, {images} images x 2 views of 3x32x32 (random data), \
+             NT-Xent tau 0.5, backward, SGD momentum 0.9 wd 1e-6"
+        ),
+        work: Work::Images(images as f64),
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            let mut m = simclr(&ResNetConfig::default(), images, 0.5, 0x5eed_0201)?;
+            let len: usize = m.graph.shape(m.input).iter().product();
+            m.graph
+                .input_mut(m.input)?
+                .copy_from_slice(&filled(len, 0x5eed_0202));
+            let mut opt = Sgd::new(
+                SgdConfig {
+                    momentum: 0.9,
+                    weight_decay: 1e-6,
+                    ..SgdConfig::default()
+                },
+                m.graph.params().len(),
+            )?;
+            let mut step = move || -> Result<f32> {
+                m.graph.forward(Mode::Train)?;
+                m.graph.backward()?;
+                let (p, g, groups) = m.graph.params_and_grads();
+                opt.step(p, g, groups, 0.1)?;
+                Ok(m.graph.loss(m.loss))
+            };
+            // The check: a finite loss near ln(2N - 1) for random data at initialization.
+            let first = step()?;
+            let chance = ((2 * images - 1) as f32).ln();
+            ensure!(
+                first.is_finite() && (first - chance).abs() < 1.0,
+                "SimCLR loss {first} at initialization, expected about ln({}) = {chance}",
+                2 * images - 1
+            );
+            Ok(Box::new(move || step().map(|_| ())))
+        }),
+    }
+}
+
+/// Inference of the representation h (eval-mode BatchNorm) for a batch of images.
+fn embed_workload(images: usize) -> Workload {
+    use selfsup::graph::{GraphBuilder, Mode};
+    use selfsup::nn::{resnet_encoder, ResNetConfig};
+    Workload {
+        name: "embed_resnet_mini_b512",
+        about: format!("ResNet-mini inference of h (eval-mode BatchNorm), {images} images 3x32x32"),
+        work: Work::Images(images as f64),
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            let mut b = GraphBuilder::new();
+            let enc = resnet_encoder(&mut b, &ResNetConfig::default(), images)?;
+            let mut g = b.build(0x5eed_0301)?;
+            let len: usize = g.shape(enc.input).iter().product();
+            g.input_mut(enc.input)?
+                .copy_from_slice(&filled(len, 0x5eed_0302));
+            g.forward_to(enc.h, Mode::Eval)?;
+            let h = g.value(enc.h);
+            ensure!(
+                h.iter().all(|v| v.is_finite()) && h.iter().any(|&v| v > 0.0),
+                "embedding is not finite and positive somewhere"
+            );
+            Ok(Box::new(move || {
+                g.forward_to(enc.h, Mode::Eval)?;
+                Ok(())
+            }))
+        }),
+    }
 }
 
 fn ntxent_workload(name: &'static str, n: usize, d: usize, tau: f32) -> Workload {

@@ -554,6 +554,7 @@ impl GraphBuilder {
                 readers[t.0] += 1;
             }
         }
+        #[allow(clippy::needless_range_loop)] // k and k + 1 index the same vector
         for k in 0..self.nodes.len().saturating_sub(1) {
             if let (Op::Conv { g, .. }, Op::BatchNorm { .. }) =
                 (&self.nodes[k].op, &self.nodes[k + 1].op)

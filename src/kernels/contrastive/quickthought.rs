@@ -921,7 +921,7 @@ impl QtInBatch {
         check_matrix(OP, "F", b.f, n, d)?;
         check_matrix(OP, "G", b.g, m, d)?;
         if let Some(o) = b.self_offset {
-            if n.checked_add(o).map_or(true, |e| e > m) {
+            if n.checked_add(o).is_none_or(|e| e > m) {
                 return Err(invalid(
                     OP,
                     format!("self_offset {o} puts the selves of {n} anchors past {m} candidates"),
@@ -1238,7 +1238,7 @@ pub fn qt_neighbor_targets(
         ));
     }
     if n.checked_add(self_offset)
-        .map_or(true, |e| u32::try_from(e).is_err())
+        .is_none_or(|e| u32::try_from(e).is_err())
     {
         return Err(invalid(
             OP,
