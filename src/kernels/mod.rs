@@ -10,8 +10,8 @@ pub mod gemm;
 pub mod linear;
 pub mod pool;
 pub mod reference;
-pub mod softmax;
 pub(crate) mod simd;
+pub mod softmax;
 pub mod vmath;
 
 pub use dispatch::{isa, Isa};
