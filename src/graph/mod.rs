@@ -584,6 +584,7 @@ impl GraphBuilder {
             forwarded: None,
             fusable,
             eval_fusion: true,
+            profile: None,
             fold_w: vec![0.0; fold_w],
             fold_scale: vec![0.0; fold_c],
             fold_shift: vec![0.0; fold_c],
@@ -617,6 +618,8 @@ pub struct Graph {
     /// the evaluation forward folds into the convolution (see [`Graph::set_eval_fusion`]).
     fusable: Vec<bool>,
     eval_fusion: bool,
+    /// Per node: accumulated forward and backward seconds, when profiling.
+    profile: Option<Vec<(f64, f64)>>,
     fold_w: Vec<f32>,
     fold_scale: Vec<f32>,
     fold_shift: Vec<f32>,
@@ -832,6 +835,28 @@ impl Graph {
         self.eval_fusion = on;
     }
 
+    /// Starts (or, with `false`, stops and clears) accumulating the time each node spends
+    /// in forward and backward; see [`Graph::profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![(0.0, 0.0); self.nodes.len()]);
+    }
+
+    /// Per node: name, accumulated forward seconds, accumulated backward seconds (empty when
+    /// profiling is off). A node folded into the one before it in eval mode has its time
+    /// counted there.
+    pub fn profile(&self) -> Vec<(&str, f64, f64)> {
+        self.profile
+            .as_ref()
+            .map(|p| {
+                self.nodes
+                    .iter()
+                    .zip(p)
+                    .map(|(n, &(f, b))| (n.name.as_str(), f, b))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn forward_nodes(&mut self, mode: Mode, count: usize) -> Result<()> {
         self.forwarded = None;
         let mut k = 0;
@@ -842,6 +867,7 @@ impl Graph {
                 k += 2;
                 continue;
             }
+            let t0 = self.profile.is_some().then(std::time::Instant::now);
             let node = &mut self.nodes[k];
             forward_node(
                 node,
@@ -854,6 +880,9 @@ impl Graph {
                 &self.buffers,
             )
             .map_err(|e| wrap(&node.name, e))?;
+            if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                p[k].0 += t0.elapsed().as_secs_f64();
+            }
             k += 1;
         }
         self.forwarded = Some((mode, count));
@@ -932,6 +961,7 @@ impl Graph {
             }
         }
         for k in (0..self.nodes.len()).rev() {
+            let t0 = self.profile.is_some().then(std::time::Instant::now);
             let node = &mut self.nodes[k];
             backward_node(
                 node,
@@ -945,6 +975,9 @@ impl Graph {
                 &self.params,
             )
             .map_err(|e| wrap(&node.name, e))?;
+            if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                p[k].1 += t0.elapsed().as_secs_f64();
+            }
         }
         Ok(())
     }
