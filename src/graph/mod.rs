@@ -1157,6 +1157,55 @@ fn backward_node(
     let x_r = |i: usize| tensors[node.inputs[i].0].act.clone();
     let p = |i: usize| &param[params[i].range.clone()];
     let (lo, hi) = grad.split_at_mut(gout_r.start);
+    if let Op::Add { relu } = node.op {
+        // Both inputs get the same (masked) gradient: computed once into the first input's
+        // buffer when that is its first write (else into the scratch), then copied or added
+        // to the second's.
+        let dy = &hi[..gout_r.len()];
+        let (a, b) = (node.inputs[0], node.inputs[1]);
+        let ga = tensors[a.0].grad.clone();
+        let in_a = ga.as_ref().is_some_and(|_| !written[a.0]);
+        {
+            let dst: &mut [f32] = match (&ga, in_a) {
+                (Some(r), true) => &mut lo[r.clone()],
+                _ => &mut scratch[..dy.len()],
+            };
+            if relu {
+                add_relu_backward(y, dy, dst)?;
+            } else {
+                dst.copy_from_slice(dy);
+            }
+        }
+        if let Some(r) = &ga {
+            if !in_a {
+                add_assign(&mut lo[r.clone()], &scratch[..dy.len()])?;
+            }
+            written[a.0] = true;
+        }
+        if let Some(rb) = tensors[b.0].grad.clone() {
+            let first = !written[b.0];
+            written[b.0] = true;
+            let (src, dst): (&[f32], &mut [f32]) = match (&ga, in_a) {
+                (Some(ra), true) => {
+                    // Disjoint ranges of the same arena.
+                    if ra.start < rb.start {
+                        let (x, y) = lo.split_at_mut(rb.start);
+                        (&x[ra.clone()], &mut y[..rb.len()])
+                    } else {
+                        let (x, y) = lo.split_at_mut(ra.start);
+                        (&y[..ra.len()], &mut x[rb])
+                    }
+                }
+                _ => (&scratch[..dy.len()], &mut lo[rb]),
+            };
+            if first {
+                dst.copy_from_slice(src);
+            } else {
+                add_assign(dst, src)?;
+            }
+        }
+        return Ok(());
+    }
     let dy = &hi[..gout_r.len()];
     let x0 = node.inputs.first().copied();
     match &mut node.op {
@@ -1201,19 +1250,7 @@ fn backward_node(
                 relu_backward(y, dy, dx)
             })?;
         }
-        Op::Add { relu } => {
-            let r = *relu;
-            for &t in &node.inputs {
-                emit(tensors, written, scratch, lo, t, false, &mut |dx| {
-                    if r {
-                        add_relu_backward(y, dy, dx)
-                    } else {
-                        dx.copy_from_slice(dy);
-                        Ok(())
-                    }
-                })?;
-            }
-        }
+        Op::Add { .. } => unreachable!("handled above"),
         Op::GlobalAvgPool { planes, hw } => {
             let x0 = x0.expect("one input");
             emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
