@@ -2,9 +2,9 @@
 //! `expf` / `logf` polynomials, S. L. Moshier, *Methods and Programs for Mathematical
 //! Functions*, 1989) behind the runtime dispatch.
 //!
-//! Each function is one generic `#[inline(always)]` body over [`Simd`]; the slice APIs enter
-//! it through an `#[target_feature(enable = "avx2,fma")]` wrapper when the dispatch chose
-//! AVX2+FMA, else with the portable backend.
+//! Each function is one generic `#[inline(always)]` body over `Simd` (`kernels/simd.rs`);
+//! the slice APIs enter it through an `#[target_feature(enable = "avx2,fma")]` wrapper when
+//! the dispatch chose AVX2+FMA, else with the portable backend.
 //!
 //! # Algorithms
 //! - `exp`: `n = round(x / ln 2)`, `r = x - n ln 2` in two parts (exact for the `n` that
