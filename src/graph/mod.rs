@@ -26,7 +26,7 @@ use crate::kernels::batchnorm::{
 use crate::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, Pairing};
 use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
 use crate::kernels::elementwise::{
-    add, add_assign, add_relu, add_relu_backward, relu, relu_backward,
+    add, add_assign, add_relu, add_relu_backward, copy, relu, relu_backward,
 };
 use crate::kernels::linear::{
     linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward, Linear,
@@ -1173,7 +1173,7 @@ fn backward_node(
             if relu {
                 add_relu_backward(y, dy, dst)?;
             } else {
-                dst.copy_from_slice(dy);
+                copy(dy, dst)?;
             }
         }
         if let Some(r) = &ga {
@@ -1199,7 +1199,7 @@ fn backward_node(
                 _ => (&scratch[..dy.len()], &mut lo[rb]),
             };
             if first {
-                dst.copy_from_slice(src);
+                copy(src, dst)?;
             } else {
                 add_assign(dst, src)?;
             }

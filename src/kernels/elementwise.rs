@@ -237,6 +237,19 @@ pub fn add_assign(y: &mut [f32], a: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// `y <- a`, parallel over chunks of [`CHUNK`] elements (a large copy is memory-bound; one
+/// thread leaves part of the bandwidth unused).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when the lengths differ.
+pub fn copy(a: &[f32], y: &mut [f32]) -> Result<()> {
+    check_len("copy (a vs y)", a.len(), y.len())?;
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK))
+        .for_each(|(y, a)| y.copy_from_slice(a));
+    Ok(())
+}
+
 /// Fused residual add and ReLU: `y = max(a + b, 0)`.
 ///
 /// The backward is [`relu_backward`] with `y` as the mask; the same gradient then flows to
