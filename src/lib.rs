@@ -6,6 +6,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod graph;
 pub mod kernels;
