@@ -62,3 +62,5 @@ pub enum DataError {
         problem: String,
     },
 }
+
+pub mod cifar;
