@@ -47,12 +47,34 @@ fn model_views(graph: &Graph) -> Vec<TensorView<'_>> {
     v
 }
 
-/// The tensors of the optimizer's state with their `[len]` shapes, owned names.
-fn optimizer_tensors(opt: &Optimizer) -> Vec<(String, Vec<usize>, &[f32])> {
-    opt.state_tensors()
-        .into_iter()
-        .map(|(name, data)| (name, vec![data.len()], data))
-        .collect()
+/// Calls `write` with every tensor to store (the model's, then the optimizer's state as
+/// flat `[len]` tensors) and the metadata plus the optimizer's kind and step counter: the
+/// one place [`save`] and [`save_in`] build a checkpoint's contents.
+fn with_contents<R>(
+    graph: &Graph,
+    optimizer: Option<&Optimizer>,
+    metadata: &BTreeMap<String, String>,
+    write: impl FnOnce(&[TensorView<'_>], &BTreeMap<String, String>) -> R,
+) -> R {
+    let mut meta = metadata.clone();
+    let state: Vec<(String, [usize; 1], &[f32])> = match optimizer {
+        Some(opt) => {
+            meta.insert(OPTIMIZER_KEY.into(), opt.kind().into());
+            meta.insert(OPTIMIZER_STEPS_KEY.into(), opt.steps().to_string());
+            opt.state_tensors()
+                .into_iter()
+                .map(|(name, data)| (name, [data.len()], data))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut all = model_views(graph);
+    all.extend(
+        state
+            .iter()
+            .map(|(n, s, d)| TensorView::new(n.as_str(), s.as_slice(), d)),
+    );
+    write(&all, &meta)
 }
 
 /// Writes the model (and the optimizer's state, if given) to `path`, atomically.
@@ -67,14 +89,9 @@ pub fn save(
     optimizer: Option<&Optimizer>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), CheckpointError> {
-    let (tensors, meta) = prepare(graph, optimizer, metadata);
-    let mut all = model_views(graph);
-    all.extend(
-        tensors
-            .iter()
-            .map(|(n, s, d)| TensorView::new(n.as_str(), s.as_slice(), d)),
-    );
-    checkpoint::save(path, &all, &meta)
+    with_contents(graph, optimizer, metadata, |tensors, meta| {
+        checkpoint::save(path, tensors, meta)
+    })
 }
 
 /// [`save`] into a run directory as `ckpt-<step>.safetensors`, keeping the newest
@@ -90,36 +107,9 @@ pub fn save_in(
     metadata: &BTreeMap<String, String>,
     keep_last: usize,
 ) -> Result<PathBuf, CheckpointError> {
-    let (tensors, meta) = prepare(graph, optimizer, metadata);
-    let mut all = model_views(graph);
-    all.extend(
-        tensors
-            .iter()
-            .map(|(n, s, d)| TensorView::new(n.as_str(), s.as_slice(), d)),
-    );
-    checkpoint::save_in(dir, step, &all, &meta, keep_last)
-}
-
-type Prepared<'a> = (
-    Vec<(String, Vec<usize>, &'a [f32])>,
-    BTreeMap<String, String>,
-);
-
-fn prepare<'a>(
-    _graph: &Graph,
-    optimizer: Option<&'a Optimizer>,
-    metadata: &BTreeMap<String, String>,
-) -> Prepared<'a> {
-    let mut meta = metadata.clone();
-    let tensors = match optimizer {
-        Some(opt) => {
-            meta.insert(OPTIMIZER_KEY.into(), opt.kind().into());
-            meta.insert(OPTIMIZER_STEPS_KEY.into(), opt.steps().to_string());
-            optimizer_tensors(opt)
-        }
-        None => Vec::new(),
-    };
-    (tensors, meta)
+    with_contents(graph, optimizer, metadata, |tensors, meta| {
+        checkpoint::save_in(dir, step, tensors, meta, keep_last)
+    })
 }
 
 /// Loads `path` into the model (and the optimizer, if given) and returns the checkpoint's
