@@ -63,4 +63,9 @@ pub enum DataError {
     },
 }
 
+pub mod augment;
+pub mod builtin;
 pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod spec;

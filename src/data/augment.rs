@@ -1,0 +1,1 @@
+//! SimCLR and RotNet augmentations on f32 image tensors.

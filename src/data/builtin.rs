@@ -1,0 +1,1 @@
+//! The built-in dataset, generated in code from a seed.

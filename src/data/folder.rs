@@ -1,0 +1,1 @@
+//! Image folders (PNG/JPEG through the `image` crate), labeled or unlabeled.

@@ -1,0 +1,1 @@
+//! IDX files (MNIST, Fashion-MNIST), raw or gzip-compressed.
