@@ -12,6 +12,7 @@ pub mod graph;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub mod probe;
 pub mod train;
 
 pub use error::{Error, Result};
