@@ -965,7 +965,7 @@ fn killed_writer_never_leaves_a_torn_file() {
         let start = std::time::Instant::now();
         let mut i = 0u64;
         while start.elapsed().as_secs() < 20 {
-            let t = if i % 2 == 0 { &a } else { &b };
+            let t = if i.is_multiple_of(2) { &a } else { &b };
             save(&path, &views(t), &BTreeMap::new()).unwrap();
             i += 1;
         }

@@ -388,7 +388,13 @@ fn bn_backward(
         dbeta: &mut db,
     };
     match relu_y {
-        Some(y) => batchnorm_relu_backward(&k.bn, &k.gamma, saved, &k.x, y, &k.dy, g).unwrap(),
+        Some(_) => {
+            let p = BnAffine {
+                gamma: &k.gamma,
+                beta: &k.beta,
+            };
+            batchnorm_relu_backward(&k.bn, p, saved, &k.x, &k.dy, g).unwrap()
+        }
         None => batchnorm_backward(&k.bn, &k.gamma, saved, &k.x, &k.dy, g).unwrap(),
     }
     (dx, dg, db)

@@ -276,7 +276,7 @@ impl RowStats {
     /// parallel over `I` on the current rayon pool, in 2 x 2 tiles of rows.
     fn compute(u: &[f64], m: usize, d: usize, tau: f64) -> Self {
         assert!(
-            m % 2 == 0,
+            m.is_multiple_of(2),
             "the adjacent pairing has an even number of rows"
         );
         // |u_i . u_k| <= 1, so every exp(s - 1/tau) is in [e^(-2/tau), 1]: no overflow, and

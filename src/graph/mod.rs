@@ -1238,7 +1238,11 @@ fn backward_node(
                 let (dgamma, dbeta) = dg.take().expect("called once");
                 let grads = BnGrads { dx, dgamma, dbeta };
                 if *relu {
-                    batchnorm_relu_backward(bn, gam, saved, x, y, dy, grads)
+                    let affine = BnAffine {
+                        gamma: gam,
+                        beta: p(*beta),
+                    };
+                    batchnorm_relu_backward(bn, affine, saved, x, dy, grads)
                 } else {
                     batchnorm_backward(bn, gam, saved, x, dy, grads)
                 }

@@ -2,18 +2,21 @@
 //! with ReLU: training forward (batch statistics), eval forward (running statistics),
 //! training backward, and the eval-mode fold into a per-channel scale and shift.
 //!
-//! - Statistics: two passes per channel (mean, then the sum of squared deviations), each
-//!   plane summed in `f32x8` blocks of 256 added into `f64`, planes added in index order.
+//! - Statistics: one read of each channel. Per block of at most 256 values, while it sits in
+//!   L1, a corrected two-pass mean and sum of squared deviations in `f32x8` lanes; the blocks
+//!   are merged in `f64` in index order (Chan et al.'s pairwise update).
 //! - Normalization uses the biased batch variance; the running variance is updated with the
 //!   unbiased one: `running = (1 - momentum) * running + momentum * batch`.
 //! - Backward: `dx = gamma * inv_std / M * (M dy - sum(dy) - xhat * sum(dy xhat))`,
-//!   `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `M = N * H * W`.
+//!   `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `M = N * H * W`. With the fused ReLU
+//!   the mask `y > 0` is recomputed from `x` with the forward's exact arithmetic, so the
+//!   output is never read back (two passes over `dy` and `x`, one write of `dx`).
 //! - Parallelism: reductions over channels (each channel sequential, in a fixed order), the
 //!   element-wise passes over groups of whole planes; results are bit-identical for any
 //!   number of threads. Nothing is allocated.
 
 use crate::error::{Error, Result};
-use crate::kernels::elementwise::{check_len, sum_dev_seq, sum_sq_dev_seq, CHUNK};
+use crate::kernels::elementwise::{check_len, CHUNK};
 use rayon::prelude::*;
 use wide::f32x8;
 
@@ -153,6 +156,67 @@ fn check_channels(op: &'static str, c: usize, lens: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Values per statistics block: small enough to stay in L1 between its two passes.
+const STAT_BLOCK: usize = 256;
+
+/// Count, mean and sum of squared deviations of a run of values.
+#[derive(Clone, Copy, Debug, Default)]
+struct Moments {
+    n: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    /// A block's moments by the corrected two-pass algorithm: an approximate centre `c`
+    /// (the mean of `x / len` in `f32` lanes, which cannot overflow), then
+    /// `d1 = sum(x - c)` and `d2 = sum((x - c)^2)` in `f32` lanes, so `mean = c + d1 / len`
+    /// and `M2 = d2 - d1^2 / len` (Chan, Golub and LeVeque 1983).
+    fn of_block(x: &[f32]) -> Self {
+        let len = x.len();
+        let inv = 1.0 / len as f32;
+        let (chunks, tail) = x.split_at(len - len % 8);
+        let mut a = f32x8::ZERO;
+        for v in chunks.chunks_exact(8) {
+            a += lanes(v) * f32x8::splat(inv);
+        }
+        let c = a.reduce_add() + tail.iter().map(|&v| v * inv).sum::<f32>();
+        let vc = f32x8::splat(c);
+        let (mut s1, mut s2) = (f32x8::ZERO, f32x8::ZERO);
+        for v in chunks.chunks_exact(8) {
+            let d = lanes(v) - vc;
+            s1 += d;
+            s2 += d * d;
+        }
+        let (mut d1, mut d2) = (f64::from(s1.reduce_add()), f64::from(s2.reduce_add()));
+        for &v in tail {
+            let d = v - c;
+            d1 += f64::from(d);
+            d2 += f64::from(d * d);
+        }
+        let n = len as f64;
+        Self {
+            n,
+            mean: f64::from(c) + d1 / n,
+            m2: (d2 - d1 * d1 / n).max(0.0),
+        }
+    }
+
+    /// The moments of the union of two disjoint runs.
+    fn merge(self, b: Self) -> Self {
+        if self.n == 0.0 {
+            return b;
+        }
+        let n = self.n + b.n;
+        let delta = b.mean - self.mean;
+        Self {
+            n,
+            mean: self.mean + delta * (b.n / n),
+            m2: self.m2 + b.m2 + delta * delta * (self.n * b.n / n),
+        }
+    }
+}
+
 fn train_forward_impl(
     bn: &BatchNorm2d,
     p: BnAffine<'_>,
@@ -197,20 +261,18 @@ fn train_forward_impl(
         .zip(running.var.par_iter_mut())
         .enumerate()
         .for_each(|(c, (((sm, si), rm), rv))| {
-            let plane = |n: usize| &x[n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw];
-            // Shifted sums (around the channel's first value) keep the mean accurate when
-            // the values sit far from zero.
-            let shift = x[c * hw];
-            let total: f64 = (0..bn.n).map(|n| sum_dev_seq(plane(n), shift)).sum();
-            let mean = f64::from(shift) + total / m as f64;
-            let mean32 = mean as f32;
-            // Deviations from the f32 mean, corrected for its rounding (exact two-pass).
-            let mut ss = 0.0f64;
+            // One read of the channel: per block of at most 256 values (in L1 after its
+            // first touch) a corrected two-pass mean and M2, blocks merged in f64 in index
+            // order (Chan et al.).
+            let mut acc = Moments::default();
             for n in 0..bn.n {
-                ss += sum_sq_dev_seq(plane(n), mean32);
+                let plane = &x[n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw];
+                for block in plane.chunks(STAT_BLOCK) {
+                    acc = acc.merge(Moments::of_block(block));
+                }
             }
-            let delta = mean - f64::from(mean32);
-            let var = (ss / m as f64 - delta * delta).max(0.0);
+            let (mean, var) = (acc.mean, (acc.m2 / m as f64).max(0.0));
+            let mean32 = mean as f32;
             *sm = mean32;
             *si = (1.0 / (var + eps).sqrt()) as f32;
             let unbiased = var * m as f64 / (m - 1) as f64;
@@ -371,9 +433,24 @@ pub fn batchnorm_relu_forward_eval(
     eval_impl(bn, p, running_mean, running_var, x, y, true)
 }
 
-/// `(sum(dy'), sum(dy' * (x - mean)))` over one plane, `dy' = mask > 0 ? dy : 0`:
+/// The fused ReLU's mask, recomputed: the forward's `t = (x - mean) * scale + beta` in the
+/// same `f32` operations, so `t > 0` is exactly `y > 0` (NaN and -0 included).
+#[derive(Clone, Copy, Debug)]
+struct ReluMask {
+    scale: f32,
+    beta: f32,
+}
+
+impl ReluMask {
+    #[inline(always)]
+    fn keep(&self, v: f32, mean: f32) -> bool {
+        (v - mean) * self.scale + self.beta > 0.0
+    }
+}
+
+/// `(sum(dy'), sum(dy' * (x - mean)))` over one plane, `dy' = relu mask ? dy : 0`:
 /// `f32x8` lanes over blocks of 256 elements, each block added into `f64`.
-fn plane_grad_sums(dy: &[f32], x: &[f32], mask: Option<&[f32]>, mean: f32) -> (f64, f64) {
+fn plane_grad_sums(dy: &[f32], x: &[f32], mask: Option<ReluMask>, mean: f32) -> (f64, f64) {
     const BLOCK: usize = 256;
     let vm = f32x8::splat(mean);
     let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
@@ -383,19 +460,19 @@ fn plane_grad_sums(dy: &[f32], x: &[f32], mask: Option<&[f32]>, mean: f32) -> (f
         let mut i = start;
         while i + 8 <= end {
             let mut d = lanes(&dy[i..i + 8]);
+            let xc = lanes(&x[i..i + 8]) - vm;
             if let Some(m) = mask {
-                d = lanes(&m[i..i + 8])
-                    .simd_gt(f32x8::ZERO)
-                    .select(d, f32x8::ZERO);
+                let t = xc * f32x8::splat(m.scale) + f32x8::splat(m.beta);
+                d = t.simd_gt(f32x8::ZERO).select(d, f32x8::ZERO);
             }
             a += d;
-            b += d * (lanes(&x[i..i + 8]) - vm);
+            b += d * xc;
             i += 8;
         }
         let (mut sa, mut sb) = (a.reduce_add(), b.reduce_add());
         for j in i..end {
             let d = match mask {
-                Some(m) if m[j] <= 0.0 || m[j].is_nan() => 0.0,
+                Some(m) if !m.keep(x[j], mean) => 0.0,
                 _ => dy[j],
             };
             sa += d;
@@ -416,18 +493,24 @@ fn lanes(s: &[f32]) -> f32x8 {
 fn backward_impl(
     bn: &BatchNorm2d,
     gamma: &[f32],
+    relu_beta: Option<&[f32]>,
     saved: &BnSaved,
     x: &[f32],
-    mask: Option<&[f32]>,
     dy: &[f32],
     g: BnGrads<'_>,
 ) -> Result<()> {
     const OP: &str = "batchnorm_backward";
     bn.check(OP, x.len(), dy.len())?;
     check_len(OP, g.dx.len(), bn.len())?;
-    if let Some(m) = mask {
-        check_len(OP, m.len(), bn.len())?;
+    if let Some(b) = relu_beta {
+        check_len(OP, b.len(), bn.c)?;
     }
+    let mask = |c: usize| {
+        relu_beta.map(|b| ReluMask {
+            scale: gamma[c] * saved.inv_std[c],
+            beta: b[c],
+        })
+    };
     check_channels(
         OP,
         bn.c,
@@ -450,8 +533,7 @@ fn backward_impl(
             let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
             for n in 0..bn.n {
                 let r = n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw;
-                let (a, b) =
-                    plane_grad_sums(&dy[r.clone()], &x[r.clone()], mask.map(|m| &m[r]), mean);
+                let (a, b) = plane_grad_sums(&dy[r.clone()], &x[r], mask(c), mean);
                 s_dy += a;
                 s_dyx += b;
             }
@@ -468,11 +550,11 @@ fn backward_impl(
         let b = (-a * f64::from(dbeta[c]) / m) as f32;
         let (a, mean) = (a as f32, saved.mean[c]);
         let r = plane * hw..(plane + 1) * hw;
-        let xp = &x[r.clone()];
-        match mask {
+        let xp = &x[r];
+        match mask(c) {
             Some(m) => {
-                for ((o, &d), (&v, &mv)) in dxp.iter_mut().zip(dyp).zip(xp.iter().zip(&m[r])) {
-                    let d = if mv > 0.0 { d } else { 0.0 };
+                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
+                    let d = if m.keep(v, mean) { d } else { 0.0 };
                     *o = a * d + k * (v - mean) + b;
                 }
             }
@@ -499,22 +581,22 @@ pub fn batchnorm_backward(
     dy: &[f32],
     grads: BnGrads<'_>,
 ) -> Result<()> {
-    backward_impl(bn, gamma, saved, x, None, dy, grads)
+    backward_impl(bn, gamma, None, saved, x, dy, grads)
 }
 
 /// Backward of [`batchnorm_relu_forward_train`]: `dy` is first masked by `y > 0`, where
-/// `y` is that forward's output.
+/// `y` is that forward's output, recomputed from `x`, the affine parameters and `saved`
+/// (which must be those of the forward) rather than read back.
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] on a wrong length.
 pub fn batchnorm_relu_backward(
     bn: &BatchNorm2d,
-    gamma: &[f32],
+    p: BnAffine<'_>,
     saved: &BnSaved,
     x: &[f32],
-    y: &[f32],
     dy: &[f32],
     grads: BnGrads<'_>,
 ) -> Result<()> {
-    backward_impl(bn, gamma, saved, x, Some(y), dy, grads)
+    backward_impl(bn, p.gamma, Some(p.beta), saved, x, dy, grads)
 }

@@ -321,27 +321,6 @@ pub(crate) fn sum_seq(x: &[f32]) -> f64 {
     reduce_seq(x, x, |a, _| a, |a, _| a)
 }
 
-/// Sum of `x - c` over one contiguous run, sequential (a shifted sum: accurate when `c` is
-/// close to the values even if they are far from zero).
-pub(crate) fn sum_dev_seq(x: &[f32], c: f32) -> f64 {
-    let vc = f32x8::splat(c);
-    reduce_seq(x, x, move |a, _| a - vc, move |a, _| a - c)
-}
-
-/// Sum of `(x - c)^2` over one contiguous run, sequential.
-pub(crate) fn sum_sq_dev_seq(x: &[f32], c: f32) -> f64 {
-    let vc = f32x8::splat(c);
-    reduce_seq(
-        x,
-        x,
-        move |a, _| {
-            let d = a - vc;
-            d * d
-        },
-        move |a, _| (a - c) * (a - c),
-    )
-}
-
 /// The fixed binary tree over chunk indices `lo..hi`: independent of the thread count.
 fn tree_sum<F: Fn(usize) -> f64 + Sync>(lo: usize, hi: usize, f: &F) -> f64 {
     match hi - lo {

@@ -114,7 +114,7 @@ impl Pairing<'_> {
     fn validate(&self, m: usize) -> Result<()> {
         match self {
             Pairing::Adjacent | Pairing::Halves => {
-                if m % 2 != 0 {
+                if !m.is_multiple_of(2) {
                     return Err(invalid(format!(
                         "{m} rows: the {self:?} pairing needs an even number of rows"
                     )));
