@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod probe;
+pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -68,4 +68,5 @@ pub mod builtin;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod loader;
 pub mod spec;
