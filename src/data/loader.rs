@@ -99,7 +99,7 @@ impl EpochSampler {
         let spe = self.steps_per_epoch();
         let (epoch, pos) = (step / spe, (step % spe) as usize);
         if self.cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let order = permutation(self.n, mix(self.seed, &[0x5a3f_1e, epoch]));
+            let order = permutation(self.n, mix(self.seed, &[0x005a_3f1e, epoch]));
             self.cached = Some((epoch, order));
         }
         let order = &self.cached.as_ref().expect("just cached").1;
