@@ -34,6 +34,7 @@ use crate::kernels::linear::{
 use crate::kernels::pool::{global_avg_pool_backward, global_avg_pool_forward};
 use crate::kernels::softmax::softmax_cross_entropy;
 use crate::optim::ParamGroup;
+use crate::rng::SplitMix64;
 
 /// A tensor of the graph (an activation), returned by the builder's methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -625,35 +626,24 @@ pub struct Graph {
     fold_shift: Vec<f32>,
 }
 
-/// SplitMix64 (Steele, Lea and Flood 2014): a tiny generator whose stream never changes
-/// between versions, so a seed means the same initial weights forever.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[-1, 1)`.
-    fn symmetric(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-    }
+/// Uniform in `[-1, 1)` from 24 bits of the stream (the stream never changes between
+/// versions, so a seed means the same initial weights forever).
+fn symmetric(rng: &mut SplitMix64) -> f32 {
+    ((rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
 }
 
 impl Graph {
     fn init_params(&mut self, seed: u64) {
         for (i, p) in self.params.iter().enumerate() {
             // One stream per tensor, so adding a tensor does not change the others.
-            let mut rng = SplitMix64(seed ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+            let mut rng =
+                SplitMix64::new(seed ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
             let dst = &mut self.param[p.range.clone()];
             match p.kind {
                 ParamKind::ConvWeight | ParamKind::LinearWeight | ParamKind::LinearBias => {
                     let bound = 1.0 / (p.fan_in.max(1) as f32).sqrt();
                     for x in dst.iter_mut() {
-                        *x = bound * rng.symmetric();
+                        *x = bound * symmetric(&mut rng);
                     }
                 }
                 ParamKind::BnGamma => dst.fill(1.0),
