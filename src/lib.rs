@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod graph;
 pub mod kernels;
+pub mod knn;
 pub mod nn;
 pub mod optim;
 pub mod probe;
