@@ -89,7 +89,7 @@ pub fn knn_predict(
             "label {l} of bank row {i} is out of range (classes {classes})"
         )));
     }
-    if query.len() % d != 0 {
+    if !query.len().is_multiple_of(d) {
         return Err(invalid(format!(
             "query of {} values is not a whole number of rows of {d}",
             query.len()
