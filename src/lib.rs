@@ -12,6 +12,7 @@ pub mod graph;
 pub mod kernels;
 pub mod knn;
 pub mod nn;
+pub mod npy;
 pub mod optim;
 pub mod probe;
 pub mod rng;
