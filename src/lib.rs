@@ -14,6 +14,7 @@ pub mod knn;
 pub mod nn;
 pub mod npy;
 pub mod optim;
+pub mod plot;
 pub mod probe;
 pub mod rng;
 pub mod train;
