@@ -177,7 +177,58 @@ pub fn registry() -> Vec<Workload> {
     );
     all.push(simclr_step_workload(SIMCLR_IMAGES));
     all.push(embed_workload(EMBED_IMAGES));
+    all.push(augment_workload(AUGMENT_IMAGES));
     all
+}
+
+/// Images per SimCLR augmentation batch (two views each), the batch of the SimCLR step.
+pub const AUGMENT_IMAGES: usize = 256;
+
+/// The two-view SimCLR augmentation of a batch of 32x32 RGB images (crop, flip, color jitter
+/// at strength 0.5, grayscale; no blur, as for CIFAR), a new epoch on every call.
+fn augment_workload(images: usize) -> Workload {
+    use selfsup::data::augment::{simclr_views, SimclrAugment};
+    use selfsup::data::ImageSet;
+    const SIDE: usize = 32;
+    Workload {
+        name: "augment_simclr_32",
+        about: format!(
+            "SimCLR augmentation, {images} images 3x32x32 -> 2 views (crop, flip, jitter s 0.5, \
+             grayscale)"
+        ),
+        work: Work::Images(images as f64),
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            let n = 4 * images;
+            let set = ImageSet {
+                // Pixels uniform in [0, 1).
+                images: filled(n * 3 * SIDE * SIDE, 0x5eed_0401)
+                    .into_iter()
+                    .map(|x| 0.5 * (x + 1.0))
+                    .collect(),
+                labels: None,
+                n,
+                channels: 3,
+                height: SIDE,
+                width: SIDE,
+                classes: None,
+            };
+            let cfg = SimclrAugment::for_image(SIDE, 3, 0.5);
+            let indices: Vec<usize> = (0..images).map(|k| (k * 7) % n).collect();
+            let mut out = vec![0.0f32; 2 * images * cfg.view_len(3)];
+            let mut epoch = 0u64;
+            simclr_views(&set, &indices, &cfg, 0x5eed_0402, epoch, &mut out)?;
+            ensure!(
+                out.iter().all(|v| (0.0..=1.0).contains(v)),
+                "augmented views leave [0, 1]"
+            );
+            Ok(Box::new(move || {
+                epoch += 1;
+                simclr_views(&set, &indices, &cfg, 0x5eed_0402, epoch, &mut out)?;
+                Ok(())
+            }))
+        }),
+    }
 }
 
 /// Images per SimCLR step (two views each), as in `shared/BENCHMARKS.md`.
