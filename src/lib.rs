@@ -15,6 +15,7 @@ pub mod nn;
 pub mod npy;
 pub mod optim;
 pub mod plot;
+pub mod pretrain;
 pub mod probe;
 pub mod rng;
 pub mod train;
