@@ -388,6 +388,11 @@ struct Tap {
 pub struct AugmentScratch {
     rows: Vec<Tap>,
     cols: Vec<Tap>,
+    /// The column taps as bands: per block of 8 outputs, its first source column and
+    /// number of source columns.
+    bands: Vec<(u32, u32)>,
+    /// Per band and source column, the weights of that column in the block's 8 outputs.
+    band_weights: Vec<f32x8>,
     plane: Vec<f32>,
     kernel: Vec<f32>,
 }
@@ -423,12 +428,37 @@ fn bilinear_taps(taps: &mut Vec<Tap>, len: usize, out: usize, flip: bool) {
     }
 }
 
+/// Turns the column taps into bands of 8 outputs: for each block, the source columns it
+/// reads and, per source column, an 8-lane vector of its weights in the block's outputs
+/// (zero where an output does not read it; zero lanes past the last output). A block's
+/// outputs are then a sum of broadcast source values times weight vectors, 8 lanes wide.
+fn column_bands(taps: &[Tap], bands: &mut Vec<(u32, u32)>, weights: &mut Vec<f32x8>) {
+    bands.clear();
+    weights.clear();
+    for block in taps.chunks(8) {
+        let lo = block.iter().map(|t| t.i0.min(t.i1)).min().unwrap_or(0);
+        let hi = block.iter().map(|t| t.i0.max(t.i1)).max().unwrap_or(0);
+        let first = weights.len();
+        weights.resize(first + (hi - lo + 1) as usize, f32x8::ZERO);
+        let band = &mut weights[first..];
+        for (lane, t) in block.iter().enumerate() {
+            for (i, wt) in [(t.i0, t.w0), (t.i1, t.w1)] {
+                let v = &mut band[(i - lo) as usize];
+                let mut a = v.to_array();
+                a[lane] += wt;
+                *v = f32x8::from(a);
+            }
+        }
+        bands.push((lo, hi - lo + 1));
+    }
+}
+
 /// Crops `crop` out of the `c x h x w` image `src`, resamples it bilinearly (half-pixel
 /// centers, as torchvision's `resized_crop` without antialiasing) to `c x out_size x
 /// out_size` into `dst`, mirrored left-right when `flip`. Separable: the crop's rows that
-/// the output needs are resampled along x into a scratch plane (one tap table per crop),
-/// then output rows are blends of two of those rows. The full crop at the input size is an
-/// exact copy.
+/// the output needs are resampled along x into a scratch plane, 8 outputs at a time from
+/// banded weight vectors built once per crop, then each output row blends two of those rows.
+/// The full crop at the input size is an exact copy.
 ///
 /// # Panics
 /// If `src.len() != c * h * w`, `dst.len() != c * out_size * out_size`, `out_size == 0` or
@@ -462,36 +492,78 @@ pub fn resized_crop(
     );
     let o = out_size;
     let AugmentScratch {
-        rows, cols, plane, ..
+        rows,
+        cols,
+        bands,
+        band_weights,
+        plane,
+        ..
     } = scratch;
     bilinear_taps(rows, crop.height, o, false);
     bilinear_taps(cols, crop.width, o, flip);
+    column_bands(cols, bands, band_weights);
     // The crop rows the output reads (the taps are monotone in y).
     let first = rows[0].i0 as usize;
     let last = rows[o - 1].i1 as usize;
-    plane.resize((last - first + 1) * o, 0.0);
+    // Rows go through the x pass in pairs (two independent sums share each weight load); an
+    // odd last row is paired with itself into a spare row.
+    let n_rows = last - first + 1;
+    plane.resize(n_rows.next_multiple_of(2) * o, 0.0);
     for (chan, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(o * o)) {
         // Along x: crop rows first..=last -> plane.
-        for (y, line) in (first..=last).zip(plane.chunks_exact_mut(o)) {
-            let start = (crop.top + y) * w + crop.left;
-            let row = &chan[start..start + crop.width];
-            for (p, t) in line.iter_mut().zip(cols.iter()) {
-                *p = row[t.i0 as usize] * t.w0 + row[t.i1 as usize] * t.w1;
+        for (pair, lines) in plane.chunks_exact_mut(2 * o).enumerate() {
+            let y0 = crop.top + first + 2 * pair;
+            let y1 = (y0 + 1).min(crop.top + last);
+            let row0 = &chan[y0 * w + crop.left..][..crop.width];
+            let row1 = &chan[y1 * w + crop.left..][..crop.width];
+            let (line0, line1) = lines.split_at_mut(o);
+            // Band k: the sum over its source columns of the column's value times its
+            // weight vector.
+            let mut weights = &band_weights[..];
+            let mut band = |&(lo, n): &(u32, u32)| {
+                let (lo, n) = (lo as usize, n as usize);
+                let (wb, rest) = weights.split_at(n);
+                weights = rest;
+                let (mut acc0, mut acc1) = (f32x8::ZERO, f32x8::ZERO);
+                for ((&x0, &x1), &wv) in row0[lo..lo + n].iter().zip(&row1[lo..lo + n]).zip(wb) {
+                    acc0 += f32x8::splat(x0) * wv;
+                    acc1 += f32x8::splat(x1) * wv;
+                }
+                (acc0.to_array(), acc1.to_array())
+            };
+            let full = o / 8;
+            let (body0, tail0) = line0.split_at_mut(full * 8);
+            let (body1, tail1) = line1.split_at_mut(full * 8);
+            for ((bd, b0), b1) in bands
+                .iter()
+                .zip(body0.chunks_exact_mut(8))
+                .zip(body1.chunks_exact_mut(8))
+            {
+                let (v0, v1) = band(bd);
+                for ((d0, d1), (v0, v1)) in b0.iter_mut().zip(b1).zip(v0.into_iter().zip(v1)) {
+                    *d0 = v0;
+                    *d1 = v1;
+                }
+            }
+            if let Some(bd) = bands.get(full) {
+                let (v0, v1) = band(bd);
+                for ((d0, d1), (v0, v1)) in tail0.iter_mut().zip(tail1).zip(v0.into_iter().zip(v1))
+                {
+                    *d0 = v0;
+                    *d1 = v1;
+                }
             }
         }
         // Along y: each output row blends two plane rows.
         for (t, out_row) in rows.iter().zip(out.chunks_exact_mut(o)) {
             let i0 = (t.i0 as usize - first) * o;
             let a = &plane[i0..i0 + o];
-            if t.w1 == 0.0 {
-                out_row.copy_from_slice(a);
-            } else {
-                let i1 = (t.i1 as usize - first) * o;
-                let b = &plane[i1..i1 + o];
-                let (w0, w1) = (t.w0, t.w1);
-                for ((d, &a), &b) in out_row.iter_mut().zip(a).zip(b) {
-                    *d = a * w0 + b * w1;
-                }
+            let i1 = (t.i1 as usize - first) * o;
+            let b = &plane[i1..i1 + o];
+            let (w0, w1) = (t.w0, t.w1);
+            // With w1 = 0 (w0 = 1) this is an exact copy of `a`.
+            for ((d, &a), &b) in out_row.iter_mut().zip(a).zip(b) {
+                *d = a * w0 + b * w1;
             }
         }
     }
