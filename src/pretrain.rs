@@ -207,7 +207,7 @@ impl Pretrainer {
             )));
         }
         let sampler = EpochSampler::new(data.n, cfg.batch, mix(cfg.seed, &[1]))
-            .map_err(|e| invalid(format!("{e}")))?;
+            .map_err(invalid)?;
         let seed = mix(cfg.seed, &[0]);
         let model = match cfg.method {
             Method::SimClr => Model::SimClr(simclr(m, cfg.batch, cfg.tau, seed)?),

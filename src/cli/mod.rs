@@ -1,12 +1,18 @@
 //! The command line of the `selfsup` program (binary only: the library never prints or exits).
 //!
-//! Subcommands: `bench` now; `pretrain`, `probe`, `embed` and `preview` arrive with later
-//! issues, each as one more [`Command`] variant and one more module next to `bench`.
+//! Subcommands: `pretrain`, `probe`, `embed`, `preview`, `bench`, and `demo` (the default
+//! run: what `selfsup` without arguments does), each one module.
 
 pub mod bench;
+mod data;
+mod default_run;
+mod embed;
 mod memory;
 mod ntxent;
 pub mod peak_alloc;
+mod pretrain;
+mod preview;
+mod probe;
 mod report;
 mod workloads;
 
@@ -19,7 +25,8 @@ use clap::{Parser, Subcommand};
     name = "selfsup",
     version,
     propagate_version = true,
-    after_help = "Without a command, `selfsup` runs `selfsup bench` with its defaults."
+    after_help = "Without a command, `selfsup` runs `selfsup demo`: SimCLR and RotNet on the \
+                  built-in dataset for a few minutes, then the linear-probe table."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,6 +36,16 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Learn an encoder without labels (SimCLR or RotNet) into a run folder
+    Pretrain(pretrain::PretrainArgs),
+    /// Linear probe of a checkpoint's frozen features, beside raw pixels and random init
+    Probe(probe::ProbeArgs),
+    /// Write a checkpoint's features of a dataset to a NumPy .npy file
+    Embed(embed::EmbedArgs),
+    /// A PNG grid of images and their augmented views
+    Preview(preview::PreviewArgs),
+    /// The default run: SimCLR and RotNet on the built-in data, then the probe table
+    Demo(default_run::DemoArgs),
     /// Time the canonical workloads (shared/BENCHMARKS.md): table, JSON, regression check
     Bench(bench::BenchArgs),
 }
@@ -43,22 +60,27 @@ pub enum Status {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<Status> {
-    // `selfsup` without arguments (what `cargo run --release` runs) is the default benchmark
-    // for now; later issues replace it with the default SimCLR run.
+    // `selfsup` without arguments (what `cargo run --release` runs) is the default run.
     let command = match cli.command {
         Some(c) => c,
-        None => Command::Bench(default_bench_args()),
+        None => Command::Demo(default_demo_args()),
     };
+    let ok = |r: Result<()>| r.map(|()| Status::Success);
     match command {
+        Command::Pretrain(args) => ok(pretrain::run(&args)),
+        Command::Probe(args) => ok(probe::run(&args)),
+        Command::Embed(args) => ok(embed::run(&args)),
+        Command::Preview(args) => ok(preview::run(&args)),
+        Command::Demo(args) => ok(default_run::run(&args)),
         Command::Bench(args) => bench::run(&args),
     }
 }
 
-/// `selfsup bench` with every option at its default (the defaults live in one place: clap).
-fn default_bench_args() -> bench::BenchArgs {
-    match Cli::parse_from(["selfsup", "bench"]).command {
-        Some(Command::Bench(args)) => args,
-        None => unreachable!("`selfsup bench` parses to the bench command"),
+/// `selfsup demo` with every option at its default (the defaults live in one place: clap).
+fn default_demo_args() -> default_run::DemoArgs {
+    match Cli::parse_from(["selfsup", "demo"]).command {
+        Some(Command::Demo(args)) => args,
+        _ => unreachable!("`selfsup demo` parses to the demo command"),
     }
 }
 
@@ -98,10 +120,10 @@ mod tests {
     }
 
     #[test]
-    fn no_arguments_means_the_default_bench() {
-        let args = default_bench_args();
-        assert_eq!((args.reps, args.warmup, args.tolerance), (5, 2, 0.10));
-        assert!(args.only.is_empty() && args.json.is_none() && args.baseline.is_none());
+    fn no_arguments_means_the_default_run() {
+        let args = default_demo_args();
+        assert!(args.simclr_minutes + args.rotnet_minutes <= 4.0);
+        assert_eq!(args.out, std::path::PathBuf::from("runs/default"));
     }
 
     fn usage_error(args: &[&str]) -> String {

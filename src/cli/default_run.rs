@@ -1,0 +1,140 @@
+//! `selfsup` with no arguments (what `cargo run --release` runs): SimCLR and RotNet
+//! pretrained on the built-in dataset for a few minutes, then the linear-probe table (raw
+//! pixels, random init, SimCLR, RotNet; 1% and 100% labels).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Parser};
+
+use selfsup::pretrain::Embedder;
+
+use super::data::load_splits;
+use super::pretrain::{pretrain, PretrainArgs};
+use super::probe::{encoder_features, print_table, probe_table, raw_features};
+
+/// Options of the default run (`selfsup demo`; `selfsup` alone runs it with its defaults).
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Minutes of SimCLR pretraining
+    #[arg(long, value_name = "M", default_value_t = 2.5)]
+    pub simclr_minutes: f64,
+
+    /// Minutes of RotNet pretraining
+    #[arg(long, value_name = "M", default_value_t = 0.75)]
+    pub rotnet_minutes: f64,
+
+    /// Where the two runs go (each replaced if it exists)
+    #[arg(long, value_name = "DIR", default_value = "runs/default")]
+    pub out: PathBuf,
+
+    /// Worker threads for the kernels [default: the number of logical CPUs]
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+
+    /// The seed
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn pretrain_args(method: &str, minutes: f64, out: PathBuf, demo: &DemoArgs) -> PretrainArgs {
+    let minutes = minutes.to_string();
+    let seed = demo.seed.to_string();
+    let out_s = out.to_string_lossy().into_owned();
+    let mut argv = vec![
+        "selfsup",
+        "pretrain",
+        "--method",
+        method,
+        "--data",
+        "builtin",
+        "--minutes",
+        &minutes,
+        "--out",
+        &out_s,
+        "--seed",
+        &seed,
+        "--knn-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+    ];
+    if method == "rotnet" {
+        // RotNet's 4 rotations per image: a quarter of the images keeps the step's size.
+        argv.extend(["--batch", "64", "--lr", "0.05"]);
+    }
+    match super::Cli::parse_from(argv).command {
+        Some(super::Command::Pretrain(a)) => a,
+        _ => unreachable!("the argument list parses to `pretrain`"),
+    }
+}
+
+/// Runs the default job.
+pub fn run(demo: &DemoArgs) -> Result<()> {
+    super::pretrain::set_threads(demo.threads);
+    let t0 = Instant::now();
+    eprintln!(
+        "selfsup default run: SimCLR ({} min) and RotNet ({} min) on the built-in dataset, \
+         then the linear probe. `selfsup --help` lists the commands.",
+        demo.simclr_minutes, demo.rotnet_minutes
+    );
+    let splits = Arc::new(load_splits("builtin")?);
+    eprintln!(
+        "built-in dataset: {} training and {} test images, 3x32x32, 10 shape classes ({:.1} s)",
+        splits.train.n,
+        splits.test.as_ref().map_or(0, |t| t.n),
+        t0.elapsed().as_secs_f64()
+    );
+    let mut features = vec![raw_features(&splits)?];
+    let mut outcomes = Vec::new();
+    for (method, minutes) in [
+        ("simclr", demo.simclr_minutes),
+        ("rotnet", demo.rotnet_minutes),
+    ] {
+        let dir = demo.out.join(method);
+        // A fresh run each time: the default run is a demonstration, not a resumable job.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let args = pretrain_args(method, minutes, dir, demo);
+        outcomes.push((method, pretrain(&args, Arc::clone(&splits))?));
+    }
+    let model = &outcomes[0].1.model;
+    let mut random = Embedder::new(model, 256, demo.seed)?;
+    features.push(encoder_features("random init", &mut random, &splits)?);
+    for (method, o) in &outcomes {
+        let mut e = Embedder::from_checkpoint(&o.model, 256, &o.checkpoint)?;
+        let name = match *method {
+            "simclr" => "SimCLR",
+            _ => "RotNet",
+        };
+        features.push(encoder_features(name, &mut e, &splits)?);
+    }
+    let shares = [0.01, 1.0];
+    let rows = probe_table(&splits, &features, &shares, demo.seed)?;
+    println!();
+    print_table(
+        "linear probe on the built-in dataset (test accuracy, 2,000 images, chance 10%)",
+        &shares,
+        &rows,
+    );
+    for (method, o) in &outcomes {
+        println!(
+            "{method}: {} steps in {:.0} s ({:.0} images/s){}",
+            o.steps,
+            o.seconds,
+            o.steps as f64 * if *method == "simclr" { 256.0 } else { 64.0 } / o.seconds.max(1e-9),
+            o.knn
+                .map(|a| format!(", kNN {:.2}%", 100.0 * a))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "total {:.0} s; runs in {}",
+        t0.elapsed().as_secs_f64(),
+        demo.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `selfsup embed`: the representation h of a dataset's images as a NumPy `.npy` file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+use selfsup::checkpoint;
+use selfsup::nn::ResNetConfig;
+use selfsup::pretrain::Embedder;
+
+use super::data::load_splits;
+
+const EXAMPLES: &str = "\
+Examples:
+  selfsup embed --checkpoint runs/simclr/ckpt-2000.safetensors --data builtin --out emb.npy
+  selfsup embed --checkpoint runs/c10/ckpt-5000.safetensors --data cifar10:~/cifar --split test --out test.npy
+
+The file holds one row of the encoder's features (h, before the projection head) per
+image, in the dataset's order: numpy.load('emb.npy').shape == (images, features).";
+
+/// Which split to embed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// The training split
+    Train,
+    /// The test split
+    Test,
+}
+
+/// Options of `selfsup embed`.
+#[derive(Debug, Clone, Args)]
+#[command(after_long_help = EXAMPLES)]
+pub struct EmbedArgs {
+    /// A checkpoint written by `selfsup pretrain`
+    #[arg(long, value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+
+    /// The data (see `selfsup pretrain --help`)
+    #[arg(long, value_name = "SPEC", default_value = "builtin")]
+    pub data: String,
+
+    /// The split to embed
+    #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+    pub split: SplitArg,
+
+    /// The output file (.npy, float32, images x features)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Images per forward pass
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub batch: u64,
+
+    /// Worker threads for the kernels [default: the number of logical CPUs]
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+}
+
+/// The model configuration a checkpoint of `selfsup pretrain` records.
+pub fn model_config(path: &Path) -> Result<ResNetConfig> {
+    let ck = checkpoint::load(path)?;
+    let text = ck.metadata().get("config").with_context(|| {
+        format!(
+            "{}: no model configuration in the metadata (not written by `selfsup pretrain`)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(text)
+        .with_context(|| format!("{}: the model configuration is malformed", path.display()))
+}
+
+/// Runs `selfsup embed`.
+pub fn run(args: &EmbedArgs) -> Result<()> {
+    super::pretrain::set_threads(args.threads);
+    let model = model_config(&args.checkpoint)?;
+    let splits = load_splits(&args.data)?;
+    let set = match args.split {
+        SplitArg::Train => &*splits.train,
+        SplitArg::Test => splits
+            .test
+            .as_ref()
+            .with_context(|| format!("{} has no test split", args.data))?,
+    };
+    let batch = args.batch as usize;
+    let mut emb = Embedder::from_checkpoint(&model, batch, &args.checkpoint)?;
+    let d = emb.dim();
+    let mut rows = vec![0.0f32; batch * d];
+    let mut failure = None;
+    // Streamed: one batch of features in memory, written as it is computed.
+    checkpoint::write_atomically(&args.out, |w| {
+        w.write_all(&selfsup::npy::header(&[set.n, d]))?;
+        let idx: Vec<usize> = (0..set.n).collect();
+        for chunk in idx.chunks(batch) {
+            let out = &mut rows[..chunk.len() * d];
+            if let Err(e) = emb.embed(set, chunk, out) {
+                failure = Some(e);
+                return Err(std::io::Error::other("embedding failed"));
+            }
+            selfsup::npy::write_f32(w, out)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| match failure.take() {
+        Some(f) => anyhow::Error::from(f),
+        None => anyhow::Error::from(e),
+    })?;
+    eprintln!(
+        "{}: {} x {d} features of {} ({:?} split)",
+        args.out.display(),
+        set.n,
+        args.data,
+        args.split
+    );
+    Ok(())
+}

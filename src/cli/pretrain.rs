@@ -1,0 +1,588 @@
+//! `selfsup pretrain`: SimCLR or RotNet on a dataset, with a progress bar, a run folder
+//! (config.json, metrics.jsonl, checkpoints, loss.png) and a kNN monitor.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use selfsup::checkpoint;
+use selfsup::data::augment::{RotnetAugment, SimclrAugment};
+use selfsup::knn::{knn_accuracy, KnnConfig};
+use selfsup::nn::ResNetConfig;
+use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdConfig};
+use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer};
+use selfsup::train::Metadata;
+
+use super::data::{load_splits, Splits};
+
+const EXAMPLES: &str = "\
+Examples:
+  selfsup pretrain --data builtin --minutes 3 --out runs/simclr
+  selfsup pretrain --method rotnet --data fashion-mnist --epochs 20 --out runs/rot
+  selfsup pretrain --data cifar10:~/cifar --steps 5000 --optimizer lars --lr 1.2 --out runs/c10
+  selfsup pretrain --out runs/simclr --resume        continue from the newest checkpoint
+
+The run folder holds config.json, metrics.jsonl (one JSON object per step and per kNN
+evaluation), ckpt-<step>.safetensors (the newest two) and loss.png.";
+
+/// The self-supervised method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodArg {
+    /// Two augmented views, NT-Xent (Chen et al. 2020)
+    Simclr,
+    /// Predict the rotation, 0/90/180/270 degrees (Gidaris et al. 2018)
+    Rotnet,
+}
+
+/// The optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerArg {
+    /// SGD with momentum 0.9
+    Sgd,
+    /// LARS (SimCLR's; BN and biases excluded from decay and adaptation)
+    Lars,
+    /// AdamW
+    Adamw,
+}
+
+/// Options of `selfsup pretrain`.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(after_long_help = EXAMPLES)]
+pub struct PretrainArgs {
+    /// The method
+    #[arg(long, value_enum, default_value_t = MethodArg::Simclr)]
+    pub method: MethodArg,
+
+    /// The data: builtin, fashion-mnist, idx:DIR, cifar10:DIR, cifar100:DIR, folder:DIR
+    #[arg(long, value_name = "SPEC", default_value = "builtin")]
+    pub data: String,
+
+    /// Train for N epochs
+    #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+
+    /// Train for N steps
+    #[arg(long, value_name = "N", conflicts_with = "minutes", value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+
+    /// Train for a wall-clock budget of M minutes (the schedule is fitted to the measured speed)
+    #[arg(long, value_name = "M", value_parser = positive_f64)]
+    pub minutes: Option<f64>,
+
+    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs)
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub batch: usize,
+
+    /// Peak learning rate [default: sgd 0.06, lars 0.3, adamw 0.001, each times batch/256]
+    #[arg(long, value_name = "LR", value_parser = positive_f64)]
+    pub lr: Option<f64>,
+
+    /// NT-Xent temperature
+    #[arg(long, value_name = "TAU", default_value_t = 0.5)]
+    pub tau: f32,
+
+    /// The optimizer
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    pub optimizer: OptimizerArg,
+
+    /// Weight decay [default: sgd 5e-4, lars 1e-6, adamw 0.05]
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f32>,
+
+    /// Share of the steps spent in the linear warmup
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.05)]
+    pub warmup: f64,
+
+    /// Colour-jitter strength s (0.5 suits small images, 1.0 is SimCLR's ImageNet value)
+    #[arg(long, value_name = "S", default_value_t = 0.5)]
+    pub strength: f32,
+
+    /// Smallest crop area of the random resized crop
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.08)]
+    pub crop_min: f32,
+
+    /// Worker threads for the kernels [default: the number of logical CPUs]
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+
+    /// Seed of the weights, the data order and the augmentations
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+
+    /// The run folder
+    #[arg(long, value_name = "RUN_DIR", default_value = "runs/pretrain")]
+    pub out: PathBuf,
+
+    /// Continue the run in RUN_DIR from its newest checkpoint
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Write a checkpoint every N steps (and at the end)
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub checkpoint_every: u64,
+
+    /// Run the kNN monitor every N epochs (0: only at the end)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub knn_every: u64,
+
+    /// Encoder widths per stage
+    #[arg(long, value_name = "W,W,W", value_delimiter = ',', default_values_t = [32usize, 64, 128])]
+    pub widths: Vec<usize>,
+
+    /// No progress bar (one line per 50 steps on stderr instead)
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn positive_f64(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number, got '{s}'")),
+    }
+}
+
+/// What `config.json` records: the arguments and what they resolved to.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunConfig {
+    args: PretrainArgs,
+    model: ResNetConfig,
+    total_steps: u64,
+    lr: f64,
+    weight_decay: f32,
+    warmup_steps: u64,
+    train_images: usize,
+    version: String,
+}
+
+/// The outcome, for the caller (the default run prints a table from it).
+#[derive(Debug)]
+pub struct PretrainOutcome {
+    /// The newest checkpoint.
+    pub checkpoint: PathBuf,
+    /// The model's configuration.
+    pub model: ResNetConfig,
+    /// Steps, seconds and the mean images/s of the run.
+    pub steps: u64,
+    /// Training seconds (data preparation and the kNN monitor excluded).
+    pub seconds: f64,
+    /// The last kNN accuracy, when the data has a labeled test split.
+    pub knn: Option<f64>,
+}
+
+/// Sets the kernels' thread count (the global rayon pool; once per process).
+pub fn set_threads(threads: Option<u64>) {
+    if let Some(t) = threads {
+        // An already-built pool (a second command in one process, tests) keeps its size.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t as usize)
+            .build_global();
+    }
+}
+
+/// Runs `selfsup pretrain`.
+pub fn run(args: &PretrainArgs) -> Result<()> {
+    set_threads(args.threads);
+    let splits = Arc::new(load_splits(&args.data)?);
+    pretrain(args, splits).map(|_| ())
+}
+
+/// Pretrains on already loaded data (the default run reuses the data for the probes).
+pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutcome> {
+    if args.batch < 2 {
+        bail!("--batch must be at least 2, got {}", args.batch);
+    }
+    if !(args.tau > 0.0 && args.tau.is_finite()) {
+        bail!("--tau must be positive, got {}", args.tau);
+    }
+    if !(0.0..1.0).contains(&args.warmup) {
+        bail!("--warmup must be in [0, 1), got {}", args.warmup);
+    }
+    // The training images carry no labels (the loader keeps them apart).
+    let train = Arc::clone(&splits.train);
+    let model = ResNetConfig {
+        in_channels: train.channels,
+        image_size: train.height,
+        widths: args.widths.clone(),
+        blocks: vec![1; args.widths.len()],
+        ..ResNetConfig::default()
+    };
+    if train.height != train.width {
+        bail!(
+            "{}: images are {}x{}; the encoder takes square images",
+            args.data,
+            train.height,
+            train.width
+        );
+    }
+    if args.batch > train.n {
+        bail!(
+            "--batch {} is larger than the training set ({} images)",
+            args.batch,
+            train.n
+        );
+    }
+    let scale = args.batch as f64 / 256.0;
+    let (lr, wd) = match args.optimizer {
+        OptimizerArg::Sgd => (
+            args.lr.unwrap_or(0.06 * scale),
+            args.weight_decay.unwrap_or(5e-4),
+        ),
+        OptimizerArg::Lars => (
+            args.lr.unwrap_or(0.3 * scale),
+            args.weight_decay.unwrap_or(1e-6),
+        ),
+        OptimizerArg::Adamw => (
+            args.lr.unwrap_or(1e-3 * scale),
+            args.weight_decay.unwrap_or(0.05),
+        ),
+    };
+    let optimizer = match args.optimizer {
+        OptimizerArg::Sgd => OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            weight_decay: wd,
+            ..SgdConfig::default()
+        }),
+        OptimizerArg::Lars => OptimizerConfig::Lars(LarsConfig {
+            weight_decay: wd,
+            ..LarsConfig::default()
+        }),
+        OptimizerArg::Adamw => OptimizerConfig::AdamW(AdamWConfig {
+            weight_decay: wd,
+            ..AdamWConfig::default()
+        }),
+    };
+    let spe = (train.n / args.batch) as u64;
+    // The run's length; for --minutes a provisional one, fitted after the first steps.
+    let mut total = match (args.epochs, args.steps, args.minutes) {
+        (Some(e), _, _) => e * spe,
+        (_, Some(s), _) => s,
+        (_, _, Some(_)) => 1_000_000,
+        _ => 10 * spe,
+    };
+    let warmup_steps =
+        |total: u64| ((total as f64 * args.warmup) as u64).min(total.saturating_sub(1));
+    let schedule = |total: u64| LrSchedule::new(lr as f32, warmup_steps(total), total);
+    let mut augment = SimclrAugment::for_image(train.height, train.channels, args.strength);
+    augment.crop_scale.0 = args.crop_min;
+    let method = match args.method {
+        MethodArg::Simclr => Method::SimClr,
+        MethodArg::Rotnet => Method::RotNet,
+    };
+    let cfg = PretrainConfig {
+        method,
+        model: model.clone(),
+        batch: args.batch,
+        tau: args.tau,
+        optimizer,
+        schedule: schedule(total)?,
+        augment,
+        rotnet: RotnetAugment::default(),
+        seed: args.seed,
+    };
+    let mut trainer = Pretrainer::new(cfg.clone(), Arc::clone(&train))?;
+    fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating the run folder {}", args.out.display()))?;
+    let config_path = args.out.join("config.json");
+    if args.resume {
+        let old: RunConfig = serde_json::from_slice(
+            &fs::read(&config_path)
+                .with_context(|| format!("--resume: reading {}", config_path.display()))?,
+        )
+        .with_context(|| format!("--resume: parsing {}", config_path.display()))?;
+        same_run(&old.args, args)
+            .with_context(|| format!("--resume: {} is another run", config_path.display()))?;
+        total = old.total_steps;
+        trainer.set_schedule(schedule(total)?);
+        match trainer.resume_from(&args.out)? {
+            Some(step) => eprintln!("resuming {} at step {step}", args.out.display()),
+            None => eprintln!(
+                "no checkpoint in {}: starting at step 0",
+                args.out.display()
+            ),
+        }
+    } else if checkpoint::latest_in(&args.out)?.is_some() {
+        bail!(
+            "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
+            args.out.display()
+        );
+    }
+    let write_config = |total: u64| -> Result<()> {
+        let rc = RunConfig {
+            args: args.clone(),
+            model: model.clone(),
+            total_steps: total,
+            lr,
+            weight_decay: wd,
+            warmup_steps: warmup_steps(total),
+            train_images: train.n,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let text = serde_json::to_vec_pretty(&rc)?;
+        checkpoint::write_atomically(&config_path, |w| w.write_all(&text))?;
+        Ok(())
+    };
+    write_config(total)?;
+
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = BufWriter::new(
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("opening {}", metrics_path.display()))?,
+    );
+    let bar = progress_bar(args.quiet);
+    let mut meta = Metadata::new();
+    meta.insert("config".into(), serde_json::to_string(&model)?);
+    meta.insert("data".into(), args.data.clone());
+
+    let mut loss_curve: Vec<(f64, f64)> = Vec::new();
+    let mut knn_last = None;
+    let start_step = trainer.step();
+    let t0 = Instant::now();
+    let mut train_seconds = 0.0;
+    let mut fitted = args.minutes.is_none() || args.resume;
+    let images_per_step = args.batch as f64;
+    let mut loader = trainer.loader(total, 3);
+    let mut last_ckpt = None;
+    let mut ema_rate = 0.0f64;
+    bar.set_length(total);
+    bar.set_position(start_step);
+    while trainer.step() < total {
+        let batch = match loader.next_batch() {
+            Some(b) => b.context("preparing a batch")?,
+            None => break,
+        };
+        let ts = Instant::now();
+        let stats = match trainer.train_step(&batch) {
+            Ok(s) => s,
+            Err(e) => {
+                bar.abandon();
+                let kept = last_ckpt
+                    .as_ref()
+                    .map(|p: &PathBuf| format!("; the last checkpoint {} is kept", p.display()))
+                    .unwrap_or_default();
+                bail!("{e}{kept}");
+            }
+        };
+        loader.recycle(batch);
+        let dt = ts.elapsed().as_secs_f64();
+        train_seconds += dt;
+        let rate = images_per_step / dt;
+        ema_rate = if ema_rate == 0.0 {
+            rate
+        } else {
+            0.9 * ema_rate + 0.1 * rate
+        };
+        // --minutes: after a few steps, fit the length to the budget.
+        if !fitted && trainer.step() >= start_step + 4 {
+            let budget = args.minutes.unwrap_or(0.0) * 60.0;
+            let per_step = t0.elapsed().as_secs_f64() / (trainer.step() - start_step) as f64;
+            total = ((budget / per_step) as u64).max(trainer.step() + 1);
+            trainer.set_schedule(schedule(total)?);
+            write_config(total)?;
+            drop(loader);
+            loader = trainer.loader(total, 3);
+            bar.set_length(total);
+            fitted = true;
+        }
+        writeln!(
+            metrics,
+            "{{\"step\":{},\"epoch\":{},\"loss\":{},\"accuracy\":{},\"lr\":{},\"images_per_s\":{:.1}}}",
+            stats.step,
+            stats.epoch,
+            stats.loss,
+            json_f64(stats.accuracy),
+            stats.lr,
+            rate
+        )?;
+        loss_curve.push((stats.step as f64, stats.loss));
+        bar.set_position(trainer.step());
+        bar.set_message(format!(
+            "loss {:.4}  lr {:.4}  {:.0} img/s",
+            stats.loss, stats.lr, ema_rate
+        ));
+        if args.quiet && trainer.step() % 50 == 0 {
+            eprintln!(
+                "step {}/{total}  loss {:.4}  lr {:.4}  {:.0} img/s",
+                trainer.step(),
+                stats.loss,
+                stats.lr,
+                ema_rate
+            );
+        }
+        let step = trainer.step();
+        let end_of_epoch = step % spe == 0;
+        if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 && step < total {
+            last_ckpt = Some(trainer.save_in(&args.out, &meta, 2)?);
+        }
+        let epoch = step / spe;
+        if end_of_epoch && args.knn_every > 0 && epoch % args.knn_every == 0 && step < total {
+            if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
+                bar.println(format!("epoch {epoch}: kNN accuracy {:.2}%", 100.0 * acc));
+                writeln!(
+                    metrics,
+                    "{{\"epoch\":{epoch},\"step\":{step},\"knn_accuracy\":{acc}}}"
+                )?;
+                knn_last = Some(acc);
+            }
+        }
+    }
+    drop(loader);
+    let checkpoint = trainer.save_in(&args.out, &meta, 2)?;
+    bar.finish_and_clear();
+    if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
+        writeln!(
+            metrics,
+            "{{\"epoch\":{},\"step\":{},\"knn_accuracy\":{acc}}}",
+            trainer.step() / spe,
+            trainer.step()
+        )?;
+        knn_last = Some(acc);
+    }
+    metrics.flush()?;
+    let png = args.out.join("loss.png");
+    // The whole run's curve, from metrics.jsonl (a resumed run's earlier steps included).
+    let curve = read_loss_curve(&metrics_path).unwrap_or(loss_curve);
+    selfsup::plot::line_chart(&png, &[&curve], 800, 400)
+        .with_context(|| format!("writing {}", png.display()))?;
+    let steps = trainer.step() - start_step;
+    eprintln!(
+        "{}: {} steps in {:.0} s ({:.0} images/s){}; checkpoint {}",
+        method.name(),
+        steps,
+        train_seconds,
+        steps as f64 * images_per_step / train_seconds.max(1e-9),
+        knn_last
+            .map(|a| format!(", kNN accuracy {:.2}%", 100.0 * a))
+            .unwrap_or_default(),
+        checkpoint.display()
+    );
+    Ok(PretrainOutcome {
+        checkpoint,
+        model,
+        steps,
+        seconds: train_seconds,
+        knn: knn_last,
+    })
+}
+
+fn json_f64(v: f64) -> String {
+    if v.is_finite() {
+        v.to_string()
+    } else {
+        "null".into()
+    }
+}
+
+/// The settings a resumed run must share with the run it continues.
+fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
+    let pairs = [
+        (
+            "--method",
+            format!("{:?}", old.method),
+            format!("{:?}", new.method),
+        ),
+        ("--data", old.data.clone(), new.data.clone()),
+        ("--batch", old.batch.to_string(), new.batch.to_string()),
+        ("--seed", old.seed.to_string(), new.seed.to_string()),
+        (
+            "--optimizer",
+            format!("{:?}", old.optimizer),
+            format!("{:?}", new.optimizer),
+        ),
+        (
+            "--widths",
+            format!("{:?}", old.widths),
+            format!("{:?}", new.widths),
+        ),
+        ("--tau", old.tau.to_string(), new.tau.to_string()),
+    ];
+    for (flag, a, b) in pairs {
+        if a != b {
+            bail!("it was started with {flag} {a}, this command says {b}");
+        }
+    }
+    Ok(())
+}
+
+/// The kNN accuracy of the current encoder: the labeled training images (at most 10,000)
+/// vote for the test images (at most 2,000). `None` without labels or a test split.
+fn knn_monitor(trainer: &Pretrainer, model: &ResNetConfig, splits: &Splits) -> Result<Option<f64>> {
+    let (Some(test), Some(train_labels), Some(classes)) = (
+        splits.test.as_ref(),
+        splits.train_labels.as_ref(),
+        splits.classes,
+    ) else {
+        return Ok(None);
+    };
+    let Some(test_labels) = test.labels.as_ref() else {
+        return Ok(None);
+    };
+    let mut emb = Embedder::from_graph(model, 256, trainer.graph())?;
+    let bank_idx: Vec<usize> = spread_indices(splits.train.n, 10_000);
+    let query_idx: Vec<usize> = spread_indices(test.n, 2_000);
+    let d = emb.dim();
+    let mut bank = vec![0.0; bank_idx.len() * d];
+    emb.embed(&splits.train, &bank_idx, &mut bank)?;
+    let mut query = vec![0.0; query_idx.len() * d];
+    emb.embed(test, &query_idx, &mut query)?;
+    let bl: Vec<u32> = bank_idx.iter().map(|&i| train_labels[i]).collect();
+    let ql: Vec<u32> = query_idx.iter().map(|&i| test_labels[i]).collect();
+    Ok(Some(knn_accuracy(
+        &bank,
+        &bl,
+        &query,
+        &ql,
+        d,
+        classes,
+        &KnnConfig::default(),
+    )?))
+}
+
+/// At most `max` indices of `0..n`, evenly spread (all of them when `n <= max`).
+fn spread_indices(n: usize, max: usize) -> Vec<usize> {
+    if n <= max {
+        (0..n).collect()
+    } else {
+        (0..max).map(|k| k * n / max).collect()
+    }
+}
+
+fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if let (Some(s), Some(l)) = (v.get("step"), v.get("loss")) {
+            out.push((s.as_f64()?, l.as_f64().unwrap_or(f64::NAN)));
+        }
+    }
+    Some(out)
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+    }
+    bar
+}

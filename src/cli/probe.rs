@@ -1,0 +1,215 @@
+//! `selfsup probe`: the linear probe on frozen features, with the raw-pixel and
+//! random-init baselines in the same table.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use selfsup::data::ImageSet;
+use selfsup::nn::ResNetConfig;
+use selfsup::pretrain::Embedder;
+use selfsup::probe::{linear_probe, subsample_labels, ProbeConfig};
+
+use super::data::{load_splits, Splits};
+
+const EXAMPLES: &str = "\
+Examples:
+  selfsup probe --checkpoint runs/simclr/ckpt-2000.safetensors --data builtin
+  selfsup probe --checkpoint runs/fm/ckpt-9000.safetensors --data fashion-mnist --labels 1%,10%,100%
+
+Each row is one representation: raw pixels, a randomly initialized encoder of the same
+architecture (seed --seed), and the checkpoint's encoder (h, before the projection head).
+Each column is the share of training labels the probe may use (class-balanced, seeded).
+The probe: standardized features, L2-regularized multinomial logistic regression fitted
+by L-BFGS, its penalty chosen on a held-out fifth of the labeled training images.";
+
+/// Options of `selfsup probe`.
+#[derive(Debug, Clone, Args)]
+#[command(after_long_help = EXAMPLES)]
+pub struct ProbeArgs {
+    /// A checkpoint written by `selfsup pretrain`
+    #[arg(long, value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+
+    /// The labeled data (see `selfsup pretrain --help`); it needs a test split
+    #[arg(long, value_name = "SPEC", default_value = "builtin")]
+    pub data: String,
+
+    /// Shares of the training labels to probe with (comma-separated, e.g. 1%,10%,100%)
+    #[arg(long, value_name = "P%", value_delimiter = ',', default_values_t = [String::from("1%"), String::from("100%")])]
+    pub labels: Vec<String>,
+
+    /// Leave out the raw-pixel and random-init baselines
+    #[arg(long)]
+    pub no_baselines: bool,
+
+    /// Seed of the label subsets and the random-init encoder
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Worker threads for the kernels [default: the number of logical CPUs]
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+}
+
+/// Parses `1%`, `10%`, `100%` (or `0.01`) into a fraction in (0, 1].
+pub fn parse_fraction(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    };
+    match v {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => bail!("--labels: '{s}' is not a share in (0%, 100%]"),
+    }
+}
+
+/// One row of the table: a representation's name and its accuracy per label share.
+#[derive(Debug, Clone)]
+pub struct ProbeRow {
+    /// What the features are.
+    pub name: String,
+    /// Top-1 test accuracy per label share, in the order of the shares.
+    pub accuracy: Vec<f64>,
+}
+
+/// The probe table of `features` (each `(name, train features, test features, dim)`).
+pub fn probe_table(
+    splits: &Splits,
+    features: &[(String, Vec<f32>, Vec<f32>, usize)],
+    shares: &[f64],
+    seed: u64,
+) -> Result<Vec<ProbeRow>> {
+    let (Some(train_labels), Some(test), Some(classes)) = (
+        splits.train_labels.as_ref(),
+        splits.test.as_ref(),
+        splits.classes,
+    ) else {
+        bail!("the probe needs labeled data with a test split");
+    };
+    let test_labels = test
+        .labels
+        .as_ref()
+        .context("the test split has no labels")?;
+    let mut rows = Vec::new();
+    for (name, tr, te, d) in features {
+        let mut acc = Vec::new();
+        for &share in shares {
+            let idx = subsample_labels(train_labels, classes, share, seed)?;
+            let x: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| tr[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let y: Vec<u32> = idx.iter().map(|&i| train_labels[i]).collect();
+            let t0 = Instant::now();
+            let report = linear_probe(
+                &x,
+                &y,
+                te,
+                test_labels,
+                *d,
+                classes,
+                &ProbeConfig::default(),
+            )?;
+            eprintln!(
+                "  probe {name:<12} {:>5.1}% labels ({} images): {:.2}% in {:.1} s",
+                share * 100.0,
+                idx.len(),
+                report.accuracy * 100.0,
+                t0.elapsed().as_secs_f64()
+            );
+            acc.push(report.accuracy);
+        }
+        rows.push(ProbeRow {
+            name: name.clone(),
+            accuracy: acc,
+        });
+    }
+    Ok(rows)
+}
+
+/// Features of every image of `set` from `emb`.
+pub fn embed_set(emb: &mut Embedder, set: &ImageSet) -> Result<Vec<f32>> {
+    Ok(emb.embed_all(set)?)
+}
+
+/// The raw pixels as features.
+pub fn raw_features(splits: &Splits) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
+    let test = splits
+        .test
+        .as_ref()
+        .context("the probe needs a test split")?;
+    Ok((
+        "raw pixels".into(),
+        splits.train.images.clone(),
+        test.images.clone(),
+        splits.train.image_len(),
+    ))
+}
+
+/// The features of an encoder on both splits.
+pub fn encoder_features(
+    name: &str,
+    emb: &mut Embedder,
+    splits: &Splits,
+) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
+    let test = splits
+        .test
+        .as_ref()
+        .context("the probe needs a test split")?;
+    let tr = embed_set(emb, &splits.train)?;
+    let te = embed_set(emb, test)?;
+    Ok((name.into(), tr, te, emb.dim()))
+}
+
+/// Prints the table.
+pub fn print_table(title: &str, shares: &[f64], rows: &[ProbeRow]) {
+    println!("{title}");
+    let mut head = format!("{:<24}", "representation");
+    for s in shares {
+        head.push_str(&format!(" {:>10}", format!("{}% labels", s * 100.0)));
+    }
+    println!("{head}");
+    for r in rows {
+        let mut line = format!("{:<24}", r.name);
+        for a in &r.accuracy {
+            line.push_str(&format!(" {:>9.2}%", a * 100.0));
+        }
+        println!("{line}");
+    }
+}
+
+/// Runs `selfsup probe`.
+pub fn run(args: &ProbeArgs) -> Result<()> {
+    super::pretrain::set_threads(args.threads);
+    let shares: Vec<f64> = args
+        .labels
+        .iter()
+        .map(|s| parse_fraction(s))
+        .collect::<Result<_>>()?;
+    let model: ResNetConfig = super::embed::model_config(&args.checkpoint)?;
+    let splits = load_splits(&args.data)?;
+    let mut features = Vec::new();
+    if !args.no_baselines {
+        features.push(raw_features(&splits)?);
+        let mut random = Embedder::new(&model, 256, args.seed)?;
+        features.push(encoder_features("random init", &mut random, &splits)?);
+    }
+    let mut trained = Embedder::from_checkpoint(&model, 256, &args.checkpoint)?;
+    let name = args
+        .checkpoint
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    features.push(encoder_features(&name, &mut trained, &splits)?);
+    let rows = probe_table(&splits, &features, &shares, args.seed)?;
+    print_table(
+        &format!("linear probe on {} (test accuracy)", args.data),
+        &shares,
+        &rows,
+    );
+    Ok(())
+}
