@@ -394,6 +394,7 @@ pub struct AugmentScratch {
     /// Per band and source column, the weights of that column in the block's 8 outputs.
     band_weights: Vec<f32x8>,
     plane: Vec<f32>,
+    line: Vec<f32>,
     kernel: Vec<f32>,
 }
 
@@ -823,9 +824,31 @@ fn reflect(i: isize, n: usize) -> usize {
     (if j >= n { 2 * (n - 1) - j } else { j }) as usize
 }
 
+/// Loads 8 lanes from `s[at..at + 8]`.
+#[inline(always)]
+fn load8(s: &[f32], at: usize) -> f32x8 {
+    f32x8::from(<[f32; 8]>::try_from(&s[at..at + 8]).expect("8 lanes"))
+}
+
+/// Stores the first `dst.len()` (at most 8) lanes of `v` into `dst`.
+#[inline(always)]
+fn store_lanes(dst: &mut [f32], v: f32x8) {
+    let a = v.to_array();
+    match <&mut [f32; 8]>::try_from(&mut *dst) {
+        Ok(full) => *full = a,
+        Err(_) => {
+            for (d, x) in dst.iter_mut().zip(a) {
+                *d = x;
+            }
+        }
+    }
+}
+
 /// torchvision's `gaussian_blur` of the `c x h x w` image `img` in place: the kernel
 /// `exp(-x^2 / (2 sigma^2))` at `x = -r..=r` (`kernel_size = 2 r + 1`), normalized, applied
-/// along rows then columns (separable) with reflect padding.
+/// along rows then columns (separable) with reflect padding. Each pass keeps 32 outputs in
+/// registers over the taps: rows are reflect-padded into a scratch line first, columns read
+/// reflected row indices.
 ///
 /// # Panics
 /// If `img.len() != c * h * w`, `kernel_size` is even, or its radius is not below `h` and `w`.
@@ -845,10 +868,15 @@ pub fn gaussian_blur(
         "gaussian_blur: kernel {kernel_size} on a {h} x {w} image"
     );
     let r = kernel_size / 2;
-    if r == 0 {
+    if r == 0 || img.is_empty() {
         return;
     }
-    let AugmentScratch { plane, kernel, .. } = scratch;
+    let AugmentScratch {
+        plane,
+        kernel,
+        line,
+        ..
+    } = scratch;
     // The kernel in f64, as torchvision's (linspace, exp, normalize), then rounded.
     let sigma = f64::from(sigma);
     let tap = |j: usize| {
@@ -858,40 +886,54 @@ pub fn gaussian_blur(
     let total: f64 = (0..kernel_size).map(tap).sum();
     kernel.clear();
     kernel.extend((0..kernel_size).map(|j| (tap(j) / total) as f32));
-    plane.resize(h * w, 0.0);
+    // Spare values after the padded line and the plane, for the loads of a last partial
+    // group of outputs (their extra lanes are computed and dropped).
+    line.resize(w + 2 * r + BLUR_GROUP, 0.0);
+    plane.resize(h * w + BLUR_GROUP, 0.0);
     for chan in img.chunks_exact_mut(h * w) {
-        // Rows: chan -> plane.
+        // Rows: chan -> plane, through the reflect-padded line.
         for (src, dst) in chan.chunks_exact(w).zip(plane.chunks_exact_mut(w)) {
-            dst.fill(0.0);
-            // Interior columns r..w-r: one shifted axpy per tap.
-            if w > 2 * r {
-                for (j, &kj) in kernel.iter().enumerate() {
-                    let s = &src[j..j + w - 2 * r];
-                    for (d, &x) in dst[r..w - r].iter_mut().zip(s) {
-                        *d += kj * x;
-                    }
-                }
+            line[r..r + w].copy_from_slice(src);
+            for i in 0..r {
+                line[r - 1 - i] = src[i + 1];
+                line[r + w + i] = src[w - 2 - i];
             }
-            // Edge columns with reflection.
-            for x in (0..r.min(w)).chain(w.saturating_sub(r).max(r)..w) {
-                let mut acc = 0.0;
-                for (j, &kj) in kernel.iter().enumerate() {
-                    acc += kj * src[reflect(x as isize + j as isize - r as isize, w)];
+            for (x0, group) in (0..w).step_by(BLUR_GROUP).zip(dst.chunks_mut(BLUR_GROUP)) {
+                let acc = blur_group(kernel, |j, q| load8(line, x0 + 8 * q + j));
+                for (block, v) in group.chunks_mut(8).zip(acc) {
+                    store_lanes(block, v);
                 }
-                dst[x] = acc;
             }
         }
-        // Columns: plane -> chan, one axpy of whole rows per tap.
+        // Columns: plane -> chan, rows at reflected indices.
         for (y, dst) in chan.chunks_exact_mut(w).enumerate() {
-            dst.fill(0.0);
-            for (j, &kj) in kernel.iter().enumerate() {
-                let sy = reflect(y as isize + j as isize - r as isize, h);
-                for (d, &x) in dst.iter_mut().zip(&plane[sy * w..(sy + 1) * w]) {
-                    *d += kj * x;
+            for (x0, group) in (0..w).step_by(BLUR_GROUP).zip(dst.chunks_mut(BLUR_GROUP)) {
+                let acc = blur_group(kernel, |j, q| {
+                    let sy = reflect(y as isize + j as isize - r as isize, h);
+                    load8(plane, sy * w + x0 + 8 * q)
+                });
+                for (block, v) in group.chunks_mut(8).zip(acc) {
+                    store_lanes(block, v);
                 }
             }
         }
     }
+}
+
+/// Outputs per group of the blur: four independent 8-lane sums over the taps.
+const BLUR_GROUP: usize = 32;
+
+/// `sum_j kernel[j] * load(j, q)` for the four 8-lane blocks `q` of a group of outputs.
+#[inline(always)]
+fn blur_group(kernel: &[f32], load: impl Fn(usize, usize) -> f32x8) -> [f32x8; 4] {
+    let mut acc = [f32x8::ZERO; 4];
+    for (j, &kj) in kernel.iter().enumerate() {
+        let k = f32x8::splat(kj);
+        for (q, a) in acc.iter_mut().enumerate() {
+            *a += k * load(j, q);
+        }
+    }
+    acc
 }
 
 /// Rotates the `c x h x w` image `src` by `k` quarter turns counterclockwise (`k` taken mod
