@@ -40,6 +40,7 @@ fn grid(set: &ImageSet, per_class: usize, path: &str) {
 }
 
 /// Nearest-class-mean accuracy on raw pixels.
+#[allow(clippy::needless_range_loop)]
 fn ncm(train: &ImageSet, test: &ImageSet) -> f64 {
     let d = train.image_len();
     let tl = train.labels.as_ref().unwrap();

@@ -25,13 +25,26 @@
 //! is a multiple of 10) and generation runs in parallel over images with rayon with
 //! bit-identical results for any thread count.
 //!
-//! **Measured (2026-11-28, this 2-core machine, release).** Generating 20,000 images takes
-//! MEASURE_GEN. The linear probe of [`crate::probe`] (standardized raw pixels, L2-regularized
-//! multinomial logistic regression fitted with L-BFGS, lambda chosen on a held-out 20% of the
-//! train split) on 20,000 train / 2,000 test images reaches MEASURE_PROBE. A nearest-class-mean
-//! classifier on raw pixels reaches MEASURE_NCM. Chance is 10%.
-//! `cargo run --release --example builtin_probe` repeats these measurements and writes a grid
-//! of examples to `/tmp/builtin_grid.png`.
+//! **Measured (2026-11-28, this 2-core machine, release, `cargo run --release --example
+//! builtin_probe`).** Generating 20,000 images takes 0.22 s on 2 threads (0.5 to 1.0 s while
+//! other jobs load the machine). Raw-pixel baselines on the default splits (20,000 train,
+//! 2,000 test; chance is 10%):
+//!
+//! | classifier on raw pixels | labels | test accuracy | train accuracy | lambda |
+//! |---|---|---|---|---|
+//! | linear probe ([`crate::probe::linear_probe`]) | 100% (20,000) | 15.0% | 26.1% | 0.1 |
+//! | linear probe | 10% (2,000) | 16.2% | 38.0% | 1 |
+//! | linear probe | 1% (200) | 13.8% | 92.5% | 1 |
+//! | nearest class mean | 100% | 10.6% | | |
+//!
+//! (The probe: standardized pixels, L2-regularized multinomial logistic regression fitted
+//! to a gradient tolerance of 1e-4 with L-BFGS, lambda chosen on a held-out 20% of the train
+//! split; class-balanced label subsets from [`crate::probe::subsample_labels`] with seed 1.)
+//! The shapes stay plain to the eye at every scale and color (see the grid the example
+//! writes), so the gap to chance is what an encoder invariant to position, scale and color
+//! can close.
+//! The example repeats these measurements and writes ten examples of each class to
+//! `/tmp/builtin_grid.png`.
 
 use super::ImageSet;
 use crate::rng::{mix, SplitMix64};
