@@ -22,8 +22,15 @@
 //! Randomness: every view draws from its own [`SplitMix64`] stream keyed by
 //! `(seed, epoch, dataset index, view)` ([`view_rng`]), so a view never depends on the thread
 //! count or on which other images share its batch. The batch functions run in parallel over
-//! views with rayon, each worker reusing one [`AugmentScratch`]; the loops over pixels run
-//! over contiguous channel planes and tables built once per view, and auto-vectorize.
+//! views with rayon, each worker job reusing one [`AugmentScratch`] (no allocation per view).
+//!
+//! Speed: every step runs over contiguous channel planes, 8 lanes at a time (`wide::f32x8`,
+//! or loops that auto-vectorize), with no `unsafe` and no per-ISA code, so the results are the
+//! same on every machine. The resize is separable: along x, 8 outputs at a time from banded
+//! weight vectors built once per crop (no per-pixel gather), then along y as blends of whole
+//! rows; the flip is folded into the x weights. The hue shift is branch-free. The blur keeps
+//! 32 outputs in registers over its taps. On the development machine the two-view pipeline on
+//! 32x32 RGB images (`augment_simclr_32`) takes about 25 us of CPU per image.
 
 use super::ImageSet;
 use crate::rng::{mix, SplitMix64};
