@@ -75,7 +75,7 @@ pub struct PretrainArgs {
     pub steps: Option<u64>,
 
     /// Train for a wall-clock budget of M minutes (the schedule is fitted to the measured speed)
-    #[arg(long, value_name = "M", value_parser = positive_f64)]
+    #[arg(long, value_name = "M", value_parser = positive_f64, allow_negative_numbers = true)]
     pub minutes: Option<f64>,
 
     /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs)
@@ -83,11 +83,11 @@ pub struct PretrainArgs {
     pub batch: usize,
 
     /// Peak learning rate [default: sgd 0.06, lars 0.3, adamw 0.001, each times batch/256]
-    #[arg(long, value_name = "LR", value_parser = positive_f64)]
+    #[arg(long, value_name = "LR", value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
 
     /// NT-Xent temperature
-    #[arg(long, value_name = "TAU", default_value_t = 0.5)]
+    #[arg(long, value_name = "TAU", default_value_t = 0.5, allow_negative_numbers = true)]
     pub tau: f32,
 
     /// The optimizer
@@ -95,19 +95,19 @@ pub struct PretrainArgs {
     pub optimizer: OptimizerArg,
 
     /// Weight decay [default: sgd 5e-4, lars 1e-6, adamw 0.05]
-    #[arg(long, value_name = "WD")]
+    #[arg(long, value_name = "WD", allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
 
     /// Share of the steps spent in the linear warmup
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.05)]
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.05, allow_negative_numbers = true)]
     pub warmup: f64,
 
     /// Colour-jitter strength s (0.5 suits small images, 1.0 is SimCLR's ImageNet value)
-    #[arg(long, value_name = "S", default_value_t = 0.5)]
+    #[arg(long, value_name = "S", default_value_t = 0.5, allow_negative_numbers = true)]
     pub strength: f32,
 
     /// Smallest crop area of the random resized crop
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.08)]
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.08, allow_negative_numbers = true)]
     pub crop_min: f32,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
@@ -426,7 +426,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             last_ckpt = Some(trainer.save_in(&args.out, &meta, 2)?);
         }
         let epoch = step / spe;
-        if end_of_epoch && args.knn_every > 0 && epoch % args.knn_every == 0 && step < total {
+        if end_of_epoch && args.knn_every > 0 && epoch.is_multiple_of(args.knn_every) && step < total {
             if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
                 bar.println(format!("epoch {epoch}: kNN accuracy {:.2}%", 100.0 * acc));
                 writeln!(

@@ -1,0 +1,210 @@
+//! End-to-end tests of `selfsup pretrain`, `probe`, `embed` and `preview` on the built-in
+//! data with a tiny encoder, and the one-line errors of bad configurations.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A directory in the temp directory, unique to this process and tag; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("selfsup-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create temp dir");
+        Self(d)
+    }
+    fn join(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("UTF-8 path").to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn selfsup(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run selfsup")
+}
+
+/// Asserts a failure with exit status 2 and one `error:` line on stderr containing `want`.
+fn fails_with(args: &[&str], want: &str) {
+    let out = selfsup(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+    assert!(lines[0].contains(want), "{args:?}: '{want}' not in: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+const TINY: &[&str] = &["--widths", "8,16", "--batch", "16", "--quiet"];
+
+fn pretrain(out: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["pretrain", "--data", "builtin", "--out", out];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    selfsup(&args)
+}
+
+fn checkpoint_in(dir: &str) -> PathBuf {
+    let mut c: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    c.sort();
+    c.pop().expect("a checkpoint")
+}
+
+#[test]
+fn bad_configurations_are_one_line_errors() {
+    let d = TempDir::new("bad");
+    let out = d.join("run");
+    let o = out.as_str();
+    fails_with(&["pretrain", "--tau", "0", "--out", o], "--tau");
+    fails_with(&["pretrain", "--tau", "-1", "--out", o], "--tau");
+    fails_with(&["pretrain", "--batch", "1", "--out", o], "--batch");
+    fails_with(&["pretrain", "--method", "byol", "--out", o], "byol");
+    fails_with(
+        &["pretrain", "--data", "nonsense:x", "--out", o],
+        "unknown data spec",
+    );
+    fails_with(
+        &["pretrain", "--data", "idx:/nonexistent/selfsup", "--out", o],
+        "/nonexistent/selfsup",
+    );
+    fails_with(&["pretrain", "--steps", "0", "--out", o], "--steps");
+    fails_with(&["pretrain", "--minutes", "-2", "--out", o], "--minutes");
+    fails_with(
+        &["probe", "--checkpoint", "/nonexistent/x.safetensors"],
+        "x.safetensors",
+    );
+    let junk = d.join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    fails_with(
+        &["embed", "--checkpoint", &junk, "--out", &d.join("e.npy")],
+        "junk.safetensors",
+    );
+    assert!(!Path::new(&d.join("e.npy")).exists());
+}
+
+#[test]
+fn pretrain_writes_a_run_folder_that_probe_embed_and_resume_use() {
+    let d = TempDir::new("run");
+    let run = d.join("run");
+    let o = pretrain(
+        &run,
+        &[
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--knn-every",
+            "0",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["config.json", "metrics.jsonl", "loss.png"] {
+        assert!(Path::new(&run).join(f).exists(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(Path::new(&run).join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 4);
+    assert!(steps
+        .iter()
+        .all(|v| v["loss"].as_f64().unwrap().is_finite()));
+    // The final kNN monitor ran on the labeled test split.
+    assert!(metrics.contains("knn_accuracy"));
+    let ckpt = checkpoint_in(&run);
+    assert!(
+        ckpt.to_str().unwrap().ends_with("4.safetensors"),
+        "{ckpt:?}"
+    );
+
+    // A second pretrain into the same folder without --resume is refused...
+    fails_with(
+        &[
+            "pretrain", "--data", "builtin", "--out", &run, "--widths", "8,16", "--batch", "16",
+        ],
+        "--resume",
+    );
+    // ...resuming with other settings too...
+    fails_with(
+        &[
+            "pretrain", "--data", "builtin", "--out", &run, "--widths", "8,32", "--batch", "16",
+            "--resume", "--steps", "6",
+        ],
+        "--widths",
+    );
+    // ...and resuming with the same settings continues to the run's end.
+    let o = pretrain(&run, &["--steps", "4", "--resume", "--knn-every", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let npy = d.join("emb.npy");
+    let o = selfsup(&[
+        "embed",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        "builtin",
+        "--split",
+        "test",
+        "--out",
+        &npy,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, values) =
+        selfsup::npy::read_npy_f32(&mut std::fs::File::open(&npy).unwrap()).unwrap();
+    assert_eq!(shape, vec![2000, 16]);
+    assert!(values.iter().all(|v| v.is_finite()));
+
+    let o = selfsup(&[
+        "probe",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        "builtin",
+        "--labels",
+        "1%",
+        "--no-baselines",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("1% labels"), "{stdout}");
+    fails_with(
+        &[
+            "probe",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--labels",
+            "150%",
+        ],
+        "--labels",
+    );
+}
+
+#[test]
+fn preview_writes_a_png_grid() {
+    let d = TempDir::new("preview");
+    let png = d.join("grid.png");
+    let o = selfsup(&[
+        "preview", "--data", "builtin", "--images", "3", "--views", "2", "--out", &png,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&png).unwrap();
+    // 3 rows and 1 + 2 columns of 32 x 3 pixel cells with 4-pixel gaps.
+    assert_eq!((img.width(), img.height()), (3 * 100 + 4, 3 * 100 + 4));
+}
