@@ -206,8 +206,7 @@ impl Pretrainer {
                 cfg.augment.out_size, m.image_size
             )));
         }
-        let sampler = EpochSampler::new(data.n, cfg.batch, mix(cfg.seed, &[1]))
-            .map_err(invalid)?;
+        let sampler = EpochSampler::new(data.n, cfg.batch, mix(cfg.seed, &[1])).map_err(invalid)?;
         let seed = mix(cfg.seed, &[0]);
         let model = match cfg.method {
             Method::SimClr => Model::SimClr(simclr(m, cfg.batch, cfg.tau, seed)?),
@@ -544,24 +543,29 @@ impl Embedder {
 
 /// Copies every parameter and buffer of `dst` from the tensor of the same name in `src`.
 fn copy_by_name(src: &Graph, dst: &mut Graph) -> Result<()> {
-    let missing = |name: &str| invalid(format!("the source model has no tensor '{name}'"));
-    let params: Vec<_> = dst.param_info().to_vec();
-    for p in &params {
-        let s = src
-            .param_info()
+    type Entry = (String, Vec<usize>, std::ops::Range<usize>);
+    let params = |g: &Graph| -> Vec<Entry> {
+        g.param_info()
             .iter()
-            .find(|q| q.name == p.name && q.shape == p.shape)
-            .ok_or_else(|| missing(&p.name))?;
-        dst.params_mut()[p.range.clone()].copy_from_slice(&src.params()[s.range.clone()]);
-    }
-    let buffers: Vec<_> = dst.buffer_info().to_vec();
-    for b in &buffers {
-        let s = src
-            .buffer_info()
+            .map(|p| (p.name.clone(), p.shape.clone(), p.range.clone()))
+            .collect()
+    };
+    let buffers = |g: &Graph| -> Vec<Entry> {
+        g.buffer_info()
             .iter()
-            .find(|q| q.name == b.name && q.shape == b.shape)
-            .ok_or_else(|| missing(&b.name))?;
-        dst.buffers_mut()[b.range.clone()].copy_from_slice(&src.buffers()[s.range.clone()]);
-    }
-    Ok(())
+            .map(|b| (b.name.clone(), b.shape.clone(), b.range.clone()))
+            .collect()
+    };
+    let copy = |want: Vec<Entry>, have: Vec<Entry>, from: &[f32], to: &mut [f32]| {
+        for (name, shape, range) in want {
+            let (_, _, r) = have
+                .iter()
+                .find(|(n, s, _)| *n == name && *s == shape)
+                .ok_or_else(|| invalid(format!("the source model has no tensor '{name}'")))?;
+            to[range].copy_from_slice(&from[r.clone()]);
+        }
+        Ok::<(), Error>(())
+    };
+    copy(params(dst), params(src), src.params(), dst.params_mut())?;
+    copy(buffers(dst), buffers(src), src.buffers(), dst.buffers_mut())
 }

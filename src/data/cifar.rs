@@ -9,7 +9,7 @@
 //! a directory of CIFAR-100 holds `train.bin` and `test.bin`, directly or in
 //! `cifar-100-binary/`.
 
-use super::{DataError, ImageSet};
+use super::{fmt_err, DataError, ImageSet};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -43,13 +43,6 @@ pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
 pub const CIFAR100_TRAIN_FILE: &str = "train.bin";
 /// The test file of a CIFAR-100 directory.
 pub const CIFAR100_TEST_FILE: &str = "test.bin";
-
-fn fmt_err(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::Format {
-        path: path.to_path_buf(),
-        problem: problem.into(),
-    }
-}
 
 /// Parses the bytes of one CIFAR batch file; `path` only names the file in errors.
 /// `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100: coarse label, which must be < 20, then the

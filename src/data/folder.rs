@@ -22,7 +22,7 @@
 //! [`MAX_SIDE`] pixels a side and [`MAX_ALLOC`] bytes, so a small file that claims a huge
 //! image is an error, not an allocation.
 
-use super::{DataError, ImageSet};
+use super::{fmt_err, io_err, DataError, ImageSet};
 use image::{imageops::FilterType, ImageReader, Limits};
 use rayon::prelude::*;
 use std::io::Cursor;
@@ -58,20 +58,6 @@ pub struct DecodedImage {
     pub rgb: Vec<u8>,
     /// Whether the file itself was grayscale (then R = G = B).
     pub grayscale: bool,
-}
-
-fn fmt_err(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::Format {
-        path: path.to_path_buf(),
-        problem: problem.into(),
-    }
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> DataError {
-    DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn check_size(path: &Path, height: usize, width: usize) -> Result<(), DataError> {

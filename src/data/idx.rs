@@ -10,7 +10,7 @@
 //! of the claimed size plus one byte (and at most [`MAX_DECOMPRESSED`] bytes), so a short
 //! file, a long file or a gzip bomb is an error, not an allocation.
 
-use super::{DataError, ImageSet};
+use super::{fmt_err, io_err, DataError, ImageSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -49,20 +49,6 @@ impl IdxImages {
             width: self.cols,
             classes: None,
         }
-    }
-}
-
-fn fmt_err(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::Format {
-        path: path.to_path_buf(),
-        problem: problem.into(),
-    }
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> DataError {
-    DataError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 

@@ -63,6 +63,34 @@ pub enum DataError {
     },
 }
 
+impl DataError {
+    /// A [`DataError::Format`] for `path`.
+    pub fn format(path: &std::path::Path, problem: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+
+    /// A [`DataError::Io`] for `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The readers' shorthand for [`DataError::format`].
+pub(crate) fn fmt_err(path: &std::path::Path, problem: impl Into<String>) -> DataError {
+    DataError::format(path, problem)
+}
+
+/// The readers' shorthand for [`DataError::io`].
+pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> DataError {
+    DataError::io(path, source)
+}
+
 pub mod augment;
 pub mod builtin;
 pub mod cifar;

@@ -17,7 +17,7 @@
 use super::cifar::{cifar100_class_names, read_cifar100_dir, read_cifar10_dir, CIFAR10_CLASSES};
 use super::folder::{is_labeled_layout, read_labeled_folder, read_unlabeled_folder, Folder};
 use super::idx::read_idx_pair;
-use super::{DataError, ImageSet};
+use super::{fmt_err, DataError, ImageSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -169,13 +169,6 @@ pub fn without_labels(mut set: ImageSet) -> ImageSet {
     set.labels = None;
     set.classes = None;
     set
-}
-
-fn fmt_err(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::Format {
-        path: path.to_path_buf(),
-        problem: problem.into(),
-    }
 }
 
 fn names(list: &[&str]) -> Vec<String> {
