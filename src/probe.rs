@@ -376,14 +376,13 @@ impl<'a> Problem<'a> {
                 *v = (p * inv_n) as f32;
             }
         }
-        // (P - Y)^T X_b / n  (c x d), as the d x c product X_b^T D through a column-major
-        // view of the c x d buffer.
+        // (P - Y)^T X_b / n  (c x d).
         let mut gw = vec![0.0f32; c * d];
         gemm(
             &GemmParams::new().trans_a(Transpose::Yes).sequential(),
-            MatRef::row_major(xb, rows, d)?,
             MatRef::row_major(&z, rows, c)?,
-            MatMut::new(&mut gw, d, c, 1, d)?,
+            MatRef::row_major(xb, rows, d)?,
+            MatMut::row_major(&mut gw, c, d)?,
         )?;
         Ok(Some(BlockPart { loss, gw, gb }))
     }
