@@ -87,7 +87,12 @@ pub struct PretrainArgs {
     pub lr: Option<f64>,
 
     /// NT-Xent temperature
-    #[arg(long, value_name = "TAU", default_value_t = 0.5, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "TAU",
+        default_value_t = 0.5,
+        allow_negative_numbers = true
+    )]
     pub tau: f32,
 
     /// The optimizer
@@ -99,15 +104,30 @@ pub struct PretrainArgs {
     pub weight_decay: Option<f32>,
 
     /// Share of the steps spent in the linear warmup
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.05, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.05,
+        allow_negative_numbers = true
+    )]
     pub warmup: f64,
 
     /// Colour-jitter strength s (0.5 suits small images, 1.0 is SimCLR's ImageNet value)
-    #[arg(long, value_name = "S", default_value_t = 0.5, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 0.5,
+        allow_negative_numbers = true
+    )]
     pub strength: f32,
 
     /// Smallest crop area of the random resized crop
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.08, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.08,
+        allow_negative_numbers = true
+    )]
     pub crop_min: f32,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
@@ -426,7 +446,11 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             last_ckpt = Some(trainer.save_in(&args.out, &meta, 2)?);
         }
         let epoch = step / spe;
-        if end_of_epoch && args.knn_every > 0 && epoch.is_multiple_of(args.knn_every) && step < total {
+        if end_of_epoch
+            && args.knn_every > 0
+            && epoch.is_multiple_of(args.knn_every)
+            && step < total
+        {
             if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
                 bar.println(format!("epoch {epoch}: kNN accuracy {:.2}%", 100.0 * acc));
                 writeln!(
