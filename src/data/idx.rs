@@ -84,6 +84,27 @@ fn read_exact_or(
     })
 }
 
+/// The data part is not the size the header claims: `truncated` or `trailing bytes`,
+/// naming the header's dimensions, its claim and what `what` holds (`shown`).
+fn claim_err(
+    path: &Path,
+    dims: &[usize],
+    size: u64,
+    have: u64,
+    what: &str,
+    shown: String,
+) -> DataError {
+    let how = if have < size {
+        "truncated"
+    } else {
+        "trailing bytes"
+    };
+    fmt_err(
+        path,
+        format!("{how}: header {dims:?} claims {size} bytes of data, the {what} holds {shown}"),
+    )
+}
+
 /// Parses the header from `r`; returns the dimensions and the data size they claim.
 fn read_header(
     r: &mut impl Read,
@@ -165,17 +186,7 @@ fn parse_stream(
         Some(len) => {
             let have = len.saturating_sub(header_len);
             if have != size {
-                let how = if have < size {
-                    "truncated"
-                } else {
-                    "trailing bytes"
-                };
-                return Err(fmt_err(
-                    path,
-                    format!(
-                        "{how}: header {dims:?} claims {size} bytes of data, the file holds {have}"
-                    ),
-                ));
+                return Err(claim_err(path, &dims, size, have, "file", have.to_string()));
             }
             // `size` now equals bytes that exist, and is <= MAX_DECOMPRESSED.
             data = vec![0u8; size as usize];
@@ -196,17 +207,18 @@ fn parse_stream(
             })?;
             let have = data.len() as u64;
             if have != size {
-                let how = if have < size {
-                    "truncated"
+                let shown = if have > size {
+                    "more".to_string()
                 } else {
-                    "trailing bytes"
+                    have.to_string()
                 };
-                return Err(fmt_err(
+                return Err(claim_err(
                     path,
-                    format!(
-                        "{how}: header {dims:?} claims {size} bytes of data, the decompressed file holds {}",
-                        if have > size { "more".to_string() } else { have.to_string() }
-                    ),
+                    &dims,
+                    size,
+                    have,
+                    "decompressed file",
+                    shown,
                 ));
             }
             // The gzip stream must end here too (its checksum is verified at its end).

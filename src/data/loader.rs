@@ -14,7 +14,7 @@
 //! What a batch holds depends only on its step, never on timing or thread counts, so the
 //! prefetching changes speed, not results.
 
-use super::DataError;
+use super::{fmt_err, DataError};
 use crate::rng::{mix, permutation};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
@@ -187,10 +187,10 @@ impl Loader {
         let r = match self.ready.as_ref()?.recv() {
             Ok(r) => r,
             // The worker ended before the last step without sending an error: it panicked.
-            Err(_) => Err(DataError::Format {
-                path: "<batch loader>".into(),
-                problem: format!("the loader thread stopped before step {}", self.next_step),
-            }),
+            Err(_) => Err(fmt_err(
+                std::path::Path::new("<batch loader>"),
+                format!("the loader thread stopped before step {}", self.next_step),
+            )),
         };
         match &r {
             Ok(_) => self.next_step += 1,

@@ -63,32 +63,20 @@ pub enum DataError {
     },
 }
 
-impl DataError {
-    /// A [`DataError::Format`] for `path`.
-    pub fn format(path: &std::path::Path, problem: impl Into<String>) -> Self {
-        DataError::Format {
-            path: path.to_path_buf(),
-            problem: problem.into(),
-        }
-    }
-
-    /// A [`DataError::Io`] for `path`.
-    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
-
-/// The readers' shorthand for [`DataError::format`].
+/// A [`DataError::Format`] for `path`: the one constructor the readers use.
 pub(crate) fn fmt_err(path: &std::path::Path, problem: impl Into<String>) -> DataError {
-    DataError::format(path, problem)
+    DataError::Format {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
 }
 
-/// The readers' shorthand for [`DataError::io`].
+/// A [`DataError::Io`] for `path`.
 pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> DataError {
-    DataError::io(path, source)
+    DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub mod augment;
