@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::augment::{self, RotnetAugment, SimclrAugment};
 use crate::data::loader::{Batch, EpochSampler, Loader};
-use crate::data::{DataError, ImageSet};
+use crate::data::{fmt_err, ImageSet};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Mode, TensorId};
 use crate::nn::SimclrModel;
@@ -287,10 +287,7 @@ impl Pretrainer {
                         &mut b.labels,
                     ),
                 };
-                r.map_err(|e| DataError::Format {
-                    path: "<augmentation>".into(),
-                    problem: e.to_string(),
-                })
+                r.map_err(|e| fmt_err(Path::new("<augmentation>"), e.to_string()))
             },
         )
     }
@@ -431,8 +428,7 @@ impl Embedder {
     pub fn new(cfg: &ResNetConfig, batch: usize, seed: u64) -> Result<Self> {
         let mut b = GraphBuilder::new();
         let enc = resnet_encoder(&mut b, cfg, batch.max(1))?;
-        let mut graph = b.build(mix(seed, &[0]))?;
-        graph.set_eval_fusion(true);
+        let graph = b.build(mix(seed, &[0]))?;
         Ok(Self {
             graph,
             input: enc.input,

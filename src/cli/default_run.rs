@@ -125,7 +125,7 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
             "{method}: {} steps in {:.0} s ({:.0} images/s){}",
             o.steps,
             o.seconds,
-            o.steps as f64 * if *method == "simclr" { 256.0 } else { 64.0 } / o.seconds.max(1e-9),
+            o.images_per_s,
             o.knn
                 .map(|a| format!(", kNN {:.2}%", 100.0 * a))
                 .unwrap_or_default()

@@ -79,7 +79,7 @@ pub struct PretrainArgs {
     pub minutes: Option<f64>,
 
     /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs)
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = at_least_two)]
     pub batch: usize,
 
     /// Peak learning rate [default: sgd 0.06, lars 0.3, adamw 0.001, each times batch/256]
@@ -91,6 +91,7 @@ pub struct PretrainArgs {
         long,
         value_name = "TAU",
         default_value_t = 0.5,
+        value_parser = positive_f32,
         allow_negative_numbers = true
     )]
     pub tau: f32,
@@ -108,6 +109,7 @@ pub struct PretrainArgs {
         long,
         value_name = "FRACTION",
         default_value_t = 0.05,
+        value_parser = warmup_fraction,
         allow_negative_numbers = true
     )]
     pub warmup: f64,
@@ -163,6 +165,24 @@ pub struct PretrainArgs {
     pub quiet: bool,
 }
 
+fn at_least_two(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v >= 2 => Ok(v),
+        _ => Err(format!("expected at least 2 images per step, got '{s}'")),
+    }
+}
+
+fn positive_f32(s: &str) -> std::result::Result<f32, String> {
+    positive_f64(s).map(|v| v as f32)
+}
+
+fn warmup_fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a fraction in [0, 1), got '{s}'")),
+    }
+}
+
 fn positive_f64(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
@@ -194,6 +214,8 @@ pub struct PretrainOutcome {
     pub steps: u64,
     /// Training seconds (data preparation and the kNN monitor excluded).
     pub seconds: f64,
+    /// Images per training second.
+    pub images_per_s: f64,
     /// The last kNN accuracy, when the data has a labeled test split.
     pub knn: Option<f64>,
 }
@@ -217,15 +239,6 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
 
 /// Pretrains on already loaded data (the default run reuses the data for the probes).
 pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutcome> {
-    if args.batch < 2 {
-        bail!("--batch must be at least 2, got {}", args.batch);
-    }
-    if !(args.tau > 0.0 && args.tau.is_finite()) {
-        bail!("--tau must be positive, got {}", args.tau);
-    }
-    if !(0.0..1.0).contains(&args.warmup) {
-        bail!("--warmup must be in [0, 1), got {}", args.warmup);
-    }
     // The training images carry no labels (the loader keeps them apart).
     let train = Arc::clone(&splits.train);
     let model = ResNetConfig {
@@ -480,12 +493,13 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     selfsup::plot::line_chart(&png, &[&curve], 800, 400)
         .with_context(|| format!("writing {}", png.display()))?;
     let steps = trainer.step() - start_step;
+    let images_per_s = steps as f64 * images_per_step / train_seconds.max(1e-9);
     eprintln!(
         "{}: {} steps in {:.0} s ({:.0} images/s){}; checkpoint {}",
         method.name(),
         steps,
         train_seconds,
-        steps as f64 * images_per_step / train_seconds.max(1e-9),
+        images_per_s,
         knn_last
             .map(|a| format!(", kNN accuracy {:.2}%", 100.0 * a))
             .unwrap_or_default(),
@@ -496,6 +510,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         model,
         steps,
         seconds: train_seconds,
+        images_per_s,
         knn: knn_last,
     })
 }

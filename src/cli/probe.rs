@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use selfsup::data::ImageSet;
 use selfsup::nn::ResNetConfig;
 use selfsup::pretrain::Embedder;
 use selfsup::probe::{linear_probe, subsample_labels, ProbeConfig};
@@ -131,11 +130,6 @@ pub fn probe_table(
     Ok(rows)
 }
 
-/// Features of every image of `set` from `emb`.
-pub fn embed_set(emb: &mut Embedder, set: &ImageSet) -> Result<Vec<f32>> {
-    Ok(emb.embed_all(set)?)
-}
-
 /// The raw pixels as features.
 pub fn raw_features(splits: &Splits) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
     let test = splits
@@ -160,8 +154,8 @@ pub fn encoder_features(
         .test
         .as_ref()
         .context("the probe needs a test split")?;
-    let tr = embed_set(emb, &splits.train)?;
-    let te = embed_set(emb, test)?;
+    let tr = emb.embed_all(&splits.train)?;
+    let te = emb.embed_all(test)?;
     Ok((name.into(), tr, te, emb.dim()))
 }
 
