@@ -35,6 +35,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{gemm, Fused, GemmParams, MatMut, MatRef, Transpose};
+use crate::kernels::skinny;
 use crate::kernels::softmax::softmax_cross_entropy;
 use crate::rng::{mix, shuffle};
 use rayon::prelude::*;
@@ -286,10 +287,12 @@ pub struct LogisticRegression {
 // ---------------------------------------------------------------------------------------
 // The objective.
 
-/// Rows per block of the fused evaluation: a block of features (at most 256 x dim) is read
-/// from memory once and used by both products while it sits in cache. A constant, so the
-/// blocks (and the order of the sums over them) never depend on the thread count.
-const BLOCK_ROWS: usize = 256;
+/// Rows per block of the evaluation (the unit of parallel work, one gradient part each). A
+/// constant, as is the sub-block size, so the blocks (and the order of the sums over them)
+/// never depend on the thread count.
+const BLOCK_ROWS: usize = 1024;
+/// Floats per sub-block of rows inside a block (256 KiB).
+const SUB_BLOCK_FLOATS: usize = 1 << 16;
 
 /// The data of one fit.
 struct Problem<'a> {
@@ -339,51 +342,39 @@ impl<'a> Problem<'a> {
     }
 
     /// Loss and gradient parts of the rows `xb` (labels `yb`), with the current `w32`, `b32`.
-    /// `None` when a logit overflows.
+    /// `None` when a logit overflows. The rows go through in sub-blocks of about 256 KiB, so
+    /// that [`skinny::ptx_add`] finds in cache the rows [`skinny::xwt`] just read.
     fn block(&self, xb: &[f32], yb: &[u32]) -> Result<Option<BlockPart>> {
         let (c, d) = (self.classes, self.dim);
-        let rows = yb.len();
-        let mut z = vec![0.0f32; rows * c];
-        let epi = Fused {
-            col_bias: Some(&self.b32),
-            ..Fused::default()
-        };
-        // logits = X_b W^T + b  (rows x c)
-        gemm(
-            &GemmParams::new()
-                .trans_b(Transpose::Yes)
-                .epilogue(&epi)
-                .sequential(),
-            MatRef::row_major(xb, rows, d)?,
-            MatRef::row_major(&self.w32, c, d)?,
-            MatMut::row_major(&mut z, rows, c)?,
-        )?;
+        let sub = (SUB_BLOCK_FLOATS / d).clamp(8, BLOCK_ROWS);
+        let mut z = vec![0.0f32; sub * c];
         let mut loss = 0.0f64;
         let mut gb = vec![0.0f64; c];
-        let inv_n = 1.0 / self.n as f64;
-        for (row, &y) in z.chunks_exact_mut(c).zip(yb) {
-            let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-            if !m.is_finite() || row.iter().any(|v| !v.is_finite()) {
-                return Ok(None);
-            }
-            let m = f64::from(m);
-            let sum: f64 = row.iter().map(|&v| (f64::from(v) - m).exp()).sum();
-            let lse = m + sum.ln();
-            loss += lse - f64::from(row[y as usize]);
-            for (k, v) in row.iter_mut().enumerate() {
-                let p = (f64::from(*v) - lse).exp() - if k == y as usize { 1.0 } else { 0.0 };
-                gb[k] += p;
-                *v = (p * inv_n) as f32;
-            }
-        }
-        // (P - Y)^T X_b / n  (c x d).
         let mut gw = vec![0.0f32; c * d];
-        gemm(
-            &GemmParams::new().trans_a(Transpose::Yes).sequential(),
-            MatRef::row_major(&z, rows, c)?,
-            MatRef::row_major(xb, rows, d)?,
-            MatMut::row_major(&mut gw, c, d)?,
-        )?;
+        let inv_n = 1.0 / self.n as f64;
+        for (xs, ys) in xb.chunks(sub * d).zip(yb.chunks(sub)) {
+            let rows = ys.len();
+            let z = &mut z[..rows * c];
+            // logits = X_s W^T + b  (rows x c)
+            skinny::xwt(xs, rows, d, &self.w32, c, &self.b32, z)?;
+            for (row, &y) in z.chunks_exact_mut(c).zip(ys) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                if !m.is_finite() || row.iter().any(|v| !v.is_finite()) {
+                    return Ok(None);
+                }
+                let m = f64::from(m);
+                let sum: f64 = row.iter().map(|&v| (f64::from(v) - m).exp()).sum();
+                let lse = m + sum.ln();
+                loss += lse - f64::from(row[y as usize]);
+                for (k, v) in row.iter_mut().enumerate() {
+                    let p = (f64::from(*v) - lse).exp() - if k == y as usize { 1.0 } else { 0.0 };
+                    gb[k] += p;
+                    *v = (p * inv_n) as f32;
+                }
+            }
+            // (P - Y)^T X_s / n  (c x d), added to the block's part.
+            skinny::ptx_add(z, rows, c, xs, d, &mut gw)?;
+        }
         Ok(Some(BlockPart { loss, gw, gb }))
     }
 

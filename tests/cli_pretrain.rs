@@ -196,6 +196,43 @@ fn pretrain_writes_a_run_folder_that_probe_embed_and_resume_use() {
     );
 }
 
+/// `--seed S` with `--threads 1` and `--threads 2` writes the same checkpoint, byte for
+/// byte, for both methods (the tensors and the metadata: nothing in a checkpoint depends on
+/// the thread count or the clock).
+#[test]
+fn checkpoints_are_bit_identical_for_one_and_two_threads() {
+    let d = TempDir::new("threads");
+    for method in ["simclr", "rotnet"] {
+        let mut bytes = Vec::new();
+        for threads in ["1", "2"] {
+            let run = d.join(&format!("{method}-{threads}"));
+            let o = pretrain(
+                &run,
+                &[
+                    "--method",
+                    method,
+                    "--steps",
+                    "3",
+                    "--seed",
+                    "7",
+                    "--threads",
+                    threads,
+                    "--knn-every",
+                    "0",
+                ],
+            );
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let ckpt = checkpoint_in(&run);
+            assert!(
+                ckpt.to_str().unwrap().ends_with("3.safetensors"),
+                "{ckpt:?}"
+            );
+            bytes.push(std::fs::read(ckpt).unwrap());
+        }
+        assert!(bytes[0] == bytes[1], "{method}: the checkpoints differ");
+    }
+}
+
 #[test]
 fn preview_writes_a_png_grid() {
     let d = TempDir::new("preview");

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod pool;
 pub mod reference;
 pub(crate) mod simd;
+pub mod skinny;
 pub mod softmax;
 pub mod vmath;
 
