@@ -3,6 +3,9 @@
 //! at its random initialization, by a stated margin (fixed seeds, so the outcome does not
 //! depend on luck; the recipe is the default run's, scaled down).
 
+mod common;
+use common::train_to;
+
 use std::sync::Arc;
 
 use selfsup::data::augment::{RotnetAugment, SimclrAugment};
@@ -52,13 +55,7 @@ fn simclr_probe_beats_the_random_encoder() {
     unlabeled.labels = None;
     unlabeled.classes = None;
     let mut trainer = Pretrainer::new(cfg, Arc::new(unlabeled)).unwrap();
-    let mut loader = trainer.loader(STEPS, 2);
-    let mut losses = Vec::new();
-    while let Some(b) = loader.next_batch() {
-        let b = b.unwrap();
-        losses.push(trainer.train_step(&b).unwrap().loss);
-        loader.recycle(b);
-    }
+    let losses = train_to(&mut trainer, STEPS);
     assert_eq!(losses.len() as u64, STEPS);
 
     let probe = |e: &mut Embedder| {

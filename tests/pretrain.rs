@@ -1,5 +1,9 @@
 //! Pretraining end to end on small models: determinism across thread counts, resume equals
-//! the uninterrupted run, a failing loss is named, and SimCLR beats the random encoder.
+//! the uninterrupted run, a failing loss is named (SimCLR beating the random encoder is
+//! `tests/e2e_probe.rs`).
+
+mod common;
+use common::train_to;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,18 +51,6 @@ fn unlabeled(n: usize, seed: u64) -> Arc<ImageSet> {
     Arc::new(s)
 }
 
-/// Runs `steps` steps from the trainer's current step with its loader.
-fn run(t: &mut Pretrainer, end: u64) -> Vec<f64> {
-    let mut loader = t.loader(end, 2);
-    let mut losses = Vec::new();
-    while let Some(b) = loader.next_batch() {
-        let b = b.unwrap();
-        losses.push(t.train_step(&b).unwrap().loss);
-        loader.recycle(b);
-    }
-    losses
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("selfsup-pretrain-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -81,7 +73,7 @@ fn weights_are_bit_identical_for_one_and_two_threads() {
         let train = |threads| {
             in_pool(threads, || {
                 let mut t = Pretrainer::new(config(method, 6, 7), Arc::clone(&data)).unwrap();
-                let losses = run(&mut t, 6);
+                let losses = train_to(&mut t, 6);
                 (
                     losses,
                     t.graph().params().to_vec(),
@@ -104,15 +96,15 @@ fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
     let data = unlabeled(64, 2);
     let dir = temp_dir("resume");
     let mut whole = Pretrainer::new(config(Method::SimClr, 8, 3), Arc::clone(&data)).unwrap();
-    let all = run(&mut whole, 8);
+    let all = train_to(&mut whole, 8);
 
     let mut first = Pretrainer::new(config(Method::SimClr, 8, 3), Arc::clone(&data)).unwrap();
-    let a = run(&mut first, 5);
+    let a = train_to(&mut first, 5);
     first.save_in(&dir, &Default::default(), 2).unwrap();
     drop(first);
     let mut second = Pretrainer::new(config(Method::SimClr, 8, 3), Arc::clone(&data)).unwrap();
     assert_eq!(second.resume_from(&dir).unwrap(), Some(5));
-    let b = run(&mut second, 8);
+    let b = train_to(&mut second, 8);
     let joined: Vec<f64> = a.into_iter().chain(b).collect();
     assert_eq!(joined, all);
     assert!(second.graph().params() == whole.graph().params());
@@ -169,7 +161,7 @@ fn embedder_matches_between_graph_and_checkpoint() {
     let data = unlabeled(32, 5);
     let dir = temp_dir("embed");
     let mut t = Pretrainer::new(config(Method::SimClr, 3, 1), Arc::clone(&data)).unwrap();
-    run(&mut t, 3);
+    train_to(&mut t, 3);
     let path = t.save_in(&dir, &Default::default(), 1).unwrap();
     let probe = generate(10, 99);
     let mut a = Embedder::from_graph(&tiny_model(), 4, t.graph()).unwrap();
