@@ -4,8 +4,9 @@
 //! - [`xwt`]: `Z = X W^T + b`, `X` `n x d`, `W` `c x d`, `Z` `n x c`.
 //! - [`ptx_add`]: `G += P^T X`, `P` `n x c`, `X` `n x d`, `G` `c x d`.
 //!
-//! With `c` around 10 the general GEMM spends most of its time packing `X` into panels,
-//! once per call; these kernels read `X` in place instead. `xwt` keeps a tile of 2 rows x 4
+//! With `c` around 10 the general GEMM packs `X` into panels (a copy and a buffer per call)
+//! for very little arithmetic per element; these kernels read `X` in place instead (about
+//! 10% faster per probe evaluation, measured 2026-12-02; both are bound by reading `X`). `xwt` keeps a tile of 2 rows x 4
 //! classes in 8 vector accumulators (6 loads per 8 FMAs); `ptx_add` keeps 4 classes x 16
 //! columns (2 loads and 4 broadcasts per 8 FMAs) and walks the rows, so a block of rows that
 //! `xwt` just read is read again from cache when the caller keeps blocks small (a few
