@@ -1,22 +1,27 @@
 //! Once warmed up, the GEMM and the convolution passes do not touch the heap: their packing
 //! buffers and scratch are per-thread and reused. A counting global allocator proves it (on
-//! a one-thread pool, so the thread that warmed the buffers is the one measured).
+//! a one-thread pool, so the thread that warmed the buffers is the one measured). The counter
+//! is per thread: the test harness allocates on its own threads whenever another test ends,
+//! and a process-wide count would see those (it did, under load: "gemm allocated 18 times").
 
 use selfsup::kernels::conv::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
 };
 use selfsup::kernels::gemm::{gemm, Fused, GemmParams, MatMut, MatRef};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 struct Counting;
 
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Allocations of this thread (a `const` thread-local, so reading it never allocates).
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts them.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOCS.with(|c| c.set(c.get() + 1));
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -25,7 +30,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOCS.with(|c| c.set(c.get() + 1));
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -34,16 +39,15 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The counter is process-wide and tests run on parallel threads, so each measurement holds
-/// this lock (the tests do their setup allocations under it too).
+/// Each measurement holds this lock, so the measured tests do not compete for the cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn allocations_during(mut f: impl FnMut()) -> usize {
     f(); // warm-up: buffers grow to their steady size
     f();
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = ALLOCS.with(Cell::get);
     f();
-    ALLOCS.load(Ordering::Relaxed) - before
+    ALLOCS.with(Cell::get) - before
 }
 
 #[test]
