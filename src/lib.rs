@@ -18,6 +18,7 @@ pub mod plot;
 pub mod pretrain;
 pub mod probe;
 pub mod rng;
+pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};

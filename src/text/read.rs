@@ -1,0 +1,184 @@
+//! Reading a text corpus from disk: a UTF-8 file or a folder of them, split into sentences.
+
+use super::split::split_sentences;
+use crate::data::{fmt_err, io_err, DataError};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The largest file [`read_corpus`] reads, in bytes (256 MiB); a larger file is an error
+/// naming it, raised before its content is read.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// The fewest sentences a file needs to be kept as a document: Quick Thoughts learns from
+/// pairs of adjacent sentences, so a one-sentence file has nothing to teach.
+pub const MIN_DOCUMENT_SENTENCES: usize = 2;
+
+/// One document of a corpus read from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// The file's path relative to the folder given to [`read_corpus`], with `/`
+    /// separators (the file's name when a single file was given). Non-UTF-8 path
+    /// components are shown lossily.
+    pub name: String,
+    /// The file's sentences, in order ([`split_sentences`]).
+    pub sentences: Vec<String>,
+}
+
+/// A corpus read from disk with the count of what was skipped: the result of
+/// [`read_corpus_report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorpusReport {
+    /// The kept documents, in path order.
+    pub documents: Vec<Document>,
+    /// Files read (kept or skipped).
+    pub files: usize,
+    /// Files skipped because they hold no text (empty or whitespace only).
+    pub skipped_empty: usize,
+    /// Files skipped because they hold text but fewer than [`MIN_DOCUMENT_SENTENCES`]
+    /// sentences.
+    pub skipped_short: usize,
+}
+
+/// Reads the corpus at `path`: the documents of [`read_corpus_report`], without the counts.
+///
+/// # Errors
+/// As [`read_corpus_report`].
+pub fn read_corpus(path: &Path) -> Result<Vec<Document>, DataError> {
+    read_corpus_report(path).map(|r| r.documents)
+}
+
+/// Reads the corpus at `path` and counts the files it skipped.
+///
+/// `path` is either one UTF-8 text file (one document) or a folder, whose regular files
+/// are read recursively, each one document, in sorted path order so the result is
+/// deterministic. In a folder, entries whose name starts with `.` (`.git`, `.DS_Store`)
+/// are ignored, and symbolic links are followed to files but not to folders (no cycles).
+/// A leading UTF-8 byte-order mark is dropped. Each file is split with
+/// [`split_sentences`]; files with no text or fewer than [`MIN_DOCUMENT_SENTENCES`]
+/// sentences are skipped and counted.
+///
+/// # Errors
+/// - [`DataError::Io`] naming the path or file when it cannot be read (a nonexistent
+///   `path` included);
+/// - [`DataError::Format`] naming the file when it is larger than [`MAX_FILE_BYTES`] or
+///   not UTF-8 (with the byte offset of the first bad byte);
+/// - [`DataError::Format`] naming `path` when no file yields a document.
+pub fn read_corpus_report(path: &Path) -> Result<CorpusReport, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    let files: Vec<(PathBuf, String)> = if meta.is_dir() {
+        let mut found = Vec::new();
+        collect_files(path, &mut found)?;
+        found.sort();
+        found
+            .into_iter()
+            .map(|f| {
+                let name = relative_name(path, &f);
+                (f, name)
+            })
+            .collect()
+    } else {
+        let name = path
+            .file_name()
+            .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy())
+            .into_owned();
+        vec![(path.to_path_buf(), name)]
+    };
+    let mut report = CorpusReport {
+        documents: Vec::new(),
+        files: files.len(),
+        skipped_empty: 0,
+        skipped_short: 0,
+    };
+    for (file, name) in files {
+        let text = read_text(&file)?;
+        let sentences = split_sentences(&text);
+        if sentences.is_empty() {
+            report.skipped_empty += 1;
+        } else if sentences.len() < MIN_DOCUMENT_SENTENCES {
+            report.skipped_short += 1;
+        } else {
+            report.documents.push(Document { name, sentences });
+        }
+    }
+    if report.documents.is_empty() {
+        return Err(fmt_err(
+            path,
+            format!(
+                "no documents: {} file(s) read, {} without text, {} with fewer than {} sentences",
+                report.files, report.skipped_empty, report.skipped_short, MIN_DOCUMENT_SENTENCES
+            ),
+        ));
+    }
+    Ok(report)
+}
+
+/// Appends the regular files under `dir` (recursively; hidden entries and links to
+/// folders ignored) to `out`.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = entry.path();
+        let ty = entry.file_type().map_err(|e| io_err(&p, e))?;
+        if ty.is_dir() {
+            collect_files(&p, out)?;
+        } else if ty.is_file() {
+            out.push(p);
+        } else if ty.is_symlink() {
+            // Followed to a regular file only; a dangling link or a link to a folder is
+            // ignored.
+            if std::fs::metadata(&p).is_ok_and(|m| m.is_file()) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `file`'s path relative to `root`, with `/` separators.
+fn relative_name(root: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The content of `file` as UTF-8 text (a leading byte-order mark dropped), after
+/// checking its size against [`MAX_FILE_BYTES`].
+fn read_text(file: &Path) -> Result<String, DataError> {
+    let too_big = |size: u64| {
+        fmt_err(
+            file,
+            format!("file of {size} bytes is larger than the limit of {MAX_FILE_BYTES} bytes"),
+        )
+    };
+    let f = std::fs::File::open(file).map_err(|e| io_err(file, e))?;
+    let size = f.metadata().map_err(|e| io_err(file, e))?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(too_big(size));
+    }
+    // Read at most one byte past the limit, in case the file grew since its size was read.
+    let mut bytes = Vec::with_capacity(size as usize);
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_err(file, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let byte = e.as_bytes()[at];
+        fmt_err(
+            file,
+            format!("not UTF-8 text: invalid byte 0x{byte:02x} at byte offset {at}"),
+        )
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
