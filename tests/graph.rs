@@ -141,6 +141,36 @@ fn smooth_graph_gradients_match_finite_differences_entrywise() {
     }
 }
 
+/// The sentence-encoder shape of Quick Thoughts: token embeddings as a `1 x L` image with
+/// the embedding as channels, a `1 x 3` convolution over time, ReLU, max over time, a
+/// linear layer and softmax cross-entropy; every parameter tensor against central
+/// differences (the rectangular convolution and the max-pool gradient routing included).
+#[test]
+fn sequence_encoder_gradients_match_finite_differences() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[4, 6, 1, 9]).unwrap();
+    let y = b.conv2d_rect("conv", x, 5, (1, 3), (1, 1), (0, 1)).unwrap();
+    assert_eq!(b.shape(y), &[4, 5, 1, 9]);
+    let y = b.relu("relu", y).unwrap();
+    let h = b.global_max_pool("max", y).unwrap();
+    assert_eq!(b.shape(h), &[4, 5]);
+    let l = b.linear("fc", h, 3, true, false).unwrap();
+    let loss = b.softmax_cross_entropy("loss", l).unwrap();
+    let mut g = b.build(11).unwrap();
+    g.input_mut(x)
+        .unwrap()
+        .copy_from_slice(&values(4 * 6 * 9, 12));
+    g.set_labels(loss, &[0, 2, 1, 2]).unwrap();
+    check_tensors(&mut g, loss, 30, 1e-3, 0.02);
+    // A kernel taller than the padded input is a build error naming the node.
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[2, 3, 1, 5]).unwrap();
+    let e = b
+        .conv2d_rect("tall", x, 4, (3, 3), (1, 1), (0, 1))
+        .unwrap_err();
+    assert!(e.to_string().contains("tall"), "{e}");
+}
+
 /// Plain SGD (the optimizers have their own tests).
 fn sgd(g: &mut selfsup::graph::Graph, lr: f32) {
     let (p, gr, _) = g.params_and_grads();

@@ -24,7 +24,8 @@ use selfsup::kernels::linear::{
 };
 use selfsup::kernels::pool::{
     avg_pool2d_backward, avg_pool2d_forward, global_avg_pool_backward, global_avg_pool_forward,
-    max_pool2d_backward, max_pool2d_forward, Pool2d,
+    global_max_pool_backward, global_max_pool_forward, max_pool2d_backward, max_pool2d_forward,
+    Pool2d,
 };
 use selfsup::kernels::reference::layers as r;
 use selfsup::Error;
@@ -789,6 +790,46 @@ proptest! {
         }, &dy);
         close("gap backward", &dx, &want, 1e-6, 1e-7);
     }
+}
+
+/// Global max pooling against a direct maximum, with ties (values on a coarse grid) going
+/// to the first maximum, and a NaN propagating to its plane's output and gradient slot.
+#[test]
+fn global_max_pool_matches_reference() {
+    for (planes, hw, seed) in [(1, 1, 1u64), (3, 7, 2), (9, 70, 3), (16, 9, 4), (5, 33, 5)] {
+        // Values on a grid of 0.25 so that ties are common.
+        let x: Vec<f32> = fill(planes * hw, seed)
+            .iter()
+            .map(|v| (v * 8.0).round() / 4.0)
+            .collect();
+        let mut y = vec![f32::NAN; planes];
+        global_max_pool_forward(planes, hw, &x, &mut y).unwrap();
+        let dy = fill(planes, seed ^ 9);
+        let mut dx = vec![f32::NAN; planes * hw];
+        global_max_pool_backward(planes, hw, &x, &dy, &mut dx).unwrap();
+        for p in 0..planes {
+            let xp = &x[p * hw..(p + 1) * hw];
+            let m = xp.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            assert_eq!(y[p], m, "plane {p}");
+            let first = xp.iter().position(|&v| v == m).unwrap();
+            for (i, &d) in dx[p * hw..(p + 1) * hw].iter().enumerate() {
+                let want = if i == first { dy[p] } else { 0.0 };
+                assert_eq!(d, want, "plane {p} index {i} (hw {hw})");
+            }
+        }
+    }
+    let x = [1.0, f32::NAN, 3.0, 2.0, 0.5, 4.0];
+    let mut y = [0.0f32; 2];
+    global_max_pool_forward(2, 3, &x, &mut y).unwrap();
+    assert!(y[0].is_nan());
+    assert_eq!(y[1], 4.0);
+    let mut dx = [9.0f32; 6];
+    global_max_pool_backward(2, 3, &x, &[1.0, 2.0], &mut dx).unwrap();
+    assert_eq!(dx, [0.0, 1.0, 0.0, 0.0, 0.0, 2.0]);
+    assert!(global_max_pool_forward(2, 0, &[], &mut y).is_err());
+    assert!(global_max_pool_forward(2, 3, &x[..5], &mut y).is_err());
+    assert!(global_max_pool_backward(2, 3, &x, &[1.0, 2.0], &mut dx[..5]).is_err());
+    assert!(global_max_pool_backward(2, 3, &x, &[1.0], &mut dx).is_err());
 }
 
 #[test]

@@ -31,7 +31,10 @@ use crate::kernels::elementwise::{
 use crate::kernels::linear::{
     linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward, Linear,
 };
-use crate::kernels::pool::{global_avg_pool_backward, global_avg_pool_forward};
+use crate::kernels::pool::{
+    global_avg_pool_backward, global_avg_pool_forward, global_max_pool_backward,
+    global_max_pool_forward,
+};
 use crate::kernels::softmax::softmax_cross_entropy;
 use crate::optim::ParamGroup;
 use crate::rng::SplitMix64;
@@ -124,6 +127,10 @@ enum Op {
         relu: bool,
     },
     GlobalAvgPool {
+        planes: usize,
+        hw: usize,
+    },
+    GlobalMaxPool {
         planes: usize,
         hw: usize,
     },
@@ -282,14 +289,43 @@ impl GraphBuilder {
         stride: usize,
         pad: usize,
     ) -> Result<TensorId> {
+        self.conv2d_rect(name, x, c_out, (k, k), (stride, stride), (pad, pad))
+    }
+
+    /// A convolution without bias with a `KH x KW` kernel and per-direction (height, width)
+    /// stride and zero padding; weight `name.weight` of shape `[c_out, C_in, KH, KW]`. With
+    /// `H = 1` and a `1 x K` kernel it is the 1-D convolution over a token sequence (a
+    /// sentence as a `1 x L` image with the embedding as channels).
+    ///
+    /// # Errors
+    /// As [`GraphBuilder::conv2d`].
+    pub fn conv2d_rect(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        c_out: usize,
+        (kh, kw): (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+    ) -> Result<TensorId> {
         self.check_name(name)?;
         let [n, c, h, w] = self.nchw(name, x)?;
-        let g = Conv2d::new(n, c, h, w, c_out, k, stride, pad);
+        let g = Conv2d {
+            n,
+            c_in: c,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            pad,
+        };
         g.validate().map_err(|e| {
             err(
                 name,
                 format!(
-                    "conv {k}x{k} stride {stride} pad {pad} on input {}: {e}",
+                    "conv {kh}x{kw} stride {stride:?} pad {pad:?} on input {}: {e}",
                     shape_str(self.shape(x))
                 ),
             )
@@ -297,9 +333,9 @@ impl GraphBuilder {
         let out = self.tensor(name, vec![n, c_out, g.out_h(), g.out_w()], true)?;
         let wp = self.param(
             format!("{name}.weight"),
-            vec![c_out, c, k, k],
+            vec![c_out, c, kh, kw],
             ParamKind::ConvWeight,
-            c * k * k,
+            c * kh * kw,
         );
         Ok(self.push(name, Op::Conv { g, w: wp }, vec![x], out))
     }
@@ -372,6 +408,22 @@ impl GraphBuilder {
         let [n, c, h, w] = self.nchw(name, x)?;
         let out = self.tensor(name, vec![n, c], true)?;
         let op = Op::GlobalAvgPool {
+            planes: n * c,
+            hw: h * w,
+        };
+        Ok(self.push(name, op, vec![x], out))
+    }
+
+    /// Global max pooling `N x C x H x W -> N x C` (max over time for a `1 x L` sequence);
+    /// the gradient goes to the first maximum of each plane.
+    ///
+    /// # Errors
+    /// A non-NCHW input.
+    pub fn global_max_pool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, c, h, w] = self.nchw(name, x)?;
+        let out = self.tensor(name, vec![n, c], true)?;
+        let op = Op::GlobalMaxPool {
             planes: n * c,
             hw: h * w,
         };
@@ -1051,6 +1103,7 @@ fn forward_node(
             }
         }
         Op::GlobalAvgPool { planes, hw } => global_avg_pool_forward(*planes, *hw, x_of(0), y)?,
+        Op::GlobalMaxPool { planes, hw } => global_max_pool_forward(*planes, *hw, x_of(0), y)?,
         Op::Linear { l, w, b, relu } => {
             linear_forward(l, x_of(0), p(*w), b.map(p), *relu, y)?;
         }
@@ -1249,6 +1302,13 @@ fn backward_node(
             let x0 = x0.expect("one input");
             emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
                 global_avg_pool_backward(*planes, *hw, dy, dx)
+            })?;
+        }
+        Op::GlobalMaxPool { planes, hw } => {
+            let x = &act[x_r(0)];
+            let x0 = x0.expect("one input");
+            emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
+                global_max_pool_backward(*planes, *hw, x, dy, dx)
             })?;
         }
         Op::Linear { l, w, b, relu } => {

@@ -272,6 +272,63 @@ pub fn global_avg_pool_backward(
     Ok(())
 }
 
+/// The index of the first maximum of `xp`: the first NaN if there is one (a NaN maximum
+/// propagates, as in PyTorch), else the first entry equal to the largest value.
+fn first_max(xp: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in xp.iter().enumerate() {
+        if v.is_nan() {
+            return i;
+        }
+        if v > xp[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Global max pooling forward: `y[n, c] = max(x[n, c, :, :])` (`N*C*HW -> N*C`); the
+/// max-over-time pooling of a sentence encoder (a sentence as a `1 x L` image). A NaN in a
+/// plane makes its output NaN.
+///
+/// # Errors
+/// As [`global_avg_pool_forward`].
+pub fn global_max_pool_forward(planes: usize, hw: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "global_max_pool_forward";
+    check_gap(OP, planes, hw, x.len(), y.len())?;
+    y.par_iter_mut()
+        .zip(x.par_chunks(hw))
+        .for_each(|(o, xp)| *o = xp[first_max(xp)]);
+    Ok(())
+}
+
+/// Global max pooling backward: `dx` (overwritten) is `dy[n, c]` at the first maximum of
+/// each plane of `x` (recomputed from `x`, as [`global_max_pool_forward`] chose it) and zero
+/// elsewhere.
+///
+/// # Errors
+/// As [`global_avg_pool_forward`], and [`Error::ShapeMismatch`] when `dx` and `x` differ in
+/// length.
+pub fn global_max_pool_backward(
+    planes: usize,
+    hw: usize,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "global_max_pool_backward";
+    check_gap(OP, planes, hw, x.len(), dy.len())?;
+    check_len(OP, dx.len(), x.len())?;
+    dx.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .zip(dy.par_iter())
+        .for_each(|((dxp, xp), &d)| {
+            dxp.fill(0.0);
+            dxp[first_max(xp)] = d;
+        });
+    Ok(())
+}
+
 fn check_gap(op: &'static str, planes: usize, hw: usize, big: usize, small: usize) -> Result<()> {
     if hw == 0 {
         return Err(Error::InvalidArgument {
