@@ -144,7 +144,8 @@ fn smooth_graph_gradients_match_finite_differences_entrywise() {
 /// The sentence-encoder shape of Quick Thoughts: token embeddings as a `1 x L` image with
 /// the embedding as channels, a `1 x 3` convolution over time, ReLU, max over time, a
 /// linear layer and softmax cross-entropy; every parameter tensor against central
-/// differences (the rectangular convolution and the max-pool gradient routing included).
+/// differences (the rectangular convolution, the max-pool gradient routing and the
+/// embedding's scatter-add included), the lookup itself, the padding row and the errors.
 #[test]
 fn sequence_encoder_gradients_match_finite_differences() {
     let mut b = GraphBuilder::new();
@@ -162,6 +163,67 @@ fn sequence_encoder_gradients_match_finite_differences() {
         .copy_from_slice(&values(4 * 6 * 9, 12));
     g.set_labels(loss, &[0, 2, 1, 2]).unwrap();
     check_tensors(&mut g, loss, 30, 1e-3, 0.02);
+    // The same encoder on token ids: an embedding table in front (repeated ids, so rows
+    // accumulate gradients from several positions).
+    let mut b = GraphBuilder::new();
+    let e = b.embedding("emb", 4, 9, 7, 6, None).unwrap();
+    assert_eq!(b.shape(e), &[4, 6, 1, 9]);
+    let y = b.conv2d_rect("conv", e, 5, (1, 3), (1, 1), (0, 1)).unwrap();
+    let y = b.relu("relu", y).unwrap();
+    let h = b.global_max_pool("max", y).unwrap();
+    let l = b.linear("fc", h, 3, true, false).unwrap();
+    let loss = b.softmax_cross_entropy("loss", l).unwrap();
+    let mut g = b.build(13).unwrap();
+    let tokens: Vec<u32> = (0..36u32).map(|i| (i * 5 + i / 7) % 7).collect();
+    g.set_tokens(e, &tokens).unwrap();
+    g.set_labels(loss, &[1, 0, 2, 2]).unwrap();
+    check_tensors(&mut g, loss, 30, 1e-3, 0.02);
+    // The lookup itself: row `id` of the table, laid out as channels x time.
+    g.forward(Mode::Train).unwrap();
+    let table = g.params()[g.param_info()[0].range.clone()].to_vec();
+    let out = g.value(e);
+    for (k, &id) in tokens.iter().enumerate() {
+        let (seq, t) = (k / 9, k % 9);
+        for d in 0..6 {
+            assert_eq!(out[(seq * 6 + d) * 9 + t], table[id as usize * 6 + d]);
+        }
+    }
+    assert!(g.set_tokens(e, &tokens[..35]).is_err());
+    assert!(g.set_tokens(e, &[7; 36]).is_err());
+    assert!(g.set_tokens(loss, &tokens).is_err());
+
+    // A padding row starts at zero and gets no gradient; the other rows start N(0, 1).
+    let mut b = GraphBuilder::new();
+    let e = b.embedding("emb", 2, 5, 50, 40, Some(0)).unwrap();
+    let h = b.global_max_pool("max", e).unwrap();
+    let l = b.linear("fc", h, 2, true, false).unwrap();
+    let loss = b.softmax_cross_entropy("loss", l).unwrap();
+    let mut g = b.build(3).unwrap();
+    g.set_tokens(e, &[0, 3, 0, 4, 0, 1, 0, 0, 2, 2]).unwrap();
+    g.set_labels(loss, &[0, 1]).unwrap();
+    g.forward(Mode::Train).unwrap();
+    g.backward().unwrap();
+    let r = g.param_info()[0].range.clone();
+    let table = &g.params()[r.clone()];
+    assert!(table[..40].iter().all(|&v| v == 0.0));
+    assert!(g.param_grads()[r.start..r.start + 40]
+        .iter()
+        .all(|&v| v == 0.0));
+    let rest = &table[40..];
+    let mean = rest.iter().map(|&v| f64::from(v)).sum::<f64>() / rest.len() as f64;
+    let var = rest
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / rest.len() as f64;
+    assert!(
+        mean.abs() < 0.1 && (var - 1.0).abs() < 0.15,
+        "mean {mean} var {var}"
+    );
+    let mut b = GraphBuilder::new();
+    assert!(b.embedding("bad", 2, 5, 10, 4, Some(10)).is_err());
+    assert!(b.embedding("bad", 2, 5, 0, 4, None).is_err());
+
     // A kernel taller than the padded input is a build error naming the node.
     let mut b = GraphBuilder::new();
     let x = b.input("x", &[2, 3, 1, 5]).unwrap();

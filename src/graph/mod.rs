@@ -38,6 +38,7 @@ use crate::kernels::pool::{
 use crate::kernels::softmax::softmax_cross_entropy;
 use crate::optim::ParamGroup;
 use crate::rng::SplitMix64;
+use rayon::prelude::{IndexedParallelIterator, ParallelIterator, ParallelSlice, ParallelSliceMut};
 
 /// A tensor of the graph (an activation), returned by the builder's methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,12 +66,18 @@ pub enum ParamKind {
     BnGamma,
     /// BatchNorm shift `[C]`.
     BnBeta,
+    /// A token embedding table `[vocab, dim]` (initialized N(0, 1) as PyTorch's
+    /// `nn.Embedding`; a padding row starts at zero).
+    Embedding,
 }
 
 impl ParamKind {
     /// Whether weight decay (and LARS adaptation) applies.
     pub fn is_weight(self) -> bool {
-        matches!(self, ParamKind::ConvWeight | ParamKind::LinearWeight)
+        matches!(
+            self,
+            ParamKind::ConvWeight | ParamKind::LinearWeight | ParamKind::Embedding
+        )
     }
 }
 
@@ -109,6 +116,17 @@ struct TensorInfo {
 #[derive(Debug)]
 enum Op {
     Input,
+    /// Token ids (set with [`Graph::set_tokens`]) looked up in `table`: `N x L` ids to an
+    /// `N x dim x 1 x L` image.
+    Embedding {
+        table: usize,
+        ids: Vec<u32>,
+        n: usize,
+        len: usize,
+        vocab: usize,
+        dim: usize,
+        padding: Option<u32>,
+    },
     Conv {
         g: Conv2d,
         w: usize,
@@ -272,6 +290,55 @@ impl GraphBuilder {
         self.check_name(name)?;
         let t = self.tensor(name, shape.to_vec(), false)?;
         Ok(self.push(name, Op::Input, vec![], t))
+    }
+
+    /// A token embedding: `N x L` token ids (set with [`Graph::set_tokens`]; all
+    /// `padding`, if given, until then) looked up in the table `name.weight` (`vocab x dim`),
+    /// giving the `N x dim x 1 x L` image that a `1 x K` [`GraphBuilder::conv2d_rect`] slides
+    /// over. The `padding` row (PyTorch's `padding_idx`) starts at zero and gets no gradient,
+    /// so padded positions stay zero vectors.
+    ///
+    /// # Errors
+    /// A duplicate or empty name, zero sizes, or `padding >= vocab`.
+    pub fn embedding(
+        &mut self,
+        name: &str,
+        n: usize,
+        len: usize,
+        vocab: usize,
+        dim: usize,
+        padding: Option<u32>,
+    ) -> Result<TensorId> {
+        self.check_name(name)?;
+        if vocab == 0 || dim == 0 || vocab > u32::MAX as usize {
+            return Err(err(
+                name,
+                format!("embedding of {vocab} tokens x {dim} dimensions"),
+            ));
+        }
+        if let Some(pid) = padding.filter(|&p| p as usize >= vocab) {
+            return Err(err(
+                name,
+                format!("padding id {pid} is not below the vocabulary size {vocab}"),
+            ));
+        }
+        let out = self.tensor(name, vec![n, dim, 1, len], true)?;
+        let table = self.param(
+            format!("{name}.weight"),
+            vec![vocab, dim],
+            ParamKind::Embedding,
+            dim,
+        );
+        let op = Op::Embedding {
+            table,
+            ids: vec![padding.unwrap_or(0); n * len],
+            n,
+            len,
+            vocab,
+            dim,
+            padding,
+        };
+        Ok(self.push(name, op, vec![], out))
     }
 
     /// A convolution without bias, `K x K`, with the given stride and zero padding; weight
@@ -700,6 +767,26 @@ impl Graph {
                 }
                 ParamKind::BnGamma => dst.fill(1.0),
                 ParamKind::BnBeta => dst.fill(0.0),
+                ParamKind::Embedding => {
+                    // N(0, 1) by Box-Muller, one pair of uniforms per value.
+                    for x in dst.iter_mut() {
+                        let u1 = 1.0 - rng.next_f64(); // in (0, 1]
+                        let u2 = rng.next_f64();
+                        *x = ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
+                    }
+                }
+            }
+        }
+        for node in &self.nodes {
+            if let Op::Embedding {
+                table,
+                dim,
+                padding: Some(pid),
+                ..
+            } = &node.op
+            {
+                let start = self.params[*table].range.start + *pid as usize * dim;
+                self.param[start..start + dim].fill(0.0);
             }
         }
         for b in &self.buffers {
@@ -776,6 +863,44 @@ impl Graph {
         }
         Ok(&mut self.act[self.tensors[t.0].act.clone()])
     }
+    /// Sets the `N x L` token ids of an embedding node (given by its output tensor).
+    ///
+    /// # Errors
+    /// When `t` is not an embedding's output, the length is not `N * L`, or an id is not
+    /// below the vocabulary size.
+    pub fn set_tokens(&mut self, t: TensorId, tokens: &[u32]) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.output == t)
+            .expect("every tensor has a producer");
+        match &mut node.op {
+            Op::Embedding {
+                ids, n, len, vocab, ..
+            } => {
+                if tokens.len() != *n * *len {
+                    return Err(err(
+                        &node.name,
+                        format!("{} token ids for {n} sequences of {len}", tokens.len()),
+                    ));
+                }
+                if let Some((i, &id)) = tokens
+                    .iter()
+                    .enumerate()
+                    .find(|&(_, &id)| id as usize >= *vocab)
+                {
+                    return Err(err(
+                        &node.name,
+                        format!("token id {id} at {i} is not below the vocabulary size {vocab}"),
+                    ));
+                }
+                ids.copy_from_slice(tokens);
+                Ok(())
+            }
+            _ => Err(err(&node.name, "is not an embedding node".into())),
+        }
+    }
+
     /// Sets the labels of a softmax cross-entropy node (given by its output tensor).
     ///
     /// # Errors
@@ -1056,6 +1181,25 @@ fn forward_node(
     let p = |i: usize| &param[params[i].range.clone()];
     match &mut node.op {
         Op::Input => {}
+        Op::Embedding {
+            table,
+            ids,
+            len,
+            dim,
+            ..
+        } => {
+            let (tab, len, dim) = (p(*table), *len, *dim);
+            y.par_chunks_mut(dim * len)
+                .zip(ids.par_chunks(len))
+                .for_each(|(ys, seq)| {
+                    for (t, &id) in seq.iter().enumerate() {
+                        let row = &tab[id as usize * dim..(id as usize + 1) * dim];
+                        for (e, &v) in row.iter().enumerate() {
+                            ys[e * len + t] = v;
+                        }
+                    }
+                });
+        }
         Op::Conv { g, w } => conv2d_forward(g, x_of(0), p(*w), None, false, y)?,
         Op::BatchNorm {
             bn,
@@ -1253,6 +1397,32 @@ fn backward_node(
     let x0 = node.inputs.first().copied();
     match &mut node.op {
         Op::Input => {}
+        Op::Embedding {
+            table,
+            ids,
+            len,
+            dim,
+            padding,
+            ..
+        } => {
+            // Summed sequentially in sequence order (N * L * dim additions, cheap beside the
+            // convolution), so the sums do not depend on the thread count.
+            let (len, dim, padding) = (*len, *dim, *padding);
+            let g = &mut param_grad[params[*table].range.clone()];
+            g.fill(0.0);
+            for (b, seq) in ids.chunks(len).enumerate() {
+                let dys = &dy[b * dim * len..(b + 1) * dim * len];
+                for (t, &id) in seq.iter().enumerate() {
+                    if Some(id) == padding {
+                        continue;
+                    }
+                    let row = &mut g[id as usize * dim..(id as usize + 1) * dim];
+                    for (e, r) in row.iter_mut().enumerate() {
+                        *r += dys[e * len + t];
+                    }
+                }
+            }
+        }
         Op::Conv { g, w } => {
             let pr = params[*w].range.clone();
             conv2d_backward_weight(g, &act[x_r(0)], dy, &mut param_grad[pr], false)?;
