@@ -233,6 +233,68 @@ fn sequence_encoder_gradients_match_finite_differences() {
     assert!(e.to_string().contains("tall"), "{e}");
 }
 
+/// Quick Thoughts' in-batch loss as a graph node: two linear encoders f and g of the same
+/// sentences (and one encoder feeding both sides), previous/next-sentence targets inside
+/// two documents; every parameter against central differences, the loss against a direct
+/// f64 evaluation, and the builder's errors.
+#[test]
+fn quick_thoughts_node_gradients_match_finite_differences() {
+    use selfsup::kernels::contrastive::quickthought::qt_neighbor_targets;
+    let (n, fin, d) = (7, 5, 4);
+    let mut targets = Vec::new();
+    qt_neighbor_targets(n, 0, &[0, 4], &mut targets).unwrap();
+    for shared in [false, true] {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[n, fin]).unwrap();
+        let f = b.linear("f", x, d, true, false).unwrap();
+        let g = if shared {
+            f
+        } else {
+            // No bias: a shift shared by every candidate cancels in each softmax, so its
+            // gradient is exactly zero and a finite difference only measures noise.
+            b.linear("g", x, d, false, false).unwrap()
+        };
+        let loss = b.qt_in_batch("qt", f, g, 1.0, Some(0)).unwrap();
+        let mut gr = b.build(21).unwrap();
+        gr.input_mut(x)
+            .unwrap()
+            .copy_from_slice(&values(n * fin, 22));
+        gr.set_targets(loss, &targets).unwrap();
+        check_tensors(&mut gr, loss, 40, 1e-3, 1e-2);
+        // The loss against a direct evaluation of the definition.
+        gr.forward(Mode::Train).unwrap();
+        let (fv, gv) = (gr.value(f).to_vec(), gr.value(g).to_vec());
+        let score = |i: usize, j: usize| -> f64 {
+            (0..d)
+                .map(|k| f64::from(fv[i * d + k]) * f64::from(gv[j * d + k]))
+                .sum()
+        };
+        let mut want = 0.0;
+        for &(i, c) in &targets {
+            let (i, c) = (i as usize, c as usize);
+            let lse = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| score(i, j).exp())
+                .sum::<f64>()
+                .ln();
+            want += lse - score(i, c);
+        }
+        want /= targets.len() as f64;
+        let got = gr.loss_f64(loss);
+        assert!(
+            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
+        assert!(gr.accuracy(loss).is_some());
+    }
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[4, 3]).unwrap();
+    let y = b.input("y", &[4, 2]).unwrap();
+    assert!(b.qt_in_batch("w", x, y, 1.0, None).is_err());
+    assert!(b.qt_in_batch("o", x, x, 1.0, Some(1)).is_err());
+    assert!(b.qt_in_batch("s", x, x, f32::NAN, None).is_err());
+}
+
 /// Plain SGD (the optimizers have their own tests).
 fn sgd(g: &mut selfsup::graph::Graph, lr: f32) {
     let (p, gr, _) = g.params_and_grads();

@@ -24,6 +24,7 @@ use crate::kernels::batchnorm::{
     BatchNorm2d, BnAffine, BnGrads, BnRunning, BnSaved,
 };
 use crate::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, Pairing};
+use crate::kernels::contrastive::quickthought::{QtBatch, QtInBatch, QtStats};
 use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
 use crate::kernels::elementwise::{
     add, add_assign, add_relu, add_relu_backward, copy, relu, relu_backward,
@@ -165,6 +166,19 @@ enum Op {
         ws: Box<NtXent>,
         out: Option<NtXentOutput>,
         dz: Vec<f32>,
+        loss64: f64,
+    },
+    /// Quick Thoughts' in-batch classification of anchors `f` (input 0) against candidates
+    /// `g` (input 1), with targets set by [`Graph::set_targets`]; the training forward
+    /// computes both gradients (into `df`, `dg`), the backward scales them.
+    QtInBatch {
+        scale: f32,
+        self_offset: Option<usize>,
+        targets: Vec<(u32, u32)>,
+        ws: Box<QtInBatch>,
+        stats: Option<QtStats>,
+        df: Vec<f32>,
+        dg: Vec<f32>,
         loss64: f64,
     },
     SoftmaxCe {
@@ -535,6 +549,58 @@ impl GraphBuilder {
         Ok(self.push(name, Op::Linear { l, w, b, relu }, vec![x], out))
     }
 
+    /// Quick Thoughts' in-batch classification loss (Logeswaran and Lee 2018): anchors `f`
+    /// (`n x d`) scored against candidates `g` (`m x d`) by `scale * f_i . g_j`, a softmax
+    /// per anchor over the candidates (its own sentence, candidate `i + self_offset`, left
+    /// out), the loss the mean of `-log p` over the target pairs set with
+    /// [`Graph::set_targets`] (usually the previous and next sentence:
+    /// [`crate::kernels::contrastive::quickthought::qt_neighbor_targets`]). `f` and `g` may
+    /// be the same tensor. Streamed over tiles, so no `n x m` matrix is stored.
+    ///
+    /// # Errors
+    /// Non-matrix inputs, different widths, a non-finite `scale`, or `n + self_offset > m`.
+    pub fn qt_in_batch(
+        &mut self,
+        name: &str,
+        f: TensorId,
+        g: TensorId,
+        scale: f32,
+        self_offset: Option<usize>,
+    ) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n, d] = self.matrix(name, f)?;
+        let [m, dg] = self.matrix(name, g)?;
+        if d != dg {
+            return Err(err(
+                name,
+                format!("anchors {n} x {d} and candidates {m} x {dg} differ in width"),
+            ));
+        }
+        if !scale.is_finite() {
+            return Err(err(name, format!("scale {scale} must be finite")));
+        }
+        if let Some(off) = self_offset {
+            if n.checked_add(off).is_none_or(|e| e > m) {
+                return Err(err(
+                    name,
+                    format!("{n} anchors at self offset {off} do not fit {m} candidates"),
+                ));
+            }
+        }
+        let out = self.tensor(name, vec![1], true)?;
+        let op = Op::QtInBatch {
+            scale,
+            self_offset,
+            targets: Vec::new(),
+            ws: Box::default(),
+            stats: None,
+            df: vec![0.0; n * d],
+            dg: vec![0.0; m * d],
+            loss64: 0.0,
+        };
+        Ok(self.push(name, op, vec![f, g], out))
+    }
+
     /// The NT-Xent loss (SimCLR) over the rows of `z` (`2N x d`): rows `2k`, `2k+1` are the
     /// two views of image k (or rows `k`, `k + N` with `halves`). Output: the scalar loss.
     ///
@@ -863,6 +929,28 @@ impl Graph {
         }
         Ok(&mut self.act[self.tensors[t.0].act.clone()])
     }
+    /// Sets the `(anchor, candidate)` target pairs of a Quick Thoughts node (given by its
+    /// output tensor); they are checked by the next forward (indices in range, no repeats,
+    /// none the anchor's own sentence, at least one).
+    ///
+    /// # Errors
+    /// When `t` is not such a node's output.
+    pub fn set_targets(&mut self, t: TensorId, pairs: &[(u32, u32)]) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.output == t)
+            .expect("every tensor has a producer");
+        match &mut node.op {
+            Op::QtInBatch { targets, .. } => {
+                targets.clear();
+                targets.extend_from_slice(pairs);
+                Ok(())
+            }
+            _ => Err(err(&node.name, "is not a Quick Thoughts node".into())),
+        }
+    }
+
     /// Sets the `N x L` token ids of an embedding node (given by its output tensor).
     ///
     /// # Errors
@@ -948,7 +1036,9 @@ impl Graph {
             .iter()
             .find(|n| n.output == t)
             .and_then(|n| match n.op {
-                Op::NtXent { loss64, .. } | Op::SoftmaxCe { loss64, .. } => Some(loss64),
+                Op::NtXent { loss64, .. }
+                | Op::SoftmaxCe { loss64, .. }
+                | Op::QtInBatch { loss64, .. } => Some(loss64),
                 _ => None,
             })
             .unwrap_or_else(|| f64::from(self.value(t)[0]))
@@ -959,6 +1049,7 @@ impl Graph {
         let node = self.nodes.iter().find(|n| n.output == t)?;
         match &node.op {
             Op::NtXent { out, .. } => out.map(|o| o.accuracy),
+            Op::QtInBatch { stats, .. } => stats.map(|s| s.accuracy() as f32),
             Op::SoftmaxCe { n, correct, .. } => Some(*correct as f32 / *n as f32),
             _ => None,
         }
@@ -1121,7 +1212,11 @@ impl Graph {
         for (t, info) in self.tensors.iter().enumerate() {
             if let (Some(r), false) = (info.grad.clone(), self.consumed[t]) {
                 let is_loss = self.nodes.iter().any(|n| {
-                    n.output.0 == t && matches!(n.op, Op::NtXent { .. } | Op::SoftmaxCe { .. })
+                    n.output.0 == t
+                        && matches!(
+                            n.op,
+                            Op::NtXent { .. } | Op::SoftmaxCe { .. } | Op::QtInBatch { .. }
+                        )
                 });
                 self.grad[r].fill(if is_loss { 1.0 } else { 0.0 });
                 self.written[t] = true;
@@ -1273,6 +1368,38 @@ fn forward_node(
             *out = Some(o);
             y[0] = o.loss;
             *loss64 = o.loss_f64;
+        }
+        Op::QtInBatch {
+            scale,
+            self_offset,
+            targets,
+            ws,
+            stats,
+            df,
+            dg,
+            loss64,
+        } => {
+            let (fs, gs) = (
+                &tensors[node.inputs[0].0].shape,
+                &tensors[node.inputs[1].0].shape,
+            );
+            let b = QtBatch {
+                f: x_of(0),
+                n: fs[0],
+                g: x_of(1),
+                m: gs[0],
+                d: fs[1],
+                scale: *scale,
+                self_offset: *self_offset,
+                targets,
+            };
+            let st = match mode {
+                Mode::Train => ws.forward_backward(&b, df, dg)?,
+                Mode::Eval => ws.forward(&b)?,
+            };
+            *stats = Some(st);
+            y[0] = st.loss as f32;
+            *loss64 = st.loss;
         }
         Op::SoftmaxCe {
             n,
@@ -1504,6 +1631,25 @@ fn backward_node(
                 let beta = if written[t.0] { 1.0 } else { 0.0 };
                 written[t.0] = true;
                 linear_backward_input(l, dyv, p(*w), &mut lo[range], beta)?;
+            }
+        }
+        Op::QtInBatch { df, dg, .. } => {
+            let seed = dy[0];
+            for (k, grad) in [(0, &*df), (1, &*dg)] {
+                emit(
+                    tensors,
+                    written,
+                    scratch,
+                    lo,
+                    node.inputs[k],
+                    false,
+                    &mut |dx| {
+                        for (d, &v) in dx.iter_mut().zip(grad.iter()) {
+                            *d = seed * v;
+                        }
+                        Ok(())
+                    },
+                )?;
             }
         }
         Op::NtXent { dz: g, .. } | Op::SoftmaxCe { dlogits: g, .. } => {
