@@ -257,3 +257,154 @@ pub fn linear_probe(
         loss,
     })
 }
+
+/// The sentence encoder of Quick Thoughts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+pub enum SentenceEncoderKind {
+    /// Token embedding, a `1 x kernel` convolution over time, ReLU, max over time.
+    Cnn,
+    /// The bag-of-words baseline: the mean of the token embeddings over the `max_len`
+    /// positions (padding included, as zero vectors).
+    Bow,
+}
+
+/// The configuration of a Quick Thoughts sentence encoder (each of f and g).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+pub struct SentenceEncoderConfig {
+    pub kind: SentenceEncoderKind,
+    /// Vocabulary size (token ids are below it; id 0 is the padding, a zero vector).
+    pub vocab: usize,
+    /// Embedding width.
+    pub embed_dim: usize,
+    /// Convolution output channels, the width of the representation (CNN only).
+    pub channels: usize,
+    /// Convolution width in tokens, odd (CNN only).
+    pub kernel: usize,
+    /// Tokens per sentence: longer sentences are truncated, shorter ones padded.
+    pub max_len: usize,
+}
+
+impl SentenceEncoderConfig {
+    /// The width of one encoder's representation (`channels` for the CNN, `embed_dim`
+    /// for the bag of words); the sentence representation `[f(s); g(s)]` is twice that.
+    pub fn feature_dim(&self) -> usize {
+        match self.kind {
+            SentenceEncoderKind::Cnn => self.channels,
+            SentenceEncoderKind::Bow => self.embed_dim,
+        }
+    }
+
+    /// Checks that the configuration describes a buildable encoder.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| {
+            Err(Error::InvalidArgument {
+                op: "sentence encoder config",
+                msg,
+            })
+        };
+        if self.vocab < 2 || self.embed_dim == 0 || self.max_len == 0 {
+            return bad(format!(
+                "vocab {} (at least 2: padding and a token), embed_dim {} and max_len {} must be positive",
+                self.vocab, self.embed_dim, self.max_len
+            ));
+        }
+        if self.kind == SentenceEncoderKind::Cnn
+            && (self.channels == 0 || self.kernel.is_multiple_of(2))
+        {
+            return bad(format!(
+                "channels {} must be positive and kernel {} odd",
+                self.channels, self.kernel
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One sentence encoder: its token input (an embedding node, fed with
+/// [`Graph::set_tokens`]) and its representation (`batch x feature_dim`).
+#[derive(Clone, Copy, Debug)]
+pub struct SentenceEncoder {
+    pub tokens: TensorId,
+    pub h: TensorId,
+}
+
+/// Adds a sentence encoder named `prefix` (`{prefix}.emb`, `{prefix}.conv`, ...) for
+/// `batch` sentences.
+///
+/// # Errors
+/// An invalid configuration.
+pub fn sentence_encoder(
+    b: &mut GraphBuilder,
+    prefix: &str,
+    cfg: &SentenceEncoderConfig,
+    batch: usize,
+) -> Result<SentenceEncoder> {
+    cfg.validate()?;
+    let tokens = b.embedding(
+        &format!("{prefix}.emb"),
+        batch,
+        cfg.max_len,
+        cfg.vocab,
+        cfg.embed_dim,
+        Some(0),
+    )?;
+    let h = match cfg.kind {
+        SentenceEncoderKind::Cnn => {
+            let y = b.conv2d_rect(
+                &format!("{prefix}.conv"),
+                tokens,
+                cfg.channels,
+                (1, cfg.kernel),
+                (1, 1),
+                (0, cfg.kernel / 2),
+            )?;
+            let y = b.relu(&format!("{prefix}.relu"), y)?;
+            b.global_max_pool(&format!("{prefix}.pool"), y)?
+        }
+        SentenceEncoderKind::Bow => b.global_avg_pool(&format!("{prefix}.pool"), tokens)?,
+    };
+    Ok(SentenceEncoder { tokens, h })
+}
+
+/// Quick Thoughts (Logeswaran and Lee 2018): two encoders f and g of the same batch of
+/// contiguous sentences and the in-batch classification loss of f's sentences against
+/// g's (each sentence's own row excluded; targets set with [`Graph::set_targets`]).
+#[derive(Debug)]
+pub struct QuickThoughtsModel {
+    pub graph: Graph,
+    pub f: SentenceEncoder,
+    pub g: SentenceEncoder,
+    pub loss: TensorId,
+}
+
+/// Builds Quick Thoughts for batches of `batch` sentences.
+///
+/// # Errors
+/// An invalid configuration or `batch < 2`.
+pub fn quick_thoughts(
+    cfg: &SentenceEncoderConfig,
+    batch: usize,
+    seed: u64,
+) -> Result<QuickThoughtsModel> {
+    if batch < 2 {
+        return Err(Error::InvalidArgument {
+            op: "quick thoughts",
+            msg: format!("a batch needs at least 2 sentences, got {batch}"),
+        });
+    }
+    let mut b = GraphBuilder::new();
+    let f = sentence_encoder(&mut b, "f", cfg, batch)?;
+    let g = sentence_encoder(&mut b, "g", cfg, batch)?;
+    let loss = b.qt_in_batch("loss", f.h, g.h, 1.0, Some(0))?;
+    Ok(QuickThoughtsModel {
+        graph: b.build(seed)?,
+        f,
+        g,
+        loss,
+    })
+}
