@@ -13,7 +13,10 @@ const MAX_LEN: usize = 16;
 
 /// Batches of `BATCH` contiguous sentences of `docs` (in order, across documents): token
 /// ids (`BATCH x MAX_LEN`) and the in-batch previous/next targets.
-fn batches(docs: &[Vec<String>], vocab: &Vocab) -> Vec<(Vec<u32>, Vec<(u32, u32)>)> {
+/// Token ids (`BATCH x MAX_LEN`) and the target pairs of one batch.
+type Batch = (Vec<u32>, Vec<(u32, u32)>);
+
+fn batches(docs: &[Vec<String>], vocab: &Vocab) -> Vec<Batch> {
     let mut sents = Vec::new();
     let mut starts = Vec::new();
     for d in docs {
@@ -63,7 +66,7 @@ fn in_batch_neighbour_accuracy_rises_far_above_chance() {
     let mut opt = OptimizerConfig::AdamW(AdamWConfig::default())
         .build(m.graph.params().len())
         .unwrap();
-    let mut evaluate = |m: &mut selfsup::nn::QuickThoughtsModel| {
+    let evaluate = |m: &mut selfsup::nn::QuickThoughtsModel| {
         let (mut hits, mut total) = (0.0, 0.0);
         for (ids, targets) in &test {
             m.graph.set_tokens(m.f.tokens, ids).unwrap();
