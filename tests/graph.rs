@@ -547,7 +547,7 @@ fn labels_are_checked() {
         .set_labels(p.loss, &[0, 1, 3, 0])
         .unwrap_err()
         .to_string();
-    assert!(e.contains("label 3") && e.contains("row 2"), "{e}");
+    assert!(e.contains("label 3") && e.contains("position 2"), "{e}");
     assert!(p.graph.set_labels(p.logits, &[0, 1, 2, 0]).is_err());
     assert!(p.graph.input_mut(p.logits).is_err());
     p.graph.set_labels(p.loss, &[0, 1, 2, 0]).unwrap();

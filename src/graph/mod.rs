@@ -936,11 +936,7 @@ impl Graph {
     /// # Errors
     /// When `t` is not such a node's output.
     pub fn set_targets(&mut self, t: TensorId, pairs: &[(u32, u32)]) -> Result<()> {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.output == t)
-            .expect("every tensor has a producer");
+        let node = self.producer_mut(t);
         match &mut node.op {
             Op::QtInBatch { targets, .. } => {
                 targets.clear();
@@ -957,31 +953,12 @@ impl Graph {
     /// When `t` is not an embedding's output, the length is not `N * L`, or an id is not
     /// below the vocabulary size.
     pub fn set_tokens(&mut self, t: TensorId, tokens: &[u32]) -> Result<()> {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.output == t)
-            .expect("every tensor has a producer");
+        let node = self.producer_mut(t);
         match &mut node.op {
             Op::Embedding {
                 ids, n, len, vocab, ..
             } => {
-                if tokens.len() != *n * *len {
-                    return Err(err(
-                        &node.name,
-                        format!("{} token ids for {n} sequences of {len}", tokens.len()),
-                    ));
-                }
-                if let Some((i, &id)) = tokens
-                    .iter()
-                    .enumerate()
-                    .find(|&(_, &id)| id as usize >= *vocab)
-                {
-                    return Err(err(
-                        &node.name,
-                        format!("token id {id} at {i} is not below the vocabulary size {vocab}"),
-                    ));
-                }
+                check_ids(&node.name, "token id", tokens, *n * *len, *vocab)?;
                 ids.copy_from_slice(tokens);
                 Ok(())
             }
@@ -995,27 +972,12 @@ impl Graph {
     /// When `t` is not such a node's output, the length differs from its batch, or a label
     /// is out of range.
     pub fn set_labels(&mut self, t: TensorId, labels: &[u32]) -> Result<()> {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.output == t)
-            .expect("every tensor has a producer");
+        let node = self.producer_mut(t);
         match &mut node.op {
             Op::SoftmaxCe {
                 n, c, labels: l, ..
             } => {
-                if labels.len() != *n {
-                    return Err(err(
-                        &node.name,
-                        format!("{} labels for a batch of {n}", labels.len()),
-                    ));
-                }
-                if let Some((i, &y)) = labels.iter().enumerate().find(|&(_, &y)| y as usize >= *c) {
-                    return Err(err(
-                        &node.name,
-                        format!("label {y} of row {i} is not below {c}"),
-                    ));
-                }
+                check_ids(&node.name, "label", labels, *n, *c)?;
                 l.copy_from_slice(labels);
                 Ok(())
             }
@@ -1058,6 +1020,13 @@ impl Graph {
     fn producer(&self, t: TensorId) -> &Node {
         self.nodes
             .iter()
+            .find(|n| n.output == t)
+            .expect("every tensor has a producer")
+    }
+
+    fn producer_mut(&mut self, t: TensorId) -> &mut Node {
+        self.nodes
+            .iter_mut()
             .find(|n| n.output == t)
             .expect("every tensor has a producer")
     }
@@ -1250,6 +1219,24 @@ fn wrap(node: &str, e: Error) -> Error {
         Error::Graph { .. } => e,
         other => err(node, other.to_string()),
     }
+}
+
+/// `Ok` when `ids` holds `count` values, each below `bound`; else an error naming the node
+/// and the first bad value (`what` names the values: "label", "token id").
+fn check_ids(node: &str, what: &str, ids: &[u32], count: usize, bound: usize) -> Result<()> {
+    if ids.len() != count {
+        return Err(err(
+            node,
+            format!("{} {what}s where {count} are needed", ids.len()),
+        ));
+    }
+    if let Some((i, &v)) = ids.iter().enumerate().find(|&(_, &v)| v as usize >= bound) {
+        return Err(err(
+            node,
+            format!("{what} {v} at position {i} is not below {bound}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `(inputs, output)` of a node: the output's range lies after every input's (tensors are
