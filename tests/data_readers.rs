@@ -1,5 +1,8 @@
 //! The dataset readers: round trips of files written here, and every bad-input case.
 
+mod common;
+use common::TempDir;
+
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use selfsup::data::cifar::{
@@ -15,33 +18,6 @@ use selfsup::data::spec::{without_labels, DataSpec, LoadOptions, SpecError, FASH
 use selfsup::data::DataError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let k = COUNT.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("selfsup_data_{}_{tag}_{k}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn join(&self, s: &str) -> PathBuf {
-        self.0.join(s)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::fast());

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cases;
+use common::{cases, TempDir};
 use proptest::prelude::*;
 use selfsup::data::DataError;
 use selfsup::text::corpus::{MAX_SENTENCES, MIN_SENTENCES};
@@ -15,8 +15,7 @@ use selfsup::text::{
 };
 use selfsup::Error;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 fn split(text: &str) -> Vec<String> {
     split_sentences(text)
@@ -470,33 +469,6 @@ fn vocab_bad_json_is_an_error() {
 }
 
 // ---------------------------------------------------------------- reading from disk
-
-/// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let k = COUNT.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("selfsup_text_{}_{tag}_{k}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn names(docs: &[selfsup::text::Document]) -> Vec<&str> {
     docs.iter().map(|d| d.name.as_str()).collect()

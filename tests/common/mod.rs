@@ -21,3 +21,43 @@ pub fn train_to(t: &mut selfsup::pretrain::Pretrainer, end: u64) -> Vec<f64> {
     }
     losses
 }
+
+/// A fresh directory under the system's temp dir (unique per process, tag and call),
+/// removed on drop.
+#[allow(dead_code)] // not every test binary that shares this module writes files
+pub struct TempDir(pub std::path::PathBuf);
+
+#[allow(dead_code)]
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let k = COUNT.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("selfsup_{}_{tag}_{k}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create a temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `bytes` to `rel` below the directory (creating subfolders); its path.
+    pub fn write(&self, rel: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("create subfolders");
+        std::fs::write(&p, bytes).expect("write a file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
