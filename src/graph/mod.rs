@@ -191,6 +191,18 @@ enum Op {
     },
 }
 
+impl Op {
+    /// The `f64` loss of a loss node (from its last forward); `None` for other nodes.
+    fn loss64(&self) -> Option<f64> {
+        match self {
+            Op::NtXent { loss64, .. }
+            | Op::SoftmaxCe { loss64, .. }
+            | Op::QtInBatch { loss64, .. } => Some(*loss64),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Node {
     name: String,
@@ -997,12 +1009,7 @@ impl Graph {
         self.nodes
             .iter()
             .find(|n| n.output == t)
-            .and_then(|n| match n.op {
-                Op::NtXent { loss64, .. }
-                | Op::SoftmaxCe { loss64, .. }
-                | Op::QtInBatch { loss64, .. } => Some(loss64),
-                _ => None,
-            })
+            .and_then(|n| n.op.loss64())
             .unwrap_or_else(|| f64::from(self.value(t)[0]))
     }
     /// Contrastive top-1 accuracy of an NT-Xent node, or the top-1 accuracy of a softmax
@@ -1180,13 +1187,10 @@ impl Graph {
         // Tensors nothing reads: a loss gets d loss / d loss = 1, anything else 0.
         for (t, info) in self.tensors.iter().enumerate() {
             if let (Some(r), false) = (info.grad.clone(), self.consumed[t]) {
-                let is_loss = self.nodes.iter().any(|n| {
-                    n.output.0 == t
-                        && matches!(
-                            n.op,
-                            Op::NtXent { .. } | Op::SoftmaxCe { .. } | Op::QtInBatch { .. }
-                        )
-                });
+                let is_loss = self
+                    .nodes
+                    .iter()
+                    .any(|n| n.output.0 == t && n.op.loss64().is_some());
                 self.grad[r].fill(if is_loss { 1.0 } else { 0.0 });
                 self.written[t] = true;
             }
@@ -1437,6 +1441,24 @@ fn emit(
     Ok(())
 }
 
+/// [`emit`] of `seed * g` as the gradient of input `t`.
+fn emit_scaled(
+    tensors: &[TensorInfo],
+    written: &mut [bool],
+    scratch: &mut [f32],
+    lo: &mut [f32],
+    t: TensorId,
+    seed: f32,
+    g: &[f32],
+) -> Result<()> {
+    emit(tensors, written, scratch, lo, t, false, &mut |dx| {
+        for (d, &v) in dx.iter_mut().zip(g) {
+            *d = seed * v;
+        }
+        Ok(())
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backward_node(
     node: &mut Node,
@@ -1620,34 +1642,16 @@ fn backward_node(
                 linear_backward_input(l, dyv, p(*w), &mut lo[range], beta)?;
             }
         }
+        // Loss nodes computed their input gradients in the forward; the backward scales them
+        // by the gradient arriving at the loss.
         Op::QtInBatch { df, dg, .. } => {
-            let seed = dy[0];
-            for (k, grad) in [(0, &*df), (1, &*dg)] {
-                emit(
-                    tensors,
-                    written,
-                    scratch,
-                    lo,
-                    node.inputs[k],
-                    false,
-                    &mut |dx| {
-                        for (d, &v) in dx.iter_mut().zip(grad.iter()) {
-                            *d = seed * v;
-                        }
-                        Ok(())
-                    },
-                )?;
+            for (k, g) in [(0, &*df), (1, &*dg)] {
+                emit_scaled(tensors, written, scratch, lo, node.inputs[k], dy[0], g)?;
             }
         }
         Op::NtXent { dz: g, .. } | Op::SoftmaxCe { dlogits: g, .. } => {
-            let seed = dy[0];
             let x0 = x0.expect("one input");
-            emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
-                for (d, &v) in dx.iter_mut().zip(g.iter()) {
-                    *d = seed * v;
-                }
-                Ok(())
-            })?;
+            emit_scaled(tensors, written, scratch, lo, x0, dy[0], g)?;
         }
     }
     Ok(())
