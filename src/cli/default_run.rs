@@ -67,12 +67,10 @@ fn pretrain_args(method: &str, minutes: f64, out: PathBuf, demo: &DemoArgs) -> P
     // The recipe measured on this data (README, "The default run's recipe"): a small
     // encoder, so that a few minutes hold thousands of steps, and for SimCLR small batches,
     // LARS at a high learning rate, tau 0.2 and crops of at least 30% of the image.
-    argv.extend(["--widths", DEMO_WIDTHS]);
+    argv.extend(["--widths", DEMO_WIDTHS, "--batch", "32"]);
     match method {
-        "rotnet" => argv.extend(["--batch", "32", "--lr", "0.05"]),
+        "rotnet" => argv.extend(["--lr", "0.05"]),
         _ => argv.extend([
-            "--batch",
-            "32",
             "--optimizer",
             "lars",
             "--lr",
