@@ -154,3 +154,31 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::pretrain::{MethodArg, OptimizerArg};
+
+    /// The default run pretrains with the measured recipe (README, "The default run's
+    /// recipe"), not with `pretrain`'s long-run defaults, and both methods on one encoder.
+    #[test]
+    fn the_default_run_uses_the_measured_recipe() {
+        let demo = crate::cli::default_demo_args();
+        let s = pretrain_args("simclr", 2.5, "x".into(), &demo);
+        assert_eq!(s.method, MethodArg::Simclr);
+        assert_eq!(s.widths, [8, 16, 32]);
+        assert_eq!(s.batch, 32);
+        assert_eq!(s.optimizer, OptimizerArg::Lars);
+        assert_eq!(s.lr, Some(2.0));
+        assert_eq!(s.tau, 0.2);
+        assert_eq!(s.crop_min, 0.3);
+        assert_eq!(s.minutes, Some(2.5));
+        let r = pretrain_args("rotnet", 0.75, "y".into(), &demo);
+        assert_eq!(r.method, MethodArg::Rotnet);
+        assert_eq!(r.widths, s.widths);
+        assert_eq!(r.batch, 32);
+        assert_eq!(r.optimizer, OptimizerArg::Sgd);
+        assert_eq!(r.lr, Some(0.05));
+    }
+}
