@@ -17,6 +17,7 @@ pub mod optim;
 pub mod plot;
 pub mod pretrain;
 pub mod probe;
+pub mod quickthought;
 pub mod rng;
 pub mod text;
 pub mod train;

@@ -538,7 +538,7 @@ impl Embedder {
 }
 
 /// Copies every parameter and buffer of `dst` from the tensor of the same name in `src`.
-fn copy_by_name(src: &Graph, dst: &mut Graph) -> Result<()> {
+pub(crate) fn copy_by_name(src: &Graph, dst: &mut Graph) -> Result<()> {
     type Entry = (String, Vec<usize>, std::ops::Range<usize>);
     let params = |g: &Graph| -> Vec<Entry> {
         g.param_info()

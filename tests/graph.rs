@@ -295,6 +295,247 @@ fn quick_thoughts_node_gradients_match_finite_differences() {
     assert!(b.qt_in_batch("s", x, x, f32::NAN, None).is_err());
 }
 
+/// `(loss, accuracy)` of Quick Thoughts' pairwise objective straight from its definition in
+/// f64: the mean of `log(1 + exp(a_i . b_q - a_i . b_p))` over the triplets, and the share of
+/// triplets with `a_i . b_p > a_i . b_q`.
+fn pairwise_reference(a: &[f32], b: &[f32], d: usize, triplets: &[(u32, u32, u32)]) -> (f64, f32) {
+    let dot = |x: &[f32], r: usize, y: &[f32], c: usize| -> f64 {
+        (0..d)
+            .map(|k| f64::from(x[r * d + k]) * f64::from(y[c * d + k]))
+            .sum()
+    };
+    let (mut loss, mut hits) = (0.0f64, 0usize);
+    for &(i, p, q) in triplets {
+        let (i, p, q) = (i as usize, p as usize, q as usize);
+        let (sp, sq) = (dot(a, i, b, p), dot(a, i, b, q));
+        loss += (1.0 + (sq - sp).exp()).ln();
+        hits += usize::from(sp > sq);
+    }
+    let t = triplets.len();
+    (loss / t as f64, hits as f32 / t as f32)
+}
+
+/// Quick Thoughts' pairwise loss as a graph node: one linear encoder feeding both sides (the
+/// paper's f), two encoders of different batches, and an embedding table pooled into
+/// sentence vectors; every parameter against central differences, the loss and the
+/// accuracy against a direct f64 evaluation, evaluation mode, thread-count independence.
+#[test]
+fn quick_thoughts_pairwise_node_gradients_match_finite_differences() {
+    let (fin, d) = (5, 4);
+    // Repeated anchors, a repeated triplet, and one with pos == neg (ln 2, no gradient).
+    let shared_triplets = [
+        (0, 1, 3),
+        (1, 2, 0),
+        (2, 1, 5),
+        (3, 4, 1),
+        (4, 3, 6),
+        (5, 6, 2),
+        (6, 5, 0),
+        (0, 6, 2),
+        (2, 1, 5),
+        (3, 3, 3),
+    ];
+    let split_triplets = [
+        (0, 1, 6),
+        (1, 2, 0),
+        (2, 3, 4),
+        (3, 4, 5),
+        (4, 5, 1),
+        (0, 3, 2),
+        (2, 6, 6),
+    ];
+    for shared in [true, false] {
+        let (n_a, n_b) = if shared { (7, 7) } else { (5, 7) };
+        let triplets: &[(u32, u32, u32)] = if shared {
+            &shared_triplets
+        } else {
+            &split_triplets
+        };
+        let build = || {
+            let mut b = GraphBuilder::new();
+            let xa = b.input("xa", &[n_a, fin]).unwrap();
+            let fa = b.linear("fa", xa, d, true, false).unwrap();
+            let (xb, fb) = if shared {
+                (xa, fa)
+            } else {
+                let xb = b.input("xb", &[n_b, fin]).unwrap();
+                // No bias: it cancels in b_neg - b_pos, so its gradient is exactly zero and
+                // a finite difference would only measure noise.
+                (xb, b.linear("fb", xb, d, false, false).unwrap())
+            };
+            let loss = b.qt_pairwise("qt", fa, fb).unwrap();
+            assert_eq!(b.shape(loss), &[1]);
+            let mut gr = b.build(31).unwrap();
+            gr.input_mut(xa)
+                .unwrap()
+                .copy_from_slice(&values(n_a * fin, 32));
+            if !shared {
+                gr.input_mut(xb)
+                    .unwrap()
+                    .copy_from_slice(&values(n_b * fin, 33));
+            }
+            gr.set_triplets(loss, triplets).unwrap();
+            (gr, fa, fb, loss)
+        };
+        let (mut gr, fa, fb, loss) = build();
+        assert_eq!(gr.accuracy(loss), None);
+        check_tensors(&mut gr, loss, 40, 1e-3, 1e-2);
+        gr.forward(Mode::Train).unwrap();
+        let (av, bv) = (gr.value(fa).to_vec(), gr.value(fb).to_vec());
+        let (want, acc) = pairwise_reference(&av, &bv, d, triplets);
+        let got = gr.loss_f64(loss);
+        assert!(
+            (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
+        assert_eq!(gr.loss(loss), got as f32);
+        assert_eq!(gr.accuracy(loss), Some(acc));
+        assert!(acc > 0.0 && acc < 1.0, "{acc}: a weak test");
+        // Evaluation mode gives the same loss and accuracy.
+        gr.forward(Mode::Eval).unwrap();
+        assert_eq!(gr.loss_f64(loss), got);
+        assert_eq!(gr.accuracy(loss), Some(acc));
+        // The same bits for any number of threads.
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let (mut gr, _, _, loss) = build();
+                    for _ in 0..3 {
+                        gr.forward(Mode::Train).unwrap();
+                        gr.backward().unwrap();
+                        sgd(&mut gr, 0.1);
+                    }
+                    let mut bits: Vec<u64> =
+                        gr.params().iter().map(|v| u64::from(v.to_bits())).collect();
+                    bits.push(gr.loss_f64(loss).to_bits());
+                    bits.push(u64::from(gr.accuracy(loss).unwrap().to_bits()));
+                    bits
+                })
+        };
+        let one = run(1);
+        assert_eq!(one, run(3));
+    }
+
+    // Token ids through an embedding table, averaged into sentence vectors, both sides.
+    let (n, len, vocab, dim) = (6, 4, 9, 5);
+    let mut b = GraphBuilder::new();
+    let e = b.embedding("emb", n, len, vocab, dim, None).unwrap();
+    let h = b.global_avg_pool("pool", e).unwrap();
+    let loss = b.qt_pairwise("qt", h, h).unwrap();
+    let mut gr = b.build(41).unwrap();
+    let tokens: Vec<u32> = (0..(n * len) as u32).map(|i| (i * 7 + i / 5) % 9).collect();
+    gr.set_tokens(e, &tokens).unwrap();
+    let triplets = [
+        (0, 1, 4),
+        (1, 0, 2),
+        (2, 3, 5),
+        (3, 2, 0),
+        (4, 5, 1),
+        (5, 4, 3),
+    ];
+    gr.set_triplets(loss, &triplets).unwrap();
+    check_tensors(&mut gr, loss, 45, 1e-3, 1e-2);
+    gr.forward(Mode::Train).unwrap();
+    let hv = gr.value(h).to_vec();
+    let (want, acc) = pairwise_reference(&hv, &hv, dim, &triplets);
+    let got = gr.loss_f64(loss);
+    assert!(
+        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+        "{got} vs {want}"
+    );
+    assert_eq!(gr.accuracy(loss), Some(acc));
+}
+
+/// The pairwise node's errors: widths at build time (naming the node and both shapes),
+/// triplets out of range or missing (typed errors naming the node, the triplets kept),
+/// and a triplet count that shrinks and grows again.
+#[test]
+fn quick_thoughts_pairwise_node_checks_its_inputs() {
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 3])?;
+        let y = b.input("y", &[5, 2])?;
+        b.qt_pairwise("pw", x, y)?;
+        Ok(())
+    });
+    assert!(
+        e.contains("'pw'") && e.contains("[4, 3]") && e.contains("[5, 2]"),
+        "{e}"
+    );
+    let e = build_err(|b| {
+        let x = b.input("x", &[4, 3, 1, 1])?;
+        b.qt_pairwise("pw", x, x)?;
+        Ok(())
+    });
+    assert!(e.contains("'pw'") && e.contains("[4, 3, 1, 1]"), "{e}");
+
+    let mut b = GraphBuilder::new();
+    let xa = b.input("xa", &[3, 4]).unwrap();
+    let xb = b.input("xb", &[5, 4]).unwrap();
+    let fa = b.linear("fa", xa, 4, true, false).unwrap();
+    let fb = b.linear("fb", xb, 4, true, false).unwrap();
+    let loss = b.qt_pairwise("pw", fa, fb).unwrap();
+    let mut gr = b.build(5).unwrap();
+    gr.input_mut(xa).unwrap().copy_from_slice(&values(12, 6));
+    gr.input_mut(xb).unwrap().copy_from_slice(&values(20, 7));
+    // No triplets yet: the forward names the node.
+    let e = gr.forward(Mode::Train).unwrap_err();
+    assert!(
+        matches!(e, Error::Graph { .. }) && e.to_string().contains("pw"),
+        "{e}"
+    );
+    assert!(gr.accuracy(loss).is_none());
+    let good = [(0, 1, 2), (2, 4, 0), (1, 3, 3)];
+    gr.set_triplets(loss, &good).unwrap();
+    gr.forward(Mode::Train).unwrap();
+    let before = gr.loss_f64(loss);
+    // An anchor past n_a (4 would be a valid candidate), a candidate past n_b, empty.
+    for (bad, what) in [
+        (&[(0, 1, 2), (3, 0, 1)][..], "triplet 1 = (3, 0, 1)"),
+        (&[(0, 5, 2)][..], "triplet 0 = (0, 5, 2)"),
+        (&[(0, 1, 2), (1, 2, 3), (2, 3, u32::MAX)][..], "triplet 2"),
+        (&[][..], "no triplets"),
+    ] {
+        let e = gr.set_triplets(loss, bad).unwrap_err();
+        assert!(matches!(e, Error::Graph { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("pw") && msg.contains(what), "{msg}");
+    }
+    gr.forward(Mode::Train).unwrap();
+    assert_eq!(
+        gr.loss_f64(loss),
+        before,
+        "a rejected set changed the triplets"
+    );
+    // Not a pairwise node.
+    assert!(gr.set_triplets(fa, &good).is_err());
+    assert!(gr.set_targets(loss, &[(0, 1)]).is_err());
+    // Fewer, then more triplets than before.
+    gr.set_triplets(loss, &good[..1]).unwrap();
+    gr.forward(Mode::Train).unwrap();
+    let (av, bv) = (gr.value(fa).to_vec(), gr.value(fb).to_vec());
+    let (want, acc) = pairwise_reference(&av, &bv, 4, &good[..1]);
+    assert!(
+        (gr.loss_f64(loss) - want).abs() <= 1e-6 * (1.0 + want),
+        "{want}"
+    );
+    assert_eq!(gr.accuracy(loss), Some(acc));
+    let more: Vec<(u32, u32, u32)> = (0..40)
+        .map(|k| (k % 3, (k * 3) % 5, (k * 2 + 1) % 5))
+        .collect();
+    gr.set_triplets(loss, &more).unwrap();
+    gr.forward(Mode::Train).unwrap();
+    gr.backward().unwrap();
+    let (want, acc) = pairwise_reference(&av, &bv, 4, &more);
+    assert!(
+        (gr.loss_f64(loss) - want).abs() <= 1e-6 * (1.0 + want),
+        "{want}"
+    );
+    assert_eq!(gr.accuracy(loss), Some(acc));
+}
+
 /// Plain SGD (the optimizers have their own tests).
 fn sgd(g: &mut selfsup::graph::Graph, lr: f32) {
     let (p, gr, _) = g.params_and_grads();

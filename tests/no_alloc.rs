@@ -171,3 +171,54 @@ fn a_training_step_allocates_nothing_once_built() {
         assert_eq!(count, 0, "a classifier step allocated {count} times");
     });
 }
+
+#[test]
+fn a_quick_thoughts_pairwise_step_allocates_nothing_once_built() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use selfsup::graph::{GraphBuilder, Mode};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let (n, fin, d) = (40usize, 12usize, 16usize);
+        // One encoder on both sides (the gradient is the sum of two) and a second graph
+        // with two encoders.
+        for shared in [true, false] {
+            let mut b = GraphBuilder::new();
+            let x = b.input("x", &[n, fin]).unwrap();
+            let f = b.linear("f", x, d, true, false).unwrap();
+            let g = if shared {
+                f
+            } else {
+                b.linear("g", x, d, false, false).unwrap()
+            };
+            let loss = b.qt_pairwise("qt", f, g).unwrap();
+            let mut graph = b.build(3).unwrap();
+            let xv: Vec<f32> = (0..n * fin)
+                .map(|k| ((k * 31 % 97) as f32) / 97.0 - 0.5)
+                .collect();
+            graph.input_mut(x).unwrap().copy_from_slice(&xv);
+            // More than one parallel chunk of triplets.
+            let triplets: Vec<(u32, u32, u32)> = (0..600u32)
+                .map(|k| (k % 40, (k + 1) % 40, (k * 7 + 3) % 40))
+                .collect();
+            let mut acc = 0.0f32;
+            let count = allocations_during(|| {
+                graph.set_triplets(loss, &triplets).unwrap();
+                graph.forward(Mode::Train).unwrap();
+                graph.backward().unwrap();
+                acc += graph.accuracy(loss).unwrap();
+                let (p, g, _) = graph.params_and_grads();
+                for (p, g) in p.iter_mut().zip(g) {
+                    *p -= 0.01 * g;
+                }
+            });
+            assert!(acc.is_finite());
+            assert_eq!(
+                count, 0,
+                "a pairwise step (shared: {shared}) allocated {count} times"
+            );
+        }
+    });
+}

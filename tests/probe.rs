@@ -1,8 +1,8 @@
 //! The linear probe: objective and gradient against finite differences and an f64 reference,
 //! the fit reaching the optimum, separable data, label subsets, errors.
 use selfsup::probe::{
-    linear_probe, objective, objective_f64, select_lambda, subsample_labels, LogisticRegression,
-    ProbeConfig, Standardizer,
+    kfold_assignments, kfold_probe, linear_probe, objective, objective_f64, select_lambda,
+    subsample_labels, KFoldReport, LogisticRegression, ProbeConfig, Standardizer,
 };
 use selfsup::rng::SplitMix64;
 use selfsup::Error;
@@ -239,4 +239,164 @@ fn errors_not_panics() {
     let m = LogisticRegression::fit(&x, 3, 2, &[0, 1, 0], 2, &cfg).unwrap();
     assert!(m.predict(&x, 2).is_err());
     assert!(m.accuracy(&x, 3, &[0, 1]).is_err());
+}
+
+/// Labels `0..classes` drawn at random (unbalanced counts), for the fold tests.
+fn random_labels(n: usize, classes: usize, seed: u64) -> Vec<u32> {
+    let mut r = SplitMix64::new(seed);
+    (0..n).map(|_| r.below(classes) as u32).collect()
+}
+
+#[test]
+fn kfold_assignments_partition_and_stratify() {
+    for (n, classes, folds) in [(103, 3, 5), (50, 4, 10), (10, 2, 10), (7, 5, 3)] {
+        let labels = random_labels(n, classes, n as u64);
+        let fold = kfold_assignments(&labels, classes, folds, 11).unwrap();
+        assert_eq!(fold.len(), n);
+        // Each example lies in exactly one fold: the test sets are disjoint and their union
+        // is every example; no fold is empty and their sizes differ by at most one.
+        let sets: Vec<Vec<usize>> = (0..folds)
+            .map(|k| (0..n).filter(|&i| fold[i] == k).collect())
+            .collect();
+        assert_eq!(sets.iter().map(Vec::len).sum::<usize>(), n);
+        let mut all: Vec<usize> = sets.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+        let sizes: Vec<usize> = sets.iter().map(Vec::len).collect();
+        let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(*lo >= 1 && hi - lo <= 1, "{n} {folds}: sizes {sizes:?}");
+        // Stratified: every class is spread as evenly as it can be.
+        for c in 0..classes as u32 {
+            let per: Vec<usize> = sets
+                .iter()
+                .map(|s| s.iter().filter(|&&i| labels[i] == c).count())
+                .collect();
+            let (lo, hi) = (per.iter().min().unwrap(), per.iter().max().unwrap());
+            assert!(hi - lo <= 1, "class {c}: {per:?}");
+        }
+        // Deterministic in the seed, and the seed matters.
+        assert_eq!(
+            fold,
+            kfold_assignments(&labels, classes, folds, 11).unwrap()
+        );
+        if n > 20 {
+            assert_ne!(
+                fold,
+                kfold_assignments(&labels, classes, folds, 12).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn kfold_separable_blobs_are_classified_perfectly() {
+    let (n, d, c, folds) = (300, 8, 3, 5);
+    let (x, y) = blobs(n, d, c, 0.2, 21);
+    let r = kfold_probe(&x, n, d, &y, c, folds, 1, &ProbeConfig::default()).unwrap();
+    assert_eq!((r.folds, r.n, r.classes), (folds, n, c));
+    assert_eq!((r.fold_accuracy.len(), r.lambdas.len()), (folds, folds));
+    assert!(r.accuracy > 0.98, "{r:?}");
+    assert!(r.fold_accuracy.iter().all(|&a| a > 0.95), "{r:?}");
+    let grid = ProbeConfig::default().lambda_grid;
+    assert!(r.lambdas.iter().all(|l| grid.contains(l)), "{r:?}");
+}
+
+/// Labels independent of the features: the cross-validated accuracy must be near chance,
+/// although the same model scored on the data it was fitted on looks far better (so the
+/// bound does catch a test fold leaking into its training part).
+#[test]
+fn kfold_noise_labels_score_chance() {
+    let (n, d, c, folds) = (400, 120, 2, 5);
+    let mut r = SplitMix64::new(31);
+    let x: Vec<f32> = (0..n * d).map(|_| 2.0 * r.next_f32() - 1.0).collect();
+    let y = random_labels(n, c, 32);
+    let rep = kfold_probe(&x, n, d, &y, c, folds, 3, &ProbeConfig::default()).unwrap();
+    // One standard deviation of an accuracy over 400 coin flips is 0.025.
+    assert!((rep.accuracy - 0.5).abs() < 0.08, "{rep:?}");
+    // Each fold's accuracy is a count of its own test set: the test set is fold k.
+    let fold = kfold_assignments(&y, c, folds, 3).unwrap();
+    for (k, a) in rep.fold_accuracy.iter().enumerate() {
+        let size = fold.iter().filter(|&&f| f == k).count() as f64;
+        assert!(
+            ((a * size) - (a * size).round()).abs() < 1e-9,
+            "fold {k}: {a}"
+        );
+    }
+    let mean = rep.fold_accuracy.iter().sum::<f64>() / folds as f64;
+    assert_eq!(rep.accuracy, mean);
+    // Without held-out data the same kind of fit looks good on noise.
+    let leaky = LogisticRegression::fit(&x, n, d, &y, c, &ProbeConfig::default()).unwrap();
+    let train_acc = leaky.accuracy(&x, n, &y).unwrap();
+    assert!(train_acc > 0.62, "train accuracy on noise {train_acc}");
+}
+
+#[test]
+fn kfold_is_deterministic_for_any_thread_count() {
+    let (n, d, c, folds) = (240, 8, 3, 4);
+    let (x, y) = blobs(n, d, c, 1.5, 41);
+    let cfg = ProbeConfig::default();
+    let run = |t: usize, seed: u64| -> KFoldReport {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+            .install(|| kfold_probe(&x, n, d, &y, c, folds, seed, &cfg).unwrap())
+    };
+    let bits = |r: &KFoldReport| -> Vec<u64> {
+        r.fold_accuracy
+            .iter()
+            .chain(&r.lambdas)
+            .chain([&r.accuracy])
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let a = run(1, 5);
+    assert!(a.accuracy > 0.5 && a.accuracy < 1.0, "{a:?}");
+    assert_eq!(bits(&a), bits(&run(2, 5)));
+    assert_eq!(bits(&a), bits(&run(1, 5)));
+    assert_ne!(a.fold_accuracy, run(2, 6).fold_accuracy);
+}
+
+#[test]
+fn kfold_errors_not_panics() {
+    let cfg = ProbeConfig::default();
+    let (n, d) = (6, 2);
+    let x: Vec<f32> = (0..n * d).map(|i| i as f32).collect();
+    let y = [0u32, 1, 0, 1, 0, 1];
+    let invalid = |r: Result<KFoldReport, Error>| {
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}")
+    };
+    let shape = |r: Result<KFoldReport, Error>| {
+        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}")
+    };
+    assert!(kfold_probe(&x, n, d, &y, 2, 3, 0, &cfg).is_ok());
+    invalid(kfold_probe(&x, n, d, &y, 2, 0, 0, &cfg)); // no folds
+    invalid(kfold_probe(&x, n, d, &y, 2, 1, 0, &cfg)); // one fold
+    invalid(kfold_probe(&x, n, d, &y, 2, 7, 0, &cfg)); // more folds than examples
+    invalid(kfold_probe(&x, n, d, &[0, 1, 0, 2, 0, 1], 2, 3, 0, &cfg)); // label >= classes
+    invalid(kfold_probe(&x, n, d, &[1; 6], 2, 3, 0, &cfg)); // one class present
+    invalid(kfold_probe(&x, n, d, &y, 0, 3, 0, &cfg)); // no classes
+    invalid(kfold_probe(&[], 0, d, &[], 2, 2, 0, &cfg)); // no examples
+    shape(kfold_probe(&x, n, d, &y[..5], 2, 3, 0, &cfg)); // label count
+    shape(kfold_probe(&x[..11], n, d, &y, 2, 3, 0, &cfg)); // feature count
+    shape(kfold_probe(&x, n, 3, &y, 2, 3, 0, &cfg)); // dim disagrees
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut xb = x.clone();
+        xb[7] = bad;
+        invalid(kfold_probe(&xb, n, d, &y, 2, 3, 0, &cfg));
+    }
+    let neg = ProbeConfig {
+        lambda: -1.0,
+        ..cfg.clone()
+    };
+    invalid(kfold_probe(&x, n, d, &y, 2, 3, 0, &neg));
+    // The assignments alone.
+    assert!(kfold_assignments(&y, 2, 1, 0).is_err());
+    assert!(kfold_assignments(&y, 2, 7, 0).is_err());
+    assert!(kfold_assignments(&[0, 3], 2, 2, 0).is_err());
+    assert!(kfold_assignments(&[], 2, 2, 0).is_err());
+    // Edge cases that must not panic: a training part with one example of one class, and a
+    // class whose only example sits in the test fold.
+    assert!(kfold_probe(&x[..4], 2, d, &[0, 1], 2, 2, 0, &cfg).is_ok());
+    assert!(kfold_probe(&x, n, d, &[0, 0, 0, 1, 1, 2], 3, 3, 0, &cfg).is_ok());
 }

@@ -4,7 +4,7 @@
 
 use selfsup::graph::Mode;
 use selfsup::kernels::contrastive::quickthought::qt_neighbor_targets;
-use selfsup::nn::{quick_thoughts, SentenceEncoderConfig, SentenceEncoderKind};
+use selfsup::nn::{quick_thoughts, QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, OptimizerConfig};
 use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
 
@@ -62,7 +62,7 @@ fn in_batch_neighbour_accuracy_rises_far_above_chance() {
         kernel: 3,
         max_len: MAX_LEN,
     };
-    let mut m = quick_thoughts(&cfg, BATCH, 9).unwrap();
+    let mut m = quick_thoughts(&cfg, BATCH, QtObjective::InBatch, 9).unwrap();
     let mut opt = OptimizerConfig::AdamW(AdamWConfig::default())
         .build(m.graph.params().len())
         .unwrap();

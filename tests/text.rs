@@ -500,6 +500,7 @@ fn reads_a_folder_recursively_in_path_order() {
     assert_eq!(report.files, 6);
     assert_eq!(report.skipped_empty, 2);
     assert_eq!(report.skipped_short, 1);
+    assert_eq!(report.skipped_binary, 0);
     assert_eq!(read_corpus(&dir.0).unwrap(), report.documents);
     assert_eq!(MIN_DOCUMENT_SENTENCES, 2);
 }
@@ -516,9 +517,8 @@ fn reads_a_single_file() {
 #[test]
 fn non_utf8_file_is_an_error_naming_it_and_the_offset() {
     let dir = TempDir::new("utf8");
-    dir.write("a.txt", b"Good file. Fine text.");
     let bad = dir.write("z/bad.txt", b"Valid start. \xc3\x28 broken.");
-    match read_corpus(&dir.0) {
+    match read_corpus(&bad) {
         Err(DataError::Format { path, problem }) => {
             assert_eq!(path, bad);
             assert!(problem.contains("UTF-8"), "{problem}");
@@ -528,6 +528,28 @@ fn non_utf8_file_is_an_error_naming_it_and_the_offset() {
     }
     let msg = read_corpus(&bad).unwrap_err().to_string();
     assert!(msg.contains("bad.txt") && msg.contains("13"), "{msg}");
+}
+
+#[test]
+fn non_utf8_files_of_a_folder_are_skipped_counted_and_named() {
+    let dir = TempDir::new("utf8dir");
+    dir.write("a.txt", b"Good file. Fine text.");
+    dir.write("z/bad.txt", b"Valid start. \xc3\x28 broken.");
+    dir.write("z/changelog.gz", &[0x1f, 0x8b, 0x08, 0x00, 0xff]);
+    let report = read_corpus_report(&dir.0).unwrap();
+    assert_eq!(names(&report.documents), ["a.txt"]);
+    assert_eq!(report.files, 3);
+    assert_eq!(report.skipped_binary, 2);
+    let first = report.first_binary.unwrap();
+    assert!(
+        first.contains("bad.txt") && first.contains("byte offset 13"),
+        "{first}"
+    );
+    // Nothing but binary files: no documents, an error that says why.
+    let bin = TempDir::new("bindir");
+    bin.write("x.gz", &[0x1f, 0x8b]);
+    let msg = read_corpus(&bin.0).unwrap_err().to_string();
+    assert!(msg.contains("1 not UTF-8"), "{msg}");
 }
 
 #[test]

@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(s.method, MethodArg::Simclr);
         assert_eq!(s.widths, [8, 16, 32]);
         assert_eq!(s.batch, 32);
-        assert_eq!(s.optimizer, OptimizerArg::Lars);
+        assert_eq!(s.optimizer(), OptimizerArg::Lars);
         assert_eq!(s.lr, Some(2.0));
         assert_eq!(s.tau, 0.2);
         assert_eq!(s.crop_min, 0.3);
@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(r.method, MethodArg::Rotnet);
         assert_eq!(r.widths, s.widths);
         assert_eq!(r.batch, 32);
-        assert_eq!(r.optimizer, OptimizerArg::Sgd);
+        assert_eq!(r.optimizer(), OptimizerArg::Sgd);
         assert_eq!(r.lr, Some(0.05));
     }
 }

@@ -17,7 +17,12 @@ Examples:
   selfsup embed --checkpoint runs/c10/ckpt-5000.safetensors --data cifar10:~/cifar --split test --out test.npy
 
 The file holds one row of the encoder's features (h, before the projection head) per
-image, in the dataset's order: numpy.load('emb.npy').shape == (images, features).";
+image, in the dataset's order: numpy.load('emb.npy').shape == (images, features).
+
+  selfsup embed --checkpoint runs/qt/ckpt-3000.safetensors --sentences lines.txt --out sent.npy
+
+For a Quick Thoughts checkpoint, one row per line of the file: the concatenated outputs
+of the two sentence encoders, [f(s); g(s)] (the paper's sentence representation).";
 
 /// Which split to embed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -37,8 +42,18 @@ pub struct EmbedArgs {
     pub checkpoint: PathBuf,
 
     /// The data (see `selfsup pretrain --help`)
-    #[arg(long, value_name = "SPEC", default_value = "builtin")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "builtin",
+        conflicts_with = "sentences"
+    )]
     pub data: String,
+
+    /// Quick Thoughts checkpoints: a UTF-8 file of sentences, one per line; the output has
+    /// one row [f(s); g(s)] per line (a blank line is an empty sentence)
+    #[arg(long, value_name = "FILE")]
+    pub sentences: Option<PathBuf>,
 
     /// The split to embed
     #[arg(long, value_enum, default_value_t = SplitArg::Train)]
@@ -73,6 +88,26 @@ pub fn model_config(path: &Path) -> Result<ResNetConfig> {
 /// Runs `selfsup embed`.
 pub fn run(args: &EmbedArgs) -> Result<()> {
     super::pretrain::set_threads(args.threads);
+    let text = super::text::is_text_checkpoint(&args.checkpoint)?;
+    match (&args.sentences, text) {
+        (Some(input), true) => {
+            return super::text::embed_sentences_file(
+                &args.checkpoint,
+                input,
+                &args.out,
+                args.batch as usize,
+            )
+        }
+        (Some(_), false) => anyhow::bail!(
+            "{} is an image encoder's checkpoint: --sentences needs a Quick Thoughts checkpoint",
+            args.checkpoint.display()
+        ),
+        (None, true) => anyhow::bail!(
+            "{} is a Quick Thoughts checkpoint: pass --sentences FILE (one sentence per line)",
+            args.checkpoint.display()
+        ),
+        (None, false) => {}
+    }
     let model = model_config(&args.checkpoint)?;
     let splits = load_splits(&args.data)?;
     let set = match args.split {

@@ -1,19 +1,22 @@
 //! The command line of the `selfsup` program (binary only: the library never prints or exits).
 //!
-//! Subcommands: `pretrain`, `probe`, `embed`, `preview`, `bench`, and `demo` (the default
-//! run: what `selfsup` without arguments does), each one module.
+//! Subcommands: `pretrain`, `probe`, `embed`, `neighbors`, `preview`, `bench`, and `demo`
+//! (the default run: what `selfsup` without arguments does), each one module; the text
+//! method's parts of them live in `text`.
 
 pub mod bench;
 mod data;
 mod default_run;
 mod embed;
 mod memory;
+mod neighbors;
 mod ntxent;
 pub mod peak_alloc;
 mod pretrain;
 mod preview;
 mod probe;
 mod report;
+mod text;
 mod workloads;
 
 use anyhow::Result;
@@ -36,12 +39,14 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Learn an encoder without labels (SimCLR or RotNet) into a run folder
+    /// Learn an encoder without labels (SimCLR, RotNet or Quick Thoughts) into a run folder
     Pretrain(pretrain::PretrainArgs),
     /// Linear probe of a checkpoint's frozen features, beside raw pixels and random init
     Probe(probe::ProbeArgs),
-    /// Write a checkpoint's features of a dataset to a NumPy .npy file
+    /// Write a checkpoint's features of a dataset (or of sentences) to a NumPy .npy file
     Embed(embed::EmbedArgs),
+    /// The corpus sentences nearest to given sentences (Quick Thoughts checkpoints)
+    Neighbors(neighbors::NeighborsArgs),
     /// A PNG grid of images and their augmented views
     Preview(preview::PreviewArgs),
     /// The default run: SimCLR and RotNet on the built-in data, then the probe table
@@ -70,6 +75,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         Command::Pretrain(args) => ok(pretrain::run(&args)),
         Command::Probe(args) => ok(probe::run(&args)),
         Command::Embed(args) => ok(embed::run(&args)),
+        Command::Neighbors(args) => ok(neighbors::run(&args)),
         Command::Preview(args) => ok(preview::run(&args)),
         Command::Demo(args) => ok(default_run::run(&args)),
         Command::Bench(args) => bench::run(&args),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use selfsup::checkpoint;
 use selfsup::data::augment::{RotnetAugment, SimclrAugment};
 use selfsup::knn::{knn_accuracy, KnnConfig};
-use selfsup::nn::ResNetConfig;
+use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdConfig};
 use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer};
 use selfsup::train::Metadata;
@@ -47,6 +47,9 @@ pub enum MethodArg {
     Simclr,
     /// Predict the rotation, 0/90/180/270 degrees (Gidaris et al. 2018)
     Rotnet,
+    /// Sentences: tell a sentence's neighbours from other sentences (Logeswaran and Lee
+    /// 2018); --data builtin or text:PATH
+    Quickthought,
 }
 
 /// The optimizer.
@@ -69,7 +72,9 @@ pub struct PretrainArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Simclr)]
     pub method: MethodArg,
 
-    /// The data: builtin, fashion-mnist, idx:DIR, cifar10:DIR, cifar100:DIR, folder:DIR
+    /// The data: builtin, fashion-mnist, idx:DIR, cifar10:DIR, cifar100:DIR, folder:DIR;
+    /// for quickthought: builtin (the generated topic corpus) or text:PATH (a UTF-8 file or
+    /// a folder of them)
     #[arg(long, value_name = "SPEC", default_value = "builtin")]
     pub data: String,
 
@@ -85,11 +90,13 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "M", value_parser = positive_f64, allow_negative_numbers = true)]
     pub minutes: Option<f64>,
 
-    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs)
+    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs);
+    /// contiguous sentences per step for quickthought (at least 4)
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = at_least_two)]
     pub batch: usize,
 
-    /// Peak learning rate [default: sgd 0.06, lars 0.3, adamw 0.001, each times batch/256]
+    /// Peak learning rate [default: sgd 0.06 (quickthought 0.1), lars 0.3, adamw 0.001,
+    /// each times batch/256]
     #[arg(long, value_name = "LR", value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
 
@@ -103,11 +110,12 @@ pub struct PretrainArgs {
     )]
     pub tau: f32,
 
-    /// The optimizer
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
-    pub optimizer: OptimizerArg,
+    /// The optimizer [default: sgd; adamw for quickthought]
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
 
-    /// Weight decay [default: sgd 5e-4, lars 1e-6, adamw 0.05]
+    /// Weight decay [default: sgd 5e-4, lars 1e-6, adamw 0.05; quickthought: 0 for sgd
+    /// and adamw]
     #[arg(long, value_name = "WD", allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
 
@@ -170,6 +178,123 @@ pub struct PretrainArgs {
     /// No progress bar (one line per 50 steps on stderr instead)
     #[arg(long)]
     pub quiet: bool,
+
+    /// Sentence encoder: cnn (embedding, 1-D convolution, ReLU, max over time) or bow (mean
+    /// of the token embeddings, the baseline)
+    #[arg(long, value_name = "KIND", default_value = "cnn", value_parser = super::text::parse_encoder, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_encoder")]
+    pub encoder: SentenceEncoderKind,
+
+    /// Objective: in-batch (softmax over the batch's sentences, the paper's) or pairwise
+    /// (log(1 + exp(f(s).g(s-) - f(s).g(s+))), one random in-batch negative per neighbour)
+    #[arg(long, value_name = "OBJ", default_value = "in-batch", value_parser = super::text::parse_objective, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_objective")]
+    pub objective: QtObjective,
+
+    /// Token embedding width
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = width_4096, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_embed_dim")]
+    pub embed_dim: usize,
+
+    /// Convolution channels: each encoder's output width (cnn)
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = width_8192, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_channels")]
+    pub channels: usize,
+
+    /// Convolution width in tokens, odd (cnn)
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = odd_kernel, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+
+    /// Tokens per sentence: longer sentences keep their first N (counted in config.json)
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = width_1024, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+
+    /// Words seen fewer times in the training text become the unknown token
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        help_heading = "Quick Thoughts"
+    )]
+    #[serde(default = "default_min_count")]
+    pub min_count: u64,
+
+    /// The most words in the vocabulary (the most frequent kept)
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = vocab_size, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+}
+
+fn default_encoder() -> SentenceEncoderKind {
+    SentenceEncoderKind::Cnn
+}
+fn default_objective() -> QtObjective {
+    QtObjective::InBatch
+}
+fn default_embed_dim() -> usize {
+    64
+}
+fn default_channels() -> usize {
+    256
+}
+fn default_kernel() -> usize {
+    3
+}
+fn default_max_len() -> usize {
+    32
+}
+fn default_min_count() -> u64 {
+    2
+}
+fn default_vocab_size() -> usize {
+    20_000
+}
+
+fn odd_kernel(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v % 2 == 1 && v <= 63 => Ok(v),
+        _ => Err(format!("expected an odd width from 1 to 63, got '{s}'")),
+    }
+}
+
+fn width(s: &str, max: usize) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if (1..=max).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a whole number from 1 to {max}, got '{s}'"
+        )),
+    }
+}
+
+fn width_1024(s: &str) -> std::result::Result<usize, String> {
+    width(s, 1024)
+}
+
+fn width_4096(s: &str) -> std::result::Result<usize, String> {
+    width(s, 4096)
+}
+
+fn width_8192(s: &str) -> std::result::Result<usize, String> {
+    width(s, 8192)
+}
+
+fn vocab_size(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if (3..=1_000_000).contains(&v) => Ok(v),
+        _ => Err(format!("expected a size from 3 to 1000000, got '{s}'")),
+    }
+}
+
+impl PretrainArgs {
+    /// The optimizer, its default resolved by the method.
+    pub fn optimizer(&self) -> OptimizerArg {
+        self.optimizer.unwrap_or(match self.method {
+            MethodArg::Quickthought => OptimizerArg::Adamw,
+            _ => OptimizerArg::Sgd,
+        })
+    }
 }
 
 fn at_least_two(s: &str) -> std::result::Result<usize, String> {
@@ -240,6 +365,9 @@ pub fn set_threads(threads: Option<u64>) {
 /// Runs `selfsup pretrain`.
 pub fn run(args: &PretrainArgs) -> Result<()> {
     set_threads(args.threads);
+    if args.method == MethodArg::Quickthought {
+        return super::text::pretrain_text(args);
+    }
     let splits = Arc::new(load_splits(&args.data)?);
     pretrain(args, splits).map(|_| ())
 }
@@ -271,7 +399,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         );
     }
     let scale = args.batch as f64 / 256.0;
-    let (lr, wd) = match args.optimizer {
+    let (lr, wd) = match args.optimizer() {
         OptimizerArg::Sgd => (
             args.lr.unwrap_or(0.06 * scale),
             args.weight_decay.unwrap_or(5e-4),
@@ -285,7 +413,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             args.weight_decay.unwrap_or(0.05),
         ),
     };
-    let optimizer = match args.optimizer {
+    let optimizer = match args.optimizer() {
         OptimizerArg::Sgd => OptimizerConfig::Sgd(SgdConfig {
             momentum: 0.9,
             weight_decay: wd,
@@ -316,6 +444,9 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     let method = match args.method {
         MethodArg::Simclr => Method::SimClr,
         MethodArg::Rotnet => Method::RotNet,
+        MethodArg::Quickthought => {
+            bail!("quickthought trains on text: see `selfsup pretrain --help`")
+        }
     };
     let cfg = PretrainConfig {
         method,
@@ -472,7 +603,11 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             && step < total
         {
             if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
-                bar.println(format!("epoch {epoch}: kNN accuracy {:.2}%", 100.0 * acc));
+                say(
+                    &bar,
+                    args.quiet,
+                    format!("epoch {epoch}: kNN accuracy {:.2}%", 100.0 * acc),
+                );
                 writeln!(
                     metrics,
                     "{{\"epoch\":{epoch},\"step\":{step},\"knn_accuracy\":{acc}}}"
@@ -522,7 +657,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     })
 }
 
-fn json_f64(v: f64) -> String {
+pub(super) fn json_f64(v: f64) -> String {
     if v.is_finite() {
         v.to_string()
     } else {
@@ -531,7 +666,7 @@ fn json_f64(v: f64) -> String {
 }
 
 /// The settings a resumed run must share with the run it continues.
-fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
+pub(super) fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
     let pairs = [
         (
             "--method",
@@ -543,8 +678,23 @@ fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
         ("--seed", old.seed.to_string(), new.seed.to_string()),
         (
             "--optimizer",
-            format!("{:?}", old.optimizer),
-            format!("{:?}", new.optimizer),
+            format!("{:?}", old.optimizer()),
+            format!("{:?}", new.optimizer()),
+        ),
+        (
+            "--encoder",
+            format!("{:?}", old.encoder),
+            format!("{:?}", new.encoder),
+        ),
+        (
+            "--objective",
+            format!("{:?}", old.objective),
+            format!("{:?}", new.objective),
+        ),
+        (
+            "--max-len",
+            old.max_len.to_string(),
+            new.max_len.to_string(),
         ),
         (
             "--widths",
@@ -604,7 +754,7 @@ fn spread_indices(n: usize, max: usize) -> Vec<usize> {
     }
 }
 
-fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
+pub(super) fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
     let text = fs::read_to_string(path).ok()?;
     let mut out = Vec::new();
     for line in text.lines() {
@@ -616,7 +766,17 @@ fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
     Some(out)
 }
 
-fn progress_bar(quiet: bool) -> ProgressBar {
+/// A line above the progress bar, or on stderr when there is no bar (a hidden bar drops
+/// its lines).
+pub(super) fn say(bar: &ProgressBar, quiet: bool, line: String) {
+    if quiet {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+pub(super) fn progress_bar(quiet: bool) -> ProgressBar {
     let bar = ProgressBar::new(0);
     if quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());

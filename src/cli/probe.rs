@@ -17,24 +17,47 @@ const EXAMPLES: &str = "\
 Examples:
   selfsup probe --checkpoint runs/simclr/ckpt-2000.safetensors --data builtin
   selfsup probe --checkpoint runs/fm/ckpt-9000.safetensors --data fashion-mnist --labels 1%,10%,100%
+  selfsup probe --checkpoint runs/qt/ckpt-3000.safetensors --checkpoint runs/bow/ckpt-9000.safetensors --tsv builtin
+  selfsup probe --checkpoint runs/qt/ckpt-3000.safetensors --tsv labeled.tsv --folds 10
 
 Each row is one representation: raw pixels, a randomly initialized encoder of the same
 architecture (seed --seed), and the checkpoint's encoder (h, before the projection head).
 Each column is the share of training labels the probe may use (class-balanced, seeded).
 The probe: standardized features, L2-regularized multinomial logistic regression fitted
-by L-BFGS, its penalty chosen on a held-out fifth of the labeled training images.";
+by L-BFGS, its penalty chosen on a held-out fifth of the labeled training images.
+
+With --tsv (Quick Thoughts checkpoints), the rows are the sentence representations
+[f(s); g(s)] of each checkpoint and of randomly initialized encoders of the first one's
+architecture; the accuracy is the mean over --folds class-stratified folds, each fold's
+probe fitted on the others (penalty chosen on an inner split), as in SentEval.";
 
 /// Options of `selfsup probe`.
 #[derive(Debug, Clone, Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct ProbeArgs {
-    /// A checkpoint written by `selfsup pretrain`
-    #[arg(long, value_name = "CKPT")]
-    pub checkpoint: PathBuf,
+    /// A checkpoint written by `selfsup pretrain` (repeat the flag to compare several in
+    /// one table)
+    #[arg(long, value_name = "CKPT", required = true)]
+    pub checkpoint: Vec<PathBuf>,
 
     /// The labeled data (see `selfsup pretrain --help`); it needs a test split
-    #[arg(long, value_name = "SPEC", default_value = "builtin")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "builtin",
+        conflicts_with = "tsv"
+    )]
     pub data: String,
+
+    /// Quick Thoughts checkpoints: labeled sentences, one `label<TAB>sentence` per line, or
+    /// `builtin` (the built-in corpus's held-out sentences and their topics); k-fold
+    /// logistic regression as in SentEval
+    #[arg(long, value_name = "FILE")]
+    pub tsv: Option<String>,
+
+    /// Folds of the k-fold probe (--tsv)
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=100))]
+    pub folds: u64,
 
     /// Shares of the training labels to probe with (comma-separated, e.g. 1%,10%,100%)
     #[arg(long, value_name = "P%", value_delimiter = ',', default_values_t = [String::from("1%"), String::from("100%")])]
@@ -176,15 +199,48 @@ pub fn print_table(title: &str, shares: &[f64], rows: &[ProbeRow]) {
     }
 }
 
+/// A checkpoint's name in a table: its run folder and file (`qt/ckpt-300.safetensors`).
+pub fn checkpoint_label(path: &std::path::Path) -> String {
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    match path.parent().and_then(|p| p.file_name()) {
+        Some(dir) => format!("{}/{file}", dir.to_string_lossy()),
+        None => file,
+    }
+}
+
 /// Runs `selfsup probe`.
 pub fn run(args: &ProbeArgs) -> Result<()> {
     super::pretrain::set_threads(args.threads);
+    if let Some(tsv) = &args.tsv {
+        let shares: Vec<f64> = args
+            .labels
+            .iter()
+            .map(|s| parse_fraction(s))
+            .collect::<Result<_>>()?;
+        return super::text::probe_sentences(
+            &args.checkpoint,
+            tsv,
+            &shares,
+            args.folds as usize,
+            args.seed,
+            !args.no_baselines,
+        );
+    }
+    if super::text::is_text_checkpoint(&args.checkpoint[0])? {
+        bail!(
+            "{} is a Quick Thoughts checkpoint: probe it on labeled sentences with --tsv FILE (or --tsv builtin)",
+            args.checkpoint[0].display()
+        );
+    }
     let shares: Vec<f64> = args
         .labels
         .iter()
         .map(|s| parse_fraction(s))
         .collect::<Result<_>>()?;
-    let model: ResNetConfig = super::embed::model_config(&args.checkpoint)?;
+    let model: ResNetConfig = super::embed::model_config(&args.checkpoint[0])?;
     let splits = load_splits(&args.data)?;
     let mut features = Vec::new();
     if !args.no_baselines {
@@ -192,13 +248,15 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         let mut random = Embedder::new(&model, 256, args.seed)?;
         features.push(encoder_features("random init", &mut random, &splits)?);
     }
-    let mut trained = Embedder::from_checkpoint(&model, 256, &args.checkpoint)?;
-    let name = args
-        .checkpoint
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    features.push(encoder_features(&name, &mut trained, &splits)?);
+    for path in &args.checkpoint {
+        let model: ResNetConfig = super::embed::model_config(path)?;
+        let mut trained = Embedder::from_checkpoint(&model, 256, path)?;
+        features.push(encoder_features(
+            &checkpoint_label(path),
+            &mut trained,
+            &splits,
+        )?);
+    }
     let rows = probe_table(&splits, &features, &shares, args.seed)?;
     print_table(
         &format!("linear probe on {} (test accuracy)", args.data),

@@ -24,7 +24,9 @@ use crate::kernels::batchnorm::{
     BatchNorm2d, BnAffine, BnGrads, BnRunning, BnSaved,
 };
 use crate::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, Pairing};
-use crate::kernels::contrastive::quickthought::{QtBatch, QtInBatch, QtStats};
+use crate::kernels::contrastive::quickthought::{
+    qt_pairwise_logistic, QtBatch, QtInBatch, QtStats,
+};
 use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
 use crate::kernels::elementwise::{
     add, add_assign, add_relu, add_relu_backward, copy, relu, relu_backward,
@@ -181,6 +183,21 @@ enum Op {
         dg: Vec<f32>,
         loss64: f64,
     },
+    /// Quick Thoughts' pairwise logistic loss over `(anchor, pos, neg)` triplets set by
+    /// [`Graph::set_triplets`]: anchors are rows of `a` (input 0, `n_a x d`), positives and
+    /// negatives rows of `b` (input 1, `n_b x d`). The forward computes both gradients (the
+    /// kernel produces them with the loss) into `da`, `db`; the backward scales them.
+    QtPairwise {
+        n_a: usize,
+        n_b: usize,
+        triplets: Vec<(u32, u32, u32)>,
+        /// `(hits, triplets)` of the last successful forward: how many triplets scored their
+        /// positive above their negative.
+        hits: Option<(usize, usize)>,
+        da: Vec<f32>,
+        db: Vec<f32>,
+        loss64: f64,
+    },
     SoftmaxCe {
         n: usize,
         c: usize,
@@ -197,7 +214,8 @@ impl Op {
         match self {
             Op::NtXent { loss64, .. }
             | Op::SoftmaxCe { loss64, .. }
-            | Op::QtInBatch { loss64, .. } => Some(*loss64),
+            | Op::QtInBatch { loss64, .. }
+            | Op::QtPairwise { loss64, .. } => Some(*loss64),
             _ => None,
         }
     }
@@ -613,6 +631,43 @@ impl GraphBuilder {
         Ok(self.push(name, op, vec![f, g], out))
     }
 
+    /// Quick Thoughts' pairwise logistic loss (Logeswaran and Lee 2018): the mean over the
+    /// `(anchor, pos, neg)` triplets set with [`Graph::set_triplets`] of
+    /// `log(1 + exp(a_anchor . b_neg - a_anchor . b_pos))`, anchors being rows of `a`
+    /// (`n_a x d`), positives and negatives rows of `b` (`n_b x d`). `a` and `b` may be the
+    /// same tensor (the paper's single encoder f: `log(1 + exp(f(x) . f(x-) - f(x) . f(x+)))`),
+    /// which then receives the sum of both gradients. Output: the scalar loss;
+    /// [`Graph::accuracy`] is the share of triplets whose positive scores above the negative.
+    ///
+    /// # Errors
+    /// Non-matrix inputs or different widths (naming both shapes).
+    pub fn qt_pairwise(&mut self, name: &str, a: TensorId, b: TensorId) -> Result<TensorId> {
+        self.check_name(name)?;
+        let [n_a, d] = self.matrix(name, a)?;
+        let [n_b, db] = self.matrix(name, b)?;
+        if d != db {
+            return Err(err(
+                name,
+                format!(
+                    "anchors {} and candidates {} differ in width",
+                    shape_str(self.shape(a)),
+                    shape_str(self.shape(b))
+                ),
+            ));
+        }
+        let out = self.tensor(name, vec![1], true)?;
+        let op = Op::QtPairwise {
+            n_a,
+            n_b,
+            triplets: Vec::new(),
+            hits: None,
+            da: vec![0.0; n_a * d],
+            db: vec![0.0; n_b * d],
+            loss64: 0.0,
+        };
+        Ok(self.push(name, op, vec![a, b], out))
+    }
+
     /// The NT-Xent loss (SimCLR) over the rows of `z` (`2N x d`): rows `2k`, `2k+1` are the
     /// two views of image k (or rows `k`, `k + N` with `halves`). Output: the scalar loss.
     ///
@@ -959,6 +1014,34 @@ impl Graph {
         }
     }
 
+    /// Sets the `(anchor, pos, neg)` triplets of a Quick Thoughts pairwise node (given by its
+    /// output tensor): anchors index rows of its `a`, positives and negatives rows of its
+    /// `b`. Stored without allocating unless there are more than ever before.
+    ///
+    /// # Errors
+    /// When `t` is not such a node's output, `triplets` is empty, or an index is out of
+    /// range (naming the first bad triplet); the node's triplets are then unchanged.
+    pub fn set_triplets(&mut self, t: TensorId, triplets: &[(u32, u32, u32)]) -> Result<()> {
+        let node = self.producer_mut(t);
+        match &mut node.op {
+            Op::QtPairwise {
+                n_a,
+                n_b,
+                triplets: tr,
+                ..
+            } => {
+                check_triplets(&node.name, triplets, *n_a, *n_b)?;
+                tr.clear();
+                tr.extend_from_slice(triplets);
+                Ok(())
+            }
+            _ => Err(err(
+                &node.name,
+                "is not a Quick Thoughts pairwise node".into(),
+            )),
+        }
+    }
+
     /// Sets the `N x L` token ids of an embedding node (given by its output tensor).
     ///
     /// # Errors
@@ -1012,13 +1095,16 @@ impl Graph {
             .and_then(|n| n.op.loss64())
             .unwrap_or_else(|| f64::from(self.value(t)[0]))
     }
-    /// Contrastive top-1 accuracy of an NT-Xent node, or the top-1 accuracy of a softmax
-    /// cross-entropy node, from the last forward.
+    /// Contrastive top-1 accuracy of an NT-Xent node, the target accuracy of a Quick
+    /// Thoughts in-batch node, the share of triplets ranked right (positive above negative)
+    /// of a Quick Thoughts pairwise node, or the top-1 accuracy of a softmax cross-entropy
+    /// node, from the last forward.
     pub fn accuracy(&self, t: TensorId) -> Option<f32> {
         let node = self.nodes.iter().find(|n| n.output == t)?;
         match &node.op {
             Op::NtXent { out, .. } => out.map(|o| o.accuracy),
             Op::QtInBatch { stats, .. } => stats.map(|s| s.accuracy() as f32),
+            Op::QtPairwise { hits, .. } => hits.map(|(h, t)| (h as f64 / t as f64) as f32),
             Op::SoftmaxCe { n, correct, .. } => Some(*correct as f32 / *n as f32),
             _ => None,
         }
@@ -1243,6 +1329,56 @@ fn check_ids(node: &str, what: &str, ids: &[u32], count: usize, bound: usize) ->
     Ok(())
 }
 
+/// `Ok` when `triplets` is non-empty and every `(anchor, pos, neg)` indexes one of `n_a`
+/// anchors and two of `n_b` candidates; else an error naming the node and the first bad one.
+fn check_triplets(node: &str, triplets: &[(u32, u32, u32)], n_a: usize, n_b: usize) -> Result<()> {
+    if triplets.is_empty() {
+        return Err(err(node, "no triplets".into()));
+    }
+    if let Some((k, &(i, p, q))) = triplets
+        .iter()
+        .enumerate()
+        .find(|&(_, &(i, p, q))| i as usize >= n_a || p as usize >= n_b || q as usize >= n_b)
+    {
+        return Err(err(
+            node,
+            format!(
+                "triplet {k} = ({i}, {p}, {q}) is out of range for {n_a} anchors and {n_b} \
+                 candidates"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Triplets per parallel chunk of [`pairwise_hits`].
+const HITS_CHUNK: usize = 256;
+
+/// How many triplets `(i, p, q)` have `a_i . (b_q - b_p) < 0` (the positive scores above
+/// the negative), each margin summed in `f64` in index order. The count is an integer sum,
+/// so it is the same for any thread count; allocates nothing. Indices must be in range.
+fn pairwise_hits(a: &[f32], b: &[f32], d: usize, triplets: &[(u32, u32, u32)]) -> usize {
+    triplets
+        .par_chunks(HITS_CHUNK)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter(|&&(i, p, q)| {
+                    let ai = &a[i as usize * d..][..d];
+                    let bp = &b[p as usize * d..][..d];
+                    let bq = &b[q as usize * d..][..d];
+                    let margin: f64 = ai
+                        .iter()
+                        .zip(bq.iter().zip(bp))
+                        .map(|(&x, (&yq, &yp))| f64::from(x) * (f64::from(yq) - f64::from(yp)))
+                        .sum();
+                    margin < 0.0
+                })
+                .count()
+        })
+        .sum()
+}
+
 /// `(inputs, output)` of a node: the output's range lies after every input's (tensors are
 /// laid out in creation order), so one split separates them.
 fn split_io<'a>(buf: &'a mut [f32], out: &std::ops::Range<usize>) -> (&'a [f32], &'a mut [f32]) {
@@ -1391,6 +1527,30 @@ fn forward_node(
             *stats = Some(st);
             y[0] = st.loss as f32;
             *loss64 = st.loss;
+        }
+        Op::QtPairwise {
+            n_a,
+            n_b,
+            triplets,
+            hits,
+            da,
+            db,
+            loss64,
+        } => {
+            *hits = None;
+            if triplets.is_empty() {
+                return Err(err(
+                    &node.name,
+                    "no triplets set (Graph::set_triplets)".into(),
+                ));
+            }
+            let d = tensors[node.inputs[0].0].shape[1];
+            let (a, b) = (x_of(0), x_of(1));
+            // The gradients come with the loss; in evaluation mode they are simply not used.
+            let loss = qt_pairwise_logistic(a, *n_a, b, *n_b, d, triplets, da, db)?;
+            *hits = Some((pairwise_hits(a, b, d, triplets), triplets.len()));
+            y[0] = loss as f32;
+            *loss64 = loss;
         }
         Op::SoftmaxCe {
             n,
@@ -1644,8 +1804,9 @@ fn backward_node(
         }
         // Loss nodes computed their input gradients in the forward; the backward scales them
         // by the gradient arriving at the loss.
-        Op::QtInBatch { df, dg, .. } => {
-            for (k, g) in [(0, &*df), (1, &*dg)] {
+        Op::QtInBatch { df: g0, dg: g1, .. } | Op::QtPairwise { da: g0, db: g1, .. } => {
+            // With both inputs the same tensor, the second emit adds to the first.
+            for (k, g) in [(0, &*g0), (1, &*g1)] {
                 emit_scaled(tensors, written, scratch, lo, node.inputs[k], dy[0], g)?;
             }
         }

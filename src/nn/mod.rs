@@ -371,9 +371,24 @@ pub fn sentence_encoder(
     Ok(SentenceEncoder { tokens, h })
 }
 
+/// The Quick Thoughts objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "cli", serde(rename_all = "kebab-case"))]
+pub enum QtObjective {
+    /// The paper's: a softmax per sentence over `f(s) . g(c)` for every other sentence `c`
+    /// of the batch; the targets are its previous and next sentence.
+    InBatch,
+    /// The pairwise logistic form `log(1 + exp(f(s) . g(s-) - f(s) . g(s+)))` with `s+` a
+    /// neighbour and `s-` another sentence of the batch.
+    Pairwise,
+}
+
 /// Quick Thoughts (Logeswaran and Lee 2018): two encoders f and g of the same batch of
-/// contiguous sentences and the in-batch classification loss of f's sentences against
-/// g's (each sentence's own row excluded; targets set with [`Graph::set_targets`]).
+/// contiguous sentences and a loss of f's sentences against g's: the in-batch
+/// classification (each sentence's own row excluded; targets set with
+/// [`Graph::set_targets`]) or the pairwise logistic loss (triplets set with
+/// [`Graph::set_triplets`]).
 #[derive(Debug)]
 pub struct QuickThoughtsModel {
     pub graph: Graph,
@@ -389,6 +404,7 @@ pub struct QuickThoughtsModel {
 pub fn quick_thoughts(
     cfg: &SentenceEncoderConfig,
     batch: usize,
+    objective: QtObjective,
     seed: u64,
 ) -> Result<QuickThoughtsModel> {
     if batch < 2 {
@@ -400,7 +416,10 @@ pub fn quick_thoughts(
     let mut b = GraphBuilder::new();
     let f = sentence_encoder(&mut b, "f", cfg, batch)?;
     let g = sentence_encoder(&mut b, "g", cfg, batch)?;
-    let loss = b.qt_in_batch("loss", f.h, g.h, 1.0, Some(0))?;
+    let loss = match objective {
+        QtObjective::InBatch => b.qt_in_batch("loss", f.h, g.h, 1.0, Some(0))?,
+        QtObjective::Pairwise => b.qt_pairwise("loss", f.h, g.h)?,
+    };
     Ok(QuickThoughtsModel {
         graph: b.build(seed)?,
         f,

@@ -13,6 +13,9 @@ pub const MAX_FILE_BYTES: u64 = 256 << 20;
 /// pairs of adjacent sentences, so a one-sentence file has nothing to teach.
 pub const MIN_DOCUMENT_SENTENCES: usize = 2;
 
+/// The start of the message of a file that is not UTF-8 text.
+const NOT_UTF8: &str = "not UTF-8 text";
+
 /// One document of a corpus read from disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
@@ -37,6 +40,13 @@ pub struct CorpusReport {
     /// Files skipped because they hold text but fewer than [`MIN_DOCUMENT_SENTENCES`]
     /// sentences.
     pub skipped_short: usize,
+    /// Files of a folder skipped because they are not UTF-8 text (compressed files,
+    /// binaries, other encodings); the first one is named in
+    /// [`first_binary`](Self::first_binary). A single file given as `path` is an error
+    /// instead.
+    pub skipped_binary: usize,
+    /// The first file counted in [`skipped_binary`](Self::skipped_binary), with the reason.
+    pub first_binary: Option<String>,
 }
 
 /// Reads the corpus at `path`: the documents of [`read_corpus_report`], without the counts.
@@ -55,13 +65,16 @@ pub fn read_corpus(path: &Path) -> Result<Vec<Document>, DataError> {
 /// are ignored, and symbolic links are followed to files but not to folders (no cycles).
 /// A leading UTF-8 byte-order mark is dropped. Each file is split with
 /// [`split_sentences`]; files with no text or fewer than [`MIN_DOCUMENT_SENTENCES`]
-/// sentences are skipped and counted.
+/// sentences are skipped and counted. In a folder, files that are not UTF-8 text
+/// (`changelog.gz`, images, Latin-1 text) are skipped and counted too, the first one
+/// named in the report: real folders such as `/usr/share/doc` mix them with text.
 ///
 /// # Errors
 /// - [`DataError::Io`] naming the path or file when it cannot be read (a nonexistent
 ///   `path` included);
-/// - [`DataError::Format`] naming the file when it is larger than [`MAX_FILE_BYTES`] or
-///   not UTF-8 (with the byte offset of the first bad byte);
+/// - [`DataError::Format`] naming the file when it is larger than [`MAX_FILE_BYTES`], or
+///   when `path` is a single file that is not UTF-8 (with the byte offset of the first
+///   bad byte);
 /// - [`DataError::Format`] naming `path` when no file yields a document.
 pub fn read_corpus_report(path: &Path) -> Result<CorpusReport, DataError> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
@@ -88,9 +101,22 @@ pub fn read_corpus_report(path: &Path) -> Result<CorpusReport, DataError> {
         files: files.len(),
         skipped_empty: 0,
         skipped_short: 0,
+        skipped_binary: 0,
+        first_binary: None,
     };
+    let folder = meta.is_dir();
     for (file, name) in files {
-        let text = read_text(&file)?;
+        let text = match read_text(&file) {
+            Ok(t) => t,
+            Err(e @ DataError::Format { .. }) if folder && e.to_string().contains(NOT_UTF8) => {
+                report.skipped_binary += 1;
+                if report.first_binary.is_none() {
+                    report.first_binary = Some(e.to_string());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let sentences = split_sentences(&text);
         if sentences.is_empty() {
             report.skipped_empty += 1;
@@ -104,8 +130,9 @@ pub fn read_corpus_report(path: &Path) -> Result<CorpusReport, DataError> {
         return Err(fmt_err(
             path,
             format!(
-                "no documents: {} file(s) read, {} without text, {} with fewer than {} sentences",
-                report.files, report.skipped_empty, report.skipped_short, MIN_DOCUMENT_SENTENCES
+                "no documents: {} file(s) read, {} without text, {} with fewer than {} sentences, {} not UTF-8 text",
+                report.files, report.skipped_empty, report.skipped_short, MIN_DOCUMENT_SENTENCES,
+                report.skipped_binary
             ),
         ));
     }
@@ -174,7 +201,7 @@ fn read_text(file: &Path) -> Result<String, DataError> {
         let byte = e.as_bytes()[at];
         fmt_err(
             file,
-            format!("not UTF-8 text: invalid byte 0x{byte:02x} at byte offset {at}"),
+            format!("{NOT_UTF8}: invalid byte 0x{byte:02x} at byte offset {at}"),
         )
     })?;
     if text.starts_with('\u{feff}') {

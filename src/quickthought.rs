@@ -1,0 +1,634 @@
+//! Quick Thoughts training (Logeswaran and Lee, ICLR 2018): sentence encoders f and g
+//! learned from the order of sentences in unlabeled documents.
+//!
+//! - [`TokenizedCorpus`]: documents of sentences as fixed-length token rows (truncated to
+//!   `max_len` tokens, padded with [`PAD`]), built once.
+//! - [`QtTrainer`]: batches of `batch` contiguous sentences of a stream that concatenates
+//!   the documents in an order drawn per epoch from the seed; the targets of a sentence
+//!   are its previous and next sentence in its document (never across a document
+//!   boundary). Two objectives: the paper's in-batch classification
+//!   ([`QtObjective::InBatch`]) and the pairwise logistic form ([`QtObjective::Pairwise`]),
+//!   one random in-batch negative per target pair. Batches are made in place from the
+//!   step's index, so a step allocates nothing and a resumed run sees the same batches.
+//! - [`SentenceEmbedder`]: the frozen encoders; a sentence's representation is
+//!   `[f(s); g(s)]`, as in the paper.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, GraphBuilder, Mode};
+use crate::kernels::contrastive::quickthought::qt_neighbor_targets;
+use crate::nn::{
+    quick_thoughts, QtObjective, QuickThoughtsModel, SentenceEncoder, SentenceEncoderConfig,
+};
+use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
+use crate::pretrain::{copy_by_name, StepStats, METHOD_KEY, STEP_KEY};
+use crate::rng::{mix, shuffle, SplitMix64};
+use crate::text::{Vocab, PAD};
+use crate::train::{self, Metadata};
+
+/// The method's name in checkpoints and run folders.
+pub const METHOD_NAME: &str = "quickthought";
+
+/// The fewest sentences per batch: with 4, every batch has a target pair and every
+/// anchor a negative that is neither itself nor a neighbour.
+pub const MIN_BATCH: usize = 4;
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument {
+        op: "quick thoughts",
+        msg,
+    }
+}
+
+/// Documents of sentences as token rows of `max_len` ids (row-major, [`PAD`]-padded).
+#[derive(Clone, Debug)]
+pub struct TokenizedCorpus {
+    max_len: usize,
+    tokens: Vec<u32>,
+    /// The first sentence of each document, then the number of sentences.
+    bounds: Vec<usize>,
+    truncated: usize,
+}
+
+impl TokenizedCorpus {
+    /// Tokenizes `documents` (each an ordered list of sentences) with `vocab`: sentences
+    /// longer than `max_len` tokens keep their first `max_len` (counted in
+    /// [`truncated`](Self::truncated)).
+    ///
+    /// # Errors
+    /// `max_len == 0`.
+    pub fn new<D, S>(documents: D, vocab: &Vocab, max_len: usize) -> Result<Self>
+    where
+        D: IntoIterator,
+        D::Item: AsRef<[S]>,
+        S: AsRef<str>,
+    {
+        if max_len == 0 {
+            return Err(invalid("max_len must be positive".into()));
+        }
+        let mut tokens = Vec::new();
+        let mut bounds = vec![0];
+        let mut truncated = 0;
+        let mut n = 0;
+        for doc in documents {
+            let doc = doc.as_ref();
+            if doc.is_empty() {
+                continue;
+            }
+            for s in doc {
+                let ids = vocab.encode(s.as_ref(), max_len + 1);
+                if ids.len() > max_len {
+                    truncated += 1;
+                }
+                let keep = ids.len().min(max_len);
+                tokens.extend_from_slice(&ids[..keep]);
+                tokens.resize(tokens.len() + max_len - keep, PAD);
+                n += 1;
+            }
+            bounds.push(n);
+        }
+        Ok(Self {
+            max_len,
+            tokens,
+            bounds,
+            truncated,
+        })
+    }
+
+    /// Tokens per sentence.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The number of sentences.
+    pub fn sentences(&self) -> usize {
+        *self.bounds.last().unwrap_or(&0)
+    }
+
+    /// The number of (non-empty) documents.
+    pub fn documents(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// Sentences of document `d`: `start..end` indices.
+    pub fn document(&self, d: usize) -> std::ops::Range<usize> {
+        self.bounds[d]..self.bounds[d + 1]
+    }
+
+    /// Sentences that were longer than `max_len` tokens and were cut.
+    pub fn truncated(&self) -> usize {
+        self.truncated
+    }
+
+    /// Sentence `i`'s `max_len` token ids.
+    pub fn sentence(&self, i: usize) -> &[u32] {
+        &self.tokens[i * self.max_len..(i + 1) * self.max_len]
+    }
+
+    /// Every sentence's tokens, `sentences x max_len`.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Sentences in documents of at least two sentences (the ones with neighbours).
+    pub fn trainable_sentences(&self) -> usize {
+        (0..self.documents())
+            .map(|d| self.document(d).len())
+            .filter(|&l| l >= 2)
+            .sum()
+    }
+}
+
+/// The configuration of a Quick Thoughts run.
+#[derive(Clone, Debug)]
+pub struct QtConfig {
+    /// Each of the two encoders f and g.
+    pub encoder: SentenceEncoderConfig,
+    /// Contiguous sentences per step (at least [`MIN_BATCH`]).
+    pub batch: usize,
+    pub objective: QtObjective,
+    pub optimizer: OptimizerConfig,
+    pub schedule: LrSchedule,
+    /// Seed of the weights, the document order and the negatives.
+    pub seed: u64,
+}
+
+/// A Quick Thoughts run in memory.
+pub struct QtTrainer {
+    cfg: QtConfig,
+    model: QuickThoughtsModel,
+    opt: Optimizer,
+    corpus: Arc<TokenizedCorpus>,
+    step: u64,
+    /// The documents that train (two sentences or more).
+    docs: Vec<usize>,
+    steps_per_epoch: u64,
+    /// The epoch whose stream is in `stream` / `stream_start`.
+    stream_epoch: Option<u64>,
+    /// Sentence indices of the epoch's stream and whether each begins a document.
+    stream: Vec<usize>,
+    stream_start: Vec<bool>,
+    // Per-step scratch, reused.
+    ids: Vec<u32>,
+    starts: Vec<usize>,
+    targets: Vec<(u32, u32)>,
+    triplets: Vec<(u32, u32, u32)>,
+}
+
+impl std::fmt::Debug for QtTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QtTrainer")
+            .field("objective", &self.cfg.objective)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QtTrainer {
+    /// Builds the encoders, the loss and the optimizer for `corpus`.
+    ///
+    /// # Errors
+    /// An invalid configuration, a batch below [`MIN_BATCH`], a corpus whose `max_len`
+    /// differs from the encoder's or with fewer trainable sentences (in documents of two
+    /// or more) than one batch.
+    pub fn new(cfg: QtConfig, corpus: Arc<TokenizedCorpus>) -> Result<Self> {
+        cfg.encoder.validate()?;
+        if cfg.batch < MIN_BATCH {
+            return Err(invalid(format!(
+                "a batch needs at least {MIN_BATCH} sentences, got {}",
+                cfg.batch
+            )));
+        }
+        if corpus.max_len() != cfg.encoder.max_len {
+            return Err(invalid(format!(
+                "the corpus has {} tokens per sentence, the encoder takes {}",
+                corpus.max_len(),
+                cfg.encoder.max_len
+            )));
+        }
+        if let Some(&t) = corpus
+            .tokens()
+            .iter()
+            .find(|&&t| t as usize >= cfg.encoder.vocab)
+        {
+            return Err(invalid(format!(
+                "token id {t} is outside the encoder's vocabulary of {}",
+                cfg.encoder.vocab
+            )));
+        }
+        let docs: Vec<usize> = (0..corpus.documents())
+            .filter(|&d| corpus.document(d).len() >= 2)
+            .collect();
+        let trainable = corpus.trainable_sentences();
+        if trainable < cfg.batch {
+            return Err(invalid(format!(
+                "the corpus has {trainable} sentences in documents of two or more sentences \
+                 ({} documents, {} sentences in all); one batch takes {}",
+                corpus.documents(),
+                corpus.sentences(),
+                cfg.batch
+            )));
+        }
+        let model = quick_thoughts(&cfg.encoder, cfg.batch, cfg.objective, mix(cfg.seed, &[0]))?;
+        let opt = Optimizer::new(cfg.optimizer, model.graph.params().len())?;
+        let steps_per_epoch = (trainable / cfg.batch) as u64;
+        Ok(Self {
+            ids: vec![PAD; cfg.batch * cfg.encoder.max_len],
+            starts: Vec::with_capacity(cfg.batch),
+            targets: Vec::with_capacity(2 * cfg.batch),
+            triplets: Vec::with_capacity(2 * cfg.batch),
+            stream: Vec::with_capacity(trainable),
+            stream_start: Vec::with_capacity(trainable),
+            stream_epoch: None,
+            cfg,
+            model,
+            opt,
+            corpus,
+            step: 0,
+            docs,
+            steps_per_epoch,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QtConfig {
+        &self.cfg
+    }
+
+    /// Replaces the learning-rate schedule.
+    pub fn set_schedule(&mut self, schedule: LrSchedule) {
+        self.cfg.schedule = schedule;
+    }
+
+    /// The training graph (f, g and the loss).
+    pub fn graph(&self) -> &Graph {
+        &self.model.graph
+    }
+
+    /// Steps taken so far (the next step's index).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Full batches per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.steps_per_epoch
+    }
+
+    /// Lays out epoch `epoch`'s stream: the trainable documents in an order drawn from the
+    /// seed and the epoch, concatenated. Reuses the buffers (no allocation).
+    fn prepare_epoch(&mut self, epoch: u64) {
+        if self.stream_epoch == Some(epoch) {
+            return;
+        }
+        // From the sorted list each time, so the order depends on the epoch only.
+        self.docs.sort_unstable();
+        shuffle(&mut self.docs, mix(self.cfg.seed, &[1, epoch]));
+        self.stream.clear();
+        self.stream_start.clear();
+        for &d in &self.docs {
+            let r = self.corpus.document(d);
+            let first = r.start;
+            for i in r {
+                self.stream.push(i);
+                self.stream_start.push(i == first);
+            }
+        }
+        self.stream_epoch = Some(epoch);
+    }
+
+    /// Fills the token rows, the targets and (pairwise) the triplets of step `step`.
+    fn prepare_batch(&mut self, step: u64) -> Result<()> {
+        let epoch = step / self.steps_per_epoch;
+        self.prepare_epoch(epoch);
+        let b = self.cfg.batch;
+        let l = self.cfg.encoder.max_len;
+        let p0 = (step % self.steps_per_epoch) as usize * b;
+        self.starts.clear();
+        for k in 0..b {
+            let i = self.stream[p0 + k];
+            self.ids[k * l..(k + 1) * l].copy_from_slice(self.corpus.sentence(i));
+            if k > 0 && self.stream_start[p0 + k] {
+                self.starts.push(k);
+            }
+        }
+        qt_neighbor_targets(b, 0, &self.starts, &mut self.targets)?;
+        if self.cfg.objective == QtObjective::Pairwise {
+            // One negative per target pair: a sentence of the batch that is neither the
+            // anchor nor one of its neighbours (drawn from the seed and the step).
+            let mut rng = SplitMix64::new(mix(self.cfg.seed, &[2, step]));
+            self.triplets.clear();
+            for (t, &(i, j)) in self.targets.iter().enumerate() {
+                // The anchor's targets are adjacent in `targets` (anchors ascending).
+                let is_target = |c: u32| {
+                    self.targets[t.saturating_sub(1)..(t + 2).min(self.targets.len())]
+                        .iter()
+                        .any(|&(a, p)| a == i && p == c)
+                };
+                let neg = loop {
+                    let c = rng.below(b) as u32;
+                    if c != i && !is_target(c) {
+                        break c;
+                    }
+                };
+                self.triplets.push((i, j, neg));
+            }
+        }
+        Ok(())
+    }
+
+    /// One step: the batch of `self.step()`, forward, backward, the optimizer's update.
+    /// Allocates nothing (once the epoch's stream is laid out).
+    ///
+    /// # Errors
+    /// A non-finite loss (the weights are left as they were before the update).
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        self.prepare_batch(self.step)?;
+        let m = &mut self.model;
+        let g = &mut m.graph;
+        g.set_tokens(m.f.tokens, &self.ids)?;
+        g.set_tokens(m.g.tokens, &self.ids)?;
+        match self.cfg.objective {
+            QtObjective::InBatch => g.set_targets(m.loss, &self.targets)?,
+            QtObjective::Pairwise => g.set_triplets(m.loss, &self.triplets)?,
+        }
+        let step = self.step;
+        let at_step = |e: Error| {
+            invalid(format!(
+                "at step {step}: {e}; training stopped (the last checkpoint is kept)"
+            ))
+        };
+        g.forward(Mode::Train).map_err(at_step)?;
+        let loss = g.loss_f64(m.loss);
+        if !loss.is_finite() {
+            return Err(invalid(format!(
+                "the loss is {loss} at step {step}; training stopped (the last checkpoint is kept)"
+            )));
+        }
+        let accuracy = g.accuracy(m.loss).map_or(f64::NAN, f64::from);
+        g.backward().map_err(at_step)?;
+        let lr = self.cfg.schedule.lr(step);
+        let (p, gr, groups) = g.params_and_grads();
+        self.opt.step(p, gr, groups, lr).map_err(at_step)?;
+        self.step += 1;
+        Ok(StepStats {
+            step,
+            epoch: step / self.steps_per_epoch,
+            loss,
+            accuracy,
+            lr,
+        })
+    }
+
+    /// The in-batch previous/next accuracy of the current encoders on `corpus` (e.g.
+    /// held-out documents), over its batches of contiguous sentences in document order.
+    /// The in-batch classification's measure for either objective: a target counts when
+    /// it ranks within the anchor's top `K` (its number of targets) of `f(s) . g(c)`.
+    ///
+    /// # Errors
+    /// A corpus of another `max_len` or vocabulary, or fewer sentences than one batch.
+    pub fn neighbour_accuracy(&self, corpus: &TokenizedCorpus) -> Result<f64> {
+        let b = self.cfg.batch;
+        let mut eval = quick_thoughts(&self.cfg.encoder, b, QtObjective::InBatch, 0)?;
+        copy_by_name(&self.model.graph, &mut eval.graph)?;
+        if corpus.max_len() != self.cfg.encoder.max_len || corpus.sentences() < b {
+            return Err(invalid(format!(
+                "the evaluation corpus has {} sentences of {} tokens; the model takes batches of {b} of {}",
+                corpus.sentences(),
+                corpus.max_len(),
+                self.cfg.encoder.max_len
+            )));
+        }
+        let starts_all: Vec<usize> = (0..corpus.documents())
+            .map(|d| corpus.document(d).start)
+            .collect();
+        let (mut hits, mut total) = (0.0, 0.0);
+        let mut targets = Vec::new();
+        for b0 in (0..=corpus.sentences() - b).step_by(b) {
+            let local: Vec<usize> = starts_all
+                .iter()
+                .filter(|&&s| s > b0 && s < b0 + b)
+                .map(|&s| s - b0)
+                .collect();
+            qt_neighbor_targets(b, 0, &local, &mut targets)?;
+            if targets.is_empty() {
+                continue;
+            }
+            let ids = &corpus.tokens()[b0 * corpus.max_len()..(b0 + b) * corpus.max_len()];
+            eval.graph.set_tokens(eval.f.tokens, ids)?;
+            eval.graph.set_tokens(eval.g.tokens, ids)?;
+            eval.graph.set_targets(eval.loss, &targets)?;
+            eval.graph.forward(Mode::Eval)?;
+            let acc = f64::from(eval.graph.accuracy(eval.loss).unwrap_or(0.0));
+            hits += acc * targets.len() as f64;
+            total += targets.len() as f64;
+        }
+        Ok(if total > 0.0 { hits / total } else { f64::NAN })
+    }
+
+    /// Writes `ckpt-<step>.safetensors` into `dir` (both encoders, the optimizer state,
+    /// `metadata` plus the step and the method), keeping the newest `keep_last`.
+    ///
+    /// # Errors
+    /// As [`train::save_in`].
+    pub fn save_in(
+        &self,
+        dir: impl AsRef<Path>,
+        metadata: &Metadata,
+        keep_last: usize,
+    ) -> std::result::Result<PathBuf, CheckpointError> {
+        let mut meta = metadata.clone();
+        meta.insert(STEP_KEY.into(), self.step.to_string());
+        meta.insert(METHOD_KEY.into(), METHOD_NAME.into());
+        train::save_in(
+            dir,
+            self.step,
+            &self.model.graph,
+            Some(&self.opt),
+            &meta,
+            keep_last,
+        )
+    }
+
+    /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.
+    ///
+    /// # Errors
+    /// As [`train::load`]: another architecture or optimizer, another method, a corrupt
+    /// file.
+    pub fn resume_from(
+        &mut self,
+        dir: impl AsRef<Path>,
+    ) -> std::result::Result<Option<u64>, CheckpointError> {
+        let Some((step, path)) = checkpoint::latest_in(&dir)? else {
+            return Ok(None);
+        };
+        let meta = train::load(&path, &mut self.model.graph, Some(&mut self.opt))?;
+        if let Some(m) = meta.get(METHOD_KEY) {
+            if m != METHOD_NAME {
+                return Err(CheckpointError::InvalidArgument {
+                    path,
+                    reason: format!("is a '{m}' run, this run is '{METHOD_NAME}'"),
+                });
+            }
+        }
+        self.step = step;
+        Ok(Some(step))
+    }
+}
+
+/// The frozen sentence encoders f and g: a sentence's representation is `[f(s); g(s)]`
+/// (`2 x feature_dim` values), computed `batch` sentences at a time.
+pub struct SentenceEmbedder {
+    graph: Graph,
+    f: SentenceEncoder,
+    g: SentenceEncoder,
+    cfg: SentenceEncoderConfig,
+    batch: usize,
+    ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for SentenceEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentenceEmbedder")
+            .field("cfg", &self.cfg)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentenceEmbedder {
+    /// Randomly initialized encoders (the random-init baseline).
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn new(cfg: &SentenceEncoderConfig, batch: usize, seed: u64) -> Result<Self> {
+        let batch = batch.max(1);
+        let mut b = GraphBuilder::new();
+        let f = crate::nn::sentence_encoder(&mut b, "f", cfg, batch)?;
+        let g = crate::nn::sentence_encoder(&mut b, "g", cfg, batch)?;
+        let graph = b.build(mix(seed, &[0]))?;
+        Ok(Self {
+            graph,
+            f,
+            g,
+            cfg: cfg.clone(),
+            batch,
+            ids: vec![PAD; batch * cfg.max_len],
+        })
+    }
+
+    /// The encoders of a trainer's current weights.
+    ///
+    /// # Errors
+    /// As [`SentenceEmbedder::new`].
+    pub fn from_trainer(trainer: &QtTrainer, batch: usize) -> Result<Self> {
+        let mut e = Self::new(&trainer.cfg.encoder, batch, 0)?;
+        copy_by_name(&trainer.model.graph, &mut e.graph)?;
+        Ok(e)
+    }
+
+    /// The encoders stored in a checkpoint of `cfg` (the optimizer state is ignored; every
+    /// encoder tensor must be there with its shape).
+    ///
+    /// # Errors
+    /// A checkpoint that is unreadable, corrupt or of another architecture.
+    pub fn from_checkpoint(
+        cfg: &SentenceEncoderConfig,
+        batch: usize,
+        path: impl AsRef<Path>,
+    ) -> std::result::Result<Self, CheckpointError> {
+        let path = path.as_ref();
+        let mut e = Self::new(cfg, batch, 0).map_err(|err| CheckpointError::InvalidArgument {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })?;
+        let ck = checkpoint::load(path)?;
+        let params: Vec<_> = e.graph.param_info().to_vec();
+        for p in &params {
+            ck.copy_into(
+                &p.name,
+                &p.shape,
+                &mut e.graph.params_mut()[p.range.clone()],
+            )?;
+        }
+        Ok(e)
+    }
+
+    /// The encoder configuration.
+    pub fn config(&self) -> &SentenceEncoderConfig {
+        &self.cfg
+    }
+
+    /// The width of a representation, `[f(s); g(s)]`.
+    pub fn dim(&self) -> usize {
+        2 * self.cfg.feature_dim()
+    }
+
+    /// The representations of `n` sentences given as token rows (`n x max_len`, each
+    /// [`PAD`]-padded) into `out` (`n x dim`).
+    ///
+    /// # Errors
+    /// Wrong lengths, or a token id outside the vocabulary.
+    pub fn embed_tokens(&mut self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
+        let l = self.cfg.max_len;
+        let d = self.cfg.feature_dim();
+        if !tokens.len().is_multiple_of(l) || out.len() != tokens.len() / l * 2 * d {
+            return Err(invalid(format!(
+                "{} token ids and {} outputs for sentences of {l} tokens and representations of {}",
+                tokens.len(),
+                out.len(),
+                2 * d
+            )));
+        }
+        for (chunk, o) in tokens
+            .chunks(self.batch * l)
+            .zip(out.chunks_mut(self.batch * 2 * d))
+        {
+            let rows = chunk.len() / l;
+            self.ids[..chunk.len()].copy_from_slice(chunk);
+            // A short last batch: the unused rows are padding and their outputs dropped.
+            self.ids[chunk.len()..].fill(PAD);
+            self.graph.set_tokens(self.f.tokens, &self.ids)?;
+            self.graph.set_tokens(self.g.tokens, &self.ids)?;
+            self.graph.forward_to(self.f.h, Mode::Eval)?;
+            self.graph.forward_to(self.g.h, Mode::Eval)?;
+            let (fv, gv) = (self.graph.value(self.f.h), self.graph.value(self.g.h));
+            for r in 0..rows {
+                o[r * 2 * d..r * 2 * d + d].copy_from_slice(&fv[r * d..(r + 1) * d]);
+                o[r * 2 * d + d..(r + 1) * 2 * d].copy_from_slice(&gv[r * d..(r + 1) * d]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The representations of `sentences` (tokenized with `vocab`, truncated to
+    /// `max_len` tokens), `sentences.len() x dim`.
+    ///
+    /// # Errors
+    /// A vocabulary larger than the encoder's.
+    pub fn embed_sentences<S: AsRef<str>>(
+        &mut self,
+        vocab: &Vocab,
+        sentences: &[S],
+    ) -> Result<Vec<f32>> {
+        if vocab.len() > self.cfg.vocab {
+            return Err(invalid(format!(
+                "the vocabulary has {} words, the encoder {}",
+                vocab.len(),
+                self.cfg.vocab
+            )));
+        }
+        let l = self.cfg.max_len;
+        let mut tokens = vec![PAD; sentences.len() * l];
+        for (s, row) in sentences.iter().zip(tokens.chunks_mut(l)) {
+            let ids = vocab.encode(s.as_ref(), l);
+            row[..ids.len()].copy_from_slice(&ids);
+        }
+        let mut out = vec![0.0; sentences.len() * self.dim()];
+        self.embed_tokens(&tokens, &mut out)?;
+        Ok(out)
+    }
+}
