@@ -156,6 +156,17 @@ pub struct QtConfig {
     pub seed: u64,
 }
 
+/// One step's batch, as [`QtTrainer::batch`] shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct QtBatchView<'a> {
+    /// Corpus sentence indices, in batch order (contiguous runs of documents).
+    pub sentences: &'a [usize],
+    /// `(anchor, candidate)` rows of the batch: each sentence's previous and next.
+    pub targets: &'a [(u32, u32)],
+    /// `(anchor, positive, negative)` rows (pairwise objective; empty otherwise).
+    pub triplets: &'a [(u32, u32, u32)],
+}
+
 /// A Quick Thoughts run in memory.
 pub struct QtTrainer {
     cfg: QtConfig,
@@ -338,6 +349,26 @@ impl QtTrainer {
             }
         }
         Ok(())
+    }
+
+    /// What step `step` trains on (for inspection and tests; training makes the same
+    /// batch itself): the corpus indices of its sentences, in batch order, its target
+    /// pairs (rows of the batch) and, for the pairwise objective, its triplets.
+    ///
+    /// # Errors
+    /// None in practice (the targets' builder checks its input).
+    pub fn batch(&mut self, step: u64) -> Result<QtBatchView<'_>> {
+        self.prepare_batch(step)?;
+        let p0 = (step % self.steps_per_epoch) as usize * self.cfg.batch;
+        Ok(QtBatchView {
+            sentences: &self.stream[p0..p0 + self.cfg.batch],
+            targets: &self.targets,
+            triplets: if self.cfg.objective == QtObjective::Pairwise {
+                &self.triplets
+            } else {
+                &[]
+            },
+        })
     }
 
     /// One step: the batch of `self.step()`, forward, backward, the optimizer's update.

@@ -2,6 +2,8 @@
 //! trained briefly with the in-batch objective on batches of contiguous sentences, rank a
 //! sentence's neighbours far above chance on held-out documents.
 
+mod common;
+
 use selfsup::graph::Mode;
 use selfsup::kernels::contrastive::quickthought::qt_neighbor_targets;
 use selfsup::nn::{quick_thoughts, QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
@@ -110,4 +112,268 @@ fn in_batch_neighbour_accuracy_rises_far_above_chance() {
         after >= 4.0 * chance,
         "trained accuracy {after} (chance {chance})"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The library trainer (`selfsup::quickthought`).
+
+mod trainer {
+    use std::sync::Arc;
+
+    use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
+    use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
+    use selfsup::quickthought::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus};
+    use selfsup::text::{builtin_corpus, CorpusConfig, Vocab, PAD};
+
+    use crate::common::TempDir;
+
+    fn docs(n: usize, seed: u64) -> Vec<Vec<String>> {
+        builtin_corpus(&CorpusConfig { documents: n, seed })
+            .into_iter()
+            .map(|d| d.sentences)
+            .collect()
+    }
+
+    fn setup(
+        objective: QtObjective,
+        kind: SentenceEncoderKind,
+        batch: usize,
+        steps: u64,
+    ) -> (QtTrainer, Vocab, Arc<TokenizedCorpus>) {
+        let train = docs(200, 11);
+        let vocab = Vocab::build(train.iter().flatten(), 1, 5000).unwrap();
+        let corpus = Arc::new(TokenizedCorpus::new(&train, &vocab, 16).unwrap());
+        let cfg = QtConfig {
+            encoder: SentenceEncoderConfig {
+                kind,
+                vocab: vocab.len(),
+                embed_dim: 32,
+                channels: 64,
+                kernel: 3,
+                max_len: 16,
+            },
+            batch,
+            objective,
+            optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+            schedule: LrSchedule::new(3e-3, 0, steps).unwrap(),
+            seed: 4,
+        };
+        let t = QtTrainer::new(cfg, Arc::clone(&corpus)).unwrap();
+        (t, vocab, corpus)
+    }
+
+    /// The document of each sentence.
+    fn doc_of(corpus: &TokenizedCorpus) -> Vec<usize> {
+        let mut d = vec![0; corpus.sentences()];
+        for k in 0..corpus.documents() {
+            for i in corpus.document(k) {
+                d[i] = k;
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn an_epoch_covers_each_sentence_at_most_once_with_targets_inside_documents() {
+        for objective in [QtObjective::InBatch, QtObjective::Pairwise] {
+            let (mut t, _, corpus) = setup(objective, SentenceEncoderKind::Cnn, 24, 100);
+            let doc = doc_of(&corpus);
+            let spe = t.steps_per_epoch();
+            assert_eq!(spe as usize, corpus.trainable_sentences() / 24);
+            let mut seen = vec![0u32; corpus.sentences()];
+            for step in 0..spe {
+                let b = t.batch(step).unwrap();
+                assert_eq!(b.sentences.len(), 24);
+                for &s in b.sentences {
+                    seen[s] += 1;
+                }
+                assert!(!b.targets.is_empty());
+                // Every previous/next pair inside the batch is a target, and nothing else.
+                let mut want = Vec::new();
+                for i in 0..24usize {
+                    for j in [i.wrapping_sub(1), i + 1] {
+                        if j < 24
+                            && doc[b.sentences[i]] == doc[b.sentences[j]]
+                            && b.sentences[i].abs_diff(b.sentences[j]) == 1
+                        {
+                            want.push((i as u32, j as u32));
+                        }
+                    }
+                }
+                assert_eq!(b.targets, &want[..], "step {step}");
+                if objective == QtObjective::Pairwise {
+                    assert_eq!(b.triplets.len(), b.targets.len());
+                    for (&(i, p, n), &(ti, tp)) in b.triplets.iter().zip(b.targets) {
+                        assert_eq!((i, p), (ti, tp));
+                        assert!(n != i && !b.targets.contains(&(i, n)), "{i} {p} {n}");
+                    }
+                } else {
+                    assert!(b.triplets.is_empty());
+                }
+            }
+            // At most once; only the remainder of the trainable sentences is left out.
+            assert!(seen.iter().all(|&c| c <= 1));
+            let covered = seen.iter().filter(|&&c| c == 1).count();
+            assert_eq!(covered, spe as usize * 24);
+            // Single-sentence documents never appear (none in the built-in corpus; checked
+            // separately below), and the next epoch is another order.
+            let first: Vec<usize> = t.batch(0).unwrap().sentences.to_vec();
+            let next: Vec<usize> = t.batch(spe).unwrap().sentences.to_vec();
+            assert_ne!(first, next);
+            assert_eq!(first, t.batch(0).unwrap().sentences);
+        }
+    }
+
+    #[test]
+    fn one_sentence_documents_are_left_out_and_small_corpora_are_errors() {
+        let text = vec![
+            vec!["Alone here.".to_string()],
+            vec!["One a.".into(), "Two a.".into(), "Three a.".into()],
+            vec!["One b.".into(), "Two b.".into()],
+            vec![],
+        ];
+        let vocab = Vocab::build(text.iter().flatten(), 1, 100).unwrap();
+        let corpus = Arc::new(TokenizedCorpus::new(&text, &vocab, 4).unwrap());
+        assert_eq!(corpus.documents(), 3);
+        assert_eq!(corpus.sentences(), 6);
+        assert_eq!(corpus.trainable_sentences(), 5);
+        let cfg = |batch: usize, max_len: usize, vocab_len: usize| QtConfig {
+            encoder: SentenceEncoderConfig {
+                kind: SentenceEncoderKind::Bow,
+                vocab: vocab_len,
+                embed_dim: 4,
+                channels: 4,
+                kernel: 1,
+                max_len,
+            },
+            batch,
+            objective: QtObjective::InBatch,
+            optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+            schedule: LrSchedule::new(1e-3, 0, 10).unwrap(),
+            seed: 0,
+        };
+        let mut t = QtTrainer::new(cfg(4, 4, vocab.len()), Arc::clone(&corpus)).unwrap();
+        let b = t.batch(0).unwrap();
+        assert!(!b.sentences.contains(&0), "{:?}", b.sentences);
+        t.train_step().unwrap();
+        let err = |c: QtConfig| {
+            QtTrainer::new(c, Arc::clone(&corpus))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(cfg(6, 4, vocab.len()));
+        assert!(e.contains("5 sentences in documents of two or more"), "{e}");
+        let e = err(cfg(3, 4, vocab.len()));
+        assert!(e.contains("at least 4"), "{e}");
+        let e = err(cfg(4, 5, vocab.len()));
+        assert!(e.contains("4 tokens per sentence"), "{e}");
+        let e = err(cfg(4, 4, 3));
+        assert!(e.contains("outside the encoder's vocabulary"), "{e}");
+        assert!(TokenizedCorpus::new(&text, &vocab, 0).is_err());
+    }
+
+    #[test]
+    fn long_sentences_are_truncated_and_counted() {
+        let text = vec![vec![
+            "a b c d e f g h.".to_string(),
+            "a b.".into(),
+            "".into(),
+        ]];
+        let vocab = Vocab::build(text.iter().flatten(), 1, 100).unwrap();
+        let c = TokenizedCorpus::new(&text, &vocab, 4).unwrap();
+        assert_eq!(c.truncated(), 1);
+        assert_eq!(c.sentence(0), &vocab.encode("a b c d", 4)[..]);
+        let mut short = vocab.encode("a b.", 4);
+        short.resize(4, PAD);
+        assert_eq!(c.sentence(1), &short[..]);
+        assert_eq!(c.sentence(2), &[PAD; 4]);
+    }
+
+    #[test]
+    fn both_objectives_learn_and_the_embedder_reproduces_the_encoders() {
+        let held = docs(60, 99);
+        for (objective, kind) in [
+            (QtObjective::InBatch, SentenceEncoderKind::Cnn),
+            (QtObjective::Pairwise, SentenceEncoderKind::Cnn),
+            (QtObjective::InBatch, SentenceEncoderKind::Bow),
+        ] {
+            let (mut t, vocab, _) = setup(objective, kind, 32, 400);
+            let held = TokenizedCorpus::new(&held, &vocab, 16).unwrap();
+            let before = t.neighbour_accuracy(&held).unwrap();
+            let mut acc = Vec::new();
+            for _ in 0..400 {
+                let s = t.train_step().unwrap();
+                assert!(s.loss.is_finite() && (0.0..=1.0).contains(&s.accuracy));
+                acc.push(s.accuracy);
+            }
+            let after = t.neighbour_accuracy(&held).unwrap();
+            // Chance: about 2 targets among 31 candidates.
+            let chance = 2.0 / 31.0;
+            eprintln!(
+                "{objective:?} {kind:?}: held-out {before:.3} -> {after:.3}; train {:.3} -> {:.3}",
+                acc[..10].iter().sum::<f64>() / 10.0,
+                acc[390..].iter().sum::<f64>() / 10.0
+            );
+            assert!(before < 2.5 * chance, "{objective:?} {kind:?}: {before}");
+            // Measured (2026-12-02): 0.28 (in-batch CNN), 0.22 (pairwise CNN), 0.14 (bag of
+            // words, which starts slower) after 400 steps.
+            let bound = if kind == SentenceEncoderKind::Cnn {
+                3.0
+            } else {
+                1.8
+            };
+            assert!(after > bound * chance, "{objective:?} {kind:?}: {after}");
+            // The embedder: [f; g] of the trainer's encoders, the same for any batch size.
+            let sentences = ["The soup needed more salt.", "", "United won the match."];
+            let mut e7 = SentenceEmbedder::from_trainer(&t, 7).unwrap();
+            let mut e2 = SentenceEmbedder::from_trainer(&t, 2).unwrap();
+            let a = e7.embed_sentences(&vocab, &sentences).unwrap();
+            let b = e2.embed_sentences(&vocab, &sentences).unwrap();
+            assert_eq!(a.len(), 3 * e7.dim());
+            assert_eq!(a, b);
+            let mut r = SentenceEmbedder::new(e7.config(), 7, 1).unwrap();
+            assert_ne!(r.embed_sentences(&vocab, &sentences).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_equals_the_uninterrupted_one() {
+        let dir = TempDir::new("qt-resume");
+        let (mut a, _, _) = setup(QtObjective::Pairwise, SentenceEncoderKind::Cnn, 16, 20);
+        for _ in 0..7 {
+            a.train_step().unwrap();
+        }
+        a.save_in(dir.path(), &Default::default(), 2).unwrap();
+        for _ in 0..6 {
+            a.train_step().unwrap();
+        }
+        let (mut b, _, _) = setup(QtObjective::Pairwise, SentenceEncoderKind::Cnn, 16, 20);
+        assert_eq!(b.resume_from(dir.path()).unwrap(), Some(7));
+        for _ in 0..6 {
+            b.train_step().unwrap();
+        }
+        assert_eq!(a.graph().params(), b.graph().params());
+        // A checkpoint of another architecture is an error naming the file.
+        let (mut c, _, _) = setup(QtObjective::Pairwise, SentenceEncoderKind::Bow, 16, 20);
+        let e = c.resume_from(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("ckpt-"), "{e}");
+    }
+
+    #[test]
+    fn training_is_bit_identical_for_one_and_two_threads() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (mut t, _, _) = setup(QtObjective::InBatch, SentenceEncoderKind::Cnn, 32, 10);
+                for _ in 0..10 {
+                    t.train_step().unwrap();
+                }
+                t.graph().params().to_vec()
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
 }

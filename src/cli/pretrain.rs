@@ -167,7 +167,8 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "N", default_value_t = 500)]
     pub checkpoint_every: u64,
 
-    /// Run the kNN monitor every N epochs (0: only at the end)
+    /// Run the kNN monitor every N epochs (0: only at the end); quickthought: the held-out
+    /// previous/next accuracy, at most every 15 s
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub knn_every: u64,
 
@@ -207,9 +208,10 @@ pub struct PretrainArgs {
     pub kernel: usize,
 
     /// Tokens per sentence: longer sentences keep their first N (counted in config.json)
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = width_1024, help_heading = "Quick Thoughts")]
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
+    /// [default: the 99th percentile of the training sentences' lengths, from 4 to 64]
+    #[arg(long, value_name = "N", value_parser = width_1024, help_heading = "Quick Thoughts")]
+    #[serde(default)]
+    pub max_len: Option<usize>,
 
     /// Words seen fewer times in the training text become the unknown token
     #[arg(
@@ -241,9 +243,6 @@ fn default_channels() -> usize {
 }
 fn default_kernel() -> usize {
     3
-}
-fn default_max_len() -> usize {
-    32
 }
 fn default_min_count() -> u64 {
     2
@@ -693,8 +692,8 @@ pub(super) fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
         ),
         (
             "--max-len",
-            old.max_len.to_string(),
-            new.max_len.to_string(),
+            format!("{:?}", old.max_len),
+            format!("{:?}", new.max_len),
         ),
         (
             "--widths",

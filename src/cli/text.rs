@@ -23,6 +23,8 @@ use super::pretrain::{
     json_f64, progress_bar, read_loss_curve, same_run, say, OptimizerArg, PretrainArgs,
 };
 
+/// The fewest seconds between two runs of the held-out monitor.
+const MONITOR_SECONDS: f64 = 15.0;
 /// Documents held out of a `text:PATH` corpus for the monitor: one in this many.
 const HOLD_OUT_EVERY: usize = 20;
 /// The built-in corpus's held-out documents (another seed than the training corpus's).
@@ -138,6 +140,23 @@ fn text_optimizer(args: &PretrainArgs) -> (OptimizerConfig, f64, f32) {
     }
 }
 
+/// The default `--max-len`: the 99th percentile of the sentences' token counts, from 4
+/// to 64 (a static graph pays for every position, so the padding of a generous bound
+/// costs as much as tokens).
+fn auto_max_len(docs: &[Vec<String>], vocab: &Vocab) -> usize {
+    let mut lens: Vec<usize> = docs
+        .iter()
+        .flatten()
+        .map(|s| vocab.encode(s, 65).len())
+        .collect();
+    if lens.is_empty() {
+        return 4;
+    }
+    let k = (lens.len() - 1) * 99 / 100;
+    let (_, p99, _) = lens.select_nth_unstable(k);
+    (*p99).clamp(4, 64)
+}
+
 /// Runs `selfsup pretrain --method quickthought`.
 pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     let data = load_text(&args.data)?;
@@ -154,15 +173,19 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     } else {
         Vocab::build(data.train.iter().flatten(), args.min_count, args.vocab_size)?
     };
-    let corpus = Arc::new(TokenizedCorpus::new(&data.train, &vocab, args.max_len)?);
-    let held_out = TokenizedCorpus::new(&data.held_out, &vocab, args.max_len)?;
+    let max_len = match args.max_len {
+        Some(l) => l,
+        None => auto_max_len(&data.train, &vocab),
+    };
+    let corpus = Arc::new(TokenizedCorpus::new(&data.train, &vocab, max_len)?);
+    let held_out = TokenizedCorpus::new(&data.held_out, &vocab, max_len)?;
     let encoder = SentenceEncoderConfig {
         kind: args.encoder,
         vocab: vocab.len(),
         embed_dim: args.embed_dim,
         channels: args.channels,
         kernel: args.kernel,
-        max_len: args.max_len,
+        max_len,
     };
     let (optimizer, lr, wd) = text_optimizer(args);
     let make_schedule = |total: u64| {
@@ -236,7 +259,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         corpus.documents(),
         corpus.sentences(),
         corpus.truncated(),
-        args.max_len,
+        max_len,
         vocab.len(),
         spe
     );
@@ -266,6 +289,8 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut train_seconds = 0.0;
     let mut fitted = args.minutes.is_none() || args.resume;
+    let mut fits = 0;
+    let mut last_monitor = Instant::now();
     let mut ema_rate = 0.0f64;
     let mut ema_acc = f64::NAN;
     let mut last_ckpt: Option<PathBuf> = None;
@@ -299,14 +324,20 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         } else {
             0.95 * ema_acc + 0.05 * stats.accuracy
         };
-        if !fitted && trainer.step() >= start_step + 4 {
-            let budget = args.minutes.unwrap_or(0.0) * 60.0;
+        // --minutes: fit the length to the budget after a few steps, and once more when a
+        // tenth of the budget has passed (the first steps' speed is a rough guess: caches
+        // and the epoch's layout are cold).
+        let budget = args.minutes.unwrap_or(0.0) * 60.0;
+        let refit = !fitted && trainer.step() >= start_step + 4 && fits == 0
+            || !fitted && fits == 1 && t0.elapsed().as_secs_f64() >= 0.1 * budget;
+        if refit {
             let per_step = t0.elapsed().as_secs_f64() / (trainer.step() - start_step) as f64;
             total = ((budget / per_step) as u64).max(trainer.step() + 1);
             trainer.set_schedule(make_schedule(total)?);
             write_config(total)?;
             bar.set_length(total);
-            fitted = true;
+            fits += 1;
+            fitted = fits == 2;
         }
         writeln!(
             metrics,
@@ -341,11 +372,15 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             last_ckpt = Some(trainer.save_in(out, &meta, 2)?);
         }
         let epoch = step / spe;
+        // Every --knn-every epochs, but at most every MONITOR_SECONDS: a bag of words runs
+        // hundreds of epochs a minute.
         if step % spe == 0
             && args.knn_every > 0
             && epoch.is_multiple_of(args.knn_every)
             && step < total
+            && last_monitor.elapsed().as_secs_f64() >= MONITOR_SECONDS
         {
+            last_monitor = Instant::now();
             if let Some(acc) = monitor(&trainer)? {
                 say(
                     &bar,
