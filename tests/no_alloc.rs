@@ -222,3 +222,54 @@ fn a_quick_thoughts_pairwise_step_allocates_nothing_once_built() {
         }
     });
 }
+
+#[test]
+fn a_quick_thoughts_trainer_step_allocates_nothing_even_across_epochs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
+    use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
+    use selfsup::quickthought::{QtConfig, QtTrainer, TokenizedCorpus};
+    use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let docs: Vec<Vec<String>> = builtin_corpus(&CorpusConfig {
+            documents: 8,
+            seed: 1,
+        })
+        .into_iter()
+        .map(|d| d.sentences)
+        .collect();
+        let vocab = Vocab::build(docs.iter().flatten(), 1, 1000).unwrap();
+        let corpus = std::sync::Arc::new(TokenizedCorpus::new(&docs, &vocab, 12).unwrap());
+        for objective in [QtObjective::InBatch, QtObjective::Pairwise] {
+            let cfg = QtConfig {
+                encoder: SentenceEncoderConfig {
+                    kind: SentenceEncoderKind::Cnn,
+                    vocab: vocab.len(),
+                    embed_dim: 8,
+                    channels: 16,
+                    kernel: 3,
+                    max_len: 12,
+                },
+                batch: 16,
+                objective,
+                optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+                schedule: LrSchedule::new(1e-3, 0, 1000).unwrap(),
+                seed: 2,
+            };
+            let mut t = QtTrainer::new(cfg, std::sync::Arc::clone(&corpus)).unwrap();
+            // A few steps per epoch, so the measured calls lay out new epochs too.
+            let spe = t.steps_per_epoch();
+            assert!(spe <= 8, "{spe} steps per epoch");
+            let count = allocations_during(|| {
+                for _ in 0..spe + 1 {
+                    t.train_step().unwrap();
+                }
+            });
+            assert_eq!(count, 0, "{objective:?}: {count} allocations");
+        }
+    });
+}

@@ -25,11 +25,13 @@ use super::data::{load_splits, Splits};
 const EXAMPLES: &str = "\
 Examples:
   selfsup pretrain --data builtin --minutes 3 --out runs/simclr
-  selfsup pretrain --data fashion-mnist --minutes 10 --widths 16,32,128 --batch 32 \
+  selfsup pretrain --data fashion-mnist --minutes 10 --widths 16,32,128 --batch 32 \\
       --optimizer lars --lr 2 --tau 0.2 --crop-min 0.3 --out runs/fmnist
   selfsup pretrain --method rotnet --data fashion-mnist --epochs 20 --out runs/rot
   selfsup pretrain --data cifar10:~/cifar --steps 5000 --optimizer lars --lr 1.2 --out runs/c10
   selfsup pretrain --out runs/simclr --resume        continue from the newest checkpoint
+  selfsup pretrain --method quickthought --minutes 2 --out runs/qt          built-in text corpus
+  selfsup pretrain --method quickthought --data text:/usr/share/common-licenses --out runs/lic
 
 The defaults (SGD, lr 0.06 x batch/256, tau 0.5, batch 256) are SimCLR's recipe for runs
 of hundreds of epochs. For runs of minutes, the measured recipe of the second example
@@ -37,7 +39,8 @@ of hundreds of epochs. For runs of minutes, the measured recipe of the second ex
 README, \"The default run's recipe\".
 
 The run folder holds config.json, metrics.jsonl (one JSON object per step and per kNN
-evaluation), ckpt-<step>.safetensors (the newest two) and loss.png.";
+evaluation), ckpt-<step>.safetensors (the newest two) and loss.png; a quickthought run
+also vocab.json, and its monitor is the held-out previous/next-sentence accuracy.";
 
 /// The self-supervised method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
