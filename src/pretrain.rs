@@ -359,15 +359,13 @@ impl Pretrainer {
         metadata: &Metadata,
         keep_last: usize,
     ) -> std::result::Result<PathBuf, CheckpointError> {
-        let mut meta = metadata.clone();
-        meta.insert(STEP_KEY.into(), self.step.to_string());
-        meta.insert(METHOD_KEY.into(), self.cfg.method.name().into());
-        train::save_in(
-            dir,
+        save_run(
+            dir.as_ref(),
             self.step,
+            self.cfg.method.name(),
             self.graph(),
-            Some(&self.opt),
-            &meta,
+            &self.opt,
+            metadata,
             keep_last,
         )
     }
@@ -380,21 +378,58 @@ impl Pretrainer {
         &mut self,
         dir: impl AsRef<Path>,
     ) -> std::result::Result<Option<u64>, CheckpointError> {
-        let Some((step, path)) = checkpoint::latest_in(&dir)? else {
-            return Ok(None);
-        };
-        let meta = train::load(&path, self.model.graph_mut(), Some(&mut self.opt))?;
-        if let Some(m) = meta.get(METHOD_KEY) {
-            if m != self.cfg.method.name() {
-                return Err(CheckpointError::InvalidArgument {
-                    path,
-                    reason: format!("is a '{m}' run, this run is '{}'", self.cfg.method.name()),
-                });
-            }
+        let resumed = resume_run(
+            dir.as_ref(),
+            self.cfg.method.name(),
+            self.model.graph_mut(),
+            &mut self.opt,
+        )?;
+        if let Some(step) = resumed {
+            self.step = step;
         }
-        self.step = step;
-        Ok(Some(step))
+        Ok(resumed)
     }
+}
+
+/// A training run's checkpoint: `ckpt-<step>.safetensors` in `dir` with the model, the
+/// optimizer state and `metadata` plus the step and the method's name, the newest
+/// `keep_last` kept. Shared by the image and the text trainers.
+pub(crate) fn save_run(
+    dir: &Path,
+    step: u64,
+    method: &str,
+    graph: &Graph,
+    opt: &Optimizer,
+    metadata: &Metadata,
+    keep_last: usize,
+) -> std::result::Result<PathBuf, CheckpointError> {
+    let mut meta = metadata.clone();
+    meta.insert(STEP_KEY.into(), step.to_string());
+    meta.insert(METHOD_KEY.into(), method.into());
+    train::save_in(dir, step, graph, Some(opt), &meta, keep_last)
+}
+
+/// Loads the newest checkpoint of `dir` into `graph` and `opt`, if there is one, and
+/// returns its step; a checkpoint of another method is an error naming the file.
+pub(crate) fn resume_run(
+    dir: &Path,
+    method: &str,
+    graph: &mut Graph,
+    opt: &mut Optimizer,
+) -> std::result::Result<Option<u64>, CheckpointError> {
+    let Some((step, path)) = checkpoint::latest_in(dir)? else {
+        return Ok(None);
+    };
+    let meta = train::load(&path, graph, Some(opt))?;
+    if let Some(m) = meta.get(METHOD_KEY) {
+        if m != method {
+            return Err(CheckpointError::InvalidArgument {
+                path,
+                reason: format!("is a '{m}' run, this run is '{method}'"),
+            });
+        }
+    }
+    Ok(Some(step))
 }
 
 /// Checkpoint metadata key of the training step.

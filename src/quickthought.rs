@@ -24,10 +24,10 @@ use crate::nn::{
     quick_thoughts, QtObjective, QuickThoughtsModel, SentenceEncoder, SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use crate::pretrain::{copy_by_name, StepStats, METHOD_KEY, STEP_KEY};
+use crate::pretrain::{copy_by_name, resume_run, save_run, StepStats};
 use crate::rng::{mix, shuffle, SplitMix64};
 use crate::text::{Vocab, PAD};
-use crate::train::{self, Metadata};
+use crate::train::Metadata;
 
 /// The method's name in checkpoints and run folders.
 pub const METHOD_NAME: &str = "quickthought";
@@ -464,22 +464,20 @@ impl QtTrainer {
     /// `metadata` plus the step and the method), keeping the newest `keep_last`.
     ///
     /// # Errors
-    /// As [`train::save_in`].
+    /// As [`train::save_in`](crate::train::save_in).
     pub fn save_in(
         &self,
         dir: impl AsRef<Path>,
         metadata: &Metadata,
         keep_last: usize,
     ) -> std::result::Result<PathBuf, CheckpointError> {
-        let mut meta = metadata.clone();
-        meta.insert(STEP_KEY.into(), self.step.to_string());
-        meta.insert(METHOD_KEY.into(), METHOD_NAME.into());
-        train::save_in(
-            dir,
+        save_run(
+            dir.as_ref(),
             self.step,
+            METHOD_NAME,
             &self.model.graph,
-            Some(&self.opt),
-            &meta,
+            &self.opt,
+            metadata,
             keep_last,
         )
     }
@@ -487,26 +485,22 @@ impl QtTrainer {
     /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.
     ///
     /// # Errors
-    /// As [`train::load`]: another architecture or optimizer, another method, a corrupt
-    /// file.
+    /// As [`train::load`](crate::train::load): another architecture or optimizer, another
+    /// method, a corrupt file.
     pub fn resume_from(
         &mut self,
         dir: impl AsRef<Path>,
     ) -> std::result::Result<Option<u64>, CheckpointError> {
-        let Some((step, path)) = checkpoint::latest_in(&dir)? else {
-            return Ok(None);
-        };
-        let meta = train::load(&path, &mut self.model.graph, Some(&mut self.opt))?;
-        if let Some(m) = meta.get(METHOD_KEY) {
-            if m != METHOD_NAME {
-                return Err(CheckpointError::InvalidArgument {
-                    path,
-                    reason: format!("is a '{m}' run, this run is '{METHOD_NAME}'"),
-                });
-            }
+        let resumed = resume_run(
+            dir.as_ref(),
+            METHOD_NAME,
+            &mut self.model.graph,
+            &mut self.opt,
+        )?;
+        if let Some(step) = resumed {
+            self.step = step;
         }
-        self.step = step;
-        Ok(Some(step))
+        Ok(resumed)
     }
 }
 

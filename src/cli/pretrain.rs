@@ -17,7 +17,7 @@ use selfsup::data::augment::{RotnetAugment, SimclrAugment};
 use selfsup::knn::{knn_accuracy, KnnConfig};
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer};
+use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer, StepStats};
 use selfsup::train::Metadata;
 
 use super::data::{load_splits, Splits};
@@ -505,20 +505,12 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     };
     write_config(total)?;
 
-    let metrics_path = args.out.join("metrics.jsonl");
-    let mut metrics = BufWriter::new(
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("opening {}", metrics_path.display()))?,
-    );
+    let mut log = RunLog::open(&args.out)?;
     let bar = progress_bar(args.quiet);
     let mut meta = Metadata::new();
     meta.insert("config".into(), serde_json::to_string(&model)?);
     meta.insert("data".into(), args.data.clone());
 
-    let mut loss_curve: Vec<(f64, f64)> = Vec::new();
     let mut knn_last = None;
     let start_step = trainer.step();
     let t0 = Instant::now();
@@ -540,11 +532,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             Ok(s) => s,
             Err(e) => {
                 bar.abandon();
-                let kept = last_ckpt
-                    .as_ref()
-                    .map(|p: &PathBuf| format!("; the last checkpoint {} is kept", p.display()))
-                    .unwrap_or_default();
-                bail!("{e}{kept}");
+                return Err(training_stopped(e, last_ckpt.as_ref()));
             }
         };
         loader.recycle(batch);
@@ -568,17 +556,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             bar.set_length(total);
             fitted = true;
         }
-        writeln!(
-            metrics,
-            "{{\"step\":{},\"epoch\":{},\"loss\":{},\"accuracy\":{},\"lr\":{},\"images_per_s\":{:.1}}}",
-            stats.step,
-            stats.epoch,
-            stats.loss,
-            json_f64(stats.accuracy),
-            stats.lr,
-            rate
-        )?;
-        loss_curve.push((stats.step as f64, stats.loss));
+        log.step(&stats, "images_per_s", rate)?;
         bar.set_position(trainer.step());
         bar.set_message(format!(
             "loss {:.4}  lr {:.4}  {:.0} img/s",
@@ -611,7 +589,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
                     format!("epoch {epoch}: kNN accuracy {:.2}%", 100.0 * acc),
                 );
                 writeln!(
-                    metrics,
+                    log.file(),
                     "{{\"epoch\":{epoch},\"step\":{step},\"knn_accuracy\":{acc}}}"
                 )?;
                 knn_last = Some(acc);
@@ -623,19 +601,14 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     bar.finish_and_clear();
     if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
         writeln!(
-            metrics,
+            log.file(),
             "{{\"epoch\":{},\"step\":{},\"knn_accuracy\":{acc}}}",
             trainer.step() / spe,
             trainer.step()
         )?;
         knn_last = Some(acc);
     }
-    metrics.flush()?;
-    let png = args.out.join("loss.png");
-    // The whole run's curve, from metrics.jsonl (a resumed run's earlier steps included).
-    let curve = read_loss_curve(&metrics_path).unwrap_or(loss_curve);
-    selfsup::plot::line_chart(&png, &[&curve], 800, 400)
-        .with_context(|| format!("writing {}", png.display()))?;
+    log.finish()?;
     let steps = trainer.step() - start_step;
     let images_per_s = steps as f64 * images_per_step / train_seconds.max(1e-9);
     eprintln!(
@@ -659,7 +632,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     })
 }
 
-pub(super) fn json_f64(v: f64) -> String {
+fn json_f64(v: f64) -> String {
     if v.is_finite() {
         v.to_string()
     } else {
@@ -756,7 +729,74 @@ fn spread_indices(n: usize, max: usize) -> Vec<usize> {
     }
 }
 
-pub(super) fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
+/// A run folder's `metrics.jsonl` (appended to, so a resumed run continues it) and its
+/// `loss.png`: the one place the image and text runs write them.
+pub(super) struct RunLog {
+    dir: PathBuf,
+    path: PathBuf,
+    file: BufWriter<fs::File>,
+    curve: Vec<(f64, f64)>,
+}
+
+impl RunLog {
+    /// Opens `dir/metrics.jsonl` for appending.
+    pub(super) fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path,
+            file: BufWriter::new(file),
+            curve: Vec::new(),
+        })
+    }
+
+    /// The file, for monitor lines.
+    pub(super) fn file(&mut self) -> &mut BufWriter<fs::File> {
+        &mut self.file
+    }
+
+    /// One step's line: step, epoch, loss, accuracy, lr and the speed under `rate_key`.
+    pub(super) fn step(&mut self, stats: &StepStats, rate_key: &str, rate: f64) -> Result<()> {
+        writeln!(
+            self.file,
+            "{{\"step\":{},\"epoch\":{},\"loss\":{},\"accuracy\":{},\"lr\":{},\"{rate_key}\":{:.1}}}",
+            stats.step,
+            stats.epoch,
+            stats.loss,
+            json_f64(stats.accuracy),
+            stats.lr,
+            rate
+        )?;
+        self.curve.push((stats.step as f64, stats.loss));
+        Ok(())
+    }
+
+    /// Flushes the file and draws `loss.png` from the whole run's curve (read back from
+    /// the file, so a resumed run's earlier steps are in it).
+    pub(super) fn finish(mut self) -> Result<()> {
+        self.file.flush()?;
+        let png = self.dir.join("loss.png");
+        let curve = read_loss_curve(&self.path).unwrap_or(self.curve);
+        selfsup::plot::line_chart(&png, &[&curve], 800, 400)
+            .with_context(|| format!("writing {}", png.display()))?;
+        Ok(())
+    }
+}
+
+/// The error that stops a run at a failed step, naming the checkpoint that is kept.
+pub(super) fn training_stopped(e: selfsup::Error, last: Option<&PathBuf>) -> anyhow::Error {
+    let kept = last
+        .map(|p| format!("; the last checkpoint {} is kept", p.display()))
+        .unwrap_or_default();
+    anyhow::anyhow!("{e}{kept}")
+}
+
+fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
     let text = fs::read_to_string(path).ok()?;
     let mut out = Vec::new();
     for line in text.lines() {

@@ -3,7 +3,7 @@
 //! `neighbors` need to read its checkpoints.
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +20,7 @@ use selfsup::text::{builtin_corpus, read_corpus_report, CorpusConfig, Vocab, TOP
 use selfsup::train::Metadata;
 
 use super::pretrain::{
-    json_f64, progress_bar, read_loss_curve, same_run, say, OptimizerArg, PretrainArgs,
+    progress_bar, same_run, say, training_stopped, OptimizerArg, PretrainArgs, RunLog,
 };
 
 /// The fewest seconds between two runs of the held-out monitor.
@@ -264,14 +264,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         spe
     );
 
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = BufWriter::new(
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("opening {}", metrics_path.display()))?,
-    );
+    let mut log = RunLog::open(out)?;
     let mut meta = Metadata::new();
     meta.insert(CONFIG_KEY.into(), serde_json::to_string(&encoder)?);
     meta.insert(VOCAB_KEY.into(), vocab_json.clone());
@@ -295,7 +288,6 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     let mut ema_acc = f64::NAN;
     let mut last_ckpt: Option<PathBuf> = None;
     let mut monitor_last = None;
-    let mut loss_curve = Vec::new();
     bar.set_length(total);
     bar.set_position(start_step);
     while trainer.step() < total {
@@ -304,11 +296,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             Ok(s) => s,
             Err(e) => {
                 bar.abandon();
-                let kept = last_ckpt
-                    .as_ref()
-                    .map(|p| format!("; the last checkpoint {} is kept", p.display()))
-                    .unwrap_or_default();
-                bail!("{e}{kept}");
+                return Err(training_stopped(e, last_ckpt.as_ref()));
             }
         };
         let dt = ts.elapsed().as_secs_f64();
@@ -339,17 +327,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             fits += 1;
             fitted = fits == 2;
         }
-        writeln!(
-            metrics,
-            "{{\"step\":{},\"epoch\":{},\"loss\":{},\"accuracy\":{},\"lr\":{},\"sentences_per_s\":{:.1}}}",
-            stats.step,
-            stats.epoch,
-            stats.loss,
-            json_f64(stats.accuracy),
-            stats.lr,
-            rate
-        )?;
-        loss_curve.push((stats.step as f64, stats.loss));
+        log.step(&stats, "sentences_per_s", rate)?;
         bar.set_position(trainer.step());
         bar.set_message(format!(
             "loss {:.4}  prev/next acc {:.1}%  lr {:.2e}  {:.0} sent/s",
@@ -391,7 +369,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
                     ),
                 );
                 writeln!(
-                    metrics,
+                    log.file(),
                     "{{\"epoch\":{epoch},\"step\":{step},\"held_out_neighbour_accuracy\":{acc}}}"
                 )?;
                 monitor_last = Some(acc);
@@ -402,18 +380,14 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     bar.finish_and_clear();
     if let Some(acc) = monitor(&trainer)? {
         writeln!(
-            metrics,
+            log.file(),
             "{{\"epoch\":{},\"step\":{},\"held_out_neighbour_accuracy\":{acc}}}",
             trainer.step() / spe,
             trainer.step()
         )?;
         monitor_last = Some(acc);
     }
-    metrics.flush()?;
-    let png = out.join("loss.png");
-    let curve = read_loss_curve(&metrics_path).unwrap_or(loss_curve);
-    selfsup::plot::line_chart(&png, &[&curve], 800, 400)
-        .with_context(|| format!("writing {}", png.display()))?;
+    log.finish()?;
     let steps = trainer.step() - start_step;
     let sentences_per_s = steps as f64 * args.batch as f64 / train_seconds.max(1e-9);
     eprintln!(
