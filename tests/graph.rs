@@ -223,6 +223,58 @@ fn sequence_encoder_gradients_match_finite_differences() {
     let mut b = GraphBuilder::new();
     assert!(b.embedding("bad", 2, 5, 10, 4, Some(10)).is_err());
     assert!(b.embedding("bad", 2, 5, 0, 4, None).is_err());
+    assert!(b.embedding_bag("bad2", 2, 5, 10, 4, Some(10)).is_err());
+
+    // The bag of embeddings: the mean over each row's non-padding tokens (a row of padding
+    // only is a zero vector), checked against a direct f64 mean and by finite differences.
+    let mut b = GraphBuilder::new();
+    let (n, len, vocab, dim) = (5, 6, 9, 4);
+    let e = b.embedding_bag("bag", n, len, vocab, dim, Some(0)).unwrap();
+    assert_eq!(b.shape(e), &[n, dim]);
+    let l = b.linear("fc", e, 3, true, false).unwrap();
+    let loss = b.softmax_cross_entropy("loss", l).unwrap();
+    let mut g = b.build(17).unwrap();
+    let tokens: Vec<u32> = vec![
+        1, 2, 3, 0, 0, 0, // three tokens
+        4, 4, 4, 4, 4, 4, // one token six times
+        0, 0, 0, 0, 0, 0, // padding only
+        8, 0, 7, 0, 6, 0, // padding between tokens
+        1, 3, 5, 7, 2, 8, // no padding
+    ];
+    g.set_tokens(e, &tokens).unwrap();
+    g.set_labels(loss, &[0, 1, 2, 1, 0]).unwrap();
+    check_tensors(&mut g, loss, 40, 1e-3, 0.02);
+    g.forward(Mode::Train).unwrap();
+    let table = g.params()[g.param_info()[0].range.clone()].to_vec();
+    let out = g.value(e).to_vec();
+    for (row, seq) in tokens.chunks(len).enumerate() {
+        let kept: Vec<usize> = seq
+            .iter()
+            .filter(|&&t| t != 0)
+            .map(|&t| t as usize)
+            .collect();
+        for d in 0..dim {
+            let want = if kept.is_empty() {
+                0.0
+            } else {
+                kept.iter()
+                    .map(|&t| f64::from(table[t * dim + d]))
+                    .sum::<f64>()
+                    / kept.len() as f64
+            };
+            let got = f64::from(out[row * dim + d]);
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "row {row}: {got} vs {want}"
+            );
+        }
+    }
+    // The padding row gets no gradient.
+    g.backward().unwrap();
+    let r = g.param_info()[0].range.clone();
+    assert!(g.param_grads()[r.start..r.start + dim]
+        .iter()
+        .all(|&v| v == 0.0));
 
     // A kernel taller than the padded input is a build error naming the node.
     let mut b = GraphBuilder::new();

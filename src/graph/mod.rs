@@ -120,7 +120,8 @@ struct TensorInfo {
 enum Op {
     Input,
     /// Token ids (set with [`Graph::set_tokens`]) looked up in `table`: `N x L` ids to an
-    /// `N x dim x 1 x L` image.
+    /// `N x dim x 1 x L` image, or with `mean` to the `N x dim` mean of each row's
+    /// non-padding embeddings (PyTorch's `EmbeddingBag`, mode `mean`).
     Embedding {
         table: usize,
         ids: Vec<u32>,
@@ -129,6 +130,7 @@ enum Op {
         vocab: usize,
         dim: usize,
         padding: Option<u32>,
+        mean: bool,
     },
     Conv {
         g: Conv2d,
@@ -353,6 +355,40 @@ impl GraphBuilder {
         dim: usize,
         padding: Option<u32>,
     ) -> Result<TensorId> {
+        self.embedding_node(name, n, len, vocab, dim, padding, false)
+    }
+
+    /// A bag of token embeddings (PyTorch's `EmbeddingBag` with mode `mean`): `N x L` token
+    /// ids (set with [`Graph::set_tokens`]) to the `N x dim` mean of each row's embeddings,
+    /// `padding` positions left out of the mean (a row of padding only gives a zero vector).
+    /// The table is `name.weight` (`vocab x dim`), initialized and treated as in
+    /// [`GraphBuilder::embedding`].
+    ///
+    /// # Errors
+    /// As [`GraphBuilder::embedding`].
+    pub fn embedding_bag(
+        &mut self,
+        name: &str,
+        n: usize,
+        len: usize,
+        vocab: usize,
+        dim: usize,
+        padding: Option<u32>,
+    ) -> Result<TensorId> {
+        self.embedding_node(name, n, len, vocab, dim, padding, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_node(
+        &mut self,
+        name: &str,
+        n: usize,
+        len: usize,
+        vocab: usize,
+        dim: usize,
+        padding: Option<u32>,
+        mean: bool,
+    ) -> Result<TensorId> {
         self.check_name(name)?;
         if vocab == 0 || dim == 0 || vocab > u32::MAX as usize {
             return Err(err(
@@ -366,7 +402,12 @@ impl GraphBuilder {
                 format!("padding id {pid} is not below the vocabulary size {vocab}"),
             ));
         }
-        let out = self.tensor(name, vec![n, dim, 1, len], true)?;
+        let shape = if mean {
+            vec![n, dim]
+        } else {
+            vec![n, dim, 1, len]
+        };
+        let out = self.tensor(name, shape, true)?;
         let table = self.param(
             format!("{name}.weight"),
             vec![vocab, dim],
@@ -381,6 +422,7 @@ impl GraphBuilder {
             vocab,
             dim,
             padding,
+            mean,
         };
         Ok(self.push(name, op, vec![], out))
     }
@@ -1408,6 +1450,33 @@ fn forward_node(
             ids,
             len,
             dim,
+            padding,
+            mean: true,
+            ..
+        } => {
+            let (tab, len, dim, padding) = (p(*table), *len, *dim, *padding);
+            y.par_chunks_mut(dim)
+                .zip(ids.par_chunks(len))
+                .for_each(|(ys, seq)| {
+                    ys.fill(0.0);
+                    let mut count = 0usize;
+                    for &id in seq.iter().filter(|&&id| Some(id) != padding) {
+                        let row = &tab[id as usize * dim..(id as usize + 1) * dim];
+                        ys.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                        count += 1;
+                    }
+                    if count > 0 {
+                        let inv = 1.0 / count as f32;
+                        ys.iter_mut().for_each(|a| *a *= inv);
+                    }
+                });
+        }
+        Op::Embedding {
+            table,
+            ids,
+            len,
+            dim,
+            mean: false,
             ..
         } => {
             let (tab, len, dim) = (p(*table), *len, *dim);
@@ -1699,6 +1768,34 @@ fn backward_node(
             len,
             dim,
             padding,
+            mean: true,
+            ..
+        } => {
+            // Each non-padding token of row b gets dy_b / count_b, summed sequentially in
+            // row order, so the sums do not depend on the thread count.
+            let (len, dim, padding) = (*len, *dim, *padding);
+            let g = &mut param_grad[params[*table].range.clone()];
+            g.fill(0.0);
+            for (b, seq) in ids.chunks(len).enumerate() {
+                let count = seq.iter().filter(|&&id| Some(id) != padding).count();
+                if count == 0 {
+                    continue;
+                }
+                let inv = 1.0 / count as f32;
+                let dys = &dy[b * dim..(b + 1) * dim];
+                for &id in seq.iter().filter(|&&id| Some(id) != padding) {
+                    let row = &mut g[id as usize * dim..(id as usize + 1) * dim];
+                    row.iter_mut().zip(dys).for_each(|(r, &d)| *r += inv * d);
+                }
+            }
+        }
+        Op::Embedding {
+            table,
+            ids,
+            len,
+            dim,
+            padding,
+            mean: false,
             ..
         } => {
             // Summed sequentially in sequence order (N * L * dim additions, cheap beside the

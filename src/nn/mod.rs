@@ -264,8 +264,8 @@ pub fn linear_probe(
 pub enum SentenceEncoderKind {
     /// Token embedding, a `1 x kernel` convolution over time, ReLU, max over time.
     Cnn,
-    /// The bag-of-words baseline: the mean of the token embeddings over the `max_len`
-    /// positions (padding included, as zero vectors).
+    /// The bag-of-words baseline: the mean of the sentence's token embeddings (padding
+    /// left out, PyTorch's `EmbeddingBag`).
     Bow,
 }
 
@@ -345,14 +345,13 @@ pub fn sentence_encoder(
     batch: usize,
 ) -> Result<SentenceEncoder> {
     cfg.validate()?;
-    let tokens = b.embedding(
-        &format!("{prefix}.emb"),
-        batch,
-        cfg.max_len,
-        cfg.vocab,
-        cfg.embed_dim,
-        Some(0),
-    )?;
+    let name = format!("{prefix}.emb");
+    let (len, vocab, dim) = (cfg.max_len, cfg.vocab, cfg.embed_dim);
+    if cfg.kind == SentenceEncoderKind::Bow {
+        let tokens = b.embedding_bag(&name, batch, len, vocab, dim, Some(0))?;
+        return Ok(SentenceEncoder { tokens, h: tokens });
+    }
+    let tokens = b.embedding(&name, batch, len, vocab, dim, Some(0))?;
     let h = match cfg.kind {
         SentenceEncoderKind::Cnn => {
             let y = b.conv2d_rect(
@@ -366,7 +365,7 @@ pub fn sentence_encoder(
             let y = b.relu(&format!("{prefix}.relu"), y)?;
             b.global_max_pool(&format!("{prefix}.pool"), y)?
         }
-        SentenceEncoderKind::Bow => b.global_avg_pool(&format!("{prefix}.pool"), tokens)?,
+        SentenceEncoderKind::Bow => unreachable!("returned above"),
     };
     Ok(SentenceEncoder { tokens, h })
 }
