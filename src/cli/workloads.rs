@@ -178,7 +178,66 @@ pub fn registry() -> Vec<Workload> {
     all.push(simclr_step_workload(SIMCLR_IMAGES));
     all.push(embed_workload(EMBED_IMAGES));
     all.push(augment_workload(AUGMENT_IMAGES));
+    all.push(quickthought_workload(QT_SENTENCES));
     all
+}
+
+/// Sentences per Quick Thoughts step.
+pub const QT_SENTENCES: usize = 256;
+
+/// One Quick Thoughts training step with `pretrain --method quickthought`'s default encoders
+/// (two CNNs: embedding 64, 256 channels, kernel 3) on 16-token sentences of the built-in
+/// corpus: forward, the in-batch loss, backward, AdamW.
+fn quickthought_workload(sentences: usize) -> Workload {
+    use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
+    use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
+    use selfsup::quickthought::{QtConfig, QtTrainer, TokenizedCorpus};
+    use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
+    Workload {
+        name: "quickthought_step_cnn_b256",
+        about: format!(
+            "Quick Thoughts step, {sentences} contiguous built-in sentences of 16 tokens, CNN              f and g (embedding 64, 256 channels, kernel 3), in-batch loss, backward, AdamW              (sentences/s = {sentences} / seconds)"
+        ),
+        work: Work::Seconds,
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            let docs: Vec<Vec<String>> = builtin_corpus(&CorpusConfig {
+                documents: 200,
+                seed: 0x5eed_0501,
+            })
+            .into_iter()
+            .map(|d| d.sentences)
+            .collect();
+            let vocab = Vocab::build(docs.iter().flatten(), 1, 20_000)?;
+            let corpus = std::sync::Arc::new(TokenizedCorpus::new(&docs, &vocab, 16)?);
+            let cfg = QtConfig {
+                encoder: SentenceEncoderConfig {
+                    kind: SentenceEncoderKind::Cnn,
+                    vocab: vocab.len(),
+                    embed_dim: 64,
+                    channels: 256,
+                    kernel: 3,
+                    max_len: 16,
+                },
+                batch: sentences,
+                objective: QtObjective::InBatch,
+                optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+                schedule: LrSchedule::new(1e-3, 0, 1 << 40)?,
+                seed: 0x5eed_0502,
+            };
+            let mut t = QtTrainer::new(cfg, corpus)?;
+            // The check: a finite loss near ln(sentences - 1) or above at initialization (the
+            // scores of untrained encoders are large, so the softmax starts peaked).
+            let first = t.train_step()?.loss;
+            let chance = ((sentences - 1) as f64).ln();
+            ensure!(
+                first.is_finite() && first > 0.5 * chance,
+                "Quick Thoughts loss {first} at initialization (chance ln({}) = {chance})",
+                sentences - 1
+            );
+            Ok(Box::new(move || t.train_step().map(|_| ()).map_err(Into::into)))
+        }),
+    }
 }
 
 /// Images per SimCLR augmentation batch (two views each), the batch of the SimCLR step.
