@@ -6,12 +6,13 @@
 //! - [`QtTrainer`]: batches of `batch` contiguous sentences of a stream that concatenates
 //!   the documents in an order drawn per epoch from the seed; the targets of a sentence
 //!   are its previous and next sentence in its document (never across a document
-//!   boundary). Two objectives: the paper's in-batch classification
-//!   ([`QtObjective::InBatch`]) and the pairwise logistic form ([`QtObjective::Pairwise`]),
-//!   one random in-batch negative per target pair. Batches are made in place from the
+//!   boundary). Two objectives: the paper's in-batch classification with two encoders f
+//!   and g ([`QtObjective::InBatch`]) and the lecture notes' pairwise logistic form with
+//!   one encoder f ([`QtObjective::Pairwise`]), one random in-batch negative per target
+//!   pair. Batches are made in place from the
 //!   step's index, so a step allocates nothing and a resumed run sees the same batches.
 //! - [`SentenceEmbedder`]: the frozen encoders; a sentence's representation is
-//!   `[f(s); g(s)]`, as in the paper.
+//!   `[f(s); g(s)]`, as in the paper (`f(s)` for the single-encoder pairwise objective).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Mode};
 use crate::kernels::contrastive::quickthought::qt_neighbor_targets;
 use crate::nn::{
-    quick_thoughts, QtObjective, QuickThoughtsModel, SentenceEncoder, SentenceEncoderConfig,
+    quick_thoughts, quick_thoughts_in_batch_eval, QtObjective, QuickThoughtsModel, SentenceEncoder,
+    SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
 use crate::pretrain::{copy_by_name, resume_run, save_run, StepStats};
@@ -423,7 +425,7 @@ impl QtTrainer {
     /// A corpus of another `max_len` or vocabulary, or fewer sentences than one batch.
     pub fn neighbour_accuracy(&self, corpus: &TokenizedCorpus) -> Result<f64> {
         let b = self.cfg.batch;
-        let mut eval = quick_thoughts(&self.cfg.encoder, b, QtObjective::InBatch, 0)?;
+        let mut eval = quick_thoughts_in_batch_eval(&self.cfg.encoder, b, self.cfg.objective)?;
         copy_by_name(&self.model.graph, &mut eval.graph)?;
         if corpus.max_len() != self.cfg.encoder.max_len || corpus.sentences() < b {
             return Err(invalid(format!(
@@ -504,13 +506,15 @@ impl QtTrainer {
     }
 }
 
-/// The frozen sentence encoders f and g: a sentence's representation is `[f(s); g(s)]`
-/// (`2 x feature_dim` values), computed `batch` sentences at a time.
+/// The frozen sentence encoders: a sentence's representation is `[f(s); g(s)]`
+/// (`2 x feature_dim` values; `f(s)` alone for a single-encoder objective), computed
+/// `batch` sentences at a time.
 pub struct SentenceEmbedder {
     graph: Graph,
     f: SentenceEncoder,
-    g: SentenceEncoder,
+    g: Option<SentenceEncoder>,
     cfg: SentenceEncoderConfig,
+    objective: QtObjective,
     batch: usize,
     ids: Vec<u32>,
 }
@@ -519,27 +523,38 @@ impl std::fmt::Debug for SentenceEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SentenceEmbedder")
             .field("cfg", &self.cfg)
+            .field("objective", &self.objective)
             .field("batch", &self.batch)
             .finish_non_exhaustive()
     }
 }
 
 impl SentenceEmbedder {
-    /// Randomly initialized encoders (the random-init baseline).
+    /// Randomly initialized encoders of `objective` (the random-init baseline).
     ///
     /// # Errors
     /// An invalid configuration.
-    pub fn new(cfg: &SentenceEncoderConfig, batch: usize, seed: u64) -> Result<Self> {
+    pub fn new(
+        cfg: &SentenceEncoderConfig,
+        objective: QtObjective,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
         let batch = batch.max(1);
         let mut b = GraphBuilder::new();
         let f = crate::nn::sentence_encoder(&mut b, "f", cfg, batch)?;
-        let g = crate::nn::sentence_encoder(&mut b, "g", cfg, batch)?;
+        let g = if objective.encoders() == 2 {
+            Some(crate::nn::sentence_encoder(&mut b, "g", cfg, batch)?)
+        } else {
+            None
+        };
         let graph = b.build(mix(seed, &[0]))?;
         Ok(Self {
             graph,
             f,
             g,
             cfg: cfg.clone(),
+            objective,
             batch,
             ids: vec![PAD; batch * cfg.max_len],
         })
@@ -550,25 +565,28 @@ impl SentenceEmbedder {
     /// # Errors
     /// As [`SentenceEmbedder::new`].
     pub fn from_trainer(trainer: &QtTrainer, batch: usize) -> Result<Self> {
-        let mut e = Self::new(&trainer.cfg.encoder, batch, 0)?;
+        let mut e = Self::new(&trainer.cfg.encoder, trainer.cfg.objective, batch, 0)?;
         copy_by_name(&trainer.model.graph, &mut e.graph)?;
         Ok(e)
     }
 
-    /// The encoders stored in a checkpoint of `cfg` (the optimizer state is ignored; every
-    /// encoder tensor must be there with its shape).
+    /// The encoders stored in a checkpoint of `cfg` and `objective` (the optimizer state
+    /// is ignored; every encoder tensor must be there with its shape).
     ///
     /// # Errors
     /// A checkpoint that is unreadable, corrupt or of another architecture.
     pub fn from_checkpoint(
         cfg: &SentenceEncoderConfig,
+        objective: QtObjective,
         batch: usize,
         path: impl AsRef<Path>,
     ) -> std::result::Result<Self, CheckpointError> {
         let path = path.as_ref();
-        let mut e = Self::new(cfg, batch, 0).map_err(|err| CheckpointError::InvalidArgument {
-            path: path.to_path_buf(),
-            reason: err.to_string(),
+        let mut e = Self::new(cfg, objective, batch, 0).map_err(|err| {
+            CheckpointError::InvalidArgument {
+                path: path.to_path_buf(),
+                reason: err.to_string(),
+            }
         })?;
         let ck = checkpoint::load(path)?;
         let params: Vec<_> = e.graph.param_info().to_vec();
@@ -587,9 +605,14 @@ impl SentenceEmbedder {
         &self.cfg
     }
 
-    /// The width of a representation, `[f(s); g(s)]`.
+    /// The objective the encoders were made for.
+    pub fn objective(&self) -> QtObjective {
+        self.objective
+    }
+
+    /// The width of a representation: `[f(s); g(s)]`, or `f(s)`.
     pub fn dim(&self) -> usize {
-        2 * self.cfg.feature_dim()
+        self.objective.encoders() * self.cfg.feature_dim()
     }
 
     /// The representations of `n` sentences given as token rows (`n x max_len`, each
@@ -600,30 +623,37 @@ impl SentenceEmbedder {
     pub fn embed_tokens(&mut self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
         let l = self.cfg.max_len;
         let d = self.cfg.feature_dim();
-        if !tokens.len().is_multiple_of(l) || out.len() != tokens.len() / l * 2 * d {
+        let dim = self.dim();
+        if !tokens.len().is_multiple_of(l) || out.len() != tokens.len() / l * dim {
             return Err(invalid(format!(
-                "{} token ids and {} outputs for sentences of {l} tokens and representations of {}",
+                "{} token ids and {} outputs for sentences of {l} tokens and representations of {dim}",
                 tokens.len(),
                 out.len(),
-                2 * d
             )));
         }
         for (chunk, o) in tokens
             .chunks(self.batch * l)
-            .zip(out.chunks_mut(self.batch * 2 * d))
+            .zip(out.chunks_mut(self.batch * dim))
         {
             let rows = chunk.len() / l;
             self.ids[..chunk.len()].copy_from_slice(chunk);
             // A short last batch: the unused rows are padding and their outputs dropped.
             self.ids[chunk.len()..].fill(PAD);
             self.graph.set_tokens(self.f.tokens, &self.ids)?;
-            self.graph.set_tokens(self.g.tokens, &self.ids)?;
             self.graph.forward_to(self.f.h, Mode::Eval)?;
-            self.graph.forward_to(self.g.h, Mode::Eval)?;
-            let (fv, gv) = (self.graph.value(self.f.h), self.graph.value(self.g.h));
+            if let Some(g) = self.g {
+                self.graph.set_tokens(g.tokens, &self.ids)?;
+                self.graph.forward_to(g.h, Mode::Eval)?;
+            }
+            let fv = self.graph.value(self.f.h);
             for r in 0..rows {
-                o[r * 2 * d..r * 2 * d + d].copy_from_slice(&fv[r * d..(r + 1) * d]);
-                o[r * 2 * d + d..(r + 1) * 2 * d].copy_from_slice(&gv[r * d..(r + 1) * d]);
+                o[r * dim..r * dim + d].copy_from_slice(&fv[r * d..(r + 1) * d]);
+            }
+            if let Some(g) = self.g {
+                let gv = self.graph.value(g.h);
+                for r in 0..rows {
+                    o[r * dim + d..(r + 1) * dim].copy_from_slice(&gv[r * d..(r + 1) * d]);
+                }
             }
         }
         Ok(())

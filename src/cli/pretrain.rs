@@ -189,8 +189,10 @@ pub struct PretrainArgs {
     #[serde(default = "default_encoder")]
     pub encoder: SentenceEncoderKind,
 
-    /// Objective: in-batch (softmax over the batch's sentences, the paper's) or pairwise
-    /// (log(1 + exp(f(s).g(s-) - f(s).g(s+))), one random in-batch negative per neighbour)
+    /// Objective: in-batch (two encoders f and g, a softmax over the batch's sentences, the
+    /// paper's; representation [f(s); g(s)]) or pairwise (one encoder f,
+    /// log(1 + exp(f(s).f(s-) - f(s).f(s+))), one random in-batch negative per neighbour;
+    /// representation f(s))
     #[arg(long, value_name = "OBJ", default_value = "in-batch", value_parser = super::text::parse_objective, help_heading = "Quick Thoughts")]
     #[serde(default = "default_objective")]
     pub objective: QtObjective,

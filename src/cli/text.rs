@@ -104,6 +104,8 @@ struct TextRunConfig {
 
 /// Metadata key of the encoder configuration (JSON).
 pub const CONFIG_KEY: &str = "config";
+/// Metadata key of the objective (JSON: `"in-batch"` or `"pairwise"`).
+pub const OBJECTIVE_KEY: &str = "objective";
 /// Metadata key of the vocabulary (JSON).
 pub const VOCAB_KEY: &str = "vocab";
 
@@ -269,7 +271,10 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     meta.insert(CONFIG_KEY.into(), serde_json::to_string(&encoder)?);
     meta.insert(VOCAB_KEY.into(), vocab_json.clone());
     meta.insert("data".into(), args.data.clone());
-    meta.insert("objective".into(), serde_json::to_string(&args.objective)?);
+    meta.insert(
+        OBJECTIVE_KEY.into(),
+        serde_json::to_string(&args.objective)?,
+    );
 
     let monitor = |trainer: &QtTrainer| -> Result<Option<f64>> {
         if held_out.sentences() < args.batch {
@@ -444,9 +449,11 @@ pub fn open_text_model(path: &Path, batch: usize) -> Result<TextModel> {
             cfg.vocab
         );
     }
+    let objective: QtObjective = serde_json::from_str(get(OBJECTIVE_KEY)?)
+        .with_context(|| format!("{}: the objective is malformed", path.display()))?;
     let data = meta.get("data").cloned();
     drop(ck);
-    let embedder = SentenceEmbedder::from_checkpoint(&cfg, batch, path)?;
+    let embedder = SentenceEmbedder::from_checkpoint(&cfg, objective, batch, path)?;
     Ok(TextModel {
         embedder,
         vocab,
@@ -630,7 +637,8 @@ pub fn probe_sentences(
     for (k, path) in checkpoints.iter().enumerate() {
         let mut model = open_text_model(path, 256)?;
         if k == 0 && baselines {
-            let mut random = SentenceEmbedder::new(model.embedder.config(), 256, seed)?;
+            let e = &model.embedder;
+            let mut random = SentenceEmbedder::new(e.config(), e.objective(), 256, seed)?;
             let x = random.embed_sentences(&model.vocab, &sentences)?;
             probe("random init".into(), x, random.dim())?;
         }

@@ -375,19 +375,31 @@ pub fn sentence_encoder(
 #[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "cli", serde(rename_all = "kebab-case"))]
 pub enum QtObjective {
-    /// The paper's: a softmax per sentence over `f(s) . g(c)` for every other sentence `c`
-    /// of the batch; the targets are its previous and next sentence.
+    /// The paper's, with two encoders f and g: a softmax per sentence over `f(s) . g(c)` for
+    /// every other sentence `c` of the batch; the targets are its previous and next
+    /// sentence. The representation is `[f(s); g(s)]`.
     InBatch,
-    /// The pairwise logistic form `log(1 + exp(f(s) . g(s-) - f(s) . g(s+)))` with `s+` a
-    /// neighbour and `s-` another sentence of the batch.
+    /// The pairwise logistic form of the lecture notes, with one encoder f:
+    /// `log(1 + exp(f(s) . f(s-) - f(s) . f(s+)))`, `s+` a neighbour and `s-` another
+    /// sentence of the batch. The representation is `f(s)`.
     Pairwise,
 }
 
-/// Quick Thoughts (Logeswaran and Lee 2018): two encoders f and g of the same batch of
-/// contiguous sentences and a loss of f's sentences against g's: the in-batch
-/// classification (each sentence's own row excluded; targets set with
-/// [`Graph::set_targets`]) or the pairwise logistic loss (triplets set with
-/// [`Graph::set_triplets`]).
+impl QtObjective {
+    /// How many sentence encoders the objective trains (f and g, or f alone).
+    pub fn encoders(self) -> usize {
+        match self {
+            QtObjective::InBatch => 2,
+            QtObjective::Pairwise => 1,
+        }
+    }
+}
+
+/// Quick Thoughts (Logeswaran and Lee 2018): the sentence encoders of `objective` (f and g,
+/// or f alone, in which case `g` is `f`) of the same batch of contiguous sentences, and its
+/// loss: the in-batch classification of f's sentences against g's (each sentence's own row
+/// excluded; targets set with [`Graph::set_targets`]) or the pairwise logistic loss
+/// (triplets set with [`Graph::set_triplets`]).
 #[derive(Debug)]
 pub struct QuickThoughtsModel {
     pub graph: Graph,
@@ -406,6 +418,30 @@ pub fn quick_thoughts(
     objective: QtObjective,
     seed: u64,
 ) -> Result<QuickThoughtsModel> {
+    build_quick_thoughts(cfg, batch, objective, objective, seed)
+}
+
+/// The encoders of `objective` with the in-batch loss over them (`f . g`, or `f . f` for
+/// a single encoder): how the previous/next accuracy of any Quick Thoughts model is
+/// measured.
+///
+/// # Errors
+/// As [`quick_thoughts`].
+pub fn quick_thoughts_in_batch_eval(
+    cfg: &SentenceEncoderConfig,
+    batch: usize,
+    objective: QtObjective,
+) -> Result<QuickThoughtsModel> {
+    build_quick_thoughts(cfg, batch, objective, QtObjective::InBatch, 0)
+}
+
+fn build_quick_thoughts(
+    cfg: &SentenceEncoderConfig,
+    batch: usize,
+    encoders: QtObjective,
+    loss: QtObjective,
+    seed: u64,
+) -> Result<QuickThoughtsModel> {
     if batch < 2 {
         return Err(Error::InvalidArgument {
             op: "quick thoughts",
@@ -414,8 +450,12 @@ pub fn quick_thoughts(
     }
     let mut b = GraphBuilder::new();
     let f = sentence_encoder(&mut b, "f", cfg, batch)?;
-    let g = sentence_encoder(&mut b, "g", cfg, batch)?;
-    let loss = match objective {
+    let g = if encoders.encoders() == 2 {
+        sentence_encoder(&mut b, "g", cfg, batch)?
+    } else {
+        f
+    };
+    let loss = match loss {
         QtObjective::InBatch => b.qt_in_batch("loss", f.h, g.h, 1.0, Some(0))?,
         QtObjective::Pairwise => b.qt_pairwise("loss", f.h, g.h)?,
     };
