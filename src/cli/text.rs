@@ -175,9 +175,18 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     } else {
         Vocab::build(data.train.iter().flatten(), args.min_count, args.vocab_size)?
     };
-    let max_len = match args.max_len {
-        Some(l) => l,
-        None => auto_max_len(&data.train, &vocab),
+    // A resumed run keeps its sentence length too (the corpus may have changed since).
+    let resumed_len = if args.resume {
+        fs::read(&config_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TextRunConfig>(&b).ok())
+            .map(|c| c.encoder.max_len)
+    } else {
+        None
+    };
+    let max_len = match (args.max_len, resumed_len) {
+        (Some(l), _) | (None, Some(l)) => l,
+        (None, None) => auto_max_len(&data.train, &vocab),
     };
     let corpus = Arc::new(TokenizedCorpus::new(&data.train, &vocab, max_len)?);
     let held_out = TokenizedCorpus::new(&data.held_out, &vocab, max_len)?;
@@ -669,6 +678,9 @@ pub fn probe_sentences(
     Ok(())
 }
 
+/// Lines per chunk of `embed --sentences` (the features of one chunk are held at once).
+const EMBED_CHUNK: usize = 4096;
+
 /// The lines of a sentence file (`selfsup embed --sentences`): one sentence per line, a
 /// blank line an empty sentence (so rows match lines).
 pub fn read_sentence_lines(path: &Path) -> Result<Vec<String>> {
@@ -690,10 +702,24 @@ pub fn embed_sentences_file(
         bail!("{}: no lines to embed", input.display());
     }
     let d = model.embedder.dim();
-    let x = model.embedder.embed_sentences(&model.vocab, &sentences)?;
+    // Streamed: the features of one chunk of lines in memory at a time.
+    let mut failure = None;
     checkpoint::write_atomically(out, |w| {
         w.write_all(&selfsup::npy::header(&[sentences.len(), d]))?;
-        selfsup::npy::write_f32(w, &x)
+        for chunk in sentences.chunks(EMBED_CHUNK) {
+            match model.embedder.embed_sentences(&model.vocab, chunk) {
+                Ok(x) => selfsup::npy::write_f32(w, &x)?,
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("embedding failed"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| match failure.take() {
+        Some(f) => anyhow::Error::from(f),
+        None => anyhow::Error::from(e),
     })?;
     eprintln!(
         "{}: {} x {d} sentence representations of {}",
