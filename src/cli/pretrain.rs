@@ -515,9 +515,8 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
 
     let mut knn_last = None;
     let start_step = trainer.step();
-    let t0 = Instant::now();
+    let mut fit = BudgetFit::new(args.minutes, args.resume, start_step);
     let mut train_seconds = 0.0;
-    let mut fitted = args.minutes.is_none() || args.resume;
     let images_per_step = args.batch as f64;
     let mut loader = trainer.loader(total, 3);
     let mut last_ckpt = None;
@@ -546,17 +545,13 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         } else {
             0.9 * ema_rate + 0.1 * rate
         };
-        // --minutes: after a few steps, fit the length to the budget.
-        if !fitted && trainer.step() >= start_step + 4 {
-            let budget = args.minutes.unwrap_or(0.0) * 60.0;
-            let per_step = t0.elapsed().as_secs_f64() / (trainer.step() - start_step) as f64;
-            total = ((budget / per_step) as u64).max(trainer.step() + 1);
+        if let Some(t) = fit.refit(trainer.step()) {
+            total = t;
             trainer.set_schedule(schedule(total)?);
             write_config(total)?;
             drop(loader);
             loader = trainer.loader(total, 3);
             bar.set_length(total);
-            fitted = true;
         }
         log.step(&stats, "images_per_s", rate)?;
         bar.set_position(trainer.step());
@@ -810,6 +805,45 @@ fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
     Some(out)
 }
 
+/// `--minutes`: the run's length fitted to a wall-clock budget from the measured speed,
+/// after the first few steps and once more when a tenth of the budget has passed (the first
+/// steps' speed is a rough guess: caches, the loader and the epoch's layout start cold).
+/// A resumed run keeps the length it recorded.
+pub(super) struct BudgetFit {
+    budget: Option<f64>,
+    start_step: u64,
+    t0: Instant,
+    fits: u8,
+}
+
+impl BudgetFit {
+    pub(super) fn new(minutes: Option<f64>, resumed: bool, start_step: u64) -> Self {
+        Self {
+            budget: minutes.filter(|_| !resumed).map(|m| m * 60.0),
+            start_step,
+            t0: Instant::now(),
+            fits: 0,
+        }
+    }
+
+    /// The run's new length in steps, when `step` is the moment to (re)fit it.
+    pub(super) fn refit(&mut self, step: u64) -> Option<u64> {
+        let budget = self.budget?;
+        let elapsed = self.t0.elapsed().as_secs_f64();
+        let due = match self.fits {
+            0 => step >= self.start_step + 4,
+            1 => elapsed >= 0.1 * budget,
+            _ => false,
+        };
+        if !due {
+            return None;
+        }
+        self.fits += 1;
+        let per_step = elapsed / (step - self.start_step) as f64;
+        Some(((budget / per_step) as u64).max(step + 1))
+    }
+}
+
 /// A line above the progress bar, or on stderr when there is no bar (a hidden bar drops
 /// its lines).
 pub(super) fn say(bar: &ProgressBar, quiet: bool, line: String) {
@@ -835,4 +869,37 @@ pub(super) fn progress_bar(quiet: bool) -> ProgressBar {
         );
     }
     bar
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::BudgetFit;
+
+    #[test]
+    fn the_budget_is_fitted_twice_and_never_for_a_resumed_run() {
+        // A budget of 6 microseconds: the second fit is due a millisecond later.
+        let mut fit = BudgetFit::new(Some(1e-7), false, 10);
+        assert_eq!(fit.refit(11), None, "not before 4 steps");
+        assert_eq!(fit.refit(13), None);
+        let first = fit.refit(14).expect("the first fit after 4 steps");
+        assert!(first >= 15, "at least one more step: {first}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(fit.refit(15).is_some(), "the second fit");
+        assert_eq!(fit.refit(16), None, "two fits only");
+        assert_eq!(fit.refit(1000), None);
+        let mut resumed = BudgetFit::new(Some(5.0), true, 10);
+        assert_eq!(resumed.refit(14), None);
+        let mut steps = BudgetFit::new(None, false, 0);
+        assert_eq!(steps.refit(4), None);
+        // A long budget: the first fit projects far beyond the steps taken so far.
+        let mut long = BudgetFit::new(Some(60.0), false, 0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let total = long.refit(4).unwrap();
+        assert!(total > 1000, "{total}");
+        assert_eq!(
+            long.refit(5),
+            None,
+            "the second fit waits for a tenth of the budget"
+        );
+    }
 }

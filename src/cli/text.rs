@@ -20,7 +20,7 @@ use selfsup::text::{builtin_corpus, read_corpus_report, CorpusConfig, Vocab, TOP
 use selfsup::train::Metadata;
 
 use super::pretrain::{
-    progress_bar, same_run, say, training_stopped, OptimizerArg, PretrainArgs, RunLog,
+    progress_bar, same_run, say, training_stopped, BudgetFit, OptimizerArg, PretrainArgs, RunLog,
 };
 
 /// The fewest seconds between two runs of the held-out monitor.
@@ -293,10 +293,8 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     };
     let bar = progress_bar(args.quiet);
     let start_step = trainer.step();
-    let t0 = Instant::now();
+    let mut fit = BudgetFit::new(args.minutes, args.resume, start_step);
     let mut train_seconds = 0.0;
-    let mut fitted = args.minutes.is_none() || args.resume;
-    let mut fits = 0;
     let mut last_monitor = Instant::now();
     let mut ema_rate = 0.0f64;
     let mut ema_acc = f64::NAN;
@@ -326,20 +324,11 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         } else {
             0.95 * ema_acc + 0.05 * stats.accuracy
         };
-        // --minutes: fit the length to the budget after a few steps, and once more when a
-        // tenth of the budget has passed (the first steps' speed is a rough guess: caches
-        // and the epoch's layout are cold).
-        let budget = args.minutes.unwrap_or(0.0) * 60.0;
-        let refit = !fitted && trainer.step() >= start_step + 4 && fits == 0
-            || !fitted && fits == 1 && t0.elapsed().as_secs_f64() >= 0.1 * budget;
-        if refit {
-            let per_step = t0.elapsed().as_secs_f64() / (trainer.step() - start_step) as f64;
-            total = ((budget / per_step) as u64).max(trainer.step() + 1);
+        if let Some(t) = fit.refit(trainer.step()) {
+            total = t;
             trainer.set_schedule(make_schedule(total)?);
             write_config(total)?;
             bar.set_length(total);
-            fits += 1;
-            fitted = fits == 2;
         }
         log.step(&stats, "sentences_per_s", rate)?;
         bar.set_position(trainer.step());
