@@ -293,7 +293,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     };
     let bar = progress_bar(args.quiet);
     let start_step = trainer.step();
-    let mut fit = BudgetFit::new(args.minutes, args.resume, start_step);
+    let mut fit = BudgetFit::new(args.minutes, args.resume, start_step, 2);
     let mut train_seconds = 0.0;
     let mut last_monitor = Instant::now();
     let mut ema_rate = 0.0f64;
