@@ -468,28 +468,11 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         .with_context(|| format!("creating the run folder {}", args.out.display()))?;
     let config_path = args.out.join("config.json");
     if args.resume {
-        let old: RunConfig = serde_json::from_slice(
-            &fs::read(&config_path)
-                .with_context(|| format!("--resume: reading {}", config_path.display()))?,
-        )
-        .with_context(|| format!("--resume: parsing {}", config_path.display()))?;
-        same_run(&old.args, args)
-            .with_context(|| format!("--resume: {} is another run", config_path.display()))?;
+        let old: RunConfig = resumed_config(&config_path, args, |c: &RunConfig| &c.args)?;
         total = old.total_steps;
         trainer.set_schedule(schedule(total)?);
-        match trainer.resume_from(&args.out)? {
-            Some(step) => eprintln!("resuming {} at step {step}", args.out.display()),
-            None => eprintln!(
-                "no checkpoint in {}: starting at step 0",
-                args.out.display()
-            ),
-        }
-    } else if checkpoint::latest_in(&args.out)?.is_some() {
-        bail!(
-            "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
-            args.out.display()
-        );
     }
+    start_or_resume(&args.out, args.resume, || trainer.resume_from(&args.out))?;
     let write_config = |total: u64| -> Result<()> {
         let rc = RunConfig {
             args: args.clone(),
@@ -640,8 +623,46 @@ fn json_f64(v: f64) -> String {
     }
 }
 
+/// `--resume`: the run folder's `config.json` (a `C`), after checking that the run it
+/// records (`args_of`) was started with the settings this command gives.
+pub(super) fn resumed_config<C: serde::de::DeserializeOwned>(
+    config_path: &Path,
+    args: &PretrainArgs,
+    args_of: impl Fn(&C) -> &PretrainArgs,
+) -> Result<C> {
+    let old: C = serde_json::from_slice(
+        &fs::read(config_path)
+            .with_context(|| format!("--resume: reading {}", config_path.display()))?,
+    )
+    .with_context(|| format!("--resume: parsing {}", config_path.display()))?;
+    same_run(args_of(&old), args)
+        .with_context(|| format!("--resume: {} is another run", config_path.display()))?;
+    Ok(old)
+}
+
+/// With `--resume`, continues from the run folder's newest checkpoint (`resume_from`), if
+/// there is one; without it, refuses a folder that already holds checkpoints.
+pub(super) fn start_or_resume(
+    out: &Path,
+    resume: bool,
+    resume_from: impl FnOnce() -> std::result::Result<Option<u64>, checkpoint::CheckpointError>,
+) -> Result<()> {
+    if resume {
+        match resume_from()? {
+            Some(step) => eprintln!("resuming {} at step {step}", out.display()),
+            None => eprintln!("no checkpoint in {}: starting at step 0", out.display()),
+        }
+    } else if checkpoint::latest_in(out)?.is_some() {
+        bail!(
+            "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// The settings a resumed run must share with the run it continues.
-pub(super) fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
+fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
     let pairs = [
         (
             "--method",

@@ -20,7 +20,8 @@ use selfsup::text::{builtin_corpus, read_corpus_report, CorpusConfig, Vocab, TOP
 use selfsup::train::Metadata;
 
 use super::pretrain::{
-    progress_bar, same_run, say, training_stopped, BudgetFit, OptimizerArg, PretrainArgs, RunLog,
+    progress_bar, resumed_config, say, start_or_resume, training_stopped, BudgetFit, OptimizerArg,
+    PretrainArgs, RunLog,
 };
 
 /// The fewest seconds between two runs of the held-out monitor.
@@ -167,6 +168,13 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         .with_context(|| format!("creating the run folder {}", out.display()))?;
     let config_path = out.join("config.json");
     let vocab_path = out.join("vocab.json");
+    let old: Option<TextRunConfig> = if args.resume {
+        Some(resumed_config(&config_path, args, |c: &TextRunConfig| {
+            &c.args
+        })?)
+    } else {
+        None
+    };
     // A resumed run keeps its vocabulary (the ids the weights were trained on).
     let vocab = if args.resume && vocab_path.exists() {
         let text = fs::read_to_string(&vocab_path)
@@ -176,16 +184,9 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         Vocab::build(data.train.iter().flatten(), args.min_count, args.vocab_size)?
     };
     // A resumed run keeps its sentence length too (the corpus may have changed since).
-    let resumed_len = if args.resume {
-        fs::read(&config_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<TextRunConfig>(&b).ok())
-            .map(|c| c.encoder.max_len)
-    } else {
-        None
-    };
-    let max_len = match (args.max_len, resumed_len) {
-        (Some(l), _) | (None, Some(l)) => l,
+    let max_len = match (args.max_len, &old) {
+        (Some(l), _) => l,
+        (None, Some(old)) => old.encoder.max_len,
         (None, None) => auto_max_len(&data.train, &vocab),
     };
     let corpus = Arc::new(TokenizedCorpus::new(&data.train, &vocab, max_len)?);
@@ -220,28 +221,11 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         (_, _, Some(_)) => 1_000_000,
         _ => 10 * spe,
     };
-    if args.resume {
-        let old: TextRunConfig = serde_json::from_slice(
-            &fs::read(&config_path)
-                .with_context(|| format!("--resume: reading {}", config_path.display()))?,
-        )
-        .with_context(|| format!("--resume: parsing {}", config_path.display()))?;
-        same_run(&old.args, args)
-            .with_context(|| format!("--resume: {} is another run", config_path.display()))?;
+    if let Some(old) = &old {
         total = old.total_steps;
-        trainer.set_schedule(make_schedule(total)?);
-        match trainer.resume_from(out)? {
-            Some(step) => eprintln!("resuming {} at step {step}", out.display()),
-            None => eprintln!("no checkpoint in {}: starting at step 0", out.display()),
-        }
-    } else if checkpoint::latest_in(out)?.is_some() {
-        bail!(
-            "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
-            out.display()
-        );
-    } else {
-        trainer.set_schedule(make_schedule(total)?);
     }
+    trainer.set_schedule(make_schedule(total)?);
+    start_or_resume(out, args.resume, || trainer.resume_from(out))?;
     let vocab_json = vocab.to_json();
     checkpoint::write_atomically(&vocab_path, |w| w.write_all(vocab_json.as_bytes()))?;
     let write_config = |total: u64| -> Result<()> {
