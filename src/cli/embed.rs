@@ -85,6 +85,36 @@ pub fn model_config(path: &Path) -> Result<ResNetConfig> {
         .with_context(|| format!("{}: the model configuration is malformed", path.display()))
 }
 
+/// Writes the `items.len() x d` float32 features of `items` to the NumPy file `out`,
+/// atomically and streamed: `fill` puts the rows of `chunk` items at a time into the buffer
+/// it is given, and they are written before the next chunk. An error of `fill` stops the
+/// write (no partial file is left) and is returned as it is.
+pub fn write_npy_streamed<T>(
+    out: &Path,
+    items: &[T],
+    d: usize,
+    chunk: usize,
+    mut fill: impl FnMut(&[T], &mut Vec<f32>) -> selfsup::Result<()>,
+) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut failure = None;
+    checkpoint::write_atomically(out, |w| {
+        w.write_all(&selfsup::npy::header(&[items.len(), d]))?;
+        for c in items.chunks(chunk.max(1)) {
+            if let Err(e) = fill(c, &mut rows) {
+                failure = Some(e);
+                return Err(std::io::Error::other("embedding failed"));
+            }
+            selfsup::npy::write_f32(w, &rows)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| match failure.take() {
+        Some(f) => anyhow::Error::from(f),
+        None => anyhow::Error::from(e),
+    })
+}
+
 /// Runs `selfsup embed`.
 pub fn run(args: &EmbedArgs) -> Result<()> {
     super::pretrain::set_threads(args.threads);
@@ -120,25 +150,10 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let batch = args.batch as usize;
     let mut emb = Embedder::from_checkpoint(&model, batch, &args.checkpoint)?;
     let d = emb.dim();
-    let mut rows = vec![0.0f32; batch * d];
-    let mut failure = None;
-    // Streamed: one batch of features in memory, written as it is computed.
-    checkpoint::write_atomically(&args.out, |w| {
-        w.write_all(&selfsup::npy::header(&[set.n, d]))?;
-        let idx: Vec<usize> = (0..set.n).collect();
-        for chunk in idx.chunks(batch) {
-            let out = &mut rows[..chunk.len() * d];
-            if let Err(e) = emb.embed(set, chunk, out) {
-                failure = Some(e);
-                return Err(std::io::Error::other("embedding failed"));
-            }
-            selfsup::npy::write_f32(w, out)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| match failure.take() {
-        Some(f) => anyhow::Error::from(f),
-        None => anyhow::Error::from(e),
+    let idx: Vec<usize> = (0..set.n).collect();
+    write_npy_streamed(&args.out, &idx, d, batch, |chunk, rows| {
+        rows.resize(chunk.len() * d, 0.0);
+        emb.embed(set, chunk, rows)
     })?;
     eprintln!(
         "{}: {} x {d} features of {} ({:?} split)",

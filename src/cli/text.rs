@@ -675,24 +675,9 @@ pub fn embed_sentences_file(
         bail!("{}: no lines to embed", input.display());
     }
     let d = model.embedder.dim();
-    // Streamed: the features of one chunk of lines in memory at a time.
-    let mut failure = None;
-    checkpoint::write_atomically(out, |w| {
-        w.write_all(&selfsup::npy::header(&[sentences.len(), d]))?;
-        for chunk in sentences.chunks(EMBED_CHUNK) {
-            match model.embedder.embed_sentences(&model.vocab, chunk) {
-                Ok(x) => selfsup::npy::write_f32(w, &x)?,
-                Err(e) => {
-                    failure = Some(e);
-                    return Err(std::io::Error::other("embedding failed"));
-                }
-            }
-        }
+    super::embed::write_npy_streamed(out, &sentences, d, EMBED_CHUNK, |chunk, rows| {
+        *rows = model.embedder.embed_sentences(&model.vocab, chunk)?;
         Ok(())
-    })
-    .map_err(|e| match failure.take() {
-        Some(f) => anyhow::Error::from(f),
-        None => anyhow::Error::from(e),
     })?;
     eprintln!(
         "{}: {} x {d} sentence representations of {}",
