@@ -1768,50 +1768,39 @@ fn backward_node(
             len,
             dim,
             padding,
-            mean: true,
+            mean,
             ..
         } => {
-            // Each non-padding token of row b gets dy_b / count_b, summed sequentially in
-            // row order, so the sums do not depend on the thread count.
-            let (len, dim, padding) = (*len, *dim, *padding);
+            // Summed sequentially in row and position order (N * L * dim additions, cheap
+            // beside the convolution), so the sums do not depend on the thread count. Each
+            // non-padding token gets its position's gradient, or with `mean` its row's
+            // gradient divided by the row's count of such tokens.
+            let (len, dim, padding, mean) = (*len, *dim, *padding, *mean);
             let g = &mut param_grad[params[*table].range.clone()];
             g.fill(0.0);
             for (b, seq) in ids.chunks(len).enumerate() {
-                let count = seq.iter().filter(|&&id| Some(id) != padding).count();
-                if count == 0 {
-                    continue;
-                }
-                let inv = 1.0 / count as f32;
-                let dys = &dy[b * dim..(b + 1) * dim];
-                for &id in seq.iter().filter(|&&id| Some(id) != padding) {
-                    let row = &mut g[id as usize * dim..(id as usize + 1) * dim];
-                    row.iter_mut().zip(dys).for_each(|(r, &d)| *r += inv * d);
-                }
-            }
-        }
-        Op::Embedding {
-            table,
-            ids,
-            len,
-            dim,
-            padding,
-            mean: false,
-            ..
-        } => {
-            // Summed sequentially in sequence order (N * L * dim additions, cheap beside the
-            // convolution), so the sums do not depend on the thread count.
-            let (len, dim, padding) = (*len, *dim, *padding);
-            let g = &mut param_grad[params[*table].range.clone()];
-            g.fill(0.0);
-            for (b, seq) in ids.chunks(len).enumerate() {
-                let dys = &dy[b * dim * len..(b + 1) * dim * len];
-                for (t, &id) in seq.iter().enumerate() {
-                    if Some(id) == padding {
+                let tokens = seq
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &id)| Some(id) != padding);
+                if mean {
+                    let count = tokens.clone().count();
+                    if count == 0 {
                         continue;
                     }
-                    let row = &mut g[id as usize * dim..(id as usize + 1) * dim];
-                    for (e, r) in row.iter_mut().enumerate() {
-                        *r += dys[e * len + t];
+                    let inv = 1.0 / count as f32;
+                    let dys = &dy[b * dim..(b + 1) * dim];
+                    for (_, &id) in tokens {
+                        let row = &mut g[id as usize * dim..(id as usize + 1) * dim];
+                        row.iter_mut().zip(dys).for_each(|(r, &d)| *r += inv * d);
+                    }
+                } else {
+                    let dys = &dy[b * dim * len..(b + 1) * dim * len];
+                    for (t, &id) in tokens {
+                        let row = &mut g[id as usize * dim..(id as usize + 1) * dim];
+                        for (e, r) in row.iter_mut().enumerate() {
+                            *r += dys[e * len + t];
+                        }
                     }
                 }
             }
