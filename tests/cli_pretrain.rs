@@ -3,7 +3,10 @@
 #![cfg(feature = "cli")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{newest_checkpoint, selfsup};
 
 /// A directory in the temp directory, unique to this process and tag; removed on drop.
 struct TempDir(PathBuf);
@@ -26,14 +29,6 @@ impl Drop for TempDir {
     }
 }
 
-fn selfsup(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_selfsup"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run selfsup")
-}
-
 /// Asserts a failure with exit status 2 and one `error:` line on stderr containing `want`.
 fn fails_with(args: &[&str], want: &str) {
     let out = selfsup(args);
@@ -53,16 +48,6 @@ fn pretrain(out: &str, extra: &[&str]) -> Output {
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     selfsup(&args)
-}
-
-fn checkpoint_in(dir: &str) -> PathBuf {
-    let mut c: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    c.sort();
-    c.pop().expect("a checkpoint")
 }
 
 #[test]
@@ -128,7 +113,7 @@ fn pretrain_writes_a_run_folder_that_probe_embed_and_resume_use() {
         .all(|v| v["loss"].as_f64().unwrap().is_finite()));
     // The final kNN monitor ran on the labeled test split.
     assert!(metrics.contains("knn_accuracy"));
-    let ckpt = checkpoint_in(&run);
+    let ckpt = newest_checkpoint(&run);
     assert!(
         ckpt.to_str().unwrap().ends_with("4.safetensors"),
         "{ckpt:?}"
@@ -222,7 +207,7 @@ fn checkpoints_are_bit_identical_for_one_and_two_threads() {
                 ],
             );
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let ckpt = checkpoint_in(&run);
+            let ckpt = newest_checkpoint(&run);
             assert!(
                 ckpt.to_str().unwrap().ends_with("3.safetensors"),
                 "{ckpt:?}"

@@ -5,18 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-use common::TempDir;
-
-fn selfsup(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_selfsup"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run selfsup")
-}
+use common::{newest_checkpoint, selfsup, TempDir};
 
 fn ok(args: &[&str]) -> String {
     let out = selfsup(args);
@@ -34,16 +25,6 @@ fn fails_with(args: &[&str], want: &str) {
     assert_eq!(lines.len(), 1, "{args:?}: {err}");
     assert!(lines[0].contains(want), "{args:?}: '{want}' not in: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
-}
-
-fn newest_checkpoint(dir: &Path) -> PathBuf {
-    let mut c: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    c.sort();
-    c.pop().expect("a checkpoint")
 }
 
 /// A small corpus folder: 40 short stories about two subjects, plus files the reader must

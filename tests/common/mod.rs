@@ -61,3 +61,26 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs the `selfsup` binary of this build with `args` (no backtraces), its output.
+#[cfg(feature = "cli")]
+#[allow(dead_code)] // only the command-line tests run the binary
+pub fn selfsup(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run selfsup")
+}
+
+/// The newest `*.safetensors` file of a run folder (names sort by step).
+#[allow(dead_code)] // only the command-line tests read run folders
+pub fn newest_checkpoint(dir: impl AsRef<std::path::Path>) -> std::path::PathBuf {
+    let mut c: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("read the run folder")
+        .map(|e| e.expect("a folder entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    c.sort();
+    c.pop().expect("a checkpoint")
+}
