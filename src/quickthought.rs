@@ -581,14 +581,26 @@ impl SentenceEmbedder {
         batch: usize,
         path: impl AsRef<Path>,
     ) -> std::result::Result<Self, CheckpointError> {
-        let path = path.as_ref();
+        Self::from_loaded(cfg, objective, batch, &checkpoint::load(path)?)
+    }
+
+    /// As [`from_checkpoint`](Self::from_checkpoint), from a checkpoint already read (to
+    /// read its metadata first, for example).
+    ///
+    /// # Errors
+    /// A checkpoint of another architecture.
+    pub fn from_loaded(
+        cfg: &SentenceEncoderConfig,
+        objective: QtObjective,
+        batch: usize,
+        ck: &checkpoint::Checkpoint,
+    ) -> std::result::Result<Self, CheckpointError> {
         let mut e = Self::new(cfg, objective, batch, 0).map_err(|err| {
             CheckpointError::InvalidArgument {
-                path: path.to_path_buf(),
+                path: ck.path().to_path_buf(),
                 reason: err.to_string(),
             }
         })?;
-        let ck = checkpoint::load(path)?;
         let params: Vec<_> = e.graph.param_info().to_vec();
         for p in &params {
             ck.copy_into(

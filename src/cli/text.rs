@@ -434,8 +434,7 @@ pub fn open_text_model(path: &Path, batch: usize) -> Result<TextModel> {
     let objective: QtObjective = serde_json::from_str(get(OBJECTIVE_KEY)?)
         .with_context(|| format!("{}: the objective is malformed", path.display()))?;
     let data = meta.get("data").cloned();
-    drop(ck);
-    let embedder = SentenceEmbedder::from_checkpoint(&cfg, objective, batch, path)?;
+    let embedder = SentenceEmbedder::from_loaded(&cfg, objective, batch, &ck)?;
     Ok(TextModel {
         embedder,
         vocab,
