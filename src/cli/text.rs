@@ -16,7 +16,7 @@ use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdConfig};
 use selfsup::pretrain::METHOD_KEY;
 use selfsup::quickthought::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus, METHOD_NAME};
-use selfsup::text::{builtin_corpus, read_corpus_report, CorpusConfig, Vocab, TOPICS};
+use selfsup::text::{builtin_corpus, read_corpus_report, read_text, CorpusConfig, Vocab, TOPICS};
 use selfsup::train::Metadata;
 
 use super::pretrain::{
@@ -479,23 +479,10 @@ pub fn parse_objective(s: &str) -> std::result::Result<QtObjective, String> {
     }
 }
 
-/// Reads `path` as UTF-8 text, naming the file (and the first bad byte) on failure.
-fn read_utf8(path: &Path) -> Result<String> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        anyhow::anyhow!(
-            "{}: not UTF-8 text: invalid byte 0x{:02x} at byte offset {at}",
-            path.display(),
-            e.as_bytes()[at]
-        )
-    })
-}
-
 /// A labeled sentence file: `label<TAB>sentence` per line (blank lines skipped). Returns
 /// the sentences, their label ids and the label names (sorted).
 pub fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<u32>, Vec<String>)> {
-    let text = read_utf8(path)?;
+    let text = read_text(path)?;
     let mut pairs = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -656,7 +643,7 @@ const EMBED_CHUNK: usize = 4096;
 /// The lines of a sentence file (`selfsup embed --sentences`): one sentence per line, a
 /// blank line an empty sentence (so rows match lines).
 pub fn read_sentence_lines(path: &Path) -> Result<Vec<String>> {
-    let text = read_utf8(path)?;
+    let text = read_text(path)?;
     Ok(text.lines().map(|l| l.trim().to_string()).collect())
 }
 

@@ -36,6 +36,6 @@ pub mod vocab;
 pub use corpus::{
     builtin_corpus, builtin_document, topic_of, CorpusConfig, LabeledDocument, TOPICS,
 };
-pub use read::{read_corpus, read_corpus_report, CorpusReport, Document};
+pub use read::{read_corpus, read_corpus_report, read_text, CorpusReport, Document};
 pub use split::{split_sentences, MAX_SENTENCE_CHARS};
 pub use vocab::{tokenize, Vocab, PAD, PAD_TOKEN, UNK, UNK_TOKEN};

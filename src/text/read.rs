@@ -175,8 +175,14 @@ fn relative_name(root: &Path, file: &Path) -> String {
 }
 
 /// The content of `file` as UTF-8 text (a leading byte-order mark dropped), after
-/// checking its size against [`MAX_FILE_BYTES`].
-fn read_text(file: &Path) -> Result<String, DataError> {
+/// checking its size against [`MAX_FILE_BYTES`]: how every text file of the crate is read
+/// (corpora, labeled sentences, sentence lists).
+///
+/// # Errors
+/// [`DataError::Io`] when it cannot be read; [`DataError::Format`] naming the file when it
+/// is larger than [`MAX_FILE_BYTES`] or not UTF-8 (with the byte offset of the first bad
+/// byte).
+pub fn read_text(file: &Path) -> Result<String, DataError> {
     let too_big = |size: u64| {
         fmt_err(
             file,
