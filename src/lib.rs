@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod graph;
 pub mod kernels;

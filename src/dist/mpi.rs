@@ -1,0 +1,104 @@
+//! The MPI process group (cargo feature `mpi`): the ranks `mpirun` started, through Open
+//! MPI's collectives (the `mpi` crate). Only its gathers, all-to-alls and broadcasts are
+//! used; every sum is done by [`super::all_reduce_sum`] in rank order.
+
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::{CommunicatorCollectives, Root};
+use mpi::Threading;
+
+use super::{check_all_to_all, check_gather, invalid, Collectives};
+use crate::error::Result;
+
+/// The world of an MPI job. Dropping it finalizes MPI; a failing rank must call
+/// [`MpiComm::abort`] instead, or the others wait in their next collective.
+pub struct MpiComm {
+    world: SimpleCommunicator,
+    _universe: mpi::environment::Universe,
+}
+
+// SAFETY: MPI is initialized with `Threading::Serialized` (checked in `MpiComm::init`), so
+// its calls may come from any thread as long as no two run at once; a `MpiComm` is used
+// through `&self` by one owner at a time (it is `Send`, not `Sync`).
+unsafe impl Send for MpiComm {}
+
+impl std::fmt::Debug for MpiComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiComm")
+            .field("rank", &self.rank())
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl MpiComm {
+    /// Initializes MPI (once per process) and installs a panic hook that aborts the whole
+    /// job, so a panicking rank ends the job instead of leaving the others in a collective.
+    /// A program started without `mpirun` is a group of one.
+    ///
+    /// # Errors
+    /// MPI already initialized, or without the thread support the trainer needs.
+    pub fn init() -> Result<Self> {
+        let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| invalid("MPI was already initialized in this process".into()))?;
+        if level < Threading::Serialized {
+            return Err(invalid(format!(
+                "the MPI library offers thread level {level:?}, the trainer needs Serialized"
+            )));
+        }
+        let world = universe.world();
+        if world.size() > 1 {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                previous(info);
+                // SAFETY: MPI is initialized (this hook is installed after it) and
+                // MPI_Abort may be called from any thread; it does not return.
+                unsafe {
+                    mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101);
+                }
+            }));
+        }
+        Ok(Self {
+            world,
+            _universe: universe,
+        })
+    }
+
+    /// Ends every rank of the job with `code` (what a failing rank does instead of
+    /// returning: the others may be waiting in a collective).
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
+
+impl Collectives for MpiComm {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+    fn size(&self) -> usize {
+        self.world.size() as usize
+    }
+    fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        check_gather(self.size(), send.len(), recv.len())?;
+        self.world.all_gather_into(send, recv);
+        Ok(())
+    }
+    fn all_gather_f64(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        check_gather(self.size(), send.len(), recv.len())?;
+        self.world.all_gather_into(send, recv);
+        Ok(())
+    }
+    fn all_gather_u64(&self, send: &[u64], recv: &mut [u64]) -> Result<()> {
+        check_gather(self.size(), send.len(), recv.len())?;
+        self.world.all_gather_into(send, recv);
+        Ok(())
+    }
+    fn all_to_all_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        check_all_to_all(self.size(), send.len(), recv.len())?;
+        self.world.all_to_all_into(send, recv);
+        Ok(())
+    }
+    fn broadcast_f32(&self, buf: &mut [f32]) -> Result<()> {
+        self.world.process_at_rank(0).broadcast_into(buf);
+        Ok(())
+    }
+}
