@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli::run(args) {
+    let code = match cli::run(args) {
         Ok(cli::Status::Success) => ExitCode::SUCCESS,
         Ok(cli::Status::Regression) => ExitCode::from(1),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -44,9 +44,13 @@ fn main() -> ExitCode {
             // `{:#}` joins the cause chain with ": "; keep it to one line whatever the causes say.
             let msg = format!("{err:#}").replace(['\n', '\r'], " ");
             eprintln!("error: {msg}");
-            ExitCode::from(2)
+            // In a job of several processes, the others may wait in a collective: end them.
+            cli::group::end(false);
+            return ExitCode::from(2);
         }
-    }
+    };
+    cli::group::end(true);
+    code
 }
 
 /// True when the output was closed under us (`selfsup bench --list | head -1`): like other

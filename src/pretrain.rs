@@ -18,6 +18,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::data::augment::{self, RotnetAugment, SimclrAugment};
 use crate::data::loader::{Batch, EpochSampler, Loader};
 use crate::data::{fmt_err, ImageSet};
+use crate::dist::{self, Collectives, Scratch, SingleProcess};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Mode, TensorId};
 use crate::nn::SimclrModel;
@@ -74,6 +75,10 @@ pub struct PretrainConfig {
     pub rotnet: RotnetAugment,
     /// The seed of the weights, the data order and every augmentation.
     pub seed: u64,
+    /// Data-parallel runs: normalize every BatchNorm with the statistics of the whole
+    /// group's batch (global BN, as SimCLR trains) instead of each rank's. No effect in a
+    /// single process.
+    pub sync_bn: bool,
 }
 
 impl PretrainConfig {
@@ -164,6 +169,7 @@ pub struct Pretrainer {
     data: Arc<ImageSet>,
     sampler: EpochSampler,
     step: u64,
+    group: Group,
 }
 
 impl std::fmt::Debug for Pretrainer {
@@ -189,6 +195,35 @@ impl Pretrainer {
     /// # Errors
     /// An invalid configuration, or data whose images do not fit the model.
     pub fn new(cfg: PretrainConfig, data: Arc<ImageSet>) -> Result<Self> {
+        Self::in_group(cfg, data, Box::new(SingleProcess))
+    }
+
+    /// One rank of a data-parallel run over the group `comm` (see [`crate::dist`]): every
+    /// rank takes `cfg.batch` images of each global batch of `size() * cfg.batch` (disjoint,
+    /// a function of the seed, the epoch and the rank: across the ranks every image of an
+    /// epoch's full batches once), SimCLR's negatives span the global batch, the loss is
+    /// the global batch's, the parameter gradients are summed over the ranks in rank order
+    /// before each update, so every rank holds the same weights, and `P` ranks of batch
+    /// `B` train as one process of batch `P B` does (with `sync_bn`, up to rounding).
+    ///
+    /// # Errors
+    /// As [`Pretrainer::new`]; ranks whose configuration or data differ from rank 0's (an
+    /// error on every rank); a failed collective.
+    pub fn in_group(
+        cfg: PretrainConfig,
+        data: Arc<ImageSet>,
+        comm: Box<dyn Collectives>,
+    ) -> Result<Self> {
+        let group = Group::new(comm);
+        let fingerprint = format!(
+            "{cfg:?} data {} {}x{}x{} {:016x}",
+            data.n,
+            data.channels,
+            data.height,
+            data.width,
+            images_hash(&data)
+        );
+        dist::check_same_config(&*group.comm, "configuration or data", &fingerprint)?;
         cfg.validate()?;
         let m = &cfg.model;
         if data.channels != m.in_channels
@@ -206,12 +241,16 @@ impl Pretrainer {
                 cfg.augment.out_size, m.image_size
             )));
         }
-        let sampler = EpochSampler::new(data.n, cfg.batch, mix(cfg.seed, &[1])).map_err(invalid)?;
+        let (rank, ranks) = (group.comm.rank(), group.comm.size());
+        let global = cfg.batch.checked_mul(ranks).unwrap_or(usize::MAX);
+        let sampler = EpochSampler::sharded(data.n, global, mix(cfg.seed, &[1]), rank, ranks)
+            .map_err(invalid)?;
         let seed = mix(cfg.seed, &[0]);
-        let model = match cfg.method {
+        let mut model = match cfg.method {
             Method::SimClr => Model::SimClr(simclr(m, cfg.batch, cfg.tau, seed)?),
             Method::RotNet => Model::RotNet(encoder_classifier(m, 4 * cfg.batch, 4, seed)?),
         };
+        model.graph_mut().set_sync_batchnorm(cfg.sync_bn);
         let opt = Optimizer::new(cfg.optimizer, model.graph().params().len())?;
         Ok(Self {
             cfg,
@@ -220,7 +259,27 @@ impl Pretrainer {
             data,
             sampler,
             step: 0,
+            group,
         })
+    }
+
+    /// This process's rank in its data-parallel group (0 in a single process).
+    pub fn rank(&self) -> usize {
+        self.group.comm.rank()
+    }
+
+    /// The number of ranks (1 in a single process).
+    pub fn ranks(&self) -> usize {
+        self.group.comm.size()
+    }
+
+    /// Rank 0's `value`, on every rank (a decision taken from a rank's own clock, such as
+    /// a run length fitted to the measured speed, must be the same on all).
+    ///
+    /// # Errors
+    /// A failed collective.
+    pub fn root_value(&self, value: u64) -> Result<u64> {
+        self.group.root_value(value)
     }
 
     /// The configuration.
@@ -324,7 +383,9 @@ impl Pretrainer {
                 "at step {step}: {e}; training stopped (the last checkpoint is kept)"
             ))
         };
-        g.forward(Mode::Train).map_err(at_step)?;
+        let comm = &*self.group.comm;
+        g.forward_with(Mode::Train, comm).map_err(at_step)?;
+        // The loss is the global batch's: the same on every rank, so all stop together.
         let loss = g.loss_f64(loss_t);
         if !loss.is_finite() {
             return Err(invalid(format!(
@@ -333,7 +394,8 @@ impl Pretrainer {
             )));
         }
         let accuracy = g.accuracy(loss_t).map_or(f64::NAN, f64::from);
-        g.backward().map_err(at_step)?;
+        g.backward_with(comm).map_err(at_step)?;
+        self.group.sum_grads(g).map_err(at_step)?;
         let lr = self.cfg.schedule.lr(self.step);
         let (p, gr, groups) = g.params_and_grads();
         self.opt.step(p, gr, groups, lr).map_err(at_step)?;
@@ -349,7 +411,9 @@ impl Pretrainer {
     }
 
     /// Writes a checkpoint `ckpt-<step>.safetensors` into `dir` (the model, the optimizer
-    /// state and `metadata` plus the step and method), keeping the newest `keep_last`.
+    /// state and `metadata` plus the step, the method and the number of ranks), keeping
+    /// the newest `keep_last`. In a data-parallel run only rank 0 writes (every rank holds
+    /// the same weights); the others return `Ok(None)` at once.
     ///
     /// # Errors
     /// As [`train::save_in`].
@@ -358,7 +422,10 @@ impl Pretrainer {
         dir: impl AsRef<Path>,
         metadata: &Metadata,
         keep_last: usize,
-    ) -> std::result::Result<PathBuf, CheckpointError> {
+    ) -> std::result::Result<Option<PathBuf>, CheckpointError> {
+        if self.rank() != 0 {
+            return Ok(None);
+        }
         save_run(
             dir.as_ref(),
             self.step,
@@ -367,18 +434,23 @@ impl Pretrainer {
             &self.opt,
             metadata,
             keep_last,
+            self.ranks(),
         )
+        .map(Some)
     }
 
     /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.
     ///
     /// # Errors
     /// As [`train::load`]: another architecture or optimizer, a corrupt file.
+    /// In a data-parallel run rank 0 reads the checkpoint (it must be of a run with as
+    /// many ranks) and sends its state to the others, so only rank 0 needs the folder; a
+    /// failure is an error on every rank.
     pub fn resume_from(
         &mut self,
         dir: impl AsRef<Path>,
     ) -> std::result::Result<Option<u64>, CheckpointError> {
-        let resumed = resume_run(
+        let resumed = self.group.resume(
             dir.as_ref(),
             self.cfg.method.name(),
             self.model.graph_mut(),
@@ -392,8 +464,9 @@ impl Pretrainer {
 }
 
 /// A training run's checkpoint: `ckpt-<step>.safetensors` in `dir` with the model, the
-/// optimizer state and `metadata` plus the step and the method's name, the newest
-/// `keep_last` kept. Shared by the image and the text trainers.
+/// optimizer state and `metadata` plus the step, the method's name and the number of
+/// ranks, the newest `keep_last` kept. Shared by the image and the text trainers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn save_run(
     dir: &Path,
     step: u64,
@@ -402,20 +475,24 @@ pub(crate) fn save_run(
     opt: &Optimizer,
     metadata: &Metadata,
     keep_last: usize,
+    ranks: usize,
 ) -> std::result::Result<PathBuf, CheckpointError> {
     let mut meta = metadata.clone();
     meta.insert(STEP_KEY.into(), step.to_string());
     meta.insert(METHOD_KEY.into(), method.into());
+    meta.insert(RANKS_KEY.into(), ranks.to_string());
     train::save_in(dir, step, graph, Some(opt), &meta, keep_last)
 }
 
 /// Loads the newest checkpoint of `dir` into `graph` and `opt`, if there is one, and
-/// returns its step; a checkpoint of another method is an error naming the file.
+/// returns its step; a checkpoint of another method, or of a run with another number of
+/// ranks, is an error naming the file.
 pub(crate) fn resume_run(
     dir: &Path,
     method: &str,
     graph: &mut Graph,
     opt: &mut Optimizer,
+    ranks: usize,
 ) -> std::result::Result<Option<u64>, CheckpointError> {
     let Some((step, path)) = checkpoint::latest_in(dir)? else {
         return Ok(None);
@@ -429,8 +506,125 @@ pub(crate) fn resume_run(
             });
         }
     }
+    let saved = meta.get(RANKS_KEY).map_or("1", String::as_str);
+    if saved != ranks.to_string() {
+        return Err(CheckpointError::InvalidArgument {
+            path,
+            reason: format!(
+                "was written by a run of {saved} process(es), this run has {ranks}: a                  data-parallel run resumes with the same number of processes"
+            ),
+        });
+    }
     Ok(Some(step))
 }
+
+/// A trainer's process group and its reduction buffers.
+pub(crate) struct Group {
+    pub(crate) comm: Box<dyn Collectives>,
+    scratch: Scratch,
+}
+
+impl Group {
+    pub(crate) fn new(comm: Box<dyn Collectives>) -> Self {
+        Self {
+            comm,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Rank 0's `value`, on every rank.
+    pub(crate) fn root_value(&self, value: u64) -> Result<u64> {
+        let mut all = vec![0u64; self.comm.size()];
+        self.comm.all_gather_u64(&[value], &mut all)?;
+        Ok(all[0])
+    }
+
+    /// Sums the parameter gradients over the group, in rank order (same bits on every
+    /// rank).
+    pub(crate) fn sum_grads(&mut self, g: &mut Graph) -> Result<()> {
+        dist::all_reduce_sum(&*self.comm, g.param_grads_mut(), &mut self.scratch)
+    }
+
+    /// [`resume_run`] on rank 0, the outcome agreed by all ranks, then rank 0's weights,
+    /// buffers and optimizer state sent to every rank.
+    pub(crate) fn resume(
+        &mut self,
+        dir: &Path,
+        method: &str,
+        graph: &mut Graph,
+        opt: &mut Optimizer,
+    ) -> std::result::Result<Option<u64>, CheckpointError> {
+        let comm = &*self.comm;
+        let ranks = comm.size();
+        if ranks == 1 {
+            return resume_run(dir, method, graph, opt, 1);
+        }
+        let failed = |reason: String| CheckpointError::InvalidArgument {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let mine = if comm.rank() == 0 {
+            resume_run(dir, method, graph, opt, ranks)
+        } else {
+            Ok(None)
+        };
+        // [status, step] of every rank: 0 = nothing to resume, 1 = resumed, 2 = failed.
+        let status = match &mine {
+            Ok(None) => [0, 0],
+            Ok(Some(s)) => [1, *s],
+            Err(_) => [2, 0],
+        };
+        let mut all = vec![0u64; 2 * ranks];
+        comm.all_gather_u64(&status, &mut all)
+            .map_err(|e| failed(e.to_string()))?;
+        match all[0] {
+            2 => {
+                return mine.and_then(|_| {
+                    Err(failed(
+                        "rank 0 could not resume from this folder (its message says why)".into(),
+                    ))
+                })
+            }
+            0 => return Ok(None),
+            _ => {}
+        }
+        let step = all[1];
+        let broadcast = |buf: &mut [f32]| comm.broadcast_f32(buf).map_err(|e| failed(e.to_string()));
+        broadcast(graph.params_mut())?;
+        broadcast(graph.buffers_mut())?;
+        let mut state: Vec<(String, Vec<f32>)> = opt
+            .state_tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.to_vec()))
+            .collect();
+        for (_, v) in &mut state {
+            broadcast(v)?;
+        }
+        let mut steps = vec![0u64; ranks];
+        comm.all_gather_u64(&[opt.steps()], &mut steps)
+            .map_err(|e| failed(e.to_string()))?;
+        opt.load_state_tensors(steps[0], state)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Some(step))
+    }
+}
+
+/// A hash of a sample of an image set's pixels (first, middle and last image): ranks that
+/// read different files of the same shape are told apart.
+fn images_hash(set: &ImageSet) -> u64 {
+    let mut text = String::new();
+    if set.n > 0 {
+        for i in [0, set.n / 2, set.n - 1] {
+            for v in set.image(i) {
+                text.push_str(&format!("{:08x}", v.to_bits()));
+            }
+        }
+    }
+    dist::config_hash(&text)
+}
+
+/// Checkpoint metadata key of the number of processes of the run that wrote it.
+pub const RANKS_KEY: &str = "ranks";
 
 /// Checkpoint metadata key of the training step.
 pub const STEP_KEY: &str = "step";

@@ -26,7 +26,8 @@ use crate::nn::{
     SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use crate::pretrain::{copy_by_name, resume_run, save_run, StepStats};
+use crate::dist::{self, Collectives, SingleProcess};
+use crate::pretrain::{copy_by_name, save_run, Group, StepStats};
 use crate::rng::{mix, shuffle, SplitMix64};
 use crate::text::{Vocab, PAD};
 use crate::train::Metadata;
@@ -189,6 +190,7 @@ pub struct QtTrainer {
     starts: Vec<usize>,
     targets: Vec<(u32, u32)>,
     triplets: Vec<(u32, u32, u32)>,
+    group: Group,
 }
 
 impl std::fmt::Debug for QtTrainer {
@@ -208,6 +210,33 @@ impl QtTrainer {
     /// differs from the encoder's or with fewer trainable sentences (in documents of two
     /// or more) than one batch.
     pub fn new(cfg: QtConfig, corpus: Arc<TokenizedCorpus>) -> Result<Self> {
+        Self::in_group(cfg, corpus, Box::new(SingleProcess))
+    }
+
+    /// One rank of a data-parallel run over the group `comm` (see [`crate::dist`]): each
+    /// step's stream of `size() * cfg.batch` contiguous sentences is cut into one run of
+    /// `cfg.batch` per rank, in rank order; each rank's targets are its own sentences'
+    /// neighbours inside its run (the pairs that straddle two ranks' runs are left out),
+    /// the in-batch objective scores them against every rank's candidates, the loss is the
+    /// mean over the whole group's target pairs, and the gradients are summed over the
+    /// ranks before each update.
+    ///
+    /// # Errors
+    /// As [`QtTrainer::new`] (the corpus must hold one global batch); ranks whose
+    /// configuration or corpus differ from rank 0's (an error on every rank).
+    pub fn in_group(
+        cfg: QtConfig,
+        corpus: Arc<TokenizedCorpus>,
+        comm: Box<dyn Collectives>,
+    ) -> Result<Self> {
+        let group = Group::new(comm);
+        let fingerprint = format!(
+            "{cfg:?} corpus {} {} {:016x}",
+            corpus.sentences(),
+            corpus.documents(),
+            dist::config_hash(&format!("{:?}", &corpus.tokens()[..corpus.tokens().len().min(4096)]))
+        );
+        dist::check_same_config(&*group.comm, "configuration or corpus", &fingerprint)?;
         cfg.encoder.validate()?;
         if cfg.batch < MIN_BATCH {
             return Err(invalid(format!(
@@ -236,18 +265,19 @@ impl QtTrainer {
             .filter(|&d| corpus.document(d).len() >= 2)
             .collect();
         let trainable = corpus.trainable_sentences();
-        if trainable < cfg.batch {
+        let ranks = group.comm.size();
+        let global = cfg.batch.saturating_mul(ranks);
+        if trainable < global {
             return Err(invalid(format!(
                 "the corpus has {trainable} sentences in documents of two or more sentences \
-                 ({} documents, {} sentences in all); one batch takes {}",
+                 ({} documents, {} sentences in all); one batch takes {global}",
                 corpus.documents(),
                 corpus.sentences(),
-                cfg.batch
             )));
         }
         let model = quick_thoughts(&cfg.encoder, cfg.batch, cfg.objective, mix(cfg.seed, &[0]))?;
         let opt = Optimizer::new(cfg.optimizer, model.graph.params().len())?;
-        let steps_per_epoch = (trainable / cfg.batch) as u64;
+        let steps_per_epoch = (trainable / global) as u64;
         Ok(Self {
             ids: vec![PAD; cfg.batch * cfg.encoder.max_len],
             starts: Vec::with_capacity(cfg.batch),
@@ -263,7 +293,32 @@ impl QtTrainer {
             step: 0,
             docs,
             steps_per_epoch,
+            group,
         })
+    }
+
+    /// The stream position of this rank's first sentence of step `step`.
+    fn first_of(&self, step: u64) -> usize {
+        let (b, ranks) = (self.cfg.batch, self.group.comm.size());
+        (step % self.steps_per_epoch) as usize * b * ranks + self.group.comm.rank() * b
+    }
+
+    /// This process's rank in its data-parallel group (0 in a single process).
+    pub fn rank(&self) -> usize {
+        self.group.comm.rank()
+    }
+
+    /// The number of ranks (1 in a single process).
+    pub fn ranks(&self) -> usize {
+        self.group.comm.size()
+    }
+
+    /// Rank 0's `value`, on every rank (see [`crate::pretrain::Pretrainer::root_value`]).
+    ///
+    /// # Errors
+    /// A failed collective.
+    pub fn root_value(&self, value: u64) -> Result<u64> {
+        self.group.root_value(value)
     }
 
     /// The configuration.
@@ -319,7 +374,7 @@ impl QtTrainer {
         self.prepare_epoch(epoch);
         let b = self.cfg.batch;
         let l = self.cfg.encoder.max_len;
-        let p0 = (step % self.steps_per_epoch) as usize * b;
+        let p0 = self.first_of(step);
         self.starts.clear();
         for k in 0..b {
             let i = self.stream[p0 + k];
@@ -332,7 +387,10 @@ impl QtTrainer {
         if self.cfg.objective == QtObjective::Pairwise {
             // One negative per target pair: a sentence of the batch that is neither the
             // anchor nor one of its neighbours (drawn from the seed and the step).
-            let mut rng = SplitMix64::new(mix(self.cfg.seed, &[2, step]));
+            let mut rng = SplitMix64::new(match self.group.comm.size() {
+                1 => mix(self.cfg.seed, &[2, step]),
+                _ => mix(self.cfg.seed, &[2, step, self.group.comm.rank() as u64]),
+            });
             self.triplets.clear();
             for (t, &(i, j)) in self.targets.iter().enumerate() {
                 // The anchor's targets are adjacent in `targets` (anchors ascending).
@@ -361,7 +419,7 @@ impl QtTrainer {
     /// None in practice (the targets' builder checks its input).
     pub fn batch(&mut self, step: u64) -> Result<QtBatchView<'_>> {
         self.prepare_batch(step)?;
-        let p0 = (step % self.steps_per_epoch) as usize * self.cfg.batch;
+        let p0 = self.first_of(step);
         Ok(QtBatchView {
             sentences: &self.stream[p0..p0 + self.cfg.batch],
             targets: &self.targets,
@@ -394,7 +452,8 @@ impl QtTrainer {
                 "at step {step}: {e}; training stopped (the last checkpoint is kept)"
             ))
         };
-        g.forward(Mode::Train).map_err(at_step)?;
+        let comm = &*self.group.comm;
+        g.forward_with(Mode::Train, comm).map_err(at_step)?;
         let loss = g.loss_f64(m.loss);
         if !loss.is_finite() {
             return Err(invalid(format!(
@@ -402,7 +461,8 @@ impl QtTrainer {
             )));
         }
         let accuracy = g.accuracy(m.loss).map_or(f64::NAN, f64::from);
-        g.backward().map_err(at_step)?;
+        g.backward_with(comm).map_err(at_step)?;
+        self.group.sum_grads(g).map_err(at_step)?;
         let lr = self.cfg.schedule.lr(step);
         let (p, gr, groups) = g.params_and_grads();
         self.opt.step(p, gr, groups, lr).map_err(at_step)?;
@@ -472,7 +532,10 @@ impl QtTrainer {
         dir: impl AsRef<Path>,
         metadata: &Metadata,
         keep_last: usize,
-    ) -> std::result::Result<PathBuf, CheckpointError> {
+    ) -> std::result::Result<Option<PathBuf>, CheckpointError> {
+        if self.rank() != 0 {
+            return Ok(None);
+        }
         save_run(
             dir.as_ref(),
             self.step,
@@ -481,7 +544,9 @@ impl QtTrainer {
             &self.opt,
             metadata,
             keep_last,
+            self.ranks(),
         )
+        .map(Some)
     }
 
     /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.
@@ -493,7 +558,7 @@ impl QtTrainer {
         &mut self,
         dir: impl AsRef<Path>,
     ) -> std::result::Result<Option<u64>, CheckpointError> {
-        let resumed = resume_run(
+        let resumed = self.group.resume(
             dir.as_ref(),
             METHOD_NAME,
             &mut self.model.graph,

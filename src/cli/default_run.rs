@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser};
 
 use selfsup::pretrain::Embedder;
 
 use super::data::load_splits;
+use super::group;
 use super::pretrain::{pretrain, PretrainArgs};
 use super::probe::{encoder_features, print_table, probe_table, raw_features};
 
@@ -89,6 +90,7 @@ fn pretrain_args(method: &str, minutes: f64, out: PathBuf, demo: &DemoArgs) -> P
 
 /// Runs the default job.
 pub fn run(demo: &DemoArgs) -> Result<()> {
+    group::single_process("the default run")?;
     super::pretrain::set_threads(demo.threads);
     let t0 = Instant::now();
     eprintln!(
@@ -121,7 +123,8 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
     let mut random = Embedder::new(model, 256, demo.seed)?;
     features.push(encoder_features("random init", &mut random, &splits)?);
     for (method, o) in &outcomes {
-        let mut e = Embedder::from_checkpoint(&o.model, 256, &o.checkpoint)?;
+        let ckpt = o.checkpoint.as_ref().context("the run wrote no checkpoint")?;
+        let mut e = Embedder::from_checkpoint(&o.model, 256, ckpt)?;
         let name = match *method {
             "simclr" => "SimCLR",
             _ => "RotNet",

@@ -8,6 +8,7 @@ pub mod bench;
 mod data;
 mod default_run;
 mod embed;
+pub mod group;
 mod memory;
 mod neighbors;
 mod ntxent;

@@ -20,6 +20,7 @@ use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdCo
 use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer, StepStats};
 use selfsup::train::Metadata;
 
+use super::group;
 use super::data::{load_splits, Splits};
 
 const EXAMPLES: &str = "\
@@ -183,6 +184,13 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub quiet: bool,
 
+    /// Under `mpirun -n P` (a build with `--features mpi`): normalize every BatchNorm with
+    /// the statistics of all P ranks' batches (global BN, as SimCLR trains) instead of
+    /// each rank's own. --batch is the batch of each rank
+    #[arg(long)]
+    #[serde(default)]
+    pub sync_bn: bool,
+
     /// Sentence encoder: cnn (embedding, 1-D convolution, ReLU, max over time) or bow (mean
     /// of the token embeddings, the baseline)
     #[arg(long, value_name = "KIND", default_value = "cnn", value_parser = super::text::parse_encoder, help_heading = "Quick Thoughts")]
@@ -342,8 +350,8 @@ struct RunConfig {
 /// The outcome, for the caller (the default run prints a table from it).
 #[derive(Debug)]
 pub struct PretrainOutcome {
-    /// The newest checkpoint.
-    pub checkpoint: PathBuf,
+    /// The newest checkpoint (`None` on the ranks other than 0 of a data-parallel run).
+    pub checkpoint: Option<PathBuf>,
     /// The model's configuration.
     pub model: ResNetConfig,
     /// Steps, seconds and the mean images/s of the run.
@@ -395,14 +403,26 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             train.width
         );
     }
-    if args.batch > train.n {
+    // Under mpirun, every rank runs this with its part of each batch; rank 0 alone writes
+    // the run folder, the log and the checkpoints, and prints.
+    let comm = group::process_group()?;
+    selfsup::dist::check_same_config(&*comm, "command line", &format!("{args:?}"))?;
+    let ranks = comm.size();
+    let global_batch = args.batch.saturating_mul(ranks);
+    if global_batch > train.n {
         bail!(
-            "--batch {} is larger than the training set ({} images)",
+            "--batch {} {}is larger than the training set ({} images)",
             args.batch,
+            if ranks > 1 {
+                format!("x {ranks} processes ")
+            } else {
+                String::new()
+            },
             train.n
         );
     }
-    let scale = args.batch as f64 / 256.0;
+    // The default learning rates scale with the batch of a step (of all ranks together).
+    let scale = global_batch as f64 / 256.0;
     let (lr, wd) = match args.optimizer() {
         OptimizerArg::Sgd => (
             args.lr.unwrap_or(0.06 * scale),
@@ -432,7 +452,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             ..AdamWConfig::default()
         }),
     };
-    let spe = (train.n / args.batch) as u64;
+    let spe = (train.n / global_batch) as u64;
     // The run's length; for --minutes a provisional one, fitted after the first steps.
     let mut total = match (args.epochs, args.steps, args.minutes) {
         (Some(e), _, _) => e * spe,
@@ -462,17 +482,28 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         augment,
         rotnet: RotnetAugment::default(),
         seed: args.seed,
+        sync_bn: args.sync_bn,
     };
-    let mut trainer = Pretrainer::new(cfg.clone(), Arc::clone(&train))?;
-    fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating the run folder {}", args.out.display()))?;
+    let mut trainer = Pretrainer::in_group(cfg.clone(), Arc::clone(&train), comm)?;
+    let root = trainer.rank() == 0;
+    if root {
+        fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating the run folder {}", args.out.display()))?;
+    }
     let config_path = args.out.join("config.json");
     if args.resume {
-        let old: RunConfig = resumed_config(&config_path, args, |c: &RunConfig| &c.args)?;
-        total = old.total_steps;
+        if root {
+            let old: RunConfig = resumed_config(&config_path, args, |c: &RunConfig| &c.args)?;
+            total = old.total_steps;
+        }
+        total = trainer.root_value(total)?;
         trainer.set_schedule(schedule(total)?);
     }
-    start_or_resume(&args.out, args.resume, || trainer.resume_from(&args.out))?;
+    if root {
+        start_or_resume(&args.out, args.resume, || trainer.resume_from(&args.out))?;
+    } else if args.resume {
+        trainer.resume_from(&args.out)?;
+    }
     let write_config = |total: u64| -> Result<()> {
         let rc = RunConfig {
             args: args.clone(),
@@ -484,14 +515,16 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             train_images: train.n,
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let text = serde_json::to_vec_pretty(&rc)?;
-        checkpoint::write_atomically(&config_path, |w| w.write_all(&text))?;
+        if root {
+            let text = serde_json::to_vec_pretty(&rc)?;
+            checkpoint::write_atomically(&config_path, |w| w.write_all(&text))?;
+        }
         Ok(())
     };
     write_config(total)?;
 
-    let mut log = RunLog::open(&args.out)?;
-    let bar = progress_bar(args.quiet);
+    let mut log = RunLog::open_on(root, &args.out)?;
+    let bar = progress_bar(args.quiet || !root);
     let mut meta = Metadata::new();
     meta.insert("config".into(), serde_json::to_string(&model)?);
     meta.insert("data".into(), args.data.clone());
@@ -503,7 +536,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     // 63.5/86.2% with one fit the same hour, within what two runs can tell apart).
     let mut fit = BudgetFit::new(args.minutes, args.resume, start_step, 1);
     let mut train_seconds = 0.0;
-    let images_per_step = args.batch as f64;
+    let images_per_step = (args.batch * ranks) as f64;
     let mut loader = trainer.loader(total, 3);
     let mut last_ckpt = None;
     let mut ema_rate = 0.0f64;
@@ -532,7 +565,8 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             0.9 * ema_rate + 0.1 * rate
         };
         if let Some(t) = fit.refit(trainer.step()) {
-            total = t;
+            // Each rank timed itself: all take rank 0's length.
+            total = trainer.root_value(t)?;
             trainer.set_schedule(schedule(total)?);
             write_config(total)?;
             drop(loader);
@@ -545,7 +579,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
             "loss {:.4}  lr {:.4}  {:.0} img/s",
             stats.loss, stats.lr, ema_rate
         ));
-        if args.quiet && trainer.step() % 50 == 0 {
+        if args.quiet && root && trainer.step() % 50 == 0 {
             eprintln!(
                 "step {}/{total}  loss {:.4}  lr {:.4}  {:.0} img/s",
                 trainer.step(),
@@ -557,10 +591,11 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         let step = trainer.step();
         let end_of_epoch = step % spe == 0;
         if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 && step < total {
-            last_ckpt = Some(trainer.save_in(&args.out, &meta, 2)?);
+            last_ckpt = trainer.save_in(&args.out, &meta, 2)?;
         }
         let epoch = step / spe;
         if end_of_epoch
+            && root
             && args.knn_every > 0
             && epoch.is_multiple_of(args.knn_every)
             && step < total
@@ -582,6 +617,19 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     drop(loader);
     let checkpoint = trainer.save_in(&args.out, &meta, 2)?;
     bar.finish_and_clear();
+    let steps = trainer.step() - start_step;
+    let images_per_s = steps as f64 * images_per_step / train_seconds.max(1e-9);
+    let Some(checkpoint) = checkpoint else {
+        // Rank r > 0: rank 0 reports and holds the run.
+        return Ok(PretrainOutcome {
+            checkpoint: None,
+            model,
+            steps,
+            seconds: train_seconds,
+            images_per_s,
+            knn: None,
+        });
+    };
     if let Some(acc) = knn_monitor(&trainer, &model, &splits)? {
         writeln!(
             log.file(),
@@ -592,21 +640,24 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         knn_last = Some(acc);
     }
     log.finish()?;
-    let steps = trainer.step() - start_step;
-    let images_per_s = steps as f64 * images_per_step / train_seconds.max(1e-9);
     eprintln!(
-        "{}: {} steps in {:.0} s ({:.0} images/s){}; checkpoint {}",
+        "{}: {} steps in {:.0} s ({:.0} images/s{}){}; checkpoint {}",
         method.name(),
         steps,
         train_seconds,
         images_per_s,
+        if ranks > 1 {
+            format!(" over {ranks} processes")
+        } else {
+            String::new()
+        },
         knn_last
             .map(|a| format!(", kNN accuracy {:.2}%", 100.0 * a))
             .unwrap_or_default(),
         checkpoint.display()
     );
     Ok(PretrainOutcome {
-        checkpoint,
+        checkpoint: Some(checkpoint),
         model,
         steps,
         seconds: train_seconds,
@@ -755,11 +806,25 @@ fn spread_indices(n: usize, max: usize) -> Vec<usize> {
 pub(super) struct RunLog {
     dir: PathBuf,
     path: PathBuf,
-    file: BufWriter<fs::File>,
+    /// `metrics.jsonl`, or a sink on the ranks other than 0 of a data-parallel run.
+    file: Box<dyn Write + Send>,
     curve: Vec<(f64, f64)>,
 }
 
 impl RunLog {
+    /// [`RunLog::open`] on rank 0 of a run; on the other ranks a log that writes nothing.
+    pub(super) fn open_on(root: bool, dir: &Path) -> Result<Self> {
+        if root {
+            return Self::open(dir);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path: PathBuf::new(),
+            file: Box::new(std::io::sink()),
+            curve: Vec::new(),
+        })
+    }
+
     /// Opens `dir/metrics.jsonl` for appending.
     pub(super) fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
@@ -771,13 +836,13 @@ impl RunLog {
         Ok(Self {
             dir: dir.to_path_buf(),
             path,
-            file: BufWriter::new(file),
+            file: Box::new(BufWriter::new(file)),
             curve: Vec::new(),
         })
     }
 
     /// The file, for monitor lines.
-    pub(super) fn file(&mut self) -> &mut BufWriter<fs::File> {
+    pub(super) fn file(&mut self) -> &mut dyn Write {
         &mut self.file
     }
 
@@ -801,6 +866,9 @@ impl RunLog {
     /// the file, so a resumed run's earlier steps are in it).
     pub(super) fn finish(mut self) -> Result<()> {
         self.file.flush()?;
+        if self.path.as_os_str().is_empty() {
+            return Ok(());
+        }
         let png = self.dir.join("loss.png");
         let curve = read_loss_curve(&self.path).unwrap_or(self.curve);
         selfsup::plot::line_chart(&png, &[&curve], 800, 400)

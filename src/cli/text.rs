@@ -3,7 +3,6 @@
 //! `neighbors` need to read its checkpoints.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +18,7 @@ use selfsup::quickthought::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorp
 use selfsup::text::{builtin_corpus, read_corpus_report, read_text, CorpusConfig, Vocab, TOPICS};
 use selfsup::train::Metadata;
 
+use super::group;
 use super::pretrain::{
     progress_bar, resumed_config, say, start_or_resume, training_stopped, BudgetFit, OptimizerArg,
     PretrainArgs, RunLog,
@@ -111,9 +111,9 @@ pub const OBJECTIVE_KEY: &str = "objective";
 pub const VOCAB_KEY: &str = "vocab";
 
 /// The optimizer and its learning rate and weight decay for a text run: AdamW at
-/// 1e-3 x batch/256 unless the flags say otherwise.
-fn text_optimizer(args: &PretrainArgs) -> (OptimizerConfig, f64, f32) {
-    let scale = args.batch as f64 / 256.0;
+/// 1e-3 x batch/256 unless the flags say otherwise (the batch of a step of all `ranks`).
+fn text_optimizer(args: &PretrainArgs, ranks: usize) -> (OptimizerConfig, f64, f32) {
+    let scale = (args.batch * ranks) as f64 / 256.0;
     match args.optimizer.unwrap_or(OptimizerArg::Adamw) {
         OptimizerArg::Sgd => {
             let wd = args.weight_decay.unwrap_or(0.0);
@@ -164,8 +164,16 @@ fn auto_max_len(docs: &[Vec<String>], vocab: &Vocab) -> usize {
 pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     let data = load_text(&args.data)?;
     let out = &args.out;
-    fs::create_dir_all(out)
-        .with_context(|| format!("creating the run folder {}", out.display()))?;
+    // Under mpirun every rank reads the corpus and builds the same vocabulary; rank 0 alone
+    // writes the run folder and prints. A resumed data-parallel run needs the folder
+    // (config.json, vocab.json) on every rank's machine.
+    let comm = group::process_group()?;
+    selfsup::dist::check_same_config(&*comm, "command line", &format!("{args:?}"))?;
+    let (root, ranks) = (comm.rank() == 0, comm.size());
+    if root {
+        fs::create_dir_all(out)
+            .with_context(|| format!("creating the run folder {}", out.display()))?;
+    }
     let config_path = out.join("config.json");
     let vocab_path = out.join("vocab.json");
     let old: Option<TextRunConfig> = if args.resume {
@@ -199,7 +207,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         kernel: args.kernel,
         max_len,
     };
-    let (optimizer, lr, wd) = text_optimizer(args);
+    let (optimizer, lr, wd) = text_optimizer(args, ranks);
     let make_schedule = |total: u64| {
         let warmup = ((total as f64 * args.warmup) as u64).min(total.saturating_sub(1));
         LrSchedule::new(lr as f32, warmup, total)
@@ -212,7 +220,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         schedule: make_schedule(1)?,
         seed: args.seed,
     };
-    let mut trainer = QtTrainer::new(cfg, Arc::clone(&corpus))
+    let mut trainer = QtTrainer::in_group(cfg, Arc::clone(&corpus), comm)
         .with_context(|| format!("--data {}", args.data))?;
     let spe = trainer.steps_per_epoch();
     let mut total = match (args.epochs, args.steps, args.minutes) {
@@ -225,9 +233,15 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         total = old.total_steps;
     }
     trainer.set_schedule(make_schedule(total)?);
-    start_or_resume(out, args.resume, || trainer.resume_from(out))?;
+    if root {
+        start_or_resume(out, args.resume, || trainer.resume_from(out))?;
+    } else if args.resume {
+        trainer.resume_from(out)?;
+    }
     let vocab_json = vocab.to_json();
-    checkpoint::write_atomically(&vocab_path, |w| w.write_all(vocab_json.as_bytes()))?;
+    if root {
+        checkpoint::write_atomically(&vocab_path, |w| w.write_all(vocab_json.as_bytes()))?;
+    }
     let write_config = |total: u64| -> Result<()> {
         let rc = TextRunConfig {
             args: args.clone(),
@@ -242,12 +256,15 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             truncated_sentences: corpus.truncated(),
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let text = serde_json::to_vec_pretty(&rc)?;
-        checkpoint::write_atomically(&config_path, |w| w.write_all(&text))?;
+        if root {
+            let text = serde_json::to_vec_pretty(&rc)?;
+            checkpoint::write_atomically(&config_path, |w| w.write_all(&text))?;
+        }
         Ok(())
     };
     write_config(total)?;
-    eprintln!(
+    if root {
+        eprintln!(
         "quick thoughts ({:?} encoder, {:?} objective): {} training documents, {} sentences ({} cut to {} tokens), vocabulary {} words, {} steps per epoch",
         args.encoder,
         args.objective,
@@ -258,8 +275,9 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         vocab.len(),
         spe
     );
+    }
 
-    let mut log = RunLog::open(out)?;
+    let mut log = RunLog::open_on(root, out)?;
     let mut meta = Metadata::new();
     meta.insert(CONFIG_KEY.into(), serde_json::to_string(&encoder)?);
     meta.insert(VOCAB_KEY.into(), vocab_json.clone());
@@ -275,7 +293,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         }
         Ok(Some(trainer.neighbour_accuracy(&held_out)?))
     };
-    let bar = progress_bar(args.quiet);
+    let bar = progress_bar(args.quiet || !root);
     let start_step = trainer.step();
     let mut fit = BudgetFit::new(args.minutes, args.resume, start_step, 2);
     let mut train_seconds = 0.0;
@@ -297,7 +315,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         };
         let dt = ts.elapsed().as_secs_f64();
         train_seconds += dt;
-        let rate = args.batch as f64 / dt;
+        let rate = (args.batch * ranks) as f64 / dt;
         ema_rate = if ema_rate == 0.0 {
             rate
         } else {
@@ -309,7 +327,8 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             0.95 * ema_acc + 0.05 * stats.accuracy
         };
         if let Some(t) = fit.refit(trainer.step()) {
-            total = t;
+            // Each rank timed itself: all take rank 0's length.
+            total = trainer.root_value(t)?;
             trainer.set_schedule(make_schedule(total)?);
             write_config(total)?;
             bar.set_length(total);
@@ -324,7 +343,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             ema_rate
         ));
         let step = trainer.step();
-        if args.quiet && step % 50 == 0 {
+        if args.quiet && root && step % 50 == 0 {
             eprintln!(
                 "step {step}/{total}  loss {:.4}  prev/next acc {:.1}%  lr {:.2e}  {:.0} sent/s",
                 stats.loss,
@@ -334,12 +353,13 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             );
         }
         if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 && step < total {
-            last_ckpt = Some(trainer.save_in(out, &meta, 2)?);
+            last_ckpt = trainer.save_in(out, &meta, 2)?;
         }
         let epoch = step / spe;
         // Every --knn-every epochs, but at most every MONITOR_SECONDS: a bag of words runs
         // hundreds of epochs a minute.
         if step % spe == 0
+            && root
             && args.knn_every > 0
             && epoch.is_multiple_of(args.knn_every)
             && step < total
@@ -365,6 +385,9 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     }
     let checkpoint = trainer.save_in(out, &meta, 2)?;
     bar.finish_and_clear();
+    let Some(checkpoint) = checkpoint else {
+        return Ok(()); // a rank other than 0: rank 0 reports
+    };
     if let Some(acc) = monitor(&trainer)? {
         writeln!(
             log.file(),
@@ -376,7 +399,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     }
     log.finish()?;
     let steps = trainer.step() - start_step;
-    let sentences_per_s = steps as f64 * args.batch as f64 / train_seconds.max(1e-9);
+    let sentences_per_s = steps as f64 * (args.batch * ranks) as f64 / train_seconds.max(1e-9);
     eprintln!(
         "{METHOD_NAME}: {steps} steps in {train_seconds:.0} s ({sentences_per_s:.0} sentences/s){}; checkpoint {}",
         monitor_last

@@ -2,6 +2,8 @@
 //! MPI's collectives (the `mpi` crate). Only its gathers, all-to-alls and broadcasts are
 //! used; every sum is done by [`super::all_reduce_sum`] in rank order.
 
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Root};
 use mpi::Threading;
@@ -9,11 +11,16 @@ use mpi::Threading;
 use super::{check_all_to_all, check_gather, invalid, Collectives};
 use crate::error::Result;
 
-/// The world of an MPI job. Dropping it finalizes MPI; a failing rank must call
-/// [`MpiComm::abort`] instead, or the others wait in their next collective.
+/// MPI's state in this process: 0 never initialized, 1 initialized, 2 finalized.
+static STATE: AtomicU8 = AtomicU8::new(0);
+/// The job's number of processes, once initialized.
+static JOB_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The world of an MPI job. MPI stays initialized when it is dropped: the program ends
+/// its MPI use with [`finalize`] after success, or [`abort_job`] after an error (a rank
+/// that finalizes while the others wait in a collective would hang the job).
 pub struct MpiComm {
     world: SimpleCommunicator,
-    _universe: mpi::environment::Universe,
 }
 
 // SAFETY: MPI is initialized with `Threading::Serialized` (checked in `MpiComm::init`), so
@@ -46,6 +53,10 @@ impl MpiComm {
             )));
         }
         let world = universe.world();
+        // Finalized by `finalize`, not by dropping the universe (see the type's docs).
+        std::mem::forget(universe);
+        STATE.store(1, Ordering::SeqCst);
+        JOB_SIZE.store(world.size().max(1) as usize, Ordering::SeqCst);
         if world.size() > 1 {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
@@ -57,10 +68,7 @@ impl MpiComm {
                 }
             }));
         }
-        Ok(Self {
-            world,
-            _universe: universe,
-        })
+        Ok(Self { world })
     }
 
     /// Ends every rank of the job with `code` (what a failing rank does instead of
@@ -101,4 +109,28 @@ impl Collectives for MpiComm {
         self.world.process_at_rank(0).broadcast_into(buf);
         Ok(())
     }
+}
+
+/// Finalizes MPI if this process initialized it (call once, at the successful end of the
+/// program, after every collective).
+pub fn finalize() {
+    if STATE.compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        // SAFETY: MPI was initialized by `MpiComm::init` and is finalized once (the state
+        // moved from 1 to 2 here); no communication is pending at the program's end.
+        unsafe {
+            mpi::ffi::MPI_Finalize();
+        }
+    }
+}
+
+/// Ends every rank of a job of several processes with `code`; does nothing when MPI is not
+/// initialized or the job is one process (the caller then exits normally).
+pub fn abort_job(code: i32) {
+    if STATE.load(Ordering::SeqCst) == 1 && JOB_SIZE.load(Ordering::SeqCst) > 1 {
+        // SAFETY: MPI is initialized and not finalized; MPI_Abort does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+        }
+    }
+    finalize();
 }

@@ -17,11 +17,15 @@
 //!   convolution skips its input-gradient pass.
 //! - Every kernel is bit-identical for any number of threads, so the graph is too.
 
+use crate::dist::{
+    all_reduce_sum_f64, gather_f64, reduce_scatter_rows, Collectives, Scratch, SingleProcess,
+};
 use crate::error::{Error, Result};
 use crate::kernels::batchnorm::{
-    batchnorm_backward, batchnorm_fold, batchnorm_forward_eval, batchnorm_forward_train,
+    batchnorm_backward, batchnorm_backward_synced, batchnorm_fold, batchnorm_forward_eval,
+    batchnorm_forward_train, batchnorm_forward_train_synced, batchnorm_merge_moments,
     batchnorm_relu_backward, batchnorm_relu_forward_eval, batchnorm_relu_forward_train,
-    BatchNorm2d, BnAffine, BnGrads, BnRunning, BnSaved,
+    BatchNorm2d, BnAffine, BnGrads, BnRunning, BnSaved, BnSync, MOMENTS_PER_CHANNEL,
 };
 use crate::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, Pairing};
 use crate::kernels::contrastive::quickthought::{
@@ -144,6 +148,9 @@ enum Op {
         var: usize,
         relu: bool,
         saved: BnSaved,
+        /// Synchronized BatchNorm's per-channel values (`3 C` moments; the backward uses
+        /// the first `2 C`).
+        sync: Vec<f64>,
     },
     Relu,
     Add {
@@ -171,6 +178,10 @@ enum Op {
         out: Option<NtXentOutput>,
         dz: Vec<f32>,
         loss64: f64,
+        /// Data-parallel: every rank's rows, and the gradient of all of them (sized on the
+        /// first distributed step).
+        gathered: Vec<f32>,
+        dz_all: Vec<f32>,
     },
     /// Quick Thoughts' in-batch classification of anchors `f` (input 0) against candidates
     /// `g` (input 1), with targets set by [`Graph::set_targets`]; the training forward
@@ -184,6 +195,11 @@ enum Op {
         df: Vec<f32>,
         dg: Vec<f32>,
         loss64: f64,
+        /// Data-parallel: every rank's candidates, their gradient, and the targets
+        /// renumbered into them (sized on the first distributed step).
+        gathered: Vec<f32>,
+        dg_all: Vec<f32>,
+        targets_all: Vec<(u32, u32)>,
     },
     /// Quick Thoughts' pairwise logistic loss over `(anchor, pos, neg)` triplets set by
     /// [`Graph::set_triplets`]: anchors are rows of `a` (input 0, `n_a x d`), positives and
@@ -205,6 +221,9 @@ enum Op {
         c: usize,
         labels: Vec<u32>,
         correct: usize,
+        /// The rows `correct` counts over (`n`, or `n` times the ranks of a data-parallel
+        /// step).
+        total: usize,
         dlogits: Vec<f32>,
         loss64: f64,
     },
@@ -515,6 +534,7 @@ impl GraphBuilder {
             var,
             relu,
             saved: BnSaved::new(c),
+            sync: vec![0.0; MOMENTS_PER_CHANNEL * c],
         };
         Ok(self.push(name, op, vec![x], out))
     }
@@ -669,6 +689,9 @@ impl GraphBuilder {
             df: vec![0.0; n * d],
             dg: vec![0.0; m * d],
             loss64: 0.0,
+            gathered: Vec::new(),
+            dg_all: Vec::new(),
+            targets_all: Vec::new(),
         };
         Ok(self.push(name, op, vec![f, g], out))
     }
@@ -738,6 +761,8 @@ impl GraphBuilder {
             out: None,
             dz: vec![0.0; n * d],
             loss64: 0.0,
+            gathered: Vec::new(),
+            dz_all: Vec::new(),
         };
         Ok(self.push(name, op, vec![z], out))
     }
@@ -756,6 +781,7 @@ impl GraphBuilder {
             c,
             labels: vec![0; n],
             correct: 0,
+            total: n,
             dlogits: vec![0.0; n * c],
             loss64: 0.0,
         };
@@ -883,6 +909,8 @@ impl GraphBuilder {
             fold_w: vec![0.0; fold_w],
             fold_scale: vec![0.0; fold_c],
             fold_shift: vec![0.0; fold_c],
+            sync_bn: false,
+            dist: Scratch::default(),
         };
         g.init_params(seed);
         Ok(g)
@@ -918,6 +946,11 @@ pub struct Graph {
     fold_w: Vec<f32>,
     fold_scale: Vec<f32>,
     fold_shift: Vec<f32>,
+    /// Whether a data-parallel training forward normalizes with the whole group's batch
+    /// statistics (see [`Graph::set_sync_batchnorm`]).
+    sync_bn: bool,
+    /// The reductions' buffers of data-parallel steps.
+    dist: Scratch,
 }
 
 /// Uniform in `[-1, 1)` from 24 bits of the stream (the stream never changes between
@@ -980,6 +1013,10 @@ impl Graph {
     /// The parameter gradient arena, filled by [`Graph::backward`].
     pub fn param_grads(&self) -> &[f32] {
         &self.param_grad
+    }
+    /// The parameter gradients, writable (a data-parallel step sums them over its group).
+    pub fn param_grads_mut(&mut self) -> &mut [f32] {
+        &mut self.param_grad
     }
     /// Parameters and gradients together, for an optimizer step.
     pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32], &[ParamGroup]) {
@@ -1147,7 +1184,7 @@ impl Graph {
             Op::NtXent { out, .. } => out.map(|o| o.accuracy),
             Op::QtInBatch { stats, .. } => stats.map(|s| s.accuracy() as f32),
             Op::QtPairwise { hits, .. } => hits.map(|(h, t)| (h as f64 / t as f64) as f32),
-            Op::SoftmaxCe { n, correct, .. } => Some(*correct as f32 / *n as f32),
+            Op::SoftmaxCe { correct, total, .. } => Some(*correct as f32 / *total as f32),
             _ => None,
         }
     }
@@ -1171,7 +1208,31 @@ impl Graph {
     /// # Errors
     /// A kernel error (non-finite input to a loss, for example), naming the node.
     pub fn forward(&mut self, mode: Mode) -> Result<()> {
-        self.forward_nodes(mode, self.nodes.len())
+        self.forward_nodes(mode, self.nodes.len(), &SingleProcess)
+    }
+
+    /// The forward of one rank of a data-parallel group (`comm`), each rank holding its
+    /// own part of the batch. In training mode the loss nodes see the whole group's batch:
+    /// NT-Xent and Quick Thoughts' in-batch loss take every rank's rows as candidates (each
+    /// rank's anchors against all of them); every loss is the mean over the whole group's
+    /// anchors (or rows), the same value on every rank; BatchNorm uses the group's
+    /// statistics when [`Graph::set_sync_batchnorm`] is on. With a group of one this is
+    /// [`Graph::forward`]. Every rank must call it at the same point.
+    ///
+    /// # Errors
+    /// As [`Graph::forward`]; a failed collective; NT-Xent built with the `halves` layout
+    /// (a data-parallel group needs the adjacent one).
+    pub fn forward_with(&mut self, mode: Mode, comm: &dyn Collectives) -> Result<()> {
+        self.forward_nodes(mode, self.nodes.len(), comm)
+    }
+
+    /// Whether a data-parallel training forward ([`Graph::forward_with`]) normalizes each
+    /// BatchNorm with the statistics of the whole group's batch ("global BN", as SimCLR
+    /// trains), instead of each rank's own (off by default). With it, `P` ranks of batch
+    /// `B` compute what one process of batch `P B` does, up to rounding; it costs two small
+    /// collectives per BatchNorm and step. No effect on a group of one.
+    pub fn set_sync_batchnorm(&mut self, on: bool) {
+        self.sync_bn = on;
     }
 
     /// Runs the nodes up to and including the one producing `t` (for example the
@@ -1185,7 +1246,7 @@ impl Graph {
             .iter()
             .position(|n| n.output == t)
             .expect("every tensor has a producer");
-        self.forward_nodes(mode, last + 1)
+        self.forward_nodes(mode, last + 1, &SingleProcess)
     }
 
     /// Whether the evaluation forward folds each BatchNorm into the convolution before it
@@ -1219,7 +1280,7 @@ impl Graph {
             .unwrap_or_default()
     }
 
-    fn forward_nodes(&mut self, mode: Mode, count: usize) -> Result<()> {
+    fn forward_nodes(&mut self, mode: Mode, count: usize, comm: &dyn Collectives) -> Result<()> {
         self.forwarded = None;
         let mut k = 0;
         while k < count {
@@ -1240,6 +1301,11 @@ impl Graph {
                 &self.params,
                 &mut self.buffer,
                 &self.buffers,
+                &mut DistCtx {
+                    comm,
+                    scratch: &mut self.dist,
+                    sync_bn: self.sync_bn,
+                },
             )
             .map_err(|e| wrap(&node.name, e))?;
             if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
@@ -1305,6 +1371,16 @@ impl Graph {
     /// # Errors
     /// When the last forward was not a full training forward, or a kernel error.
     pub fn backward(&mut self) -> Result<()> {
+        self.backward_with(&SingleProcess)
+    }
+
+    /// The backward of [`Graph::forward_with`], with the same group: synchronized
+    /// BatchNorm sums its gradient statistics over the group. Parameter gradients stay this
+    /// rank's (the trainer sums them over the group before the optimizer step).
+    ///
+    /// # Errors
+    /// As [`Graph::backward`]; a failed collective.
+    pub fn backward_with(&mut self, comm: &dyn Collectives) -> Result<()> {
         if self.forwarded != Some((Mode::Train, self.nodes.len())) {
             return Err(err(
                 "(graph)",
@@ -1336,6 +1412,11 @@ impl Graph {
                 &self.param,
                 &mut self.param_grad,
                 &self.params,
+                &mut DistCtx {
+                    comm,
+                    scratch: &mut self.dist,
+                    sync_bn: self.sync_bn,
+                },
             )
             .map_err(|e| wrap(&node.name, e))?;
             if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
@@ -1428,6 +1509,49 @@ fn split_io<'a>(buf: &'a mut [f32], out: &std::ops::Range<usize>) -> (&'a [f32],
     (lo, &mut hi[..out.len()])
 }
 
+/// The process group of a forward or backward and its reduction buffers.
+struct DistCtx<'a> {
+    comm: &'a dyn Collectives,
+    scratch: &'a mut Scratch,
+    sync_bn: bool,
+}
+
+impl DistCtx<'_> {
+    /// Whether this pass spans several ranks.
+    fn spans(&self) -> bool {
+        self.comm.size() > 1
+    }
+
+    /// `[local..., count]` summed over the ranks: returns the factor that turns this rank's
+    /// mean over `count` items into its share of the group's mean (`count / total`), and
+    /// the sums.
+    fn share(&mut self, sums: &mut [f64], count: usize) -> Result<f64> {
+        let n = sums.len();
+        let mut v = [0.0f64; 4];
+        v[..n].copy_from_slice(sums);
+        v[n] = count as f64;
+        all_reduce_sum_f64(self.comm, &mut v[..=n], self.scratch)?;
+        sums.copy_from_slice(&v[..n]);
+        Ok(count as f64 / v[n])
+    }
+}
+
+/// `v *= k`.
+fn scale_in_place(v: &mut [f32], k: f64) {
+    let k = k as f32;
+    for x in v {
+        *x *= k;
+    }
+}
+
+/// Resizes a buffer of a data-parallel step on its first use (later steps reuse it).
+fn sized<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() != len {
+        v.resize(len, T::default());
+    }
+    v
+}
+
 #[allow(clippy::too_many_arguments)]
 fn forward_node(
     node: &mut Node,
@@ -1438,6 +1562,7 @@ fn forward_node(
     params: &[ParamInfo],
     buffer: &mut [f32],
     buffers: &[BufferInfo],
+    dist: &mut DistCtx<'_>,
 ) -> Result<()> {
     let out_r = tensors[node.output.0].act.clone();
     let (lo, y) = split_io(act, &out_r);
@@ -1500,6 +1625,7 @@ fn forward_node(
             var,
             relu,
             saved,
+            sync,
         } => {
             let aff = BnAffine {
                 gamma: p(*gamma),
@@ -1513,7 +1639,29 @@ fn forward_node(
                         mean: &mut a[rm],
                         var: &mut b[..rv.len()],
                     };
-                    if *relu {
+                    if dist.sync_bn && dist.spans() {
+                        let (comm, scratch) = (dist.comm, &mut *dist.scratch);
+                        let ranks = comm.size();
+                        let mut reduce = |buf: &mut [f64]| {
+                            let all = gather_f64(comm, buf, scratch)?;
+                            batchnorm_merge_moments(all, buf)
+                        };
+                        let sync = BnSync {
+                            buf: sync,
+                            reduce: &mut reduce,
+                            ranks,
+                        };
+                        batchnorm_forward_train_synced(
+                            bn,
+                            aff,
+                            x_of(0),
+                            running,
+                            saved,
+                            y,
+                            *relu,
+                            sync,
+                        )?;
+                    } else if *relu {
                         batchnorm_relu_forward_train(bn, aff, x_of(0), running, saved, y)?;
                     } else {
                         batchnorm_forward_train(bn, aff, x_of(0), running, saved, y)?;
@@ -1549,6 +1697,50 @@ fn forward_node(
             out,
             dz,
             loss64,
+            gathered,
+            dz_all,
+        } if mode == Mode::Train && dist.spans() => {
+            // Every rank's z gathered (rank order); this rank's rows are the anchors, every
+            // row a candidate; the loss is the mean over all ranks' anchors; the gradient of
+            // every row is summed back to the rank that owns it.
+            if *halves {
+                return Err(err(
+                    &node.name,
+                    "a data-parallel NT-Xent needs the adjacent layout (views 2k, 2k+1)".into(),
+                ));
+            }
+            let s = &tensors[node.inputs[0].0].shape;
+            let (m, d) = (s[0], s[1]);
+            let (p, r) = (dist.comm.size(), dist.comm.rank());
+            let all = sized(gathered, p * m * d);
+            dist.comm.all_gather_f32(x_of(0), all)?;
+            let cfg = NtXentConfig::new(*tau)
+                .pairing(Pairing::Adjacent)
+                .anchors(r * m..(r + 1) * m)
+                .mean_over(p * m);
+            let dall = sized(dz_all, p * m * d);
+            let o = ws.forward_backward(all, p * m, d, &cfg, dall)?;
+            reduce_scatter_rows(dist.comm, dall, dz, dist.scratch)?;
+            let mut v = [o.loss_f64, f64::from(o.accuracy)];
+            all_reduce_sum_f64(dist.comm, &mut v, dist.scratch)?;
+            let accuracy = (v[1] / p as f64) as f32;
+            let o = NtXentOutput {
+                loss: v[0] as f32,
+                loss_f64: v[0],
+                accuracy,
+            };
+            *out = Some(o);
+            y[0] = o.loss;
+            *loss64 = o.loss_f64;
+        }
+        Op::NtXent {
+            tau,
+            halves,
+            ws,
+            out,
+            dz,
+            loss64,
+            ..
         } => {
             let s = &tensors[node.inputs[0].0].shape;
             let pairing = if *halves {
@@ -1574,6 +1766,65 @@ fn forward_node(
             df,
             dg,
             loss64,
+            gathered,
+            dg_all,
+            targets_all,
+        } if mode == Mode::Train && dist.spans() => {
+            // This rank's anchors f against every rank's candidates g (gathered in rank
+            // order; the targets and the excluded self renumbered into them). The loss is
+            // the mean over the group's target pairs: this rank's mean and gradients are
+            // weighted by its share of them, and the candidates' gradients summed back to
+            // their owners.
+            let (fs, gs) = (
+                &tensors[node.inputs[0].0].shape,
+                &tensors[node.inputs[1].0].shape,
+            );
+            let (n, m, d) = (fs[0], gs[0], fs[1]);
+            let (p, r) = (dist.comm.size(), dist.comm.rank());
+            let all = sized(gathered, p * m * d);
+            dist.comm.all_gather_f32(x_of(1), all)?;
+            let off = (r * m) as u32;
+            let t_all = sized(targets_all, targets.len());
+            for (o, &(i, j)) in t_all.iter_mut().zip(targets.iter()) {
+                *o = (i, j + off);
+            }
+            let b = QtBatch {
+                f: x_of(0),
+                n,
+                g: all,
+                m: p * m,
+                d,
+                scale: *scale,
+                self_offset: self_offset.map(|o| o + r * m),
+                targets: t_all,
+            };
+            let dall = sized(dg_all, p * m * d);
+            let mut st = ws.forward_backward(&b, df, dall)?;
+            let mut sums = [st.loss * st.targets as f64, st.hits as f64];
+            let share = dist.share(&mut sums, st.targets)?;
+            scale_in_place(df, share);
+            scale_in_place(dall, share);
+            reduce_scatter_rows(dist.comm, dall, dg, dist.scratch)?;
+            let total = (st.targets as f64 / share).round() as usize;
+            st = QtStats {
+                loss: sums[0] / total as f64,
+                hits: sums[1] as usize,
+                targets: total,
+            };
+            *stats = Some(st);
+            y[0] = st.loss as f32;
+            *loss64 = st.loss;
+        }
+        Op::QtInBatch {
+            scale,
+            self_offset,
+            targets,
+            ws,
+            stats,
+            df,
+            dg,
+            loss64,
+            ..
         } => {
             let (fs, gs) = (
                 &tensors[node.inputs[0].0].shape,
@@ -1616,8 +1867,19 @@ fn forward_node(
             let d = tensors[node.inputs[0].0].shape[1];
             let (a, b) = (x_of(0), x_of(1));
             // The gradients come with the loss; in evaluation mode they are simply not used.
-            let loss = qt_pairwise_logistic(a, *n_a, b, *n_b, d, triplets, da, db)?;
-            *hits = Some((pairwise_hits(a, b, d, triplets), triplets.len()));
+            let mut loss = qt_pairwise_logistic(a, *n_a, b, *n_b, d, triplets, da, db)?;
+            let mut h = (pairwise_hits(a, b, d, triplets), triplets.len());
+            if mode == Mode::Train && dist.spans() {
+                // The mean over the group's triplets (negatives stay in the rank's batch).
+                let mut sums = [loss * h.1 as f64, h.0 as f64];
+                let share = dist.share(&mut sums, h.1)?;
+                scale_in_place(da, share);
+                scale_in_place(db, share);
+                let total = (h.1 as f64 / share).round() as usize;
+                loss = sums[0] / total as f64;
+                h = (sums[1] as usize, total);
+            }
+            *hits = Some(h);
             y[0] = loss as f32;
             *loss64 = loss;
         }
@@ -1626,14 +1888,27 @@ fn forward_node(
             c,
             labels,
             correct,
+            total,
             dlogits,
             loss64,
         } => {
-            let dl = (mode == Mode::Train).then_some(&mut dlogits[..]);
+            let train = mode == Mode::Train;
+            let dl = train.then_some(&mut dlogits[..]);
             let st = softmax_cross_entropy(x_of(0), *n, *c, labels, dl)?;
-            *correct = st.correct;
-            y[0] = st.loss as f32;
-            *loss64 = st.loss;
+            let (mut loss, mut hits, mut rows) = (st.loss, st.correct, *n);
+            if train && dist.spans() {
+                // The mean over the whole group's rows.
+                let mut sums = [loss * *n as f64, hits as f64];
+                let share = dist.share(&mut sums, *n)?;
+                scale_in_place(dlogits, share);
+                rows = (*n as f64 / share).round() as usize;
+                loss = sums[0] / rows as f64;
+                hits = sums[1] as usize;
+            }
+            *correct = hits;
+            *total = rows;
+            y[0] = loss as f32;
+            *loss64 = loss;
         }
     }
     Ok(())
@@ -1699,6 +1974,7 @@ fn backward_node(
     param: &[f32],
     param_grad: &mut [f32],
     params: &[ParamInfo],
+    dist: &mut DistCtx<'_>,
 ) -> Result<()> {
     if matches!(node.op, Op::Input) {
         return Ok(());
@@ -1820,6 +2096,7 @@ fn backward_node(
             beta,
             relu,
             saved,
+            sync,
             ..
         } => {
             // gamma and beta are adjacent in the arena (added one after the other).
@@ -1829,10 +2106,25 @@ fn backward_node(
             let gam = p(*gamma);
             let x = &act[x_r(0)];
             let x0 = x0.expect("one input");
+            let synced = dist.sync_bn && dist.spans();
+            let (comm, dscratch) = (dist.comm, &mut *dist.scratch);
+            let c = bn.c;
             emit(tensors, written, scratch, lo, x0, true, &mut |dx| {
                 let (dgamma, dbeta) = dg.take().expect("called once");
                 let grads = BnGrads { dx, dgamma, dbeta };
-                if *relu {
+                if synced {
+                    let affine = BnAffine {
+                        gamma: gam,
+                        beta: p(*beta),
+                    };
+                    let mut reduce = |buf: &mut [f64]| all_reduce_sum_f64(comm, buf, dscratch);
+                    let sync = BnSync {
+                        buf: &mut sync[..2 * c],
+                        reduce: &mut reduce,
+                        ranks: comm.size(),
+                    };
+                    batchnorm_backward_synced(bn, affine, *relu, saved, x, dy, grads, sync)
+                } else if *relu {
                     let affine = BnAffine {
                         gamma: gam,
                         beta: p(*beta),

@@ -217,6 +217,76 @@ impl Moments {
     }
 }
 
+/// Moments of one channel of `x`: per block of at most 256 values (in L1 after its first
+/// touch) a corrected two-pass mean and M2, blocks merged in f64 in index order (Chan et al.).
+fn channel_moments(bn: &BatchNorm2d, x: &[f32], c: usize) -> Moments {
+    let (hw, plane_stride) = (bn.h * bn.w, bn.c * bn.h * bn.w);
+    let mut acc = Moments::default();
+    for n in 0..bn.n {
+        let plane = &x[n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw];
+        for block in plane.chunks(STAT_BLOCK) {
+            acc = acc.merge(Moments::of_block(block));
+        }
+    }
+    acc
+}
+
+/// Values per channel in a [`BnSync`] moments buffer: count, mean, M2.
+pub const MOMENTS_PER_CHANNEL: usize = 3;
+
+/// Synchronized (global) BatchNorm: the statistics of the batch of every process of a
+/// data-parallel group. The kernel writes this process's per-channel values into `buf` and
+/// calls `reduce(buf)`, which must leave in `buf` the values of the whole group: in the
+/// forward, the merged moments ([`batchnorm_merge_moments`] of every rank's, in rank order);
+/// in the backward, the element-wise sum of every rank's gradient sums. `ranks` is the
+/// group's size (every rank holds a batch of the same shape).
+pub struct BnSync<'a> {
+    /// `3 C` in the forward, `2 C` in the backward.
+    pub buf: &'a mut [f64],
+    pub reduce: &'a mut dyn FnMut(&mut [f64]) -> Result<()>,
+    pub ranks: usize,
+}
+
+impl std::fmt::Debug for BnSync<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BnSync")
+            .field("len", &self.buf.len())
+            .field("ranks", &self.ranks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Merges `P` ranks' moment buffers (`parts`: `P` blocks of `3 C` values, rank order) into
+/// `out` (`3 C`): per channel the count, mean and M2 of the union, merged in rank order.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `parts` is not whole blocks of `out.len()`, or `out` is
+/// not whole channels.
+pub fn batchnorm_merge_moments(parts: &[f64], out: &mut [f64]) -> Result<()> {
+    const OP: &str = "batchnorm_merge_moments";
+    let n = out.len();
+    if n == 0 || !n.is_multiple_of(MOMENTS_PER_CHANNEL) || !parts.len().is_multiple_of(n) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("{} values are not whole blocks of {n} channel moments", parts.len()),
+        });
+    }
+    for (c, o) in out.chunks_exact_mut(MOMENTS_PER_CHANNEL).enumerate() {
+        let mut acc = Moments::default();
+        for part in parts.chunks_exact(n) {
+            let m = &part[c * MOMENTS_PER_CHANNEL..][..MOMENTS_PER_CHANNEL];
+            acc = acc.merge(Moments {
+                n: m[0],
+                mean: m[1],
+                m2: m[2],
+            });
+        }
+        o.copy_from_slice(&[acc.n, acc.mean, acc.m2]);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn train_forward_impl(
     bn: &BatchNorm2d,
     p: BnAffine<'_>,
@@ -225,6 +295,7 @@ fn train_forward_impl(
     saved: &mut BnSaved,
     y: &mut [f32],
     relu: bool,
+    sync: Option<BnSync<'_>>,
 ) -> Result<()> {
     const OP: &str = "batchnorm_forward_train";
     bn.check(OP, x.len(), y.len())?;
@@ -250,9 +321,22 @@ fn train_forward_impl(
             ),
         });
     }
-    let (hw, plane_stride) = (bn.h * bn.w, bn.c * bn.h * bn.w);
     let mom = f64::from(bn.momentum);
     let eps = f64::from(bn.eps);
+    let synced: Option<&[f64]> = match sync {
+        None => None,
+        Some(BnSync { buf, reduce, .. }) => {
+            check_len(OP, buf.len(), MOMENTS_PER_CHANNEL * bn.c)?;
+            buf.par_chunks_mut(MOMENTS_PER_CHANNEL)
+                .enumerate()
+                .for_each(|(c, o)| {
+                    let acc = channel_moments(bn, x, c);
+                    o.copy_from_slice(&[acc.n, acc.mean, acc.m2]);
+                });
+            reduce(buf)?;
+            Some(buf)
+        }
+    };
     saved
         .mean
         .par_iter_mut()
@@ -261,16 +345,19 @@ fn train_forward_impl(
         .zip(running.var.par_iter_mut())
         .enumerate()
         .for_each(|(c, (((sm, si), rm), rv))| {
-            // One read of the channel: per block of at most 256 values (in L1 after its
-            // first touch) a corrected two-pass mean and M2, blocks merged in f64 in index
-            // order (Chan et al.).
-            let mut acc = Moments::default();
-            for n in 0..bn.n {
-                let plane = &x[n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw];
-                for block in plane.chunks(STAT_BLOCK) {
-                    acc = acc.merge(Moments::of_block(block));
+            // The group's moments, or one read of this process's channel.
+            let acc = match synced {
+                Some(g) => {
+                    let g = &g[c * MOMENTS_PER_CHANNEL..][..MOMENTS_PER_CHANNEL];
+                    Moments {
+                        n: g[0],
+                        mean: g[1],
+                        m2: g[2],
+                    }
                 }
-            }
+                None => channel_moments(bn, x, c),
+            };
+            let m = acc.n as usize;
             let (mean, var) = (acc.mean, (acc.m2 / m as f64).max(0.0));
             let mean32 = mean as f32;
             *sm = mean32;
@@ -302,7 +389,7 @@ pub fn batchnorm_forward_train(
     saved: &mut BnSaved,
     y: &mut [f32],
 ) -> Result<()> {
-    train_forward_impl(bn, p, x, running, saved, y, false)
+    train_forward_impl(bn, p, x, running, saved, y, false, None)
 }
 
 /// [`batchnorm_forward_train`] followed by ReLU, in one pass over the output.
@@ -317,7 +404,27 @@ pub fn batchnorm_relu_forward_train(
     saved: &mut BnSaved,
     y: &mut [f32],
 ) -> Result<()> {
-    train_forward_impl(bn, p, x, running, saved, y, true)
+    train_forward_impl(bn, p, x, running, saved, y, true, None)
+}
+
+/// The training forward of synchronized BatchNorm: as [`batchnorm_forward_train`] (with
+/// `relu`, as [`batchnorm_relu_forward_train`]) but normalized with the statistics of the
+/// whole data-parallel group, gathered through `sync` (see [`BnSync`]).
+///
+/// # Errors
+/// As [`batchnorm_forward_train`]; a `sync.buf` that is not `3 C` long; the reduction's.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train_synced(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    x: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    y: &mut [f32],
+    relu: bool,
+    sync: BnSync<'_>,
+) -> Result<()> {
+    train_forward_impl(bn, p, x, running, saved, y, relu, Some(sync))
 }
 
 /// Eval-mode fold: `scale = gamma / sqrt(running_var + eps)` and
@@ -490,6 +597,7 @@ fn lanes(s: &[f32]) -> f32x8 {
     f32x8::from(a)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn backward_impl(
     bn: &BatchNorm2d,
     gamma: &[f32],
@@ -498,6 +606,7 @@ fn backward_impl(
     x: &[f32],
     dy: &[f32],
     g: BnGrads<'_>,
+    sync: Option<BnSync<'_>>,
 ) -> Result<()> {
     const OP: &str = "batchnorm_backward";
     bn.check(OP, x.len(), dy.len())?;
@@ -540,14 +649,32 @@ fn backward_impl(
             *db = s_dy as f32;
             *dg = (s_dyx * f64::from(saved.inv_std[c])) as f32;
         });
+    // dgamma and dbeta stay this process's (a data-parallel step sums the parameter
+    // gradients afterwards); dx needs the sums over the whole group.
     let m = bn.per_channel() as f64;
+    let global: Option<(&[f64], f64)> = match sync {
+        None => None,
+        Some(BnSync { buf, reduce, ranks }) => {
+            check_len(OP, buf.len(), 2 * bn.c)?;
+            for (c, o) in buf.chunks_exact_mut(2).enumerate() {
+                o[0] = f64::from(g.dbeta[c]);
+                o[1] = f64::from(g.dgamma[c]);
+            }
+            reduce(buf)?;
+            Some((buf, m * ranks as f64))
+        }
+    };
     let (dgamma, dbeta) = (&*g.dgamma, &*g.dbeta);
     for_planes(bn, dy, g.dx, |c, dyp, dxp, plane| {
         let inv = f64::from(saved.inv_std[c]);
         let a = f64::from(gamma[c]) * inv;
+        let (sum_dy, sum_dyxhat, m) = match global {
+            Some((sums, m)) => (sums[2 * c], sums[2 * c + 1], m),
+            None => (f64::from(dbeta[c]), f64::from(dgamma[c]), m),
+        };
         // dx = a * dy - a * sum_dy / M - a * inv * sum_dyxhat / M * (x - mean)
-        let k = (-a * inv * f64::from(dgamma[c]) / m) as f32;
-        let b = (-a * f64::from(dbeta[c]) / m) as f32;
+        let k = (-a * inv * sum_dyxhat / m) as f32;
+        let b = (-a * sum_dy / m) as f32;
         let (a, mean) = (a as f32, saved.mean[c]);
         let r = plane * hw..(plane + 1) * hw;
         let xp = &x[r];
@@ -581,7 +708,7 @@ pub fn batchnorm_backward(
     dy: &[f32],
     grads: BnGrads<'_>,
 ) -> Result<()> {
-    backward_impl(bn, gamma, None, saved, x, dy, grads)
+    backward_impl(bn, gamma, None, saved, x, dy, grads, None)
 }
 
 /// Backward of [`batchnorm_relu_forward_train`]: `dy` is first masked by `y > 0`, where
@@ -598,5 +725,27 @@ pub fn batchnorm_relu_backward(
     dy: &[f32],
     grads: BnGrads<'_>,
 ) -> Result<()> {
-    backward_impl(bn, p.gamma, Some(p.beta), saved, x, dy, grads)
+    backward_impl(bn, p.gamma, Some(p.beta), saved, x, dy, grads, None)
+}
+
+/// The backward of [`batchnorm_forward_train_synced`] (`relu`: of its fused-ReLU form):
+/// `dgamma` and `dbeta` of this process's batch (the step sums them over the group with the
+/// other parameter gradients), `dx` with the per-channel sums of the whole group, gathered
+/// through `sync` (`2 C` values: `sum(dy)`, `sum(dy * xhat)` per channel; see [`BnSync`]).
+///
+/// # Errors
+/// As [`batchnorm_backward`]; a `sync.buf` that is not `2 C` long; the reduction's.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_synced(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    relu: bool,
+    saved: &BnSaved,
+    x: &[f32],
+    dy: &[f32],
+    grads: BnGrads<'_>,
+    sync: BnSync<'_>,
+) -> Result<()> {
+    let relu_beta = relu.then_some(p.beta);
+    backward_impl(bn, p.gamma, relu_beta, saved, x, dy, grads, Some(sync))
 }
