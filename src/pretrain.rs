@@ -385,6 +385,12 @@ impl Pretrainer {
         };
         let comm = &*self.group.comm;
         g.forward_with(Mode::Train, comm).map_err(at_step)?;
+        if !self.cfg.sync_bn {
+            // Each rank's BatchNorm updated its running statistics from its own batch: rank
+            // 0's become every rank's (as PyTorch's DistributedDataParallel broadcasts its
+            // buffers), so all ranks hold the same model and a checkpoint is every rank's.
+            self.group.broadcast_buffers(g).map_err(at_step)?;
+        }
         // The loss is the global batch's: the same on every rank, so all stop together.
         let loss = g.loss_f64(loss_t);
         if !loss.is_finite() {
@@ -537,6 +543,14 @@ impl Group {
         let mut all = vec![0u64; self.comm.size()];
         self.comm.all_gather_u64(&[value], &mut all)?;
         Ok(all[0])
+    }
+
+    /// Rank 0's non-trained buffers (BatchNorm running statistics) to every rank.
+    pub(crate) fn broadcast_buffers(&self, g: &mut Graph) -> Result<()> {
+        if self.comm.size() > 1 {
+            self.comm.broadcast_f32(g.buffers_mut())?;
+        }
+        Ok(())
     }
 
     /// Sums the parameter gradients over the group, in rank order (same bits on every

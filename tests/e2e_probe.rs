@@ -50,6 +50,7 @@ fn simclr_probe_beats_the_random_encoder() {
         augment,
         rotnet: RotnetAugment::default(),
         seed: 3,
+        sync_bn: false,
     };
     let mut unlabeled = train.clone();
     unlabeled.labels = None;

@@ -41,6 +41,7 @@ fn config(method: Method, steps: u64, seed: u64) -> PretrainConfig {
         augment: SimclrAugment::for_image(32, 3, 0.5),
         rotnet: RotnetAugment::default(),
         seed,
+        sync_bn: false,
     }
 }
 
@@ -162,7 +163,7 @@ fn embedder_matches_between_graph_and_checkpoint() {
     let dir = temp_dir("embed");
     let mut t = Pretrainer::new(config(Method::SimClr, 3, 1), Arc::clone(&data)).unwrap();
     train_to(&mut t, 3);
-    let path = t.save_in(&dir, &Default::default(), 1).unwrap();
+    let path = t.save_in(&dir, &Default::default(), 1).unwrap().unwrap();
     let probe = generate(10, 99);
     let mut a = Embedder::from_graph(&tiny_model(), 4, t.graph()).unwrap();
     let mut b = Embedder::from_checkpoint(&tiny_model(), 7, &path).unwrap();
