@@ -242,7 +242,7 @@ impl Pretrainer {
             )));
         }
         let (rank, ranks) = (group.comm.rank(), group.comm.size());
-        let global = cfg.batch.checked_mul(ranks).unwrap_or(usize::MAX);
+        let global = cfg.batch.saturating_mul(ranks);
         let sampler = EpochSampler::sharded(data.n, global, mix(cfg.seed, &[1]), rank, ranks)
             .map_err(invalid)?;
         let seed = mix(cfg.seed, &[0]);
@@ -603,7 +603,8 @@ impl Group {
             _ => {}
         }
         let step = all[1];
-        let broadcast = |buf: &mut [f32]| comm.broadcast_f32(buf).map_err(|e| failed(e.to_string()));
+        let broadcast =
+            |buf: &mut [f32]| comm.broadcast_f32(buf).map_err(|e| failed(e.to_string()));
         broadcast(graph.params_mut())?;
         broadcast(graph.buffers_mut())?;
         let mut state: Vec<(String, Vec<f32>)> = opt

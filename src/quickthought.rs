@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::{self, CheckpointError};
+use crate::dist::{self, Collectives, SingleProcess};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Mode};
 use crate::kernels::contrastive::quickthought::qt_neighbor_targets;
@@ -26,7 +27,6 @@ use crate::nn::{
     SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use crate::dist::{self, Collectives, SingleProcess};
 use crate::pretrain::{copy_by_name, save_run, Group, StepStats};
 use crate::rng::{mix, shuffle, SplitMix64};
 use crate::text::{Vocab, PAD};
@@ -234,7 +234,10 @@ impl QtTrainer {
             "{cfg:?} corpus {} {} {:016x}",
             corpus.sentences(),
             corpus.documents(),
-            dist::config_hash(&format!("{:?}", &corpus.tokens()[..corpus.tokens().len().min(4096)]))
+            dist::config_hash(&format!(
+                "{:?}",
+                &corpus.tokens()[..corpus.tokens().len().min(4096)]
+            ))
         );
         dist::check_same_config(&*group.comm, "configuration or corpus", &fingerprint)?;
         cfg.encoder.validate()?;

@@ -230,3 +230,40 @@ fn preview_writes_a_png_grid() {
     // 3 rows and 1 + 2 columns of 32 x 3 pixel cells with 4-pixel gaps.
     assert_eq!((img.width(), img.height()), (3 * 100 + 4, 3 * 100 + 4));
 }
+
+/// A build without the `mpi` feature started by a launcher as one of several processes
+/// refuses, rather than start independent runs into one folder (the launcher's variable
+/// is set by hand: no mpirun needed).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_one_of_several_processes() {
+    for (var, cmd) in [
+        ("OMPI_COMM_WORLD_SIZE", vec!["pretrain", "--steps", "1"]),
+        (
+            "PMI_SIZE",
+            vec!["pretrain", "--method", "quickthought", "--steps", "1"],
+        ),
+    ] {
+        let dir = std::env::temp_dir().join(format!("selfsup-nompi-{}", std::process::id()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+            .args(&cmd)
+            .arg("--out")
+            .arg(&dir)
+            .env(var, "2")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run selfsup");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("built without MPI"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!dir.exists(), "a run folder was made");
+    }
+    // The default run is one process in any build.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .env("OMPI_COMM_WORLD_SIZE", "3")
+        .output()
+        .expect("run selfsup");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs as one process"));
+}

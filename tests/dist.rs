@@ -119,8 +119,14 @@ fn assert_same_as_one_process(method: Method, p: usize) {
     });
     for r in 0..p {
         // Every rank reports the global loss and holds the same summed gradient, bit for bit.
-        assert!(first[r] == first[0], "{method:?} P = {p}: rank {r} differs from rank 0");
-        assert!(all[r] == all[0], "{method:?} P = {p}: rank {r} differs from rank 0");
+        assert!(
+            first[r] == first[0],
+            "{method:?} P = {p}: rank {r} differs from rank 0"
+        );
+        assert!(
+            all[r] == all[0],
+            "{method:?} P = {p}: rank {r} differs from rank 0"
+        );
     }
     let (l1, lp) = (one.0.losses[0], first[0].losses[0]);
     assert!(
@@ -130,7 +136,10 @@ fn assert_same_as_one_process(method: Method, p: usize) {
     let g = rel(&one.0.grads, &first[0].grads);
     assert!(g < 1e-4, "{method:?} P = {p}: gradient differs by {g:e}");
     let bn = rel(&one.0.buffers, &first[0].buffers);
-    assert!(bn < 1e-5, "{method:?} P = {p}: BN running statistics differ by {bn:e}");
+    assert!(
+        bn < 1e-5,
+        "{method:?} P = {p}: BN running statistics differ by {bn:e}"
+    );
     // Three steps: the weights follow the one-process run up to rounding.
     assert_eq!(all[0].losses[0], first[0].losses[0]);
     for (s, (a, b)) in one.1.losses.iter().zip(&all[0].losses[1..]).enumerate() {
@@ -141,7 +150,10 @@ fn assert_same_as_one_process(method: Method, p: usize) {
         );
     }
     let w = rel(&one.1.params, &all[0].params);
-    assert!(w < 1e-4, "{method:?} P = {p}: weights differ by {w:e} after 3 steps");
+    assert!(
+        w < 1e-4,
+        "{method:?} P = {p}: weights differ by {w:e} after 3 steps"
+    );
 }
 
 #[test]
@@ -240,7 +252,10 @@ fn rank_zero_writes_the_checkpoint_and_every_rank_resumes_from_it() {
         assert_eq!(a.losses, b.losses[2..], "rank {r}");
         assert!(a.params == b.params, "rank {r}: resumed weights differ");
         assert!(a.grads == b.grads, "rank {r}: resumed gradients differ");
-        assert!(a.buffers == b.buffers, "rank {r}: resumed BN statistics differ");
+        assert!(
+            a.buffers == b.buffers,
+            "rank {r}: resumed BN statistics differ"
+        );
     }
     // A run of another number of processes does not resume it.
     let mut one = Pretrainer::new(config(Method::SimClr, 16, 4, true), Arc::clone(&data)).unwrap();
@@ -282,7 +297,9 @@ fn ranks_with_different_configurations_or_data_fail_together() {
                 .map(|e| e.to_string())
         });
         for (r, e) in errs.iter().enumerate() {
-            let e = e.as_deref().unwrap_or_else(|| panic!("{case}: rank {r} started"));
+            let e = e
+                .as_deref()
+                .unwrap_or_else(|| panic!("{case}: rank {r} started"));
             assert!(e.contains("rank(s) 2 differs from rank 0"), "{case}: {e}");
         }
     }
@@ -336,8 +353,16 @@ fn quick_thoughts_in_batch_over_ranks_equals_one_process_of_the_whole_batch() {
             assert_eq!(r, &ranks[0]);
         }
         let (loss, acc, g) = &ranks[0];
-        assert!((loss - s1.loss).abs() <= 1e-5 * s1.loss, "P = {p}: {loss} vs {}", s1.loss);
-        assert!((acc - s1.accuracy).abs() < 1e-9, "P = {p}: {acc} vs {}", s1.accuracy);
+        assert!(
+            (loss - s1.loss).abs() <= 1e-5 * s1.loss,
+            "P = {p}: {loss} vs {}",
+            s1.loss
+        );
+        assert!(
+            (acc - s1.accuracy).abs() < 1e-9,
+            "P = {p}: {acc} vs {}",
+            s1.accuracy
+        );
         let d = rel(&g1, g);
         assert!(d < 1e-4, "P = {p}: gradient differs by {d:e}");
     }

@@ -123,7 +123,10 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
     let mut random = Embedder::new(model, 256, demo.seed)?;
     features.push(encoder_features("random init", &mut random, &splits)?);
     for (method, o) in &outcomes {
-        let ckpt = o.checkpoint.as_ref().context("the run wrote no checkpoint")?;
+        let ckpt = o
+            .checkpoint
+            .as_ref()
+            .context("the run wrote no checkpoint")?;
         let mut e = Embedder::from_checkpoint(&o.model, 256, ckpt)?;
         let name = match *method {
             "simclr" => "SimCLR",

@@ -20,8 +20,8 @@ use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdCo
 use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer, StepStats};
 use selfsup::train::Metadata;
 
-use super::group;
 use super::data::{load_splits, Splits};
+use super::group;
 
 const EXAMPLES: &str = "\
 Examples:

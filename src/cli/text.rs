@@ -401,7 +401,12 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     let steps = trainer.step() - start_step;
     let sentences_per_s = steps as f64 * (args.batch * ranks) as f64 / train_seconds.max(1e-9);
     eprintln!(
-        "{METHOD_NAME}: {steps} steps in {train_seconds:.0} s ({sentences_per_s:.0} sentences/s){}; checkpoint {}",
+        "{METHOD_NAME}: {steps} steps in {train_seconds:.0} s ({sentences_per_s:.0} sentences/s{}){}; checkpoint {}",
+        if ranks > 1 {
+            format!(" over {ranks} processes")
+        } else {
+            String::new()
+        },
         monitor_last
             .map(|a| format!(", held-out previous/next accuracy {:.2}%", 100.0 * a))
             .unwrap_or_default(),

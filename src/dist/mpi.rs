@@ -114,7 +114,10 @@ impl Collectives for MpiComm {
 /// Finalizes MPI if this process initialized it (call once, at the successful end of the
 /// program, after every collective).
 pub fn finalize() {
-    if STATE.compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+    if STATE
+        .compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
         // SAFETY: MPI was initialized by `MpiComm::init` and is finalized once (the state
         // moved from 1 to 2 here); no communication is pending at the program's end.
         unsafe {

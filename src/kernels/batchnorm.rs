@@ -268,7 +268,10 @@ pub fn batchnorm_merge_moments(parts: &[f64], out: &mut [f64]) -> Result<()> {
     if n == 0 || !n.is_multiple_of(MOMENTS_PER_CHANNEL) || !parts.len().is_multiple_of(n) {
         return Err(Error::InvalidArgument {
             op: OP,
-            msg: format!("{} values are not whole blocks of {n} channel moments", parts.len()),
+            msg: format!(
+                "{} values are not whole blocks of {n} channel moments",
+                parts.len()
+            ),
         });
     }
     for (c, o) in out.chunks_exact_mut(MOMENTS_PER_CHANNEL).enumerate() {
