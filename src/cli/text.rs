@@ -295,7 +295,10 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     };
     let bar = progress_bar(args.quiet || !root);
     let start_step = trainer.step();
-    let mut fit = BudgetFit::new(args.minutes, args.resume, start_step, 2);
+    // The second fit is due by the clock, which differs between ranks: a data-parallel
+    // run fits once, at a step every rank reaches together.
+    let fits = if ranks > 1 { 1 } else { 2 };
+    let mut fit = BudgetFit::new(args.minutes, args.resume, start_step, fits);
     let mut train_seconds = 0.0;
     let mut last_monitor = Instant::now();
     let mut ema_rate = 0.0f64;

@@ -203,26 +203,20 @@ impl Collectives for LocalGroup {
         )
     }
     fn broadcast_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let root = self.rank == 0;
+        if self.rank == 0 {
+            return self.exchange(|s| put(&mut s.f32s[0], buf), |_| Ok(()));
+        }
         let n = buf.len();
-        let data: &[f32] = if root { buf } else { &[] };
-        let data = data.to_vec();
         self.exchange(
+            |_| {},
             |s| {
-                if root {
-                    put(&mut s.f32s[0], &data);
+                if s.f32s[0].len() != n {
+                    return Err(invalid(format!(
+                        "broadcast of {} values into {n}",
+                        s.f32s[0].len()
+                    )));
                 }
-            },
-            |s| {
-                if !root {
-                    if s.f32s[0].len() != n {
-                        return Err(invalid(format!(
-                            "broadcast of {} values into {n}",
-                            s.f32s[0].len()
-                        )));
-                    }
-                    buf.copy_from_slice(&s.f32s[0]);
-                }
+                buf.copy_from_slice(&s.f32s[0]);
                 Ok(())
             },
         )
