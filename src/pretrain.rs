@@ -303,9 +303,15 @@ impl Pretrainer {
         self.step
     }
 
-    /// Full batches per epoch.
+    /// Full batches per epoch (of the global batch, in a data-parallel run).
     pub fn steps_per_epoch(&self) -> u64 {
         self.sampler.steps_per_epoch()
+    }
+
+    /// The dataset indices of this rank's images of step `step`, and its epoch (what the
+    /// loader augments for that step; for inspection and tests).
+    pub fn batch_images(&mut self, step: u64) -> (u64, &[usize]) {
+        self.sampler.batch_of(step)
     }
 
     fn input_len(&self) -> usize {

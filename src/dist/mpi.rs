@@ -71,6 +71,14 @@ impl MpiComm {
         Ok(Self { world })
     }
 
+    /// Another handle on the same ranks, with its own message space (`MPI_Comm_dup`; a
+    /// collective: every rank calls it at the same point), for a second trainer.
+    pub fn duplicate(&self) -> Self {
+        Self {
+            world: self.world.duplicate(),
+        }
+    }
+
     /// Ends every rank of the job with `code` (what a failing rank does instead of
     /// returning: the others may be waiting in a collective).
     pub fn abort(&self, code: i32) -> ! {
