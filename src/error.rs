@@ -64,6 +64,10 @@ pub enum Error {
     /// A parameter outside its valid range.
     #[error("{op}: invalid argument: {msg}")]
     InvalidArgument { op: &'static str, msg: String },
+    /// The ranks of a data-parallel group were started differently: every rank found it at
+    /// the same collective and fails with this error (none is left waiting in one).
+    #[error("{msg}")]
+    RanksDiffer { msg: String },
     /// A graph that cannot be built or run: the node's name and what is wrong with it.
     #[error("graph node '{node}': {msg}")]
     Graph { node: String, msg: String },

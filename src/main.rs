@@ -44,13 +44,25 @@ fn main() -> ExitCode {
             // `{:#}` joins the cause chain with ": "; keep it to one line whatever the causes say.
             let msg = format!("{err:#}").replace(['\n', '\r'], " ");
             eprintln!("error: {msg}");
-            // In a job of several processes, the others may wait in a collective: end them.
-            cli::group::end(false);
+            // In a job of several processes, the others may wait in a collective: end them
+            // (unless every rank found this error at the same point: then all finalize).
+            cli::group::end(all_ranks_failed(&err));
             return ExitCode::from(2);
         }
     };
     cli::group::end(true);
     code
+}
+
+/// Whether every rank of a data-parallel job stops with this error at the same point (ranks
+/// started differently), so that ending MPI normally cannot leave one waiting.
+fn all_ranks_failed(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<selfsup::Error>(),
+            Some(selfsup::Error::RanksDiffer { .. })
+        )
+    })
 }
 
 /// True when the output was closed under us (`selfsup bench --list | head -1`): like other

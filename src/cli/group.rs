@@ -43,17 +43,18 @@ pub(super) fn process_group() -> Result<Box<dyn Collectives>> {
     Ok(Box::new(SingleProcess))
 }
 
-/// Ends the program's MPI use: finalizes after success; after an error in a job of
+/// Ends the program's MPI use: finalizes when every rank gets here in step (`in_step`:
+/// after success, or after an error every rank met at the same point); else, in a job of
 /// several processes, aborts the whole job with status 2 (the other ranks may be waiting
 /// in a collective and would never return). Without MPI, nothing.
-pub fn end(ok: bool) {
+pub fn end(in_step: bool) {
     #[cfg(feature = "mpi")]
     {
-        if ok {
+        if in_step {
             selfsup::dist::mpi::finalize();
         } else {
             selfsup::dist::mpi::abort_job(2);
         }
     }
-    let _ = ok;
+    let _ = in_step;
 }

@@ -406,7 +406,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
     // Under mpirun, every rank runs this with its part of each batch; rank 0 alone writes
     // the run folder, the log and the checkpoints, and prints.
     let comm = group::process_group()?;
-    selfsup::dist::check_same_config(&*comm, "command line", &format!("{args:?}"))?;
+    check_same_job(&*comm, args)?;
     let ranks = comm.size();
     let global_batch = args.batch.saturating_mul(ranks);
     if global_batch > train.n {
@@ -672,6 +672,20 @@ fn json_f64(v: f64) -> String {
     } else {
         "null".into()
     }
+}
+
+/// Checks that every rank of a data-parallel job was started with the same arguments, but
+/// for those that cannot change the result (`--threads`: the kernels give the same bits
+/// for any thread count; `--quiet`), so machines of different sizes can share a job.
+pub(super) fn check_same_job(
+    comm: &dyn selfsup::dist::Collectives,
+    args: &PretrainArgs,
+) -> Result<()> {
+    let mut a = args.clone();
+    a.threads = None;
+    a.quiet = false;
+    selfsup::dist::check_same_config(comm, "command line", &format!("{a:?}"))?;
+    Ok(())
 }
 
 /// `--resume`: the run folder's `config.json` (a `C`), after checking that the run it

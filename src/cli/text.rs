@@ -20,8 +20,8 @@ use selfsup::train::Metadata;
 
 use super::group;
 use super::pretrain::{
-    progress_bar, resumed_config, say, start_or_resume, training_stopped, BudgetFit, OptimizerArg,
-    PretrainArgs, RunLog,
+    check_same_job, progress_bar, resumed_config, say, start_or_resume, training_stopped,
+    BudgetFit, OptimizerArg, PretrainArgs, RunLog,
 };
 
 /// The fewest seconds between two runs of the held-out monitor.
@@ -168,7 +168,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     // writes the run folder and prints. A resumed data-parallel run needs the folder
     // (config.json, vocab.json) on every rank's machine.
     let comm = group::process_group()?;
-    selfsup::dist::check_same_config(&*comm, "command line", &format!("{args:?}"))?;
+    check_same_job(&*comm, args)?;
     let (root, ranks) = (comm.rank() == 0, comm.size());
     if root {
         fs::create_dir_all(out)

@@ -241,7 +241,7 @@ pub fn config_hash(text: &str) -> u64 {
 /// same message (no rank is left waiting in a collective).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] naming the ranks whose configuration differs from rank 0's.
+/// [`Error::RanksDiffer`] naming the ranks whose configuration differs from rank 0's.
 pub fn check_same_config(comm: &dyn Collectives, what: &str, text: &str) -> Result<()> {
     let p = comm.size();
     if p == 1 {
@@ -256,11 +256,13 @@ pub fn check_same_config(comm: &dyn Collectives, what: &str, text: &str) -> Resu
     if differ.is_empty() {
         return Ok(());
     }
-    Err(invalid(format!(
-        "the {what} of rank(s) {} differs from rank 0's (every rank of a job must be \
-         started with the same arguments and data)",
-        differ.join(", ")
-    )))
+    Err(Error::RanksDiffer {
+        msg: format!(
+            "the {what} of rank(s) {} differs from rank 0's (every rank of a job must be \
+             started with the same arguments and data)",
+            differ.join(", ")
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use crate::error::Result;
 static STATE: AtomicU8 = AtomicU8::new(0);
 /// The job's number of processes, once initialized.
 static JOB_SIZE: AtomicUsize = AtomicUsize::new(0);
+/// This process's rank, once initialized.
+static RANK: AtomicUsize = AtomicUsize::new(0);
 
 /// The world of an MPI job. MPI stays initialized when it is dropped: the program ends
 /// its MPI use with [`finalize`] after success, or [`abort_job`] after an error (a rank
@@ -57,6 +59,7 @@ impl MpiComm {
         std::mem::forget(universe);
         STATE.store(1, Ordering::SeqCst);
         JOB_SIZE.store(world.size().max(1) as usize, Ordering::SeqCst);
+        RANK.store(world.rank().max(0) as usize, Ordering::SeqCst);
         if world.size() > 1 {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
@@ -135,9 +138,14 @@ pub fn finalize() {
 }
 
 /// Ends every rank of a job of several processes with `code`; does nothing when MPI is not
-/// initialized or the job is one process (the caller then exits normally).
+/// initialized or the job is one process (the caller then exits normally). A rank other
+/// than 0 waits a second first: when rank 0 fails at the same point, its message (usually
+/// the one that names the cause) is printed before the job is killed.
 pub fn abort_job(code: i32) {
     if STATE.load(Ordering::SeqCst) == 1 && JOB_SIZE.load(Ordering::SeqCst) > 1 {
+        if RANK.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         // SAFETY: MPI is initialized and not finalized; MPI_Abort does not return.
         unsafe {
             mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);

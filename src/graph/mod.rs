@@ -1699,59 +1699,47 @@ fn forward_node(
             loss64,
             gathered,
             dz_all,
-        } if mode == Mode::Train && dist.spans() => {
-            // Every rank's z gathered (rank order); this rank's rows are the anchors, every
-            // row a candidate; the loss is the mean over all ranks' anchors; the gradient of
-            // every row is summed back to the rank that owns it.
-            if *halves {
-                return Err(err(
-                    &node.name,
-                    "a data-parallel NT-Xent needs the adjacent layout (views 2k, 2k+1)".into(),
-                ));
-            }
-            let s = &tensors[node.inputs[0].0].shape;
-            let (m, d) = (s[0], s[1]);
-            let (p, r) = (dist.comm.size(), dist.comm.rank());
-            let all = sized(gathered, p * m * d);
-            dist.comm.all_gather_f32(x_of(0), all)?;
-            let cfg = NtXentConfig::new(*tau)
-                .pairing(Pairing::Adjacent)
-                .anchors(r * m..(r + 1) * m)
-                .mean_over(p * m);
-            let dall = sized(dz_all, p * m * d);
-            let o = ws.forward_backward(all, p * m, d, &cfg, dall)?;
-            reduce_scatter_rows(dist.comm, dall, dz, dist.scratch)?;
-            let mut v = [o.loss_f64, f64::from(o.accuracy)];
-            all_reduce_sum_f64(dist.comm, &mut v, dist.scratch)?;
-            let accuracy = (v[1] / p as f64) as f32;
-            let o = NtXentOutput {
-                loss: v[0] as f32,
-                loss_f64: v[0],
-                accuracy,
-            };
-            *out = Some(o);
-            y[0] = o.loss;
-            *loss64 = o.loss_f64;
-        }
-        Op::NtXent {
-            tau,
-            halves,
-            ws,
-            out,
-            dz,
-            loss64,
-            ..
         } => {
             let s = &tensors[node.inputs[0].0].shape;
-            let pairing = if *halves {
-                Pairing::Halves
+            let (m, d) = (s[0], s[1]);
+            let o = if mode == Mode::Train && dist.spans() {
+                // Every rank's z gathered (rank order); this rank's rows are the anchors,
+                // every row a candidate; the loss is the mean over all ranks' anchors; the
+                // gradient of every row is summed back to the rank that owns it.
+                if *halves {
+                    return Err(err(
+                        &node.name,
+                        "a data-parallel NT-Xent needs the adjacent layout (views 2k, 2k+1)".into(),
+                    ));
+                }
+                let (p, r) = (dist.comm.size(), dist.comm.rank());
+                let all = sized(gathered, p * m * d);
+                dist.comm.all_gather_f32(x_of(0), all)?;
+                let cfg = NtXentConfig::new(*tau)
+                    .pairing(Pairing::Adjacent)
+                    .anchors(r * m..(r + 1) * m)
+                    .mean_over(p * m);
+                let dall = sized(dz_all, p * m * d);
+                let o = ws.forward_backward(all, p * m, d, &cfg, dall)?;
+                reduce_scatter_rows(dist.comm, dall, dz, dist.scratch)?;
+                let mut v = [o.loss_f64, f64::from(o.accuracy)];
+                all_reduce_sum_f64(dist.comm, &mut v, dist.scratch)?;
+                NtXentOutput {
+                    loss: v[0] as f32,
+                    loss_f64: v[0],
+                    accuracy: (v[1] / p as f64) as f32,
+                }
             } else {
-                Pairing::Adjacent
-            };
-            let cfg = NtXentConfig::new(*tau).pairing(pairing);
-            let o = match mode {
-                Mode::Train => ws.forward_backward(x_of(0), s[0], s[1], &cfg, dz)?,
-                Mode::Eval => ws.forward(x_of(0), s[0], s[1], &cfg)?,
+                let pairing = if *halves {
+                    Pairing::Halves
+                } else {
+                    Pairing::Adjacent
+                };
+                let cfg = NtXentConfig::new(*tau).pairing(pairing);
+                match mode {
+                    Mode::Train => ws.forward_backward(x_of(0), m, d, &cfg, dz)?,
+                    Mode::Eval => ws.forward(x_of(0), m, d, &cfg)?,
+                }
             };
             *out = Some(o);
             y[0] = o.loss;
@@ -1769,80 +1757,64 @@ fn forward_node(
             gathered,
             dg_all,
             targets_all,
-        } if mode == Mode::Train && dist.spans() => {
-            // This rank's anchors f against every rank's candidates g (gathered in rank
-            // order; the targets and the excluded self renumbered into them). The loss is
-            // the mean over the group's target pairs: this rank's mean and gradients are
-            // weighted by its share of them, and the candidates' gradients summed back to
-            // their owners.
-            let (fs, gs) = (
-                &tensors[node.inputs[0].0].shape,
-                &tensors[node.inputs[1].0].shape,
-            );
-            let (n, m, d) = (fs[0], gs[0], fs[1]);
-            let (p, r) = (dist.comm.size(), dist.comm.rank());
-            let all = sized(gathered, p * m * d);
-            dist.comm.all_gather_f32(x_of(1), all)?;
-            let off = (r * m) as u32;
-            let t_all = sized(targets_all, targets.len());
-            for (o, &(i, j)) in t_all.iter_mut().zip(targets.iter()) {
-                *o = (i, j + off);
-            }
-            let b = QtBatch {
-                f: x_of(0),
-                n,
-                g: all,
-                m: p * m,
-                d,
-                scale: *scale,
-                self_offset: self_offset.map(|o| o + r * m),
-                targets: t_all,
-            };
-            let dall = sized(dg_all, p * m * d);
-            let mut st = ws.forward_backward(&b, df, dall)?;
-            let mut sums = [st.loss * st.targets as f64, st.hits as f64];
-            let share = dist.share(&mut sums, st.targets)?;
-            scale_in_place(df, share);
-            scale_in_place(dall, share);
-            reduce_scatter_rows(dist.comm, dall, dg, dist.scratch)?;
-            let total = (st.targets as f64 / share).round() as usize;
-            st = QtStats {
-                loss: sums[0] / total as f64,
-                hits: sums[1] as usize,
-                targets: total,
-            };
-            *stats = Some(st);
-            y[0] = st.loss as f32;
-            *loss64 = st.loss;
-        }
-        Op::QtInBatch {
-            scale,
-            self_offset,
-            targets,
-            ws,
-            stats,
-            df,
-            dg,
-            loss64,
-            ..
         } => {
             let (fs, gs) = (
                 &tensors[node.inputs[0].0].shape,
                 &tensors[node.inputs[1].0].shape,
             );
-            let b = QtBatch {
-                f: x_of(0),
-                n: fs[0],
-                g: x_of(1),
-                m: gs[0],
-                d: fs[1],
-                scale: *scale,
-                self_offset: *self_offset,
-                targets,
-            };
-            let st = match mode {
-                Mode::Train => ws.forward_backward(&b, df, dg)?,
-                Mode::Eval => ws.forward(&b)?,
+            let (n, m, d) = (fs[0], gs[0], fs[1]);
+            let st = if mode == Mode::Train && dist.spans() {
+                // This rank's anchors f against every rank's candidates g (gathered in rank
+                // order; the targets and the excluded self renumbered into them). The loss
+                // is the mean over the group's target pairs: this rank's mean and gradients
+                // are weighted by its share of them, and the candidates' gradients summed
+                // back to their owners.
+                let (p, r) = (dist.comm.size(), dist.comm.rank());
+                let all = sized(gathered, p * m * d);
+                dist.comm.all_gather_f32(x_of(1), all)?;
+                let off = (r * m) as u32;
+                let t_all = sized(targets_all, targets.len());
+                for (o, &(i, j)) in t_all.iter_mut().zip(targets.iter()) {
+                    *o = (i, j + off);
+                }
+                let b = QtBatch {
+                    f: x_of(0),
+                    n,
+                    g: all,
+                    m: p * m,
+                    d,
+                    scale: *scale,
+                    self_offset: self_offset.map(|o| o + r * m),
+                    targets: t_all,
+                };
+                let dall = sized(dg_all, p * m * d);
+                let st = ws.forward_backward(&b, df, dall)?;
+                let mut sums = [st.loss * st.targets as f64, st.hits as f64];
+                let share = dist.share(&mut sums, st.targets)?;
+                scale_in_place(df, share);
+                scale_in_place(dall, share);
+                reduce_scatter_rows(dist.comm, dall, dg, dist.scratch)?;
+                let total = (st.targets as f64 / share).round() as usize;
+                QtStats {
+                    loss: sums[0] / total as f64,
+                    hits: sums[1] as usize,
+                    targets: total,
+                }
+            } else {
+                let b = QtBatch {
+                    f: x_of(0),
+                    n,
+                    g: x_of(1),
+                    m,
+                    d,
+                    scale: *scale,
+                    self_offset: *self_offset,
+                    targets,
+                };
+                match mode {
+                    Mode::Train => ws.forward_backward(&b, df, dg)?,
+                    Mode::Eval => ws.forward(&b)?,
+                }
             };
             *stats = Some(st);
             y[0] = st.loss as f32;
