@@ -523,7 +523,8 @@ pub(crate) fn resume_run(
         return Err(CheckpointError::InvalidArgument {
             path,
             reason: format!(
-                "was written by a run of {saved} process(es), this run has {ranks}: a                  data-parallel run resumes with the same number of processes"
+                "was written by a run of {saved} process(es), this run has {ranks}: a \
+                 data-parallel run resumes with the same number of processes"
             ),
         });
     }
