@@ -528,11 +528,11 @@ pub struct Checkpoint {
     tensors: BTreeMap<String, Tensor>,
 }
 
-/// Reads and checks a checkpoint written by [`save`] (or any safetensors file of finite F32
-/// tensors of at most [`MAX_RANK`] dimensions). See the module docs for what is checked;
-/// every failure is a [`CheckpointError`] naming `path`.
-pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
-    let path = path.as_ref();
+/// Opens `path` and reads and parses its safetensors header (the length checked against the
+/// file and [`MAX_HEADER_LEN`] before anything is allocated for it, the format version
+/// checked); returns the file positioned after the header, the file's length, the header's
+/// length and the parsed header.
+fn read_header(path: &Path) -> Result<(File, u64, u64, RawHeader)> {
     let mut file = File::open(path).map_err(|e| io_err(path, "open the file for reading", e))?;
     let meta = file
         .metadata()
@@ -577,12 +577,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
     // Both bounds hold, so these fit in usize.
     let mut header = vec![0u8; header_len as usize];
     read_exact(&mut file, &mut header, path, "the header")?;
-    let data_len = file_len - 8 - header_len;
-
     let raw = parse_header(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
-    drop(header);
-    let metadata = raw.metadata.unwrap_or_default();
-    if let Some(v) = metadata.get(keys::FORMAT_VERSION) {
+    if let Some(v) = raw
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(keys::FORMAT_VERSION))
+    {
         if v != FORMAT_VERSION {
             return Err(CheckpointError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -590,6 +590,27 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
             });
         }
     }
+    Ok((file, file_len, header_len, raw))
+}
+
+/// The metadata of a checkpoint, from its header alone (the tensors are not read or
+/// checked: [`load`] does that). For deciding what a file is before loading it.
+///
+/// # Errors
+/// As [`load`] for the file and its header.
+pub fn load_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    let (_, _, _, raw) = read_header(path.as_ref())?;
+    Ok(raw.metadata.unwrap_or_default())
+}
+
+/// Reads and checks a checkpoint written by [`save`] (or any safetensors file of finite F32
+/// tensors of at most [`MAX_RANK`] dimensions). See the module docs for what is checked;
+/// every failure is a [`CheckpointError`] naming `path`.
+pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
+    let path = path.as_ref();
+    let (mut file, file_len, header_len, raw) = read_header(path)?;
+    let data_len = file_len - 8 - header_len;
+    let metadata = raw.metadata.unwrap_or_default();
 
     // Check every entry against the data section before allocating anything for it.
     let mut entries = raw.tensors;

@@ -1065,3 +1065,41 @@ fn run_directory_keeps_the_last_k() {
     checkpoint::write_atomically(dir.join("config.json"), |w| w.write_all(b"{\"a\":1}")).unwrap();
     assert_eq!(fs::read(dir.join("config.json")).unwrap(), b"{\"a\":1}");
 }
+
+#[test]
+fn metadata_is_read_from_the_header_alone() {
+    let dir = TempDir::new("meta-only");
+    let path = dir.join("m.safetensors");
+    let mut meta = BTreeMap::new();
+    meta.insert("method".to_string(), "quickthought".to_string());
+    let data = [1.0f32, 2.0, 3.0];
+    save(&path, &[TensorView::new("w", &[3], &data)], &meta).unwrap();
+    let full = load(&path).unwrap();
+    let head = checkpoint::load_metadata(&path).unwrap();
+    assert_eq!(&head, full.metadata());
+    assert_eq!(head["method"], "quickthought");
+    // A data section cut short: the header still reads, the full load refuses.
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+    assert_eq!(checkpoint::load_metadata(&path).unwrap(), head);
+    assert!(load(&path).is_err());
+    // A header that claims more than the file holds, or is not JSON: errors naming the file.
+    let bad = dir.join("bad.safetensors");
+    let mut b = (1u64 << 40).to_le_bytes().to_vec();
+    b.extend_from_slice(b"{}");
+    fs::write(&bad, &b).unwrap();
+    let e = checkpoint::load_metadata(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.safetensors") && e.contains("exceeds"),
+        "{e}"
+    );
+    craft(&bad, "{not json", &[]);
+    let e = checkpoint::load_metadata(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad header"), "{e}");
+    // Another format version is refused here too.
+    craft(&bad, r#"{"__metadata__":{"format_version":"999"}}"#, &[]);
+    assert!(matches!(
+        checkpoint::load_metadata(&bad),
+        Err(CheckpointError::UnsupportedVersion { .. })
+    ));
+}

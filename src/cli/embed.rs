@@ -74,8 +74,9 @@ pub struct EmbedArgs {
 
 /// The model configuration a checkpoint of `selfsup pretrain` records.
 pub fn model_config(path: &Path) -> Result<ResNetConfig> {
-    let ck = checkpoint::load(path)?;
-    let text = ck.metadata().get("config").with_context(|| {
+    // The header alone: the tensors are read and checked when the encoder is loaded.
+    let meta = checkpoint::load_metadata(path)?;
+    let text = meta.get("config").with_context(|| {
         format!(
             "{}: no model configuration in the metadata (not written by `selfsup pretrain`)",
             path.display()

@@ -425,10 +425,11 @@ pub struct TextModel {
     pub data: Option<String>,
 }
 
-/// Whether `path` is a checkpoint of the text method (read from its metadata).
+/// Whether `path` is a checkpoint of the text method (read from its header's metadata; the
+/// tensors are read and checked when the checkpoint is opened).
 pub fn is_text_checkpoint(path: &Path) -> Result<bool> {
-    let ck = checkpoint::load(path)?;
-    Ok(ck.metadata().get(METHOD_KEY).map(String::as_str) == Some(METHOD_NAME))
+    let meta = checkpoint::load_metadata(path)?;
+    Ok(meta.get(METHOD_KEY).map(String::as_str) == Some(METHOD_NAME))
 }
 
 /// Opens a checkpoint of `selfsup pretrain --method quickthought`.
