@@ -190,6 +190,8 @@ pub struct QtTrainer {
     starts: Vec<usize>,
     targets: Vec<(u32, u32)>,
     triplets: Vec<(u32, u32, u32)>,
+    /// Data-parallel: the targets of the whole step's window, before this rank's are kept.
+    window_targets: Vec<(u32, u32)>,
     group: Group,
 }
 
@@ -216,10 +218,11 @@ impl QtTrainer {
     /// One rank of a data-parallel run over the group `comm` (see [`crate::dist`]): each
     /// step's stream of `size() * cfg.batch` contiguous sentences is cut into one run of
     /// `cfg.batch` per rank, in rank order; each rank's targets are its own sentences'
-    /// neighbours inside its run (the pairs that straddle two ranks' runs are left out),
-    /// the in-batch objective scores them against every rank's candidates, the loss is the
-    /// mean over the whole group's target pairs, and the gradients are summed over the
-    /// ranks before each update.
+    /// neighbours in the whole window (a neighbour held by the previous or next rank
+    /// included: the in-batch objective scores every rank's candidates, so a step is the
+    /// one-process batch's; the pairwise objective, whose negatives stay in the rank's
+    /// batch, leaves those pairs out), the loss is the mean over the whole group's target
+    /// pairs, and the gradients are summed over the ranks before each update.
     ///
     /// # Errors
     /// As [`QtTrainer::new`] (the corpus must hold one global batch); ranks whose
@@ -285,6 +288,7 @@ impl QtTrainer {
             ids: vec![PAD; cfg.batch * cfg.encoder.max_len],
             starts: Vec::with_capacity(cfg.batch),
             targets: Vec::with_capacity(2 * cfg.batch),
+            window_targets: Vec::with_capacity(2 * global),
             triplets: Vec::with_capacity(2 * cfg.batch),
             stream: Vec::with_capacity(trainable),
             stream_start: Vec::with_capacity(trainable),
@@ -378,15 +382,34 @@ impl QtTrainer {
         let b = self.cfg.batch;
         let l = self.cfg.encoder.max_len;
         let p0 = self.first_of(step);
-        self.starts.clear();
         for k in 0..b {
             let i = self.stream[p0 + k];
             self.ids[k * l..(k + 1) * l].copy_from_slice(self.corpus.sentence(i));
-            if k > 0 && self.stream_start[p0 + k] {
+        }
+        // The targets over the whole step's window of `ranks * b` sentences (one process:
+        // this batch), kept for this rank's anchors: anchors numbered in this batch,
+        // candidates in the window (the order in which the ranks' rows are gathered), so a
+        // neighbour held by the next or previous rank is a target too.
+        let (ranks, rank) = (self.group.comm.size(), self.group.comm.rank());
+        let w0 = p0 - rank * b;
+        self.starts.clear();
+        for k in 1..ranks * b {
+            if self.stream_start[w0 + k] {
                 self.starts.push(k);
             }
         }
-        qt_neighbor_targets(b, 0, &self.starts, &mut self.targets)?;
+        if ranks == 1 {
+            qt_neighbor_targets(b, 0, &self.starts, &mut self.targets)?;
+        } else {
+            qt_neighbor_targets(ranks * b, 0, &self.starts, &mut self.window_targets)?;
+            let mine = (rank * b) as u32..((rank + 1) * b) as u32;
+            self.targets.clear();
+            for &(i, j) in &self.window_targets {
+                if mine.contains(&i) {
+                    self.targets.push((i - mine.start, j));
+                }
+            }
+        }
         if self.cfg.objective == QtObjective::Pairwise {
             // One negative per target pair: a sentence of the batch that is neither the
             // anchor nor one of its neighbours (drawn from the seed and the step).
@@ -395,12 +418,18 @@ impl QtTrainer {
                 _ => mix(self.cfg.seed, &[2, step, self.group.comm.rank() as u64]),
             });
             self.triplets.clear();
+            // The pairwise loss scores this rank's rows only: a neighbour held by another
+            // rank is left out, the others renumbered into the batch.
+            let off = (rank * b) as u32;
             for (t, &(i, j)) in self.targets.iter().enumerate() {
+                if !(off..off + b as u32).contains(&j) {
+                    continue;
+                }
                 // The anchor's targets are adjacent in `targets` (anchors ascending).
                 let is_target = |c: u32| {
                     self.targets[t.saturating_sub(1)..(t + 2).min(self.targets.len())]
                         .iter()
-                        .any(|&(a, p)| a == i && p == c)
+                        .any(|&(a, p)| a == i && p == c + off)
                 };
                 let neg = loop {
                     let c = rng.below(b) as u32;
@@ -408,7 +437,7 @@ impl QtTrainer {
                         break c;
                     }
                 };
-                self.triplets.push((i, j, neg));
+                self.triplets.push((i, j - off, neg));
             }
         }
         Ok(())

@@ -305,24 +305,24 @@ fn ranks_with_different_configurations_or_data_fail_together() {
     }
 }
 
-/// Documents of exactly `len` sentences, so that every rank's run of contiguous
-/// sentences is whole documents and no neighbour pair straddles two ranks.
-fn even_docs(len: usize) -> Vec<Vec<String>> {
+/// Documents of the built-in corpus (of different lengths: neighbour pairs straddle the
+/// ranks' runs of sentences).
+fn docs() -> Vec<Vec<String>> {
     builtin_corpus(&CorpusConfig {
-        documents: 300,
+        documents: 40,
         seed: 4,
     })
     .into_iter()
-    .filter(|d| d.sentences.len() >= len)
-    .map(|d| d.sentences[..len].to_vec())
-    .take(40)
+    .map(|d| d.sentences)
     .collect()
 }
 
 #[test]
 fn quick_thoughts_in_batch_over_ranks_equals_one_process_of_the_whole_batch() {
+    // Every step's window of P*B contiguous sentences is the one-process batch; a rank's
+    // targets include the neighbours the next or previous rank holds.
     let b = 8;
-    let docs = even_docs(b);
+    let docs = docs();
     let vocab = Vocab::build(docs.iter().flatten(), 1, 5000).unwrap();
     let corpus = Arc::new(TokenizedCorpus::new(&docs, &vocab, 12).unwrap());
     let cfg = |batch: usize| QtConfig {
@@ -370,7 +370,7 @@ fn quick_thoughts_in_batch_over_ranks_equals_one_process_of_the_whole_batch() {
 
 #[test]
 fn quick_thoughts_pairwise_ranks_stay_in_step() {
-    let docs = even_docs(6);
+    let docs = docs();
     let vocab = Vocab::build(docs.iter().flatten(), 1, 5000).unwrap();
     let corpus = Arc::new(TokenizedCorpus::new(&docs, &vocab, 12).unwrap());
     let cfg = QtConfig {

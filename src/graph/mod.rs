@@ -195,11 +195,10 @@ enum Op {
         df: Vec<f32>,
         dg: Vec<f32>,
         loss64: f64,
-        /// Data-parallel: every rank's candidates, their gradient, and the targets
-        /// renumbered into them (sized on the first distributed step).
+        /// Data-parallel: every rank's candidates and their gradient (sized on the first
+        /// distributed step).
         gathered: Vec<f32>,
         dg_all: Vec<f32>,
-        targets_all: Vec<(u32, u32)>,
     },
     /// Quick Thoughts' pairwise logistic loss over `(anchor, pos, neg)` triplets set by
     /// [`Graph::set_triplets`]: anchors are rows of `a` (input 0, `n_a x d`), positives and
@@ -691,7 +690,6 @@ impl GraphBuilder {
             loss64: 0.0,
             gathered: Vec::new(),
             dg_all: Vec::new(),
-            targets_all: Vec::new(),
         };
         Ok(self.push(name, op, vec![f, g], out))
     }
@@ -1077,7 +1075,11 @@ impl Graph {
     }
     /// Sets the `(anchor, candidate)` target pairs of a Quick Thoughts node (given by its
     /// output tensor); they are checked by the next forward (indices in range, no repeats,
-    /// none the anchor's own sentence, at least one).
+    /// none the anchor's own sentence, at least one). In a data-parallel training forward
+    /// ([`Graph::forward_with`] over `P` ranks) the candidates are every rank's rows in
+    /// gather order: rank `q`'s candidate `k` is `q m + k` (`m` candidates per rank), so a
+    /// target may be a sentence another rank holds; with one rank this is the usual
+    /// numbering.
     ///
     /// # Errors
     /// When `t` is not such a node's output.
@@ -1756,7 +1758,6 @@ fn forward_node(
             loss64,
             gathered,
             dg_all,
-            targets_all,
         } => {
             let (fs, gs) = (
                 &tensors[node.inputs[0].0].shape,
@@ -1764,19 +1765,15 @@ fn forward_node(
             );
             let (n, m, d) = (fs[0], gs[0], fs[1]);
             let st = if mode == Mode::Train && dist.spans() {
-                // This rank's anchors f against every rank's candidates g (gathered in rank
-                // order; the targets and the excluded self renumbered into them). The loss
-                // is the mean over the group's target pairs: this rank's mean and gradients
-                // are weighted by its share of them, and the candidates' gradients summed
-                // back to their owners.
+                // This rank's anchors f against every rank's candidates g, gathered in rank
+                // order: the targets' candidates are numbered in that order (rank q's row k
+                // is q m + k, see `Graph::set_targets`), the excluded self is moved there.
+                // The loss is the mean over the group's target pairs: this rank's mean and
+                // gradients are weighted by its share of them, and the candidates' gradients
+                // summed back to their owners.
                 let (p, r) = (dist.comm.size(), dist.comm.rank());
                 let all = sized(gathered, p * m * d);
                 dist.comm.all_gather_f32(x_of(1), all)?;
-                let off = (r * m) as u32;
-                let t_all = sized(targets_all, targets.len());
-                for (o, &(i, j)) in t_all.iter_mut().zip(targets.iter()) {
-                    *o = (i, j + off);
-                }
                 let b = QtBatch {
                     f: x_of(0),
                     n,
@@ -1785,7 +1782,7 @@ fn forward_node(
                     d,
                     scale: *scale,
                     self_offset: self_offset.map(|o| o + r * m),
-                    targets: t_all,
+                    targets,
                 };
                 let dall = sized(dg_all, p * m * d);
                 let st = ws.forward_backward(&b, df, dall)?;
