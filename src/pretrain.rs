@@ -79,6 +79,10 @@ pub struct PretrainConfig {
     /// group's batch (global BN, as SimCLR trains) instead of each rank's. No effect in a
     /// single process.
     pub sync_bn: bool,
+    /// Data-parallel SimCLR: take each anchor's negatives from its own rank's batch only
+    /// (nothing gathered; see [`Graph::set_local_negatives`]) instead of the global batch.
+    /// No effect in a single process.
+    pub local_negatives: bool,
 }
 
 impl PretrainConfig {
@@ -251,6 +255,7 @@ impl Pretrainer {
             Method::RotNet => Model::RotNet(encoder_classifier(m, 4 * cfg.batch, 4, seed)?),
         };
         model.graph_mut().set_sync_batchnorm(cfg.sync_bn);
+        model.graph_mut().set_local_negatives(cfg.local_negatives);
         let opt = Optimizer::new(cfg.optimizer, model.graph().params().len())?;
         Ok(Self {
             cfg,

@@ -42,6 +42,7 @@ fn config(method: Method, batch: usize, steps: u64, sync_bn: bool) -> PretrainCo
         rotnet: RotnetAugment::default(),
         seed: 11,
         sync_bn,
+        local_negatives: false,
     }
 }
 
@@ -395,4 +396,66 @@ fn quick_thoughts_pairwise_ranks_stay_in_step() {
     });
     assert_eq!(runs[0], runs[1]);
     assert!(runs[0].0.iter().all(|l| l.is_finite() && *l > 0.0));
+}
+
+#[test]
+fn local_negatives_contrast_each_ranks_batch_among_itself() {
+    // Two ranks with local negatives (and local BN) compute, each on its own batch, what
+    // one process of that batch computes, the loss being the mean of the two: checked on
+    // the graphs directly, fed the same rows.
+    use selfsup::graph::Mode;
+    use selfsup::nn::simclr;
+    let cfg = config(Method::SimClr, 8, 3, false).model;
+    let inputs: Vec<Vec<f32>> = (0..2)
+        .map(|r| {
+            let m = simclr(&cfg, 8, 0.5, 1).unwrap();
+            let len: usize = m.graph.shape(m.input).iter().product();
+            (0..len)
+                .map(|k| (((k + 13 * r) * 31 % 97) as f32) / 97.0 - 0.5)
+                .collect()
+        })
+        .collect();
+    let alone: Vec<(f64, Vec<f32>)> = inputs
+        .iter()
+        .map(|x| {
+            let mut m = simclr(&cfg, 8, 0.5, 1).unwrap();
+            m.graph.input_mut(m.input).unwrap().copy_from_slice(x);
+            m.graph.forward(Mode::Train).unwrap();
+            m.graph.backward().unwrap();
+            (m.graph.loss_f64(m.loss), m.graph.param_grads().to_vec())
+        })
+        .collect();
+    let group = on_ranks(2, |c| {
+        let mut m = simclr(&cfg, 8, 0.5, 1).unwrap();
+        m.graph.set_local_negatives(true);
+        m.graph
+            .input_mut(m.input)
+            .unwrap()
+            .copy_from_slice(&inputs[c.rank()]);
+        m.graph.forward_with(Mode::Train, &c).unwrap();
+        m.graph.backward_with(&c).unwrap();
+        (m.graph.loss_f64(m.loss), m.graph.param_grads().to_vec())
+    });
+    let mean = (alone[0].0 + alone[1].0) / 2.0;
+    for (r, (loss, grads)) in group.iter().enumerate() {
+        assert!(
+            (loss - mean).abs() <= 1e-6 * mean,
+            "rank {r}: {loss} vs {mean}"
+        );
+        // Before the all-reduce, each rank's gradient is half its batch's gradient alone.
+        let half: Vec<f32> = alone[r].1.iter().map(|g| g / 2.0).collect();
+        let d = rel(&half, grads);
+        assert!(d < 1e-5, "rank {r}: gradient differs by {d:e}");
+    }
+    // And the global-negatives default differs (each anchor sees the other rank's rows).
+    let global = on_ranks(2, |c| {
+        let mut m = simclr(&cfg, 8, 0.5, 1).unwrap();
+        m.graph
+            .input_mut(m.input)
+            .unwrap()
+            .copy_from_slice(&inputs[c.rank()]);
+        m.graph.forward_with(Mode::Train, &c).unwrap();
+        m.graph.loss_f64(m.loss)
+    });
+    assert!((global[0] - mean).abs() > 1e-3, "{} vs {mean}", global[0]);
 }

@@ -51,6 +51,7 @@ fn simclr_probe_beats_the_random_encoder() {
         rotnet: RotnetAugment::default(),
         seed: 3,
         sync_bn: false,
+        local_negatives: false,
     };
     let mut unlabeled = train.clone();
     unlabeled.labels = None;

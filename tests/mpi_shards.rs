@@ -68,6 +68,7 @@ fn image_config(method: Method) -> PretrainConfig {
         rotnet: RotnetAugment::default(),
         seed: 3,
         sync_bn: false,
+        local_negatives: false,
     }
 }
 

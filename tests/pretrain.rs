@@ -42,6 +42,7 @@ fn config(method: Method, steps: u64, seed: u64) -> PretrainConfig {
         rotnet: RotnetAugment::default(),
         seed,
         sync_bn: false,
+        local_negatives: false,
     }
 }
 

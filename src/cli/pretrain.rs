@@ -191,6 +191,13 @@ pub struct PretrainArgs {
     #[serde(default)]
     pub sync_bn: bool,
 
+    /// Under `mpirun -n P`, SimCLR: take each image's negatives from its own process's batch
+    /// only, instead of all P batches (nothing gathered: less traffic and NT-Xent work per
+    /// step, fewer negatives)
+    #[arg(long)]
+    #[serde(default)]
+    pub local_negatives: bool,
+
     /// Sentence encoder: cnn (embedding, 1-D convolution, ReLU, max over time) or bow (mean
     /// of the token embeddings, the baseline)
     #[arg(long, value_name = "KIND", default_value = "cnn", value_parser = super::text::parse_encoder, help_heading = "Quick Thoughts")]
@@ -483,6 +490,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         rotnet: RotnetAugment::default(),
         seed: args.seed,
         sync_bn: args.sync_bn,
+        local_negatives: args.local_negatives,
     };
     let mut trainer = Pretrainer::in_group(cfg.clone(), Arc::clone(&train), comm)?;
     let root = trainer.rank() == 0;

@@ -908,6 +908,7 @@ impl GraphBuilder {
             fold_scale: vec![0.0; fold_c],
             fold_shift: vec![0.0; fold_c],
             sync_bn: false,
+            local_negatives: false,
             dist: Scratch::default(),
         };
         g.init_params(seed);
@@ -947,6 +948,9 @@ pub struct Graph {
     /// Whether a data-parallel training forward normalizes with the whole group's batch
     /// statistics (see [`Graph::set_sync_batchnorm`]).
     sync_bn: bool,
+    /// Whether a data-parallel NT-Xent contrasts each rank's rows among themselves only
+    /// (see [`Graph::set_local_negatives`]).
+    local_negatives: bool,
     /// The reductions' buffers of data-parallel steps.
     dist: Scratch,
 }
@@ -1237,6 +1241,15 @@ impl Graph {
         self.sync_bn = on;
     }
 
+    /// Whether a data-parallel NT-Xent takes its negatives from each rank's own batch only
+    /// (off by default: every rank's rows are candidates). The loss is still the mean over
+    /// the whole group's anchors, but nothing is gathered: a step moves no z and no dz,
+    /// and each rank's NT-Xent costs what it does alone, at the price of `2B - 2` negatives
+    /// per anchor instead of `2PB - 2`. No effect on a group of one.
+    pub fn set_local_negatives(&mut self, on: bool) {
+        self.local_negatives = on;
+    }
+
     /// Runs the nodes up to and including the one producing `t` (for example the
     /// representation `h`, without the head and the loss).
     ///
@@ -1307,6 +1320,7 @@ impl Graph {
                     comm,
                     scratch: &mut self.dist,
                     sync_bn: self.sync_bn,
+                    local_negatives: self.local_negatives,
                 },
             )
             .map_err(|e| wrap(&node.name, e))?;
@@ -1418,6 +1432,7 @@ impl Graph {
                     comm,
                     scratch: &mut self.dist,
                     sync_bn: self.sync_bn,
+                    local_negatives: self.local_negatives,
                 },
             )
             .map_err(|e| wrap(&node.name, e))?;
@@ -1516,6 +1531,7 @@ struct DistCtx<'a> {
     comm: &'a dyn Collectives,
     scratch: &'a mut Scratch,
     sync_bn: bool,
+    local_negatives: bool,
 }
 
 impl DistCtx<'_> {
@@ -1704,7 +1720,25 @@ fn forward_node(
         } => {
             let s = &tensors[node.inputs[0].0].shape;
             let (m, d) = (s[0], s[1]);
-            let o = if mode == Mode::Train && dist.spans() {
+            let o = if mode == Mode::Train && dist.spans() && dist.local_negatives {
+                // Each rank's rows contrasted among themselves; the loss (and so the
+                // gradient) is this rank's share of the mean over the group's anchors.
+                let p = dist.comm.size();
+                let pairing = if *halves {
+                    Pairing::Halves
+                } else {
+                    Pairing::Adjacent
+                };
+                let cfg = NtXentConfig::new(*tau).pairing(pairing).mean_over(p * m);
+                let o = ws.forward_backward(x_of(0), m, d, &cfg, dz)?;
+                let mut v = [o.loss_f64, f64::from(o.accuracy)];
+                all_reduce_sum_f64(dist.comm, &mut v, dist.scratch)?;
+                NtXentOutput {
+                    loss: v[0] as f32,
+                    loss_f64: v[0],
+                    accuracy: (v[1] / p as f64) as f32,
+                }
+            } else if mode == Mode::Train && dist.spans() {
                 // Every rank's z gathered (rank order); this rank's rows are the anchors,
                 // every row a candidate; the loss is the mean over all ranks' anchors; the
                 // gradient of every row is summed back to the rank that owns it.
