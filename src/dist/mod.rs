@@ -159,8 +159,8 @@ pub fn all_reduce_sum(comm: &dyn Collectives, buf: &mut [f32], s: &mut Scratch) 
 }
 
 /// `out` = the sum of the `blocks.len() / out.len()` consecutive blocks of `blocks`, added
-/// in block order.
-fn sum_blocks(blocks: &[f32], out: &mut [f32]) {
+/// in block order (rank order, when the blocks are every rank's).
+fn sum_blocks<T: Copy + std::ops::AddAssign>(blocks: &[T], out: &mut [T]) {
     let n = out.len();
     out.copy_from_slice(&blocks[..n]);
     for b in blocks[n..].chunks_exact(n) {
@@ -203,15 +203,8 @@ pub fn all_reduce_sum_f64(comm: &dyn Collectives, buf: &mut [f64], s: &mut Scrat
     if p == 1 || buf.is_empty() {
         return Ok(());
     }
-    let n = buf.len();
-    let all = fit(&mut s.f64s, p * n);
-    comm.all_gather_f64(buf, all)?;
-    buf.copy_from_slice(&all[..n]);
-    for b in all[n..].chunks_exact(n) {
-        for (o, &v) in buf.iter_mut().zip(b) {
-            *o += v;
-        }
-    }
+    let all = gather_f64(comm, buf, s)?;
+    sum_blocks(all, buf);
     Ok(())
 }
 
