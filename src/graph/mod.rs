@@ -1540,18 +1540,44 @@ impl DistCtx<'_> {
         self.comm.size() > 1
     }
 
-    /// `[local..., count]` summed over the ranks: returns the factor that turns this rank's
-    /// mean over `count` items into its share of the group's mean (`count / total`), and
-    /// the sums.
-    fn share(&mut self, sums: &mut [f64], count: usize) -> Result<f64> {
-        let n = sums.len();
-        let mut v = [0.0f64; 4];
-        v[..n].copy_from_slice(sums);
-        v[n] = count as f64;
-        all_reduce_sum_f64(self.comm, &mut v[..=n], self.scratch)?;
-        sums.copy_from_slice(&v[..n]);
-        Ok(count as f64 / v[n])
+    /// A per-item loss whose mean over this rank's `count` items is `loss` (with `hits`
+    /// of them counted correct), made the group's: the mean over every rank's items.
+    fn group_mean(&mut self, loss: f64, hits: usize, count: usize) -> Result<GroupMean> {
+        let mut v = [loss * count as f64, hits as f64, count as f64];
+        all_reduce_sum_f64(self.comm, &mut v, self.scratch)?;
+        let total = v[2] as usize;
+        Ok(GroupMean {
+            loss: v[0] / v[2],
+            hits: v[1] as usize,
+            total,
+            share: count as f64 / v[2],
+        })
     }
+
+    /// An NT-Xent result whose loss is already this rank's part of the group's mean (the
+    /// kernel divided by the group's anchor count), made the group's: the summed loss and
+    /// the mean accuracy (every rank has as many anchors).
+    fn group_ntxent(&mut self, o: NtXentOutput) -> Result<NtXentOutput> {
+        let mut v = [o.loss_f64, f64::from(o.accuracy)];
+        all_reduce_sum_f64(self.comm, &mut v, self.scratch)?;
+        Ok(NtXentOutput {
+            loss: v[0] as f32,
+            loss_f64: v[0],
+            accuracy: (v[1] / self.comm.size() as f64) as f32,
+        })
+    }
+}
+
+/// A loss averaged over a data-parallel group's items.
+struct GroupMean {
+    /// The mean over every rank's items.
+    loss: f64,
+    /// Items counted correct, over every rank.
+    hits: usize,
+    /// Items over every rank.
+    total: usize,
+    /// This rank's items over `total`: the factor of its own mean's gradient.
+    share: f64,
 }
 
 /// `v *= k`.
@@ -1720,24 +1746,19 @@ fn forward_node(
         } => {
             let s = &tensors[node.inputs[0].0].shape;
             let (m, d) = (s[0], s[1]);
+            let pairing = if *halves {
+                Pairing::Halves
+            } else {
+                Pairing::Adjacent
+            };
             let o = if mode == Mode::Train && dist.spans() && dist.local_negatives {
                 // Each rank's rows contrasted among themselves; the loss (and so the
                 // gradient) is this rank's share of the mean over the group's anchors.
-                let p = dist.comm.size();
-                let pairing = if *halves {
-                    Pairing::Halves
-                } else {
-                    Pairing::Adjacent
-                };
-                let cfg = NtXentConfig::new(*tau).pairing(pairing).mean_over(p * m);
+                let cfg = NtXentConfig::new(*tau)
+                    .pairing(pairing)
+                    .mean_over(dist.comm.size() * m);
                 let o = ws.forward_backward(x_of(0), m, d, &cfg, dz)?;
-                let mut v = [o.loss_f64, f64::from(o.accuracy)];
-                all_reduce_sum_f64(dist.comm, &mut v, dist.scratch)?;
-                NtXentOutput {
-                    loss: v[0] as f32,
-                    loss_f64: v[0],
-                    accuracy: (v[1] / p as f64) as f32,
-                }
+                dist.group_ntxent(o)?
             } else if mode == Mode::Train && dist.spans() {
                 // Every rank's z gathered (rank order); this rank's rows are the anchors,
                 // every row a candidate; the loss is the mean over all ranks' anchors; the
@@ -1758,19 +1779,8 @@ fn forward_node(
                 let dall = sized(dz_all, p * m * d);
                 let o = ws.forward_backward(all, p * m, d, &cfg, dall)?;
                 reduce_scatter_rows(dist.comm, dall, dz, dist.scratch)?;
-                let mut v = [o.loss_f64, f64::from(o.accuracy)];
-                all_reduce_sum_f64(dist.comm, &mut v, dist.scratch)?;
-                NtXentOutput {
-                    loss: v[0] as f32,
-                    loss_f64: v[0],
-                    accuracy: (v[1] / p as f64) as f32,
-                }
+                dist.group_ntxent(o)?
             } else {
-                let pairing = if *halves {
-                    Pairing::Halves
-                } else {
-                    Pairing::Adjacent
-                };
                 let cfg = NtXentConfig::new(*tau).pairing(pairing);
                 match mode {
                     Mode::Train => ws.forward_backward(x_of(0), m, d, &cfg, dz)?,
@@ -1820,16 +1830,14 @@ fn forward_node(
                 };
                 let dall = sized(dg_all, p * m * d);
                 let st = ws.forward_backward(&b, df, dall)?;
-                let mut sums = [st.loss * st.targets as f64, st.hits as f64];
-                let share = dist.share(&mut sums, st.targets)?;
-                scale_in_place(df, share);
-                scale_in_place(dall, share);
+                let g = dist.group_mean(st.loss, st.hits, st.targets)?;
+                scale_in_place(df, g.share);
+                scale_in_place(dall, g.share);
                 reduce_scatter_rows(dist.comm, dall, dg, dist.scratch)?;
-                let total = (st.targets as f64 / share).round() as usize;
                 QtStats {
-                    loss: sums[0] / total as f64,
-                    hits: sums[1] as usize,
-                    targets: total,
+                    loss: g.loss,
+                    hits: g.hits,
+                    targets: g.total,
                 }
             } else {
                 let b = QtBatch {
@@ -1874,13 +1882,11 @@ fn forward_node(
             let mut h = (pairwise_hits(a, b, d, triplets), triplets.len());
             if mode == Mode::Train && dist.spans() {
                 // The mean over the group's triplets (negatives stay in the rank's batch).
-                let mut sums = [loss * h.1 as f64, h.0 as f64];
-                let share = dist.share(&mut sums, h.1)?;
-                scale_in_place(da, share);
-                scale_in_place(db, share);
-                let total = (h.1 as f64 / share).round() as usize;
-                loss = sums[0] / total as f64;
-                h = (sums[1] as usize, total);
+                let g = dist.group_mean(loss, h.0, h.1)?;
+                scale_in_place(da, g.share);
+                scale_in_place(db, g.share);
+                loss = g.loss;
+                h = (g.hits, g.total);
             }
             *hits = Some(h);
             y[0] = loss as f32;
@@ -1901,12 +1907,9 @@ fn forward_node(
             let (mut loss, mut hits, mut rows) = (st.loss, st.correct, *n);
             if train && dist.spans() {
                 // The mean over the whole group's rows.
-                let mut sums = [loss * *n as f64, hits as f64];
-                let share = dist.share(&mut sums, *n)?;
-                scale_in_place(dlogits, share);
-                rows = (*n as f64 / share).round() as usize;
-                loss = sums[0] / rows as f64;
-                hits = sums[1] as usize;
+                let g = dist.group_mean(loss, hits, *n)?;
+                scale_in_place(dlogits, g.share);
+                (loss, hits, rows) = (g.loss, g.hits, g.total);
             }
             *correct = hits;
             *total = rows;
@@ -2106,7 +2109,10 @@ fn backward_node(
             let (gr, br) = (params[*gamma].range.clone(), params[*beta].range.clone());
             let (pg_lo, pg_hi) = param_grad.split_at_mut(br.start);
             let mut dg = Some((&mut pg_lo[gr], &mut pg_hi[..br.len()]));
-            let gam = p(*gamma);
+            let affine = BnAffine {
+                gamma: p(*gamma),
+                beta: p(*beta),
+            };
             let x = &act[x_r(0)];
             let x0 = x0.expect("one input");
             let synced = dist.sync_bn && dist.spans();
@@ -2116,10 +2122,6 @@ fn backward_node(
                 let (dgamma, dbeta) = dg.take().expect("called once");
                 let grads = BnGrads { dx, dgamma, dbeta };
                 if synced {
-                    let affine = BnAffine {
-                        gamma: gam,
-                        beta: p(*beta),
-                    };
                     let mut reduce = |buf: &mut [f64]| all_reduce_sum_f64(comm, buf, dscratch);
                     let sync = BnSync {
                         buf: &mut sync[..2 * c],
@@ -2128,13 +2130,9 @@ fn backward_node(
                     };
                     batchnorm_backward_synced(bn, affine, *relu, saved, x, dy, grads, sync)
                 } else if *relu {
-                    let affine = BnAffine {
-                        gamma: gam,
-                        beta: p(*beta),
-                    };
                     batchnorm_relu_backward(bn, affine, saved, x, dy, grads)
                 } else {
-                    batchnorm_backward(bn, gam, saved, x, dy, grads)
+                    batchnorm_backward(bn, affine.gamma, saved, x, dy, grads)
                 }
             })?;
         }
