@@ -202,6 +202,21 @@ impl Moments {
         }
     }
 
+    /// The moments as written in a [`BnSync`] buffer: count, mean, M2.
+    fn to_array(self) -> [f64; MOMENTS_PER_CHANNEL] {
+        [self.n, self.mean, self.m2]
+    }
+
+    /// The moments of one channel of a [`BnSync`] buffer.
+    fn of_channel(buf: &[f64], c: usize) -> Self {
+        let m = &buf[c * MOMENTS_PER_CHANNEL..][..MOMENTS_PER_CHANNEL];
+        Self {
+            n: m[0],
+            mean: m[1],
+            m2: m[2],
+        }
+    }
+
     /// The moments of the union of two disjoint runs.
     fn merge(self, b: Self) -> Self {
         if self.n == 0.0 {
@@ -260,7 +275,7 @@ impl std::fmt::Debug for BnSync<'_> {
 /// `out` (`3 C`): per channel the count, mean and M2 of the union, merged in rank order.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when `parts` is not whole blocks of `out.len()`, or `out` is
+/// [`Error::InvalidArgument`] when `parts` is not whole blocks of `out.len()`, or `out` is
 /// not whole channels.
 pub fn batchnorm_merge_moments(parts: &[f64], out: &mut [f64]) -> Result<()> {
     const OP: &str = "batchnorm_merge_moments";
@@ -275,16 +290,10 @@ pub fn batchnorm_merge_moments(parts: &[f64], out: &mut [f64]) -> Result<()> {
         });
     }
     for (c, o) in out.chunks_exact_mut(MOMENTS_PER_CHANNEL).enumerate() {
-        let mut acc = Moments::default();
-        for part in parts.chunks_exact(n) {
-            let m = &part[c * MOMENTS_PER_CHANNEL..][..MOMENTS_PER_CHANNEL];
-            acc = acc.merge(Moments {
-                n: m[0],
-                mean: m[1],
-                m2: m[2],
-            });
-        }
-        o.copy_from_slice(&[acc.n, acc.mean, acc.m2]);
+        let acc = parts.chunks_exact(n).fold(Moments::default(), |acc, part| {
+            acc.merge(Moments::of_channel(part, c))
+        });
+        o.copy_from_slice(&acc.to_array());
     }
     Ok(())
 }
@@ -332,10 +341,7 @@ fn train_forward_impl(
             check_len(OP, buf.len(), MOMENTS_PER_CHANNEL * bn.c)?;
             buf.par_chunks_mut(MOMENTS_PER_CHANNEL)
                 .enumerate()
-                .for_each(|(c, o)| {
-                    let acc = channel_moments(bn, x, c);
-                    o.copy_from_slice(&[acc.n, acc.mean, acc.m2]);
-                });
+                .for_each(|(c, o)| o.copy_from_slice(&channel_moments(bn, x, c).to_array()));
             reduce(buf)?;
             Some(buf)
         }
@@ -350,14 +356,7 @@ fn train_forward_impl(
         .for_each(|(c, (((sm, si), rm), rv))| {
             // The group's moments, or one read of this process's channel.
             let acc = match synced {
-                Some(g) => {
-                    let g = &g[c * MOMENTS_PER_CHANNEL..][..MOMENTS_PER_CHANNEL];
-                    Moments {
-                        n: g[0],
-                        mean: g[1],
-                        m2: g[2],
-                    }
-                }
+                Some(g) => Moments::of_channel(g, c),
                 None => channel_moments(bn, x, c),
             };
             let m = acc.n as usize;
