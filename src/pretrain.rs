@@ -218,7 +218,6 @@ impl Pretrainer {
         data: Arc<ImageSet>,
         comm: Box<dyn Collectives>,
     ) -> Result<Self> {
-        let group = Group::new(comm);
         let fingerprint = format!(
             "{cfg:?} data {} {}x{}x{} {:016x}",
             data.n,
@@ -227,7 +226,7 @@ impl Pretrainer {
             data.width,
             images_hash(&data)
         );
-        dist::check_same_config(&*group.comm, "configuration or data", &fingerprint)?;
+        let group = Group::join(comm, "configuration or data", &fingerprint)?;
         cfg.validate()?;
         let m = &cfg.model;
         if data.channels != m.in_channels
@@ -440,10 +439,7 @@ impl Pretrainer {
         metadata: &Metadata,
         keep_last: usize,
     ) -> std::result::Result<Option<PathBuf>, CheckpointError> {
-        if self.rank() != 0 {
-            return Ok(None);
-        }
-        save_run(
+        self.group.save(
             dir.as_ref(),
             self.step,
             self.cfg.method.name(),
@@ -451,9 +447,7 @@ impl Pretrainer {
             &self.opt,
             metadata,
             keep_last,
-            self.ranks(),
         )
-        .map(Some)
     }
 
     /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.
@@ -478,27 +472,6 @@ impl Pretrainer {
         }
         Ok(resumed)
     }
-}
-
-/// A training run's checkpoint: `ckpt-<step>.safetensors` in `dir` with the model, the
-/// optimizer state and `metadata` plus the step, the method's name and the number of
-/// ranks, the newest `keep_last` kept. Shared by the image and the text trainers.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn save_run(
-    dir: &Path,
-    step: u64,
-    method: &str,
-    graph: &Graph,
-    opt: &Optimizer,
-    metadata: &Metadata,
-    keep_last: usize,
-    ranks: usize,
-) -> std::result::Result<PathBuf, CheckpointError> {
-    let mut meta = metadata.clone();
-    meta.insert(STEP_KEY.into(), step.to_string());
-    meta.insert(METHOD_KEY.into(), method.into());
-    meta.insert(RANKS_KEY.into(), ranks.to_string());
-    train::save_in(dir, step, graph, Some(opt), &meta, keep_last)
 }
 
 /// Loads the newest checkpoint of `dir` into `graph` and `opt`, if there is one, and
@@ -536,18 +509,47 @@ pub(crate) fn resume_run(
     Ok(Some(step))
 }
 
-/// A trainer's process group and its reduction buffers.
+/// A trainer's process group and its reduction buffers. Shared by the image and the text
+/// trainers.
 pub(crate) struct Group {
     pub(crate) comm: Box<dyn Collectives>,
     scratch: Scratch,
 }
 
 impl Group {
-    pub(crate) fn new(comm: Box<dyn Collectives>) -> Self {
-        Self {
+    /// The group of a trainer, after checking that every rank runs the same `what` (as
+    /// its text `fingerprint`): a mismatch is the same error on every rank.
+    pub(crate) fn join(comm: Box<dyn Collectives>, what: &str, fingerprint: &str) -> Result<Self> {
+        dist::check_same_config(&*comm, what, fingerprint)?;
+        Ok(Self {
             comm,
             scratch: Scratch::default(),
+        })
+    }
+
+    /// A training run's checkpoint, written by rank 0 (the others return `Ok(None)`):
+    /// `ckpt-<step>.safetensors` in `dir` with the model, the optimizer state and
+    /// `metadata` plus the step, the method's name and the number of ranks, the newest
+    /// `keep_last` kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn save(
+        &self,
+        dir: &Path,
+        step: u64,
+        method: &str,
+        graph: &Graph,
+        opt: &Optimizer,
+        metadata: &Metadata,
+        keep_last: usize,
+    ) -> std::result::Result<Option<PathBuf>, CheckpointError> {
+        if self.comm.rank() != 0 {
+            return Ok(None);
         }
+        let mut meta = metadata.clone();
+        meta.insert(STEP_KEY.into(), step.to_string());
+        meta.insert(METHOD_KEY.into(), method.into());
+        meta.insert(RANKS_KEY.into(), self.comm.size().to_string());
+        train::save_in(dir, step, graph, Some(opt), &meta, keep_last).map(Some)
     }
 
     /// Rank 0's `value`, on every rank.
@@ -574,7 +576,7 @@ impl Group {
     /// [`resume_run`] on rank 0, the outcome agreed by all ranks, then rank 0's weights,
     /// buffers and optimizer state sent to every rank.
     pub(crate) fn resume(
-        &mut self,
+        &self,
         dir: &Path,
         method: &str,
         graph: &mut Graph,
@@ -627,10 +629,10 @@ impl Group {
         for (_, v) in &mut state {
             broadcast(v)?;
         }
-        let mut steps = vec![0u64; ranks];
-        comm.all_gather_u64(&[opt.steps()], &mut steps)
+        let steps = self
+            .root_value(opt.steps())
             .map_err(|e| failed(e.to_string()))?;
-        opt.load_state_tensors(steps[0], state)
+        opt.load_state_tensors(steps, state)
             .map_err(|e| failed(e.to_string()))?;
         Ok(Some(step))
     }
@@ -639,15 +641,15 @@ impl Group {
 /// A hash of a sample of an image set's pixels (first, middle and last image): ranks that
 /// read different files of the same shape are told apart.
 fn images_hash(set: &ImageSet) -> u64 {
-    let mut text = String::new();
-    if set.n > 0 {
-        for i in [0, set.n / 2, set.n - 1] {
-            for v in set.image(i) {
-                text.push_str(&format!("{:08x}", v.to_bits()));
-            }
-        }
-    }
-    dist::config_hash(&text)
+    let sample: &[usize] = match set.n {
+        0 => &[],
+        n => &[0, n / 2, n - 1],
+    };
+    dist::content_hash(
+        sample
+            .iter()
+            .map(|&i| bytemuck::cast_slice::<f32, u8>(set.image(i))),
+    )
 }
 
 /// Checkpoint metadata key of the number of processes of the run that wrote it.

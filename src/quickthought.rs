@@ -27,7 +27,7 @@ use crate::nn::{
     SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use crate::pretrain::{copy_by_name, save_run, Group, StepStats};
+use crate::pretrain::{copy_by_name, Group, StepStats};
 use crate::rng::{mix, shuffle, SplitMix64};
 use crate::text::{Vocab, PAD};
 use crate::train::Metadata;
@@ -232,17 +232,16 @@ impl QtTrainer {
         corpus: Arc<TokenizedCorpus>,
         comm: Box<dyn Collectives>,
     ) -> Result<Self> {
-        let group = Group::new(comm);
+        let tokens = corpus.tokens();
         let fingerprint = format!(
             "{cfg:?} corpus {} {} {:016x}",
             corpus.sentences(),
             corpus.documents(),
-            dist::config_hash(&format!(
-                "{:?}",
-                &corpus.tokens()[..corpus.tokens().len().min(4096)]
-            ))
+            dist::content_hash([bytemuck::cast_slice::<u32, u8>(
+                &tokens[..tokens.len().min(4096)]
+            )])
         );
-        dist::check_same_config(&*group.comm, "configuration or corpus", &fingerprint)?;
+        let group = Group::join(comm, "configuration or corpus", &fingerprint)?;
         cfg.encoder.validate()?;
         if cfg.batch < MIN_BATCH {
             return Err(invalid(format!(
@@ -565,10 +564,7 @@ impl QtTrainer {
         metadata: &Metadata,
         keep_last: usize,
     ) -> std::result::Result<Option<PathBuf>, CheckpointError> {
-        if self.rank() != 0 {
-            return Ok(None);
-        }
-        save_run(
+        self.group.save(
             dir.as_ref(),
             self.step,
             METHOD_NAME,
@@ -576,9 +572,7 @@ impl QtTrainer {
             &self.opt,
             metadata,
             keep_last,
-            self.ranks(),
         )
-        .map(Some)
     }
 
     /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.

@@ -224,9 +224,18 @@ pub fn gather_f64<'s>(
 
 /// A stable 64-bit hash (FNV-1a) of a configuration's text, the same on every machine.
 pub fn config_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    content_hash([text.as_bytes()])
+}
+
+/// A stable 64-bit hash (FNV-1a) of the concatenation of `parts` (a sample of a data
+/// set's bytes, for example), the same on every machine.
+pub fn content_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    parts
+        .into_iter()
+        .flatten()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// Checks that every rank runs the same configuration: all ranks gather every rank's
