@@ -25,6 +25,15 @@ pub(super) fn single_process(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `" over P processes"` for a run's closing line, empty for one process.
+pub(super) fn over_processes(ranks: usize) -> String {
+    if ranks > 1 {
+        format!(" over {ranks} processes")
+    } else {
+        String::new()
+    }
+}
+
 /// The group this process belongs to: MPI's world when started by `mpirun` (and built
 /// with the `mpi` feature), else a group of one.
 pub(super) fn process_group() -> Result<Box<dyn Collectives>> {

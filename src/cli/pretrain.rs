@@ -507,11 +507,9 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         total = trainer.root_value(total)?;
         trainer.set_schedule(schedule(total)?);
     }
-    if root {
-        start_or_resume(&args.out, args.resume, || trainer.resume_from(&args.out))?;
-    } else if args.resume {
-        trainer.resume_from(&args.out)?;
-    }
+    start_or_resume(&args.out, args.resume, root, || {
+        trainer.resume_from(&args.out)
+    })?;
     let write_config = |total: u64| -> Result<()> {
         let rc = RunConfig {
             args: args.clone(),
@@ -654,11 +652,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         steps,
         train_seconds,
         images_per_s,
-        if ranks > 1 {
-            format!(" over {ranks} processes")
-        } else {
-            String::new()
-        },
+        group::over_processes(ranks),
         knn_last
             .map(|a| format!(", kNN accuracy {:.2}%", 100.0 * a))
             .unwrap_or_default(),
@@ -718,8 +712,17 @@ pub(super) fn resumed_config<C: serde::de::DeserializeOwned>(
 pub(super) fn start_or_resume(
     out: &Path,
     resume: bool,
+    root: bool,
     resume_from: impl FnOnce() -> std::result::Result<Option<u64>, checkpoint::CheckpointError>,
 ) -> Result<()> {
+    if !root {
+        // A rank other than 0 of a data-parallel run: rank 0 checks the folder and reports;
+        // resuming is collective (rank 0 reads, every rank receives).
+        if resume {
+            resume_from()?;
+        }
+        return Ok(());
+    }
     if resume {
         match resume_from()? {
             Some(step) => eprintln!("resuming {} at step {step}", out.display()),

@@ -233,11 +233,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         total = old.total_steps;
     }
     trainer.set_schedule(make_schedule(total)?);
-    if root {
-        start_or_resume(out, args.resume, || trainer.resume_from(out))?;
-    } else if args.resume {
-        trainer.resume_from(out)?;
-    }
+    start_or_resume(out, args.resume, root, || trainer.resume_from(out))?;
     let vocab_json = vocab.to_json();
     if root {
         checkpoint::write_atomically(&vocab_path, |w| w.write_all(vocab_json.as_bytes()))?;
@@ -265,16 +261,17 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     write_config(total)?;
     if root {
         eprintln!(
-        "quick thoughts ({:?} encoder, {:?} objective): {} training documents, {} sentences ({} cut to {} tokens), vocabulary {} words, {} steps per epoch",
-        args.encoder,
-        args.objective,
-        corpus.documents(),
-        corpus.sentences(),
-        corpus.truncated(),
-        max_len,
-        vocab.len(),
-        spe
-    );
+            "quick thoughts ({:?} encoder, {:?} objective): {} training documents, {} \
+             sentences ({} cut to {} tokens), vocabulary {} words, {} steps per epoch",
+            args.encoder,
+            args.objective,
+            corpus.documents(),
+            corpus.sentences(),
+            corpus.truncated(),
+            max_len,
+            vocab.len(),
+            spe
+        );
     }
 
     let mut log = RunLog::open_on(root, out)?;
@@ -405,11 +402,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     let sentences_per_s = steps as f64 * (args.batch * ranks) as f64 / train_seconds.max(1e-9);
     eprintln!(
         "{METHOD_NAME}: {steps} steps in {train_seconds:.0} s ({sentences_per_s:.0} sentences/s{}){}; checkpoint {}",
-        if ranks > 1 {
-            format!(" over {ranks} processes")
-        } else {
-            String::new()
-        },
+        group::over_processes(ranks),
         monitor_last
             .map(|a| format!(", held-out previous/next accuracy {:.2}%", 100.0 * a))
             .unwrap_or_default(),
