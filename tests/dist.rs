@@ -72,20 +72,8 @@ fn run_of(t: &mut Pretrainer, steps: u64) -> Run {
     }
 }
 
-/// Runs `f(rank's group)` on `p` threads; results in rank order.
-fn on_ranks<T: Send>(p: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
-    let f = &f;
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = LocalGroup::new(p)
-            .into_iter()
-            .map(|c| sc.spawn(move || f(c)))
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("a rank")).collect()
-    })
-}
-
 fn group_run(cfg: &PretrainConfig, data: &Arc<ImageSet>, p: usize, steps: u64) -> Vec<Run> {
-    on_ranks(p, |c| {
+    LocalGroup::run(p, |c| {
         let mut t = Pretrainer::in_group(cfg.clone(), Arc::clone(data), Box::new(c)).unwrap();
         run_of(&mut t, steps)
     })
@@ -114,7 +102,7 @@ fn assert_same_as_one_process(method: Method, p: usize) {
     };
     let cfg = config(method, b, 3, true);
     let first = group_run(&cfg, &data, p, 1);
-    let all = on_ranks(p, |c| {
+    let all = LocalGroup::run(p, |c| {
         let mut t = Pretrainer::in_group(cfg.clone(), Arc::clone(&data), Box::new(c)).unwrap();
         run_of(&mut t, 3)
     });
@@ -231,7 +219,7 @@ fn rank_zero_writes_the_checkpoint_and_every_rank_resumes_from_it() {
     let straight = group_run(&cfg, &data, 2, 4);
     let dirs = [TempDir::new("dist-r0"), TempDir::new("dist-r1")];
     // Two steps, then a checkpoint into each rank's own folder: only rank 0's gets one.
-    on_ranks(2, |c| {
+    LocalGroup::run(2, |c| {
         let r = c.rank();
         let mut t = Pretrainer::in_group(cfg.clone(), Arc::clone(&data), Box::new(c)).unwrap();
         train_to(&mut t, 2);
@@ -241,7 +229,7 @@ fn rank_zero_writes_the_checkpoint_and_every_rank_resumes_from_it() {
     assert_eq!(std::fs::read_dir(dirs[1].path()).unwrap().count(), 0);
     // Resume: each rank is pointed at its own folder, only rank 0's holds the checkpoint,
     // and rank 1 receives rank 0's state.
-    let resumed = on_ranks(2, |c| {
+    let resumed = LocalGroup::run(2, |c| {
         let r = c.rank();
         let mut t = Pretrainer::in_group(cfg.clone(), Arc::clone(&data), Box::new(c)).unwrap();
         assert_eq!(t.resume_from(dirs[r].path()).unwrap(), Some(2));
@@ -264,7 +252,7 @@ fn rank_zero_writes_the_checkpoint_and_every_rank_resumes_from_it() {
     assert!(err.contains("2 process(es), this run has 1"), "{err}");
     // A failure on rank 0 (another method's checkpoint) is an error on every rank.
     let rot = config(Method::RotNet, 8, 4, true);
-    let errs = on_ranks(2, |c| {
+    let errs = LocalGroup::run(2, |c| {
         let r = c.rank();
         let mut t = Pretrainer::in_group(rot.clone(), Arc::clone(&data), Box::new(c)).unwrap();
         t.resume_from(dirs[r].path()).unwrap_err().to_string()
@@ -283,7 +271,7 @@ fn ranks_with_different_configurations_or_data_fail_together() {
         s
     });
     for case in ["seed", "data"] {
-        let errs = on_ranks(3, |c| {
+        let errs = LocalGroup::run(3, |c| {
             let r = c.rank();
             let mut cfg = config(Method::SimClr, 8, 3, false);
             let mut d = Arc::clone(&data);
@@ -345,7 +333,7 @@ fn quick_thoughts_in_batch_over_ranks_equals_one_process_of_the_whole_batch() {
         let mut one = QtTrainer::new(cfg(p * b), Arc::clone(&corpus)).unwrap();
         let s1 = one.train_step().unwrap();
         let g1 = one.graph().param_grads().to_vec();
-        let ranks = on_ranks(p, |c| {
+        let ranks = LocalGroup::run(p, |c| {
             let mut t = QtTrainer::in_group(cfg(b), Arc::clone(&corpus), Box::new(c)).unwrap();
             let s = t.train_step().unwrap();
             (s.loss, s.accuracy, t.graph().param_grads().to_vec())
@@ -389,7 +377,7 @@ fn quick_thoughts_pairwise_ranks_stay_in_step() {
         schedule: LrSchedule::new(1e-3, 0, 4).unwrap(),
         seed: 5,
     };
-    let runs = on_ranks(2, |c| {
+    let runs = LocalGroup::run(2, |c| {
         let mut t = QtTrainer::in_group(cfg.clone(), Arc::clone(&corpus), Box::new(c)).unwrap();
         let losses: Vec<f64> = (0..4).map(|_| t.train_step().unwrap().loss).collect();
         (losses, t.graph().params().to_vec())
@@ -425,7 +413,7 @@ fn local_negatives_contrast_each_ranks_batch_among_itself() {
             (m.graph.loss_f64(m.loss), m.graph.param_grads().to_vec())
         })
         .collect();
-    let group = on_ranks(2, |c| {
+    let group = LocalGroup::run(2, |c| {
         let mut m = simclr(&cfg, 8, 0.5, 1).unwrap();
         m.graph.set_local_negatives(true);
         m.graph
@@ -448,7 +436,7 @@ fn local_negatives_contrast_each_ranks_batch_among_itself() {
         assert!(d < 1e-5, "rank {r}: gradient differs by {d:e}");
     }
     // And the global-negatives default differs (each anchor sees the other rank's rows).
-    let global = on_ranks(2, |c| {
+    let global = LocalGroup::run(2, |c| {
         let mut m = simclr(&cfg, 8, 0.5, 1).unwrap();
         m.graph
             .input_mut(m.input)

@@ -283,44 +283,36 @@ fn a_data_parallel_step_allocates_nothing_once_warm() {
     use selfsup::dist::{all_reduce_sum, Collectives, LocalGroup, Scratch};
     use selfsup::graph::Mode;
     use selfsup::nn::{simclr, ResNetConfig};
-    let counts: Vec<usize> = std::thread::scope(|sc| {
-        let hs: Vec<_> = LocalGroup::new(2)
-            .into_iter()
-            .map(|comm| {
-                sc.spawn(move || {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
-                        let cfg = ResNetConfig {
-                            in_channels: 3,
-                            image_size: 16,
-                            widths: vec![8, 16],
-                            blocks: vec![1, 1],
-                            head_hidden: 16,
-                            head_out: 8,
-                        };
-                        let mut m = simclr(&cfg, 6, 0.5, 1).unwrap();
-                        m.graph.set_sync_batchnorm(true);
-                        let r = comm.rank();
-                        let len: usize = m.graph.shape(m.input).iter().product();
-                        let x: Vec<f32> = (0..len)
-                            .map(|k| (((k + 7 * r) * 31 % 97) as f32) / 97.0 - 0.5)
-                            .collect();
-                        m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
-                        let mut scratch = Scratch::default();
-                        allocations_during(|| {
-                            m.graph.forward_with(Mode::Train, &comm).unwrap();
-                            m.graph.backward_with(&comm).unwrap();
-                            all_reduce_sum(&comm, m.graph.param_grads_mut(), &mut scratch).unwrap();
-                            comm.broadcast_f32(m.graph.buffers_mut()).unwrap();
-                        })
-                    })
-                })
+    let counts: Vec<usize> = LocalGroup::run(2, |comm| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let cfg = ResNetConfig {
+                in_channels: 3,
+                image_size: 16,
+                widths: vec![8, 16],
+                blocks: vec![1, 1],
+                head_hidden: 16,
+                head_out: 8,
+            };
+            let mut m = simclr(&cfg, 6, 0.5, 1).unwrap();
+            m.graph.set_sync_batchnorm(true);
+            let r = comm.rank();
+            let len: usize = m.graph.shape(m.input).iter().product();
+            let x: Vec<f32> = (0..len)
+                .map(|k| (((k + 7 * r) * 31 % 97) as f32) / 97.0 - 0.5)
+                .collect();
+            m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+            let mut scratch = Scratch::default();
+            allocations_during(|| {
+                m.graph.forward_with(Mode::Train, &comm).unwrap();
+                m.graph.backward_with(&comm).unwrap();
+                all_reduce_sum(&comm, m.graph.param_grads_mut(), &mut scratch).unwrap();
+                comm.broadcast_f32(m.graph.buffers_mut()).unwrap();
             })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
     });
     assert_eq!(counts, [0, 0], "a data-parallel step allocated");
 }

@@ -65,6 +65,25 @@ impl LocalGroup {
             .collect()
     }
 
+    /// Runs `f` on `size` threads, each with one rank of a new group, and returns their
+    /// results in rank order (a rank's panic is resumed here).
+    ///
+    /// # Panics
+    /// `size == 0`, or a rank panicked.
+    pub fn run<T: Send>(size: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
+        let f = &f;
+        std::thread::scope(|sc| {
+            let ranks: Vec<_> = LocalGroup::new(size)
+                .into_iter()
+                .map(|c| sc.spawn(move || f(c)))
+                .collect();
+            ranks
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.shared
             .state
@@ -228,22 +247,11 @@ mod tests {
     use super::super::*;
     use super::*;
 
-    fn run<T: Send>(p: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
-        let f = &f;
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = LocalGroup::new(p)
-                .into_iter()
-                .map(|c| sc.spawn(move || f(c)))
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
-
     #[test]
     fn all_reduce_sums_in_rank_order_on_every_rank() {
         for p in 1..=4 {
             for len in [0, 1, 5, 7, 64] {
-                let out = run(p, |c| {
+                let out = LocalGroup::run(p, |c| {
                     let r = c.rank() as f32;
                     let mut v: Vec<f32> = (0..len).map(|i| r * 0.1 + i as f32).collect();
                     let mut s = Scratch::default();
@@ -263,7 +271,7 @@ mod tests {
     #[test]
     fn reduce_scatter_rows_is_the_adjoint_of_all_gather() {
         let p = 3;
-        let out = run(p, |c| {
+        let out = LocalGroup::run(p, |c| {
             let r = c.rank();
             // Each rank has a gradient for all 3 x 2 rows: value = 100 * from + row.
             let full: Vec<f32> = (0..6).map(|i| (100 * r + i) as f32).collect();
@@ -281,7 +289,7 @@ mod tests {
 
     #[test]
     fn gathers_broadcasts_and_config_checks() {
-        let out = run(3, |c| {
+        let out = LocalGroup::run(3, |c| {
             let r = c.rank();
             let mut all = vec![0.0f32; 6];
             c.all_gather_f32(&[r as f32, 10.0], &mut all).unwrap();
@@ -302,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_rank_that_leaves_fails_the_others_instead_of_hanging() {
-        let out = run(2, |c| {
+        let out = LocalGroup::run(2, |c| {
             if c.rank() == 1 {
                 return Ok(());
             }
