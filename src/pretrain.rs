@@ -218,15 +218,16 @@ impl Pretrainer {
         data: Arc<ImageSet>,
         comm: Box<dyn Collectives>,
     ) -> Result<Self> {
-        let fingerprint = format!(
-            "{cfg:?} data {} {}x{}x{} {:016x}",
-            data.n,
-            data.channels,
-            data.height,
-            data.width,
-            images_hash(&data)
-        );
-        let group = Group::join(comm, "configuration or data", &fingerprint)?;
+        let group = Group::join(comm, "configuration or data", || {
+            format!(
+                "{cfg:?} data {} {}x{}x{} {:016x}",
+                data.n,
+                data.channels,
+                data.height,
+                data.width,
+                images_hash(&data)
+            )
+        })?;
         cfg.validate()?;
         let m = &cfg.model;
         if data.channels != m.in_channels
@@ -518,9 +519,16 @@ pub(crate) struct Group {
 
 impl Group {
     /// The group of a trainer, after checking that every rank runs the same `what` (as
-    /// its text `fingerprint`): a mismatch is the same error on every rank.
-    pub(crate) fn join(comm: Box<dyn Collectives>, what: &str, fingerprint: &str) -> Result<Self> {
-        dist::check_same_config(&*comm, what, fingerprint)?;
+    /// its text `fingerprint()`, computed only for a group of several ranks): a mismatch is
+    /// the same error on every rank.
+    pub(crate) fn join(
+        comm: Box<dyn Collectives>,
+        what: &str,
+        fingerprint: impl FnOnce() -> String,
+    ) -> Result<Self> {
+        if comm.size() > 1 {
+            dist::check_same_config(&*comm, what, &fingerprint())?;
+        }
         Ok(Self {
             comm,
             scratch: Scratch::default(),

@@ -232,16 +232,17 @@ impl QtTrainer {
         corpus: Arc<TokenizedCorpus>,
         comm: Box<dyn Collectives>,
     ) -> Result<Self> {
-        let tokens = corpus.tokens();
-        let fingerprint = format!(
-            "{cfg:?} corpus {} {} {:016x}",
-            corpus.sentences(),
-            corpus.documents(),
-            dist::content_hash([bytemuck::cast_slice::<u32, u8>(
-                &tokens[..tokens.len().min(4096)]
-            )])
-        );
-        let group = Group::join(comm, "configuration or corpus", &fingerprint)?;
+        let group = Group::join(comm, "configuration or corpus", || {
+            let tokens = corpus.tokens();
+            format!(
+                "{cfg:?} corpus {} {} {:016x}",
+                corpus.sentences(),
+                corpus.documents(),
+                dist::content_hash([bytemuck::cast_slice::<u32, u8>(
+                    &tokens[..tokens.len().min(4096)]
+                )])
+            )
+        })?;
         cfg.encoder.validate()?;
         if cfg.batch < MIN_BATCH {
             return Err(invalid(format!(
