@@ -577,26 +577,29 @@ fn bad_shapes_and_views_are_errors() {
     assert!(matches!(err, Error::InvalidArgument { .. }));
 }
 
-/// CI runs the suite twice: once expecting AVX2 (`SELFSUP_EXPECT_ISA=avx2`) and once with
-/// `SELFSUP_FORCE_PORTABLE=1 SELFSUP_EXPECT_ISA=portable`; this fails when the run did not
-/// get the kernel it asked for.
+/// CI runs the suite with the machine's best kernels (`SELFSUP_EXPECT_ISA=avx512` or
+/// `avx2`), with `SELFSUP_FORCE_PORTABLE=1 SELFSUP_EXPECT_ISA=portable`, and on an AVX-512
+/// machine the kernel tests with `SELFSUP_FORCE_AVX2=1 SELFSUP_EXPECT_ISA=avx2`; this fails
+/// when the run did not get the kernel it asked for.
 #[test]
 fn the_kernel_asked_for_is_the_one_that_ran() {
     if dispatch::portable_forced() {
         assert_eq!(isa(), Isa::Portable);
     }
     match std::env::var("SELFSUP_EXPECT_ISA").as_deref() {
+        Ok("avx512") => assert_eq!(isa(), Isa::Avx512, "AVX-512 was asked for but not detected"),
         Ok("avx2") => assert_eq!(
             isa(),
             Isa::Avx2Fma,
             "AVX2+FMA was asked for but not detected"
         ),
         Ok("portable") => assert_eq!(isa(), Isa::Portable),
-        Ok(other) => panic!("SELFSUP_EXPECT_ISA={other}: expected avx2 or portable"),
+        Ok(other) => panic!("SELFSUP_EXPECT_ISA={other}: expected avx512, avx2 or portable"),
         Err(_) => {}
     }
     let (mr, nr) = tile_shape();
     match isa() {
+        Isa::Avx512 => assert_eq!((mr, nr), (12, 32)),
         Isa::Avx2Fma => assert_eq!((mr, nr), (6, 16)),
         Isa::Portable => assert_eq!((mr, nr), (6, 8)),
     }

@@ -228,8 +228,16 @@ pub fn conv2d_forward(
         ..Fused::default()
     };
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma && !g.is_pointwise() {
-        return direct::forward(g, x, w, bias, relu, y);
+    if !g.is_pointwise() {
+        match crate::kernels::isa() {
+            crate::kernels::Isa::Avx512 => {
+                return direct::forward::<direct::Avx512Tile>(g, x, w, bias, relu, y)
+            }
+            crate::kernels::Isa::Avx2Fma => {
+                return direct::forward::<direct::Avx2Tile>(g, x, w, bias, relu, y)
+            }
+            crate::kernels::Isa::Portable => {}
+        }
     }
     // Small images are grouped so each GEMM has about GROUP_COLS columns: the weights are
     // packed once per group instead of once per image. A group's output goes through a
@@ -306,21 +314,86 @@ fn for_each_group<A: Sync, B: Send>(
     }
 }
 
-/// Direct convolution on the AVX2 gather microkernel: no column matrix at all.
+/// Direct convolution on a gather microkernel (AVX2 6x16 or AVX-512 8x32): no column
+/// matrix at all.
 ///
-/// The input of a group of images is copied once into a zero-padded scratch; each 6-pixel x
-/// 16-channel output tile is then `sum_p x_padded[base_i + offs[p]] * W^T[p, co]` over every
+/// The input of a group of images is copied once into a zero-padded scratch; each R-pixel x
+/// L-channel output tile is then `sum_p x_padded[base_i + offs[p]] * W^T[p, co]` over every
 /// kernel tap `p = (ci, ky, kx)` (`offs[p] = (ci * Hp + ky) * Wp + kx`, `base_i` the padded
-/// position of pixel i), the six input values broadcast straight from the padded image. The
-/// weights are packed once per call into 16-channel panels. The whole depth runs in one pass
+/// position of pixel i), the R input values broadcast straight from the padded image. The
+/// weights are packed once per call into L-channel panels. The whole depth runs in one pass
 /// per tile, so every output is the same sequence of fused multiply-adds whatever the threads.
 #[cfg(target_arch = "x86_64")]
 mod direct {
     use super::{for_each_group, with_scratch, Conv2d};
     use crate::error::Result;
     use crate::kernels::gemm::avx2::gather_tile_6x16;
+    use crate::kernels::gemm::avx512::gather_tile_8x32;
     use rayon::prelude::*;
     use std::cell::RefCell;
+
+    /// The most rows and the largest tile of any [`Tile`].
+    const MAX_R: usize = 8;
+    const MAX_TILE: usize = 256;
+
+    /// A gather microkernel: `R` rows (output pixels, or taps in the weight gradient), each
+    /// its own base pointer, by `L` lanes (the channels of one weight or gradient panel).
+    pub(super) trait Tile {
+        const R: usize;
+        const L: usize;
+        /// `out[L i + j] = sum_p bases[i][offs[p]] * b[L p + j]` for `i < R`, `j < L`.
+        ///
+        /// # Safety
+        /// The CPU features of the kernel must be present; `bases.len() == R`,
+        /// `out.len() == R * L`; `offs` valid for `k` reads, `bases[i].add(o)` valid for
+        /// reading for every `i` and every `o` in `offs[..k]`, `b` valid for `k * L` reads.
+        unsafe fn run(
+            k: usize,
+            offs: *const usize,
+            bases: &[*const f32],
+            b: *const f32,
+            out: &mut [f32],
+        );
+    }
+
+    /// The AVX2+FMA 6x16 tile.
+    pub(super) struct Avx2Tile;
+    /// The AVX-512 8x32 tile.
+    pub(super) struct Avx512Tile;
+
+    impl Tile for Avx2Tile {
+        const R: usize = 6;
+        const L: usize = 16;
+        unsafe fn run(
+            k: usize,
+            offs: *const usize,
+            bases: &[*const f32],
+            b: *const f32,
+            out: &mut [f32],
+        ) {
+            let bases: &[*const f32; 6] = bases.try_into().expect("6 bases");
+            let out: &mut [f32; 96] = out.try_into().expect("a 6x16 tile");
+            // SAFETY: forwarded from the caller (AVX2+FMA present, reads in bounds).
+            unsafe { gather_tile_6x16(k, offs, bases, b, out) }
+        }
+    }
+
+    impl Tile for Avx512Tile {
+        const R: usize = 8;
+        const L: usize = 32;
+        unsafe fn run(
+            k: usize,
+            offs: *const usize,
+            bases: &[*const f32],
+            b: *const f32,
+            out: &mut [f32],
+        ) {
+            let bases: &[*const f32; 8] = bases.try_into().expect("8 bases");
+            let out: &mut [f32; 256] = out.try_into().expect("an 8x32 tile");
+            // SAFETY: forwarded from the caller (AVX-512F present, reads in bounds).
+            unsafe { gather_tile_8x32(k, offs, bases, b, out) }
+        }
+    }
 
     thread_local! {
         static FWD_PIXELS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
@@ -361,7 +434,7 @@ mod direct {
     /// the weights passes over it.
     const GROUP_BYTES: usize = 256 * 1024;
 
-    pub(super) fn forward(
+    pub(super) fn forward<T: Tile>(
         g: &Conv2d,
         x: &[f32],
         w: &[f32],
@@ -373,14 +446,15 @@ mod direct {
         let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
         let depth = g.depth();
         let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * ho * wo, g.c_in * hp * wp);
-        let panels = g.c_out.div_ceil(16);
+        let l = T::L;
+        let panels = g.c_out.div_ceil(l);
         let group = (GROUP_BYTES / (4 * ps)).clamp(1, g.n);
-        // Weights as W^T in 16-channel panels: wp[q][p * 16 + j] = W[16 q + j, p].
-        with_scratch(&WPANELS, panels * depth * 16, |wpan| {
-            for (q, panel) in wpan.chunks_exact_mut(depth * 16).enumerate() {
-                for (p, row) in panel.chunks_exact_mut(16).enumerate() {
+        // Weights as W^T in L-channel panels: wp[q][p * L + j] = W[L q + j, p].
+        with_scratch(&WPANELS, panels * depth * l, |wpan| {
+            for (q, panel) in wpan.chunks_exact_mut(depth * l).enumerate() {
+                for (p, row) in panel.chunks_exact_mut(l).enumerate() {
                     for (j, v) in row.iter_mut().enumerate() {
-                        let co = 16 * q + j;
+                        let co = l * q + j;
                         *v = if co < g.c_out { w[co * depth + p] } else { 0.0 };
                     }
                 }
@@ -390,7 +464,7 @@ mod direct {
                 tap_offsets(g, offs);
                 let offs: &[usize] = offs;
                 let one = |(xg, yg): (&[f32], &mut [f32])| {
-                    group_forward(g, xg, yg, wpan, offs, bias, relu);
+                    group_forward::<T>(g, xg, yg, wpan, offs, bias, relu);
                     Ok(())
                 };
                 for_each_group(x, xs * group, y, ys * group, one)
@@ -424,25 +498,32 @@ mod direct {
             });
     }
 
-    /// `dW (+)= sum over the batch of x_padded[pixel + tap] * dY[co, pixel]`, as 6-tap x
-    /// 16-channel tiles of `dW^T` on the gather microkernel: the rows are taps (their
-    /// offsets the kernel's six bases), the steps are the pixels of a group of images (their
-    /// padded positions the offset table) and `dY^T` is the 16-channel panel. Groups run in
+    /// `dW (+)= sum over the batch of x_padded[pixel + tap] * dY[co, pixel]`, as R-tap x
+    /// L-channel tiles of `dW^T` on the gather microkernel: the rows are taps (their
+    /// offsets the kernel's R bases), the steps are the pixels of a group of images (their
+    /// padded positions the offset table) and `dY^T` is the L-channel panel. Groups run in
     /// order and each tile adds its group sum to its own accumulator, so the result does not
     /// depend on the number of threads.
-    pub(super) fn weight_grad(g: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32], accumulate: bool) {
+    pub(super) fn weight_grad<T: Tile>(
+        g: &Conv2d,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        accumulate: bool,
+    ) {
         let (ho, wo) = (g.out_h(), g.out_w());
         let hw = ho * wo;
         let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
         let depth = g.depth();
         let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * hw, g.c_in * hp * wp);
-        let panels = g.c_out.div_ceil(16);
-        let tap_tiles = depth.div_ceil(6);
+        let (r, l) = (T::R, T::L);
+        let panels = g.c_out.div_ceil(l);
+        let tap_tiles = depth.div_ceil(r);
         let group = (WGRAD_GROUP_BYTES / (4 * ps)).clamp(1, g.n);
         with_scratch(&OFFSETS, depth, |offs| {
             tap_offsets(g, offs);
             let offs: &[usize] = offs;
-            with_scratch(&TILES, tap_tiles * panels * 96, |acc| {
+            with_scratch(&TILES, tap_tiles * panels * r * l, |acc| {
                 acc.fill(0.0);
                 for (xg, dyg) in x.chunks(xs * group).zip(dy.chunks(ys * group)) {
                     let gn = xg.len() / xs;
@@ -450,15 +531,15 @@ mod direct {
                     with_scratch(&PADDED, gn * ps, |xp| {
                         pad_into(g, xg, xp);
                         let xp: &[f32] = xp;
-                        with_scratch(&DYT, panels * npix * 16, |dyt| {
-                            // dY^T panels: dyt[q][s * 16 + j] = dY[img(s), 16 q + j, pix(s)].
-                            dyt.par_chunks_mut(npix * 16)
+                        with_scratch(&DYT, panels * npix * l, |dyt| {
+                            // dY^T panels: dyt[q][s * L + j] = dY[img(s), L q + j, pix(s)].
+                            dyt.par_chunks_mut(npix * l)
                                 .enumerate()
                                 .for_each(|(q, panel)| {
-                                    for (s, row) in panel.chunks_exact_mut(16).enumerate() {
+                                    for (s, row) in panel.chunks_exact_mut(l).enumerate() {
                                         let (img, pix) = (s / hw, s % hw);
                                         for (j, v) in row.iter_mut().enumerate() {
-                                            let co = 16 * q + j;
+                                            let co = l * q + j;
                                             *v = if co < g.c_out {
                                                 dyg[img * ys + co * hw + pix]
                                             } else {
@@ -474,54 +555,55 @@ mod direct {
                                 // The largest element read: the last tap at the last pixel.
                                 let last = pix[npix - 1] + offs[depth - 1];
                                 assert!(last < xp.len(), "direct conv: padded input too short");
-                                acc.par_chunks_mut(96)
-                                    .enumerate()
-                                    .for_each(|(task, tile_acc)| {
+                                acc.par_chunks_mut(r * l).enumerate().for_each(
+                                    |(task, tile_acc)| {
                                         let (t, q) = (task / panels, task % panels);
                                         // Taps past the last one repeat it (in bounds), never stored.
-                                        let bases: [*const f32; 6] = std::array::from_fn(|i| {
-                                            xp[offs[(6 * t + i).min(depth - 1)]..].as_ptr()
-                                        });
-                                        let mut tile = [0.0f32; 96];
-                                        // SAFETY: AVX2+FMA were detected by the caller; `pix` has
+                                        let mut bases = [std::ptr::null(); MAX_R];
+                                        for (i, b) in bases[..r].iter_mut().enumerate() {
+                                            *b = xp[offs[(r * t + i).min(depth - 1)]..].as_ptr();
+                                        }
+                                        let mut tile = [0.0f32; MAX_TILE];
+                                        // SAFETY: the caller checked the tile's CPU features; `pix` has
                                         // npix entries; every base + pixel offset is at most `last`
                                         // (both grow monotonically), which is inside `xp`; the dY^T
-                                        // panel holds npix * 16 floats.
+                                        // panel holds npix * L floats.
                                         unsafe {
-                                            gather_tile_6x16(
+                                            T::run(
                                                 npix,
                                                 pix.as_ptr(),
-                                                &bases,
-                                                dyt[q * npix * 16..].as_ptr(),
-                                                &mut tile,
+                                                &bases[..r],
+                                                dyt[q * npix * l..].as_ptr(),
+                                                &mut tile[..r * l],
                                             )
                                         };
-                                        for (a, v) in tile_acc.iter_mut().zip(tile) {
+                                        for (a, &v) in tile_acc.iter_mut().zip(&tile) {
                                             *a += v;
                                         }
-                                    });
+                                    },
+                                );
                             });
                         });
                     });
                 }
                 // Scatter the tiles of dW^T into dW (Cout x Cin*Kh*Kw).
-                for (task, tile) in acc.chunks_exact(96).enumerate() {
+                for (task, tile) in acc.chunks_exact(r * l).enumerate() {
                     let (t, q) = (task / panels, task % panels);
-                    for i in 0..6 {
-                        let p = 6 * t + i;
+                    for i in 0..r {
+                        let p = r * t + i;
                         if p >= depth {
                             break;
                         }
-                        for j in 0..16 {
-                            let co = 16 * q + j;
+                        for j in 0..l {
+                            let co = l * q + j;
                             if co >= g.c_out {
                                 break;
                             }
                             let d = &mut dw[co * depth + p];
                             *d = if accumulate {
-                                *d + tile[i * 16 + j]
+                                *d + tile[i * l + j]
                             } else {
-                                tile[i * 16 + j]
+                                tile[i * l + j]
                             };
                         }
                     }
@@ -531,7 +613,7 @@ mod direct {
     }
 
     /// One group of images: pad, then every (channel panel, pixel tile).
-    fn group_forward(
+    fn group_forward<T: Tile>(
         g: &Conv2d,
         xg: &[f32],
         yg: &mut [f32],
@@ -571,33 +653,36 @@ mod direct {
                 // kernel's reads are in bounds.
                 let last = pin[npix - 1] + offs[depth - 1];
                 assert!(last < xp.len(), "direct conv: padded input too short");
-                let mut tile = [0.0f32; 96];
-                for q in 0..g.c_out.div_ceil(16) {
-                    let panel = &wpan[q * depth * 16..][..depth * 16];
-                    let cos = (16 * q)..(16 * q + 16).min(g.c_out);
-                    for t0 in (0..npix).step_by(6) {
-                        let valid = 6.min(npix - t0);
+                let (r, l) = (T::R, T::L);
+                let mut tile = [0.0f32; MAX_TILE];
+                let mut bases = [std::ptr::null(); MAX_R];
+                for q in 0..g.c_out.div_ceil(l) {
+                    let panel = &wpan[q * depth * l..][..depth * l];
+                    let cos = (l * q)..(l * q + l).min(g.c_out);
+                    for t0 in (0..npix).step_by(r) {
+                        let valid = r.min(npix - t0);
                         // Rows past the last pixel repeat it (in bounds) and are not stored.
-                        let bases: [*const f32; 6] =
-                            std::array::from_fn(|i| xp[pin[(t0 + i).min(npix - 1)]..].as_ptr());
-                        // SAFETY: the CPU has AVX2+FMA (the caller checked `isa()`); `offs`
+                        for (i, b) in bases[..r].iter_mut().enumerate() {
+                            *b = xp[pin[(t0 + i).min(npix - 1)]..].as_ptr();
+                        }
+                        // SAFETY: the caller checked the tile's CPU features (`isa()`); `offs`
                         // has `depth` entries; every base is a pixel's padded position and
                         // every base + offset is at most `last`, which is inside `xp`
                         // (asserted above: positions and offsets grow with the pixel and the
-                        // tap); the panel holds depth * 16 floats.
+                        // tap); the panel holds depth * L floats.
                         unsafe {
-                            gather_tile_6x16(
+                            T::run(
                                 depth,
                                 offs.as_ptr(),
-                                &bases,
+                                &bases[..r],
                                 panel.as_ptr(),
-                                &mut tile,
+                                &mut tile[..r * l],
                             )
                         };
                         for co in cos.clone() {
-                            let lane = co - 16 * q;
+                            let lane = co - l * q;
                             for i in 0..valid {
-                                let mut v = tile[i * 16 + lane];
+                                let mut v = tile[i * l + lane];
                                 if let Some(b) = bias {
                                     v += b[co];
                                 }
@@ -686,8 +771,8 @@ impl PackB for GroupIm2col<'_> {
 
 /// Columns staged per step by [`interleave_panel`].
 const CH: usize = 128;
-/// Staging rows for one panel: up to 16 rows (the widest micro-panel) of CH columns.
-type Stage = [[f32; CH]; 16];
+/// Staging rows for one panel: up to 32 rows (the widest micro-panel) of CH columns.
+type Stage = [[f32; CH]; 32];
 
 /// Fills one k-major panel of width `R` from `rows` source rows (the rest zero):
 /// `panel[p * R + i] = row_i[p]`, where `fetch(i, p_off, dst)` writes row `i`'s columns
@@ -729,7 +814,9 @@ fn interleave_any(
     match width {
         6 => interleave_panel::<6>(rows, kc, panel, tmp, fetch),
         8 => interleave_panel::<8>(rows, kc, panel, tmp, fetch),
+        12 => interleave_panel::<12>(rows, kc, panel, tmp, fetch),
         16 => interleave_panel::<16>(rows, kc, panel, tmp, fetch),
+        32 => interleave_panel::<32>(rows, kc, panel, tmp, fetch),
         _ => {
             let mut fetch = fetch;
             let mut row = vec![0.0f32; kc];
@@ -778,7 +865,7 @@ impl PackA for BatchIm2col<'_> {
     }
     fn pack(&self, i0: usize, h: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
         let (hw, xs) = (self.ho * self.wo, self.g.c_in * self.g.h * self.g.w);
-        let mut tmp: Stage = [[0.0; CH]; 16];
+        let mut tmp: Stage = [[0.0; CH]; 32];
         for (q, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
             let rows = mr.min(h - q * mr);
             interleave_any(mr, rows, kc, panel, &mut tmp, |i, off, dst| {
@@ -813,7 +900,7 @@ impl PackB for BatchDyT<'_> {
         self.c_out
     }
     fn pack(&self, p0: usize, kc: usize, j0: usize, w: usize, nr: usize, out: &mut [f32]) {
-        let mut tmp: Stage = [[0.0; CH]; 16];
+        let mut tmp: Stage = [[0.0; CH]; 32];
         for (q, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
             let cols = nr.min(w - q * nr);
             interleave_any(nr, cols, kc, panel, &mut tmp, |jj, off, dst| {
@@ -848,9 +935,18 @@ pub fn conv2d_backward_weight(
     check_len("conv2d output gradient", dy.len(), g.y_len())?;
     check_len("conv2d weight gradient", dw.len(), g.w_len())?;
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma && !g.is_pointwise() && g.n > 0 {
-        direct::weight_grad(g, x, dy, dw, accumulate);
-        return Ok(());
+    if !g.is_pointwise() && g.n > 0 {
+        match crate::kernels::isa() {
+            crate::kernels::Isa::Avx512 => {
+                direct::weight_grad::<direct::Avx512Tile>(g, x, dy, dw, accumulate);
+                return Ok(());
+            }
+            crate::kernels::Isa::Avx2Fma => {
+                direct::weight_grad::<direct::Avx2Tile>(g, x, dy, dw, accumulate);
+                return Ok(());
+            }
+            crate::kernels::Isa::Portable => {}
+        }
     }
     let (ho, wo) = (g.out_h(), g.out_w());
     let a = BatchIm2col { x, g: *g, ho, wo };

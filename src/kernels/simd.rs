@@ -276,7 +276,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn avx2() -> Option<Avx2> {
-    if super::isa() == super::Isa::Avx2Fma {
+    if super::isa().has_avx2() {
         Avx2::new()
     } else {
         None

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 /// The largest `MR * NR` and `NR` of any kernel (sizes of the scratch tiles).
-const MAX_TILE: usize = 128;
+const MAX_TILE: usize = 384;
 const MAX_NR: usize = 32;
 /// Problems with fewer multiply-adds than this run on the calling thread.
 const SEQUENTIAL_BELOW: usize = 1 << 20;

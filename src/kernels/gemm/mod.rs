@@ -22,12 +22,15 @@
 //!
 //! Structure (see `loops.rs`): A and B are packed into aligned micro-panels through the
 //! [`PackA`] / [`PackB`] traits (pluggable: convolution packs straight from an image), a
-//! register-blocked microkernel chosen once at run time (AVX2+FMA 6x16 on x86_64, a portable
-//! `wide` 6x8 elsewhere or with `SELFSUP_FORCE_PORTABLE=1`) computes each tile, and the
-//! rayon-parallel loop nest splits only independent output blocks, never the K reduction.
+//! register-blocked microkernel chosen once at run time (AVX-512 12x32 or AVX2+FMA 6x16 on
+//! x86_64, a portable `wide` 6x8 elsewhere or with `SELFSUP_FORCE_PORTABLE=1`) computes
+//! each tile, and the rayon-parallel loop nest splits only independent output blocks, never
+//! the K reduction.
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 mod epilogue;
 mod kernel;
 mod loops;
@@ -230,7 +233,10 @@ fn gemm_impl(
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `c` is a checked view without self-overlap, exclusively borrowed for the
-        // call; shapes were checked above; `isa()` returns Avx2Fma only after detection.
+        // call; shapes were checked above; `isa()` returns Avx512 only after detection.
+        Isa::Avx512 => unsafe { loops::run::<avx512::Avx512>(&problem) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; `isa()` returns Avx2Fma only after detection.
         Isa::Avx2Fma => unsafe { loops::run::<avx2::Avx2Fma>(&problem) },
         // SAFETY: as above; the portable kernel needs no CPU feature.
         _ => unsafe { loops::run::<portable::Portable>(&problem) },
@@ -241,6 +247,8 @@ fn gemm_impl(
 /// The register tile `(MR, NR)` of the kernel in use (edge-case tests use it).
 pub fn tile_shape() -> (usize, usize) {
     match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (avx512::Avx512::MR, avx512::Avx512::NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => (avx2::Avx2Fma::MR, avx2::Avx2Fma::NR),
         _ => (portable::Portable::MR, portable::Portable::NR),

@@ -61,6 +61,34 @@ fn interleave_rows<const R: usize>(rows: [&[f32]; R], dst: &mut [f32]) {
     }
 }
 
+/// Packs rows `i0 .. i0 + h` (row stride `rs`, unit column stride) of `data`, columns
+/// `p0 .. p0 + kc`, into `R`-row panels, writing each panel sequentially; the rows of a last
+/// partial panel are scattered into it (its tail is zeroed by the caller).
+fn pack_rows<const R: usize>(
+    data: &[f32],
+    rs: usize,
+    i0: usize,
+    h: usize,
+    p0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    let panel = kc * R;
+    let full = h / R;
+    for q in 0..full {
+        let r = i0 + q * R;
+        let rows: [&[f32]; R] = std::array::from_fn(|i| &data[(r + i) * rs + p0..][..kc]);
+        interleave_rows(rows, &mut out[q * panel..][..panel]);
+    }
+    for i in full * R..h {
+        let dst = &mut out[full * panel..][..panel];
+        let row = &data[(i0 + i) * rs + p0..][..kc];
+        for (d, &v) in dst[i - full * R..].iter_mut().step_by(R).zip(row) {
+            *d = v;
+        }
+    }
+}
+
 impl PackA for MatRef<'_> {
     fn rows(&self) -> usize {
         MatRef::rows(self)
@@ -84,19 +112,10 @@ impl PackA for MatRef<'_> {
         } else if cs == 1 && mr == 6 {
             // Row-major A with the 6-row kernels: gather six rows per panel, writing each
             // panel sequentially.
-            let full = h / 6;
-            for q in 0..full {
-                let r = i0 + q * 6;
-                let rows: [&[f32]; 6] = std::array::from_fn(|i| &data[(r + i) * rs + p0..][..kc]);
-                interleave_rows(rows, &mut out[q * panel..][..panel]);
-            }
-            for i in full * 6..h {
-                let dst = &mut out[full * panel..][..panel];
-                let row = &data[(i0 + i) * rs + p0..][..kc];
-                for (d, &v) in dst[i - full * 6..].iter_mut().step_by(6).zip(row) {
-                    *d = v;
-                }
-            }
+            pack_rows::<6>(data, rs, i0, h, p0, kc, out);
+        } else if cs == 1 && mr == 12 {
+            // The same for the 12-row AVX-512 kernel.
+            pack_rows::<12>(data, rs, i0, h, p0, kc, out);
         } else {
             // Row-major or strided A: walk each row, scatter into its panel k-major.
             for i in 0..h {
