@@ -332,9 +332,12 @@ mod direct {
     use rayon::prelude::*;
     use std::cell::RefCell;
 
-    /// The most rows and the largest tile of any [`Tile`].
+    /// The most rows, lanes and the largest tile of any [`Tile`].
     const MAX_R: usize = 8;
+    const MAX_L: usize = 32;
     const MAX_TILE: usize = 256;
+    /// Tiles of pixels the forward pass stages before writing them out per channel.
+    const BLOCK_TILES: usize = 8;
 
     /// A gather microkernel: `R` rows (output pixels, or taps in the weight gradient), each
     /// its own base pointer, by `L` lanes (the channels of one weight or gradient panel).
@@ -654,42 +657,67 @@ mod direct {
                 let last = pin[npix - 1] + offs[depth - 1];
                 assert!(last < xp.len(), "direct conv: padded input too short");
                 let (r, l) = (T::R, T::L);
+                let pb = r * BLOCK_TILES;
                 let mut tile = [0.0f32; MAX_TILE];
                 let mut bases = [std::ptr::null(); MAX_R];
+                // A block of BLOCK_TILES tiles, channel-major: stage[lane * pb + pixel]. The
+                // tiles are pixel-major; writing them straight to the NCHW output touched L
+                // channel rows HoWo floats apart for every R pixels (4 KiB apart at 32 x 32:
+                // one L1 set, evicted and fetched again tile after tile). Through the stage,
+                // each channel's pixels of the block go out as one contiguous run.
+                let mut stage = [0.0f32; MAX_L * MAX_R * BLOCK_TILES];
                 for q in 0..g.c_out.div_ceil(l) {
                     let panel = &wpan[q * depth * l..][..depth * l];
                     let cos = (l * q)..(l * q + l).min(g.c_out);
-                    for t0 in (0..npix).step_by(r) {
-                        let valid = r.min(npix - t0);
-                        // Rows past the last pixel repeat it (in bounds) and are not stored.
-                        for (i, b) in bases[..r].iter_mut().enumerate() {
-                            *b = xp[pin[(t0 + i).min(npix - 1)]..].as_ptr();
+                    for b0 in (0..npix).step_by(pb) {
+                        let bn = pb.min(npix - b0);
+                        for t0 in (b0..b0 + bn).step_by(r) {
+                            let valid = r.min(b0 + bn - t0);
+                            // Rows past the last pixel repeat it (in bounds), never stored.
+                            for (i, b) in bases[..r].iter_mut().enumerate() {
+                                *b = xp[pin[(t0 + i).min(npix - 1)]..].as_ptr();
+                            }
+                            // SAFETY: the caller checked the tile's CPU features (`isa()`);
+                            // `offs` has `depth` entries; every base is a pixel's padded
+                            // position and every base + offset is at most `last`, which is
+                            // inside `xp` (asserted above: positions and offsets grow with
+                            // the pixel and the tap); the panel holds depth * L floats.
+                            unsafe {
+                                T::run(
+                                    depth,
+                                    offs.as_ptr(),
+                                    &bases[..r],
+                                    panel.as_ptr(),
+                                    &mut tile[..r * l],
+                                )
+                            };
+                            for (i, row) in tile[..valid * l].chunks_exact(l).enumerate() {
+                                let at = t0 - b0 + i;
+                                for (lane, &v) in row.iter().enumerate() {
+                                    stage[lane * pb + at] = v;
+                                }
+                            }
                         }
-                        // SAFETY: the caller checked the tile's CPU features (`isa()`); `offs`
-                        // has `depth` entries; every base is a pixel's padded position and
-                        // every base + offset is at most `last`, which is inside `xp`
-                        // (asserted above: positions and offsets grow with the pixel and the
-                        // tap); the panel holds depth * L floats.
-                        unsafe {
-                            T::run(
-                                depth,
-                                offs.as_ptr(),
-                                &bases[..r],
-                                panel.as_ptr(),
-                                &mut tile[..r * l],
-                            )
-                        };
+                        // Each channel's run of the block, split where an image ends.
                         for co in cos.clone() {
-                            let lane = co - l * q;
-                            for i in 0..valid {
-                                let mut v = tile[i * l + lane];
-                                if let Some(b) = bias {
-                                    v += b[co];
+                            let src = &stage[(co - l * q) * pb..][..bn];
+                            let add = bias.map(|b| b[co]);
+                            let mut j = 0;
+                            while j < bn {
+                                let pix = b0 + j;
+                                let run = (hw - pix % hw).min(bn - j);
+                                let dst = &mut yg[pout[pix] + co * hw..][..run];
+                                for (d, &v) in dst.iter_mut().zip(&src[j..j + run]) {
+                                    let mut v = v;
+                                    if let Some(b) = add {
+                                        v += b;
+                                    }
+                                    if relu && v < 0.0 {
+                                        v = 0.0;
+                                    }
+                                    *d = v;
                                 }
-                                if relu && v < 0.0 {
-                                    v = 0.0;
-                                }
-                                yg[pout[t0 + i] + co * hw] = v;
+                                j += run;
                             }
                         }
                     }
