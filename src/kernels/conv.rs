@@ -359,44 +359,41 @@ mod direct {
         );
     }
 
-    /// The AVX2+FMA 6x16 tile.
-    pub(super) struct Avx2Tile;
-    /// The AVX-512 8x32 tile.
-    pub(super) struct Avx512Tile;
+    /// A [`Tile`] named `$name` of `$r` rows by `$l` lanes on the kernel `$kernel`, which
+    /// takes `&[*const f32; $r]` bases and a `&mut [f32; $r * $l]` tile.
+    macro_rules! tile {
+        ($(#[$doc:meta])* $name:ident, $r:literal, $l:literal, $kernel:ident) => {
+            $(#[$doc])*
+            pub(super) struct $name;
 
-    impl Tile for Avx2Tile {
-        const R: usize = 6;
-        const L: usize = 16;
-        unsafe fn run(
-            k: usize,
-            offs: *const usize,
-            bases: &[*const f32],
-            b: *const f32,
-            out: &mut [f32],
-        ) {
-            let bases: &[*const f32; 6] = bases.try_into().expect("6 bases");
-            let out: &mut [f32; 96] = out.try_into().expect("a 6x16 tile");
-            // SAFETY: forwarded from the caller (AVX2+FMA present, reads in bounds).
-            unsafe { gather_tile_6x16(k, offs, bases, b, out) }
-        }
+            impl Tile for $name {
+                const R: usize = $r;
+                const L: usize = $l;
+                unsafe fn run(
+                    k: usize,
+                    offs: *const usize,
+                    bases: &[*const f32],
+                    b: *const f32,
+                    out: &mut [f32],
+                ) {
+                    let bases: &[*const f32; $r] = bases.try_into().expect("R bases");
+                    let out: &mut [f32; $r * $l] = out.try_into().expect("an R x L tile");
+                    // SAFETY: forwarded from the caller (the kernel's CPU features are
+                    // present, every read is in bounds).
+                    unsafe { $kernel(k, offs, bases, b, out) }
+                }
+            }
+        };
     }
 
-    impl Tile for Avx512Tile {
-        const R: usize = 8;
-        const L: usize = 32;
-        unsafe fn run(
-            k: usize,
-            offs: *const usize,
-            bases: &[*const f32],
-            b: *const f32,
-            out: &mut [f32],
-        ) {
-            let bases: &[*const f32; 8] = bases.try_into().expect("8 bases");
-            let out: &mut [f32; 256] = out.try_into().expect("an 8x32 tile");
-            // SAFETY: forwarded from the caller (AVX-512F present, reads in bounds).
-            unsafe { gather_tile_8x32(k, offs, bases, b, out) }
-        }
-    }
+    tile!(
+        /// The AVX2+FMA 6x16 tile.
+        Avx2Tile, 6, 16, gather_tile_6x16
+    );
+    tile!(
+        /// The AVX-512 8x32 tile.
+        Avx512Tile, 8, 32, gather_tile_8x32
+    );
 
     thread_local! {
         static FWD_PIXELS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
