@@ -640,15 +640,10 @@ mod direct {
                     }
                 }
             }
-            with_scratch(&FWD_PIXELS, 2 * npix, |pix| {
-                // For each output pixel j of the group: its padded input position, and where
-                // its channel 0 goes in the output (no divisions in the tile loop).
-                let (pin, pout) = pix.split_at_mut(npix);
+            with_scratch(&FWD_PIXELS, npix, |pin| {
+                // For each output pixel j of the group: its padded input position.
                 pixel_positions(g, pin);
-                for (j, o) in pout.iter_mut().enumerate() {
-                    *o = (j / hw) * g.c_out * hw + j % hw;
-                }
-                let (pin, pout): (&[usize], &[usize]) = (pin, pout);
+                let pin: &[usize] = pin;
                 // Largest offset read: the last tap from the last pixel; checked once so the
                 // kernel's reads are in bounds.
                 let last = pin[npix - 1] + offs[depth - 1];
@@ -701,9 +696,9 @@ mod direct {
                             let add = bias.map(|b| b[co]);
                             let mut j = 0;
                             while j < bn {
-                                let pix = b0 + j;
-                                let run = (hw - pix % hw).min(bn - j);
-                                let dst = &mut yg[pout[pix] + co * hw..][..run];
+                                let (img, at) = ((b0 + j) / hw, (b0 + j) % hw);
+                                let run = (hw - at).min(bn - j);
+                                let dst = &mut yg[(img * g.c_out + co) * hw + at..][..run];
                                 for (d, &v) in dst.iter_mut().zip(&src[j..j + run]) {
                                     let mut v = v;
                                     if let Some(b) = add {
