@@ -368,6 +368,16 @@ impl Pretrainer {
     /// A batch of another step or size; a loss that is not finite (the step is named, the
     /// parameters are left as they were before the step).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
+        // The whole step runs on the pool (see `kernels::on_pool`), unless the group's
+        // other ranks are threads of this process waiting on the same pool.
+        if self.group.comm.ranks_share_the_pool() {
+            self.train_step_on_pool(batch)
+        } else {
+            crate::kernels::on_pool(|| self.train_step_on_pool(batch))
+        }
+    }
+
+    fn train_step_on_pool(&mut self, batch: &Batch) -> Result<StepStats> {
         if batch.step != self.step {
             return Err(invalid(format!(
                 "the batch is for step {}, the run is at step {}",

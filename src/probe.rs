@@ -844,7 +844,8 @@ impl LogisticRegression {
             }
         }
         let mut prob = Problem::new(x, n, dim, labels, classes, cfg.lambda);
-        let info = lbfgs(&mut prob, &mut theta, cfg)?;
+        // L-BFGS evaluates the objective with rayon many times: on the pool, one hand-over.
+        let info = crate::kernels::on_pool(|| lbfgs(&mut prob, &mut theta, cfg))?;
         let nw = classes * dim;
         Ok(Self {
             weights: theta[..nw].iter().map(|&t| t as f32).collect(),

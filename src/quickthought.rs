@@ -469,6 +469,16 @@ impl QtTrainer {
     /// # Errors
     /// A non-finite loss (the weights are left as they were before the update).
     pub fn train_step(&mut self) -> Result<StepStats> {
+        // The whole step runs on the pool (see `kernels::on_pool`), unless the group's
+        // other ranks are threads of this process waiting on the same pool.
+        if self.group.comm.ranks_share_the_pool() {
+            self.train_step_on_pool()
+        } else {
+            crate::kernels::on_pool(|| self.train_step_on_pool())
+        }
+    }
+
+    fn train_step_on_pool(&mut self) -> Result<StepStats> {
         self.prepare_batch(self.step)?;
         let m = &mut self.model;
         let g = &mut m.graph;

@@ -50,6 +50,13 @@ pub trait Collectives: Send {
     /// # Errors
     /// A failed transport.
     fn broadcast_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Whether other ranks of the group are threads of this process (false by default).
+    /// Such a rank must not wait for its peers on a thread of the shared rayon pool: with
+    /// more ranks than pool threads, a rank waiting there would hold a thread that a peer
+    /// needs to arrive. The trainers keep such a rank's step on its own thread.
+    fn ranks_share_the_pool(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn invalid(msg: String) -> Error {

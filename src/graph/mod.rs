@@ -1214,7 +1214,7 @@ impl Graph {
     /// # Errors
     /// A kernel error (non-finite input to a loss, for example), naming the node.
     pub fn forward(&mut self, mode: Mode) -> Result<()> {
-        self.forward_nodes(mode, self.nodes.len(), &SingleProcess)
+        crate::kernels::on_pool(|| self.forward_nodes(mode, self.nodes.len(), &SingleProcess))
     }
 
     /// The forward of one rank of a data-parallel group (`comm`), each rank holding its
@@ -1261,7 +1261,7 @@ impl Graph {
             .iter()
             .position(|n| n.output == t)
             .expect("every tensor has a producer");
-        self.forward_nodes(mode, last + 1, &SingleProcess)
+        crate::kernels::on_pool(|| self.forward_nodes(mode, last + 1, &SingleProcess))
     }
 
     /// Whether the evaluation forward folds each BatchNorm into the convolution before it
@@ -1387,7 +1387,7 @@ impl Graph {
     /// # Errors
     /// When the last forward was not a full training forward, or a kernel error.
     pub fn backward(&mut self) -> Result<()> {
-        self.backward_with(&SingleProcess)
+        crate::kernels::on_pool(|| self.backward_with(&SingleProcess))
     }
 
     /// The backward of [`Graph::forward_with`], with the same group: synchronized
