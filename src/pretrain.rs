@@ -371,13 +371,13 @@ impl Pretrainer {
         // The whole step runs on the pool (see `kernels::on_pool`), unless the group's
         // other ranks are threads of this process waiting on the same pool.
         if self.group.comm.ranks_share_the_pool() {
-            self.train_step_on_pool(batch)
+            self.train_step_here(batch)
         } else {
-            crate::kernels::on_pool(|| self.train_step_on_pool(batch))
+            crate::kernels::on_pool(|| self.train_step_here(batch))
         }
     }
 
-    fn train_step_on_pool(&mut self, batch: &Batch) -> Result<StepStats> {
+    fn train_step_here(&mut self, batch: &Batch) -> Result<StepStats> {
         if batch.step != self.step {
             return Err(invalid(format!(
                 "the batch is for step {}, the run is at step {}",

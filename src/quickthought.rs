@@ -472,13 +472,13 @@ impl QtTrainer {
         // The whole step runs on the pool (see `kernels::on_pool`), unless the group's
         // other ranks are threads of this process waiting on the same pool.
         if self.group.comm.ranks_share_the_pool() {
-            self.train_step_on_pool()
+            self.train_step_here()
         } else {
-            crate::kernels::on_pool(|| self.train_step_on_pool())
+            crate::kernels::on_pool(|| self.train_step_here())
         }
     }
 
-    fn train_step_on_pool(&mut self) -> Result<StepStats> {
+    fn train_step_here(&mut self) -> Result<StepStats> {
         self.prepare_batch(self.step)?;
         let m = &mut self.model;
         let g = &mut m.graph;

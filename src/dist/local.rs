@@ -240,6 +240,7 @@ impl Collectives for LocalGroup {
             },
         )
     }
+
     fn ranks_share_the_pool(&self) -> bool {
         self.shared.size > 1
     }
