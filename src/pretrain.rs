@@ -368,13 +368,8 @@ impl Pretrainer {
     /// A batch of another step or size; a loss that is not finite (the step is named, the
     /// parameters are left as they were before the step).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
-        // The whole step runs on the pool (see `kernels::on_pool`), unless the group's
-        // other ranks are threads of this process waiting on the same pool.
-        if self.group.comm.ranks_share_the_pool() {
-            self.train_step_here(batch)
-        } else {
-            crate::kernels::on_pool(|| self.train_step_here(batch))
-        }
+        let on_pool = self.group.steps_on_pool();
+        run_step(on_pool, || self.train_step_here(batch))
     }
 
     fn train_step_here(&mut self, batch: &Batch) -> Result<StepStats> {
@@ -527,7 +522,24 @@ pub(crate) struct Group {
     scratch: Scratch,
 }
 
+/// Runs a trainer's step: on the rayon pool (see `kernels::on_pool`) when `on_pool`, in
+/// place otherwise (the answer of [`Group::steps_on_pool`]).
+pub(crate) fn run_step<R: Send>(on_pool: bool, step: impl FnOnce() -> R + Send) -> R {
+    if on_pool {
+        crate::kernels::on_pool(step)
+    } else {
+        step()
+    }
+}
+
 impl Group {
+    /// Whether a step moves onto the pool: yes, unless the group's other ranks are threads
+    /// of this process sharing the same pool, where a rank waiting for its peers on a pool
+    /// thread could leave none free to run them (a deadlock).
+    pub(crate) fn steps_on_pool(&self) -> bool {
+        !self.comm.ranks_share_the_pool()
+    }
+
     /// The group of a trainer, after checking that every rank runs the same `what` (as
     /// its text `fingerprint()`, computed only for a group of several ranks): a mismatch is
     /// the same error on every rank.

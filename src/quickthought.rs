@@ -469,13 +469,8 @@ impl QtTrainer {
     /// # Errors
     /// A non-finite loss (the weights are left as they were before the update).
     pub fn train_step(&mut self) -> Result<StepStats> {
-        // The whole step runs on the pool (see `kernels::on_pool`), unless the group's
-        // other ranks are threads of this process waiting on the same pool.
-        if self.group.comm.ranks_share_the_pool() {
-            self.train_step_here()
-        } else {
-            crate::kernels::on_pool(|| self.train_step_here())
-        }
+        let on_pool = self.group.steps_on_pool();
+        crate::pretrain::run_step(on_pool, || self.train_step_here())
     }
 
     fn train_step_here(&mut self) -> Result<StepStats> {
