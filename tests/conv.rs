@@ -127,8 +127,12 @@ fn resnet_mini_layers_match_reference() {
         Conv2d::new(20, 8, 16, 16, 8, 3, 2, 1),
         Conv2d::new(20, 8, 8, 8, 8, 1, 1, 0),
         // Large images: the weight gradient sums over several groups of images (1 MiB of
-        // padded input each), the forward pass over several groups too.
+        // padded input and transposed output gradient each), the forward pass over several
+        // groups too.
         Conv2d::new(6, 16, 64, 64, 8, 3, 1, 1),
+        // More groups of the weight gradient (18, two images each) than chunks (16): some
+        // chunks sum two groups.
+        Conv2d::new(36, 16, 48, 48, 8, 3, 1, 1),
     ] {
         check_all(&g, 7).unwrap();
     }
@@ -216,6 +220,7 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(40, 8, 8, 8, 16, 3, 1, 1),
         Conv2d::new(40, 8, 16, 16, 16, 3, 2, 1),
         Conv2d::new(6, 16, 64, 64, 8, 3, 1, 1),
+        Conv2d::new(36, 16, 48, 48, 8, 3, 1, 1),
     ] {
         let one = run_all(&g, 1);
         for t in [2, 3] {
