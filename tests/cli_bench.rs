@@ -341,3 +341,55 @@ fn memory_probe_json_shape_and_baseline_compatibility() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn scaling_reports_both_pools_and_the_median_pair_ratio() {
+    let out = selfsup(&[
+        "bench",
+        "--only",
+        "sgemm_256",
+        "--warmup",
+        "1",
+        "--reps",
+        "3",
+        "--scaling",
+        "1,2",
+        "--json",
+        "-",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pure JSON on stdout");
+    assert_eq!(v["scaling"], serde_json::json!([1, 2]));
+    let w = &v["workloads"]["sgemm_256"];
+    let seconds = w["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 2);
+    assert!(seconds.iter().all(|s| s.as_f64().unwrap() > 0.0), "{w}");
+    let (s, lo, hi) = (
+        w["speedup"].as_f64().unwrap(),
+        w["speedup_min"].as_f64().unwrap(),
+        w["speedup_max"].as_f64().unwrap(),
+    );
+    assert!(lo > 0.0 && lo <= s && s <= hi, "{w}");
+    assert_eq!(w["pairs"], 3);
+    // The table went to stderr, with the workload's row.
+    assert!(text(&out.stderr).contains("sgemm_256"));
+}
+
+#[test]
+fn scaling_rejects_bad_thread_counts_and_conflicting_flags() {
+    assert_one_line_error(&[QUICK, &["--scaling", "1"]].concat(), "two thread counts");
+    assert_one_line_error(
+        &[QUICK, &["--scaling", "1,2,3"]].concat(),
+        "two thread counts",
+    );
+    assert_one_line_error(&[QUICK, &["--scaling", "2,2"]].concat(), "must differ");
+    assert_one_line_error(&[QUICK, &["--scaling", "0,2"]].concat(), "--scaling");
+    assert_one_line_error(
+        &[QUICK, &["--scaling", "1,2", "--threads", "2"]].concat(),
+        "--threads",
+    );
+    assert_one_line_error(
+        &["bench", "--only", "ntxent_n16384_d128", "--scaling", "1,2"],
+        "memory probes",
+    );
+}

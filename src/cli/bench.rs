@@ -37,6 +37,7 @@ Examples:
   selfsup bench --reference matrixmultiply --threads 2 --json mm.json
   python3 ../shared/anchors/compare.py ours.json mm.json
   selfsup bench --baseline main.json --tolerance 0.05   fail (exit 1) on a >5% slowdown
+  selfsup bench --scaling 1,2 --reps 9 --only simclr_step_*   speed-up from 1 to 2 threads
 
 Exit status: 0 on success, 1 when a workload is slower than --baseline allows,
 2 on any error (bad flag, unreadable or malformed file, failed run).";
@@ -82,6 +83,18 @@ pub struct BenchArgs {
     /// Implementation to time: this crate's kernels or matrixmultiply (for side-by-side runs)
     #[arg(long, value_enum, value_name = "IMPL", default_value_t = Reference::Selfsup)]
     pub reference: Reference,
+
+    /// Time each workload on pools of T1 and T2 threads, repetitions alternated, and report
+    /// the speed-up (the median of the pairs' time ratios)
+    #[arg(
+        long,
+        value_name = "T1,T2",
+        value_delimiter = ',',
+        num_args = 1,
+        value_parser = at_least_one,
+        conflicts_with_all = ["threads", "baseline", "reference"]
+    )]
+    pub scaling: Vec<usize>,
 
     /// Print the (selected) workloads, one per line: name, then what one operation is; exit
     #[arg(long)]
@@ -218,7 +231,7 @@ pub fn median(xs: &[f64]) -> f64 {
 }
 
 /// Runs `op` `n` times and returns the seconds per operation.
-fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
+pub(crate) fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
     let start = Instant::now();
     for _ in 0..n {
         op()?;
@@ -328,6 +341,39 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         return Ok(Status::Success);
     }
     ensure!(!selected.is_empty(), "no workload to run");
+    if !args.scaling.is_empty() {
+        let &[t1, t2] = args.scaling.as_slice() else {
+            bail!(
+                "--scaling: expected two thread counts, e.g. --scaling 1,2 (got {})",
+                args.scaling.len()
+            );
+        };
+        ensure!(
+            !selected.workloads.is_empty(),
+            "--scaling: no timed workload selected (the memory probes are not timed)"
+        );
+        if !selected.probes.is_empty() {
+            eprintln!("note: --scaling skips the memory probes");
+        }
+        let json_stdout = args.json.as_deref() == Some(Path::new("-"));
+        if let Some(path) = args.json.as_deref().filter(|_| !json_stdout) {
+            check_json_target(path)?;
+        }
+        let mut out: Box<dyn Write> = if json_stdout {
+            Box::new(io::stderr())
+        } else {
+            Box::new(io::stdout())
+        };
+        super::scaling::run(
+            &selected.workloads,
+            [t1, t2],
+            args.warmup,
+            args.reps,
+            args.json.as_deref(),
+            &mut out,
+        )?;
+        return Ok(Status::Success);
+    }
 
     // Validate every input before the (long) measurement.
     let baseline = match &args.baseline {

@@ -17,6 +17,7 @@ mod pretrain;
 mod preview;
 mod probe;
 mod report;
+mod scaling;
 mod text;
 mod workloads;
 

@@ -37,7 +37,7 @@ impl Reference {
 }
 
 /// One operation, set up and ready: each call runs it once. Inputs live in the closure.
-pub type Runnable = Box<dyn FnMut() -> Result<()>>;
+pub type Runnable = Box<dyn FnMut() -> Result<()> + Send>;
 
 /// The setup closure of a workload: allocates and fills the inputs for one reference.
 type Setup = Box<dyn Fn(Reference) -> Result<Runnable> + Send + Sync>;
