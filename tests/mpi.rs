@@ -139,7 +139,14 @@ fn p_ranks_of_batch_b_train_as_one_process_of_batch_p_times_b() {
                 .sum();
             let den: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum();
             let rel = (num / den.max(1e-30)).sqrt();
-            assert!(rel < 1e-4, "P = {p}: tensor {n1} differs by {rel:e}");
+            // One process and P ranks sum the same gradients in another order (the weight
+            // gradient's chunks of images, the all-reduce), so the first step differs by
+            // rounding (about 1e-8); a pre-activation near zero can then fall on the other
+            // side of a ReLU, and the BatchNorm biases, whose norm after 3 steps from zero
+            // is tiny, move by up to a few 1e-4 of it (measured 2026-12-03: 4.4e-4 at P = 3,
+            // 2e-6 at P = 2). A wrong reduction (a rank's gradient dropped, summed instead
+            // of averaged) moves those biases by their whole size.
+            assert!(rel < 2e-3, "P = {p}: tensor {n1} differs by {rel:e}");
         }
         // Rank 0 alone writes the folder: the checkpoint, its config and log, no stray
         // temporary files of other ranks.
