@@ -341,40 +341,14 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         return Ok(Status::Success);
     }
     ensure!(!selected.is_empty(), "no workload to run");
-    if !args.scaling.is_empty() {
-        let &[t1, t2] = args.scaling.as_slice() else {
-            bail!(
-                "--scaling: expected two thread counts, e.g. --scaling 1,2 (got {})",
-                args.scaling.len()
-            );
-        };
-        ensure!(
-            !selected.workloads.is_empty(),
-            "--scaling: no timed workload selected (the memory probes are not timed)"
-        );
-        if !selected.probes.is_empty() {
-            eprintln!("note: --scaling skips the memory probes");
-        }
-        let json_stdout = args.json.as_deref() == Some(Path::new("-"));
-        if let Some(path) = args.json.as_deref().filter(|_| !json_stdout) {
-            check_json_target(path)?;
-        }
-        let mut out: Box<dyn Write> = if json_stdout {
-            Box::new(io::stderr())
-        } else {
-            Box::new(io::stdout())
-        };
-        super::scaling::run(
-            &selected.workloads,
-            [t1, t2],
-            args.warmup,
-            args.reps,
-            args.json.as_deref(),
-            &mut out,
-        )?;
-        return Ok(Status::Success);
-    }
-
+    let scaling = match args.scaling.as_slice() {
+        [] => None,
+        &[t1, t2] => Some([t1, t2]),
+        more => bail!(
+            "--scaling: expected two thread counts, e.g. --scaling 1,2 (got {})",
+            more.len()
+        ),
+    };
     // Validate every input before the (long) measurement.
     let baseline = match &args.baseline {
         Some(path) => {
@@ -397,6 +371,32 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         check_json_target(path)?;
     }
 
+    // The table goes to stdout, unless stdout carries the JSON.
+    let mut out: Box<dyn Write + Send> = if json_stdout {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    };
+    if let Some(threads) = scaling {
+        ensure!(
+            !selected.workloads.is_empty(),
+            "--scaling: no timed workload selected (the memory probes are not timed)"
+        );
+        if !selected.probes.is_empty() {
+            eprintln!("note: --scaling skips the memory probes");
+        }
+        let json = args.json.as_deref();
+        super::scaling::run(
+            &selected.workloads,
+            threads,
+            args.warmup,
+            args.reps,
+            json,
+            &mut out,
+        )?;
+        return Ok(Status::Success);
+    }
+
     let threads = args.threads.unwrap_or_else(default_threads);
     if args.reference == Reference::Matrixmultiply {
         // matrixmultiply reads this once, at its first call; no thread has started yet.
@@ -414,12 +414,6 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         .build()
         .with_context(|| format!("--threads {threads}: cannot start the thread pool"))?;
 
-    // The table goes to stdout, unless stdout carries the JSON.
-    let mut out: Box<dyn Write + Send> = if json_stdout {
-        Box::new(io::stderr())
-    } else {
-        Box::new(io::stdout())
-    };
     let isa = selfsup::kernels::isa().name();
     let name_width = selected
         .workloads

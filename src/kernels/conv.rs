@@ -500,6 +500,32 @@ mod direct {
             });
     }
 
+    /// The per-image sizes of a geometry the weight gradient works with.
+    struct Sizes {
+        /// Output pixels.
+        hw: usize,
+        /// Taps, `Cin * Kh * Kw`.
+        depth: usize,
+        /// Input, output and zero-padded input floats.
+        xs: usize,
+        ys: usize,
+        ps: usize,
+    }
+
+    impl Sizes {
+        fn of(g: &Conv2d) -> Self {
+            let hw = g.out_h() * g.out_w();
+            let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+            Self {
+                hw,
+                depth: g.depth(),
+                xs: g.c_in * g.h * g.w,
+                ys: g.c_out * hw,
+                ps: g.c_in * hp * wp,
+            }
+        }
+    }
+
     /// `dW (+)= sum over the batch of x_padded[pixel + tap] * dY[co, pixel]`, as R-tap x
     /// L-channel tiles of `dW^T` on the gather microkernel: the rows are taps (their
     /// offsets the kernel's R bases), the steps are the pixels of a group of images (their
@@ -520,10 +546,13 @@ mod direct {
         dw: &mut [f32],
         accumulate: bool,
     ) {
-        let hw = g.out_h() * g.out_w();
-        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
-        let depth = g.depth();
-        let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * hw, g.c_in * hp * wp);
+        let Sizes {
+            hw,
+            depth,
+            xs,
+            ys,
+            ps,
+        } = Sizes::of(g);
         let (r, l) = (T::R, T::L);
         let panels = g.c_out.div_ceil(l);
         let tiles = depth.div_ceil(r) * panels;
@@ -599,10 +628,13 @@ mod direct {
         acc: &mut [f32],
         parallel: bool,
     ) {
-        let hw = g.out_h() * g.out_w();
-        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
-        let depth = g.depth();
-        let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * hw, g.c_in * hp * wp);
+        let Sizes {
+            hw,
+            depth,
+            xs,
+            ys,
+            ps,
+        } = Sizes::of(g);
         let (r, l) = (T::R, T::L);
         let panels = g.c_out.div_ceil(l);
         let gn = xg.len() / xs;
