@@ -1183,23 +1183,32 @@ impl PackB for GroupRows<'_> {
 fn col2im(g: &Conv2d, ho: usize, wo: usize, cols: &[f32], ld: usize, dx: &mut [f32]) {
     dx.fill(0.0);
     let (sh, sw) = g.stride;
+    let (ph, pw) = g.pad;
+    // The outputs `o` whose input position `o * s + k - p` lies in `0..n`: `lo..hi`.
+    let valid = |k: usize, s: usize, p: usize, n: usize, outs: usize| {
+        let lo = p.saturating_sub(k).div_ceil(s);
+        let hi = (n + p).saturating_sub(k).div_ceil(s).min(outs);
+        (lo, hi.max(lo))
+    };
     for ci in 0..g.c_in {
         let plane = &mut dx[ci * g.h * g.w..][..g.h * g.w];
         for ky in 0..g.kh {
+            let (oy0, oy1) = valid(ky, sh, ph, g.h, ho);
             for kx in 0..g.kw {
+                let (ox0, ox1) = valid(kx, sw, pw, g.w, wo);
+                if ox0 == ox1 {
+                    continue;
+                }
                 let p = (ci * g.kh + ky) * g.kw + kx;
                 let row = &cols[p * ld..][..ho * wo];
-                for oy in 0..ho {
-                    let iy = (oy * sh + ky) as isize - g.pad.0 as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let dst = &mut plane[iy as usize * g.w..][..g.w];
-                    for ox in 0..wo {
-                        let ix = (ox * sw + kx) as isize - g.pad.1 as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += row[oy * wo + ox];
-                        }
+                for oy in oy0..oy1 {
+                    let iy = oy * sh + ky - ph;
+                    // Input columns ox * sw + kx - pw for ox in ox0..ox1, all in bounds.
+                    let start = ox0 * sw + kx - pw;
+                    let dst = &mut plane[iy * g.w + start..][..(ox1 - ox0 - 1) * sw + 1];
+                    let src = &row[oy * wo + ox0..oy * wo + ox1];
+                    for (d, &v) in dst.iter_mut().step_by(sw).zip(src) {
+                        *d += v;
                     }
                 }
             }
