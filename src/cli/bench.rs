@@ -231,7 +231,7 @@ pub fn median(xs: &[f64]) -> f64 {
 }
 
 /// Runs `op` `n` times and returns the seconds per operation.
-pub(crate) fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
+fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
     let start = Instant::now();
     for _ in 0..n {
         op()?;
@@ -242,29 +242,58 @@ pub(crate) fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
 /// Warm-ups, then the timed repetitions of one workload.
 fn measure(w: &Workload, reference: Reference, warmup: usize, reps: usize) -> Result<Measurement> {
     let mut op = w.setup(reference)?;
-    let run_err = || format!("running workload '{}'", w.name);
-    // The first warm-up is one operation; later ones are full repetitions, and the last
-    // one decides the repetition size. Warm-ups go on until they have lasted MIN_WARMUP in
-    // all, so the threads are awake and the clock has ramped before the first timed rep.
-    let started = Instant::now();
-    let mut n = ops_per_rep(time_ops(&mut op, 1).with_context(run_err)?, MIN_REP_SECONDS);
-    let mut done = 1;
-    while done < warmup || started.elapsed().as_secs_f64() < MIN_WARMUP_SECONDS {
-        n = ops_per_rep(time_ops(&mut op, n).with_context(run_err)?, MIN_REP_SECONDS);
-        done += 1;
-    }
+    let n = warm_up(&mut op, warmup, w.name)?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
-        times.push(time_ops(&mut op, n).with_context(run_err)?);
+        times.push(time_rep(&mut op, n, w.name)?);
     }
+    let (min_seconds, max_seconds) = min_max(&times);
     Ok(Measurement {
         name: w.name.to_string(),
         work: w.work,
         seconds: median(&times),
-        min_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
-        max_seconds: times.iter().copied().fold(0.0, f64::max),
+        min_seconds,
+        max_seconds,
         ops_per_rep: n,
     })
+}
+
+/// Warms up the operation of workload `name` and returns how many operations one timed
+/// repetition runs. The first warm-up is one operation; later ones are full repetitions,
+/// and the last one decides the repetition size. Warm-ups go on until there have been
+/// `warmup` of them and they have lasted [`MIN_WARMUP_SECONDS`] in all, so the threads are
+/// awake and the clock has ramped before the first timed repetition.
+pub(crate) fn warm_up(op: &mut Runnable, warmup: usize, name: &str) -> Result<u64> {
+    let started = Instant::now();
+    let mut n = ops_per_rep(time_rep(op, 1, name)?, MIN_REP_SECONDS);
+    let mut done = 1;
+    while done < warmup || started.elapsed().as_secs_f64() < MIN_WARMUP_SECONDS {
+        n = ops_per_rep(time_rep(op, n, name)?, MIN_REP_SECONDS);
+        done += 1;
+    }
+    Ok(n)
+}
+
+/// [`time_ops`], an error naming workload `name`.
+pub(crate) fn time_rep(op: &mut Runnable, n: u64, name: &str) -> Result<f64> {
+    time_ops(op, n).with_context(|| format!("running workload '{name}'"))
+}
+
+/// The smallest and the largest of a non-empty list.
+pub fn min_max(xs: &[f64]) -> (f64, f64) {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    (min, xs.iter().copied().fold(0.0, f64::max))
+}
+
+/// Writes a JSON report to `path` (`-`: standard output).
+pub(crate) fn write_json(path: &Path, text: &str) -> Result<()> {
+    if path == Path::new("-") {
+        io::stdout().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write --json file '{}'", path.display()))?;
+    }
+    Ok(())
 }
 
 fn load_baseline(path: &Path) -> Result<Vec<(String, Figures)>> {
@@ -343,7 +372,8 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
     ensure!(!selected.is_empty(), "no workload to run");
     let scaling = match args.scaling.as_slice() {
         [] => None,
-        &[t1, t2] => Some([t1, t2]),
+        &[t1, t2] if t1 != t2 => Some([t1, t2]),
+        &[t, _] => bail!("--scaling: the two thread counts must differ (got {t},{t})"),
         more => bail!(
             "--scaling: expected two thread counts, e.g. --scaling 1,2 (got {})",
             more.len()
@@ -486,11 +516,8 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         workloads: measurements,
         memory,
     };
-    match args.json.as_deref() {
-        Some(_) if json_stdout => io::stdout().write_all(report.to_json().as_bytes())?,
-        Some(path) => std::fs::write(path, report.to_json())
-            .with_context(|| format!("cannot write --json file '{}'", path.display()))?,
-        None => {}
+    if let Some(path) = args.json.as_deref() {
+        write_json(path, &report.to_json())?;
     }
 
     let Some((path, old)) = baseline else {

@@ -7,14 +7,14 @@
 //! T1, ...), so each pair of repetitions is seconds apart. The reported speed-up is the
 //! median over the pairs of `time(T1) / time(T2)`, next to the median time on each pool.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use rayon::ThreadPool;
 use serde::Serialize;
 
-use super::bench::{median, ops_per_rep, time_ops, MIN_REP_SECONDS, MIN_WARMUP_SECONDS};
+use super::bench::{median, min_max, time_rep, warm_up, write_json};
 use super::workloads::{Reference, Runnable, Workload};
 
 /// The speed-up of one workload from the first to the second thread count.
@@ -36,12 +36,13 @@ pub struct Scaling {
 /// lengths), with the median time of each side.
 pub fn summarize(name: &str, times: &[Vec<f64>; 2]) -> Scaling {
     let ratios: Vec<f64> = times[0].iter().zip(&times[1]).map(|(a, b)| a / b).collect();
+    let (speedup_min, speedup_max) = min_max(&ratios);
     Scaling {
         name: name.to_string(),
         seconds: [median(&times[0]), median(&times[1])],
         speedup: median(&ratios),
-        speedup_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        speedup_max: ratios.iter().copied().fold(0.0, f64::max),
+        speedup_min,
+        speedup_max,
         pairs: ratios.len(),
     }
 }
@@ -49,21 +50,13 @@ pub fn summarize(name: &str, times: &[Vec<f64>; 2]) -> Scaling {
 /// Sets `w` up on each pool, warms both up, then times `reps` repetitions on each,
 /// alternating.
 fn measure(w: &Workload, pools: &[ThreadPool; 2], warmup: usize, reps: usize) -> Result<Scaling> {
-    let run_err = || format!("running workload '{}'", w.name);
     let mut ops: Vec<(Runnable, u64)> = Vec::with_capacity(2);
     for pool in pools {
-        let (op, n) = pool.install(|| -> Result<(Runnable, u64)> {
+        ops.push(pool.install(|| -> Result<(Runnable, u64)> {
             let mut op = w.setup(Reference::Selfsup)?;
-            let started = std::time::Instant::now();
-            let mut n = ops_per_rep(time_ops(&mut op, 1).with_context(run_err)?, MIN_REP_SECONDS);
-            let mut done = 1;
-            while done < warmup || started.elapsed().as_secs_f64() < MIN_WARMUP_SECONDS {
-                n = ops_per_rep(time_ops(&mut op, n).with_context(run_err)?, MIN_REP_SECONDS);
-                done += 1;
-            }
+            let n = warm_up(&mut op, warmup, w.name)?;
             Ok((op, n))
-        })?;
-        ops.push((op, n));
+        })?);
     }
     let mut times = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
     for rep in 0..reps {
@@ -72,10 +65,7 @@ fn measure(w: &Workload, pools: &[ThreadPool; 2], warmup: usize, reps: usize) ->
         let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
         for side in order {
             let (op, n) = &mut ops[side];
-            let t = pools[side]
-                .install(|| time_ops(op, *n))
-                .with_context(run_err)?;
-            times[side].push(t);
+            times[side].push(pools[side].install(|| time_rep(op, *n, w.name))?);
         }
     }
     Ok(summarize(w.name, &times))
@@ -102,22 +92,15 @@ pub fn run(
     json: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<()> {
-    ensure!(
-        threads[0] != threads[1],
-        "--scaling: the two thread counts must differ (got {0},{0})",
-        threads[0]
-    );
-    let mut pools = Vec::with_capacity(2);
-    for (i, &t) in threads.iter().enumerate() {
-        pools.push(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .thread_name(move |k| format!("selfsup-bench-{i}-{k}"))
-                .build()
-                .with_context(|| format!("--scaling: cannot start a pool of {t} threads"))?,
-        );
-    }
-    let pools: [ThreadPool; 2] = pools.try_into().map_err(|_| anyhow::anyhow!("two pools"))?;
+    let pool = |i: usize| {
+        let t = threads[i];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .thread_name(move |k| format!("selfsup-bench-{i}-{k}"))
+            .build()
+            .with_context(|| format!("--scaling: cannot start a pool of {t} threads"))
+    };
+    let pools = [pool(0)?, pool(1)?];
     let isa = selfsup::kernels::isa().name();
     let width = workloads
         .iter()
@@ -170,13 +153,7 @@ pub fn run(
     };
     let mut text = serde_json::to_string_pretty(&report).context("--scaling: the JSON report")?;
     text.push('\n');
-    if path == Path::new("-") {
-        io::stdout().write_all(text.as_bytes())?;
-    } else {
-        std::fs::write(path, text)
-            .with_context(|| format!("cannot write --json file '{}'", path.display()))?;
-    }
-    Ok(())
+    write_json(path, &text)
 }
 
 #[cfg(test)]
