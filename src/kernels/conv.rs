@@ -501,6 +501,7 @@ mod direct {
     }
 
     /// The per-image sizes of a geometry the weight gradient works with.
+    #[derive(Clone, Copy)]
     struct Sizes {
         /// Output pixels.
         hw: usize,
@@ -546,13 +547,14 @@ mod direct {
         dw: &mut [f32],
         accumulate: bool,
     ) {
+        let sizes = Sizes::of(g);
         let Sizes {
             hw,
             depth,
             xs,
             ys,
             ps,
-        } = Sizes::of(g);
+        } = sizes;
         let (r, l) = (T::R, T::L);
         let panels = g.c_out.div_ceil(l);
         let tiles = depth.div_ceil(r) * panels;
@@ -571,6 +573,7 @@ mod direct {
                         let (i0, i1) = (gi * group, g.n.min((gi + 1) * group));
                         group_weight_grad::<T>(
                             g,
+                            &sizes,
                             &x[i0 * xs..i1 * xs],
                             &dy[i0 * ys..i1 * ys],
                             offs,
@@ -616,25 +619,25 @@ mod direct {
         });
     }
 
-    /// One group of images of the weight gradient: pads `xg`, transposes `dyg` into
-    /// L-channel panels and adds every tile's sum over the group's pixels to its tile of
-    /// `acc` (`tiles x R x L`, tap tile major). With `parallel`, the tiles run on the pool
-    /// (a batch of a single chunk); otherwise all on this thread.
+    /// One group of images of the weight gradient (the sizes those of `g`): pads `xg`,
+    /// transposes `dyg` into L-channel panels and adds every tile's sum over the group's
+    /// pixels to its tile of `acc` (`tiles x R x L`, tap tile major). With `parallel`, the
+    /// tiles run on the pool (a batch of a single chunk); otherwise all on this thread.
     fn group_weight_grad<T: Tile>(
         g: &Conv2d,
+        &Sizes {
+            hw,
+            depth,
+            xs,
+            ys,
+            ps,
+        }: &Sizes,
         xg: &[f32],
         dyg: &[f32],
         offs: &[usize],
         acc: &mut [f32],
         parallel: bool,
     ) {
-        let Sizes {
-            hw,
-            depth,
-            xs,
-            ys,
-            ps,
-        } = Sizes::of(g);
         let (r, l) = (T::R, T::L);
         let panels = g.c_out.div_ceil(l);
         let gn = xg.len() / xs;
