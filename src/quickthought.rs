@@ -153,6 +153,9 @@ pub struct QtConfig {
     /// Contiguous sentences per step (at least [`MIN_BATCH`]).
     pub batch: usize,
     pub objective: QtObjective,
+    /// The in-batch objective's temperature: its logits are `f(s) . g(c) / temperature`
+    /// (the paper: 1). Positive and finite; the pairwise objective does not use it.
+    pub temperature: f32,
     pub optimizer: OptimizerConfig,
     pub schedule: LrSchedule,
     /// Seed of the weights, the document order and the negatives.
@@ -281,7 +284,19 @@ impl QtTrainer {
                 corpus.sentences(),
             )));
         }
-        let model = quick_thoughts(&cfg.encoder, cfg.batch, cfg.objective, mix(cfg.seed, &[0]))?;
+        if !(cfg.temperature.is_finite() && cfg.temperature > 0.0) {
+            return Err(invalid(format!(
+                "the temperature must be positive and finite, got {}",
+                cfg.temperature
+            )));
+        }
+        let model = quick_thoughts(
+            &cfg.encoder,
+            cfg.batch,
+            cfg.objective,
+            cfg.temperature,
+            mix(cfg.seed, &[0]),
+        )?;
         let opt = Optimizer::new(cfg.optimizer, model.graph.params().len())?;
         let steps_per_epoch = (trainable / global) as u64;
         Ok(Self {

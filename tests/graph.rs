@@ -145,7 +145,8 @@ fn smooth_graph_gradients_match_finite_differences_entrywise() {
 /// the embedding as channels, a `1 x 3` convolution over time, ReLU, max over time, a
 /// linear layer and softmax cross-entropy; every parameter tensor against central
 /// differences (the rectangular convolution, the max-pool gradient routing and the
-/// embedding's scatter-add included), the lookup itself, the padding row and the errors.
+/// embedding's scatter-add included; the second encoder with ReLU folded into the pool),
+/// the lookup itself, the padding row and the errors.
 #[test]
 fn sequence_encoder_gradients_match_finite_differences() {
     let mut b = GraphBuilder::new();
@@ -169,8 +170,8 @@ fn sequence_encoder_gradients_match_finite_differences() {
     let e = b.embedding("emb", 4, 9, 7, 6, None).unwrap();
     assert_eq!(b.shape(e), &[4, 6, 1, 9]);
     let y = b.conv2d_rect("conv", e, 5, (1, 3), (1, 1), (0, 1)).unwrap();
-    let y = b.relu("relu", y).unwrap();
-    let h = b.global_max_pool("max", y).unwrap();
+    // ReLU and max over time as one node here (the sentence encoders' form).
+    let h = b.global_max_pool_relu("max", y).unwrap();
     let l = b.linear("fc", h, 3, true, false).unwrap();
     let loss = b.softmax_cross_entropy("loss", l).unwrap();
     let mut g = b.build(13).unwrap();

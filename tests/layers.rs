@@ -24,8 +24,8 @@ use selfsup::kernels::linear::{
 };
 use selfsup::kernels::pool::{
     avg_pool2d_backward, avg_pool2d_forward, global_avg_pool_backward, global_avg_pool_forward,
-    global_max_pool_backward, global_max_pool_forward, max_pool2d_backward, max_pool2d_forward,
-    Pool2d,
+    global_max_pool_backward, global_max_pool_forward, global_max_pool_relu_backward,
+    global_max_pool_relu_forward, max_pool2d_backward, max_pool2d_forward, Pool2d,
 };
 use selfsup::kernels::reference::layers as r;
 use selfsup::Error;
@@ -790,6 +790,52 @@ proptest! {
         }, &dy);
         close("gap backward", &dx, &want, 1e-6, 1e-7);
     }
+}
+
+/// ReLU folded into global max pooling against its definition: `max(0, max x)` per plane,
+/// the gradient at the first maximum only where that maximum is positive (planes of
+/// negative values give 0 and no gradient; ties go to the first maximum; NaN propagates).
+#[test]
+fn global_max_pool_relu_matches_relu_then_max() {
+    for (planes, hw, seed) in [(1, 1, 1u64), (3, 7, 2), (9, 70, 3), (16, 9, 4), (40, 16, 5)] {
+        // A grid of 0.25 (ties), shifted so that some planes are all negative.
+        let x: Vec<f32> = fill(planes * hw, seed)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v * 8.0).round() / 4.0 - if (i / hw) % 3 == 0 { 9.0 } else { 0.0 })
+            .collect();
+        let mut y = vec![f32::NAN; planes];
+        global_max_pool_relu_forward(planes, hw, &x, &mut y).unwrap();
+        let dy = fill(planes, seed ^ 9);
+        let mut dx = vec![f32::NAN; planes * hw];
+        global_max_pool_relu_backward(planes, hw, &x, &dy, &mut dx).unwrap();
+        let mut negative_planes = 0;
+        for p in 0..planes {
+            let xp = &x[p * hw..(p + 1) * hw];
+            let m = xp.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            negative_planes += usize::from(m <= 0.0);
+            assert_eq!(y[p], m.max(0.0), "plane {p}");
+            let first = xp.iter().position(|&v| v == m).unwrap();
+            for (i, &d) in dx[p * hw..(p + 1) * hw].iter().enumerate() {
+                let want = if i == first && m > 0.0 { dy[p] } else { 0.0 };
+                assert_eq!(d, want, "plane {p} index {i} (hw {hw})");
+            }
+        }
+        assert!(
+            planes < 3 || negative_planes > 0,
+            "no all-negative plane tested"
+        );
+    }
+    let x = [-1.0, f32::NAN, -3.0, -2.0, -0.5, -4.0];
+    let mut y = [1.0f32; 2];
+    global_max_pool_relu_forward(2, 3, &x, &mut y).unwrap();
+    assert!(y[0].is_nan());
+    assert_eq!(y[1], 0.0);
+    let mut dx = [9.0f32; 6];
+    global_max_pool_relu_backward(2, 3, &x, &[1.0, 2.0], &mut dx).unwrap();
+    assert_eq!(dx, [0.0; 6]);
+    assert!(global_max_pool_relu_forward(2, 0, &[], &mut y).is_err());
+    assert!(global_max_pool_relu_backward(2, 3, &x, &[1.0], &mut dx).is_err());
 }
 
 /// Global max pooling against a direct maximum, with ties (values on a coarse grid) going

@@ -176,6 +176,7 @@ fn rank_main() -> ExitCode {
         },
         batch,
         objective: QtObjective::InBatch,
+        temperature: 1.0,
         optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
         schedule: LrSchedule::new(1e-3, 0, 10).unwrap(),
         seed: 4,

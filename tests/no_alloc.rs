@@ -256,6 +256,7 @@ fn a_quick_thoughts_trainer_step_allocates_nothing_even_across_epochs() {
                 },
                 batch: 16,
                 objective,
+                temperature: 1.0,
                 optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
                 schedule: LrSchedule::new(1e-3, 0, 1000).unwrap(),
                 seed: 2,

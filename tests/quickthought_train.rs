@@ -64,7 +64,7 @@ fn in_batch_neighbour_accuracy_rises_far_above_chance() {
         kernel: 3,
         max_len: MAX_LEN,
     };
-    let mut m = quick_thoughts(&cfg, BATCH, QtObjective::InBatch, 9).unwrap();
+    let mut m = quick_thoughts(&cfg, BATCH, QtObjective::InBatch, 1.0, 9).unwrap();
     let mut opt = OptimizerConfig::AdamW(AdamWConfig::default())
         .build(m.graph.params().len())
         .unwrap();
@@ -154,6 +154,7 @@ mod trainer {
             },
             batch,
             objective,
+            temperature: 1.0,
             optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
             schedule: LrSchedule::new(3e-3, 0, steps).unwrap(),
             seed: 4,
@@ -248,6 +249,7 @@ mod trainer {
             },
             batch,
             objective: QtObjective::InBatch,
+            temperature: 1.0,
             optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
             schedule: LrSchedule::new(1e-3, 0, 10).unwrap(),
             seed: 0,
@@ -377,5 +379,75 @@ mod trainer {
             })
         };
         assert_eq!(run(1), run(2));
+    }
+}
+
+/// The temperature divides the in-batch logits: the graph's loss at temperature `t` is the
+/// softmax cross-entropy, computed here in `f64` from the encoders' outputs, of
+/// `f(s) . g(c) / t` over each anchor's other sentences, averaged over the target pairs;
+/// and a temperature that is not positive and finite is refused.
+#[test]
+fn temperature_divides_the_in_batch_logits() {
+    let docs: Vec<Vec<String>> = builtin_corpus(&CorpusConfig {
+        documents: 40,
+        seed: 3,
+    })
+    .into_iter()
+    .map(|d| d.sentences)
+    .collect();
+    let vocab = Vocab::build(docs.iter().flatten(), 1, 5000).unwrap();
+    let (ids, targets) = batches(&docs, &vocab).swap_remove(0);
+    let cfg = SentenceEncoderConfig {
+        kind: SentenceEncoderKind::Cnn,
+        vocab: vocab.len(),
+        embed_dim: 8,
+        channels: 16,
+        kernel: 3,
+        max_len: MAX_LEN,
+    };
+    let mut losses = Vec::new();
+    for t in [1.0f32, 0.25, 50.0] {
+        let mut m = quick_thoughts(&cfg, BATCH, QtObjective::InBatch, t, 9).unwrap();
+        m.graph.set_tokens(m.f.tokens, &ids).unwrap();
+        m.graph.set_tokens(m.g.tokens, &ids).unwrap();
+        m.graph.set_targets(m.loss, &targets).unwrap();
+        m.graph.forward(Mode::Train).unwrap();
+        let (f, g) = (m.graph.value(m.f.h), m.graph.value(m.g.h));
+        let d = cfg.channels;
+        let score = |i: usize, j: usize| -> f64 {
+            (0..d)
+                .map(|k| f64::from(f[i * d + k]) * f64::from(g[j * d + k]))
+                .sum::<f64>()
+                / f64::from(t)
+        };
+        let mut want = 0.0;
+        for &(i, c) in &targets {
+            let (i, c) = (i as usize, c as usize);
+            let others: Vec<f64> = (0..BATCH)
+                .filter(|&j| j != i)
+                .map(|j| score(i, j))
+                .collect();
+            let top = others.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = top + others.iter().map(|s| (s - top).exp()).sum::<f64>().ln();
+            want += lse - score(i, c);
+        }
+        want /= targets.len() as f64;
+        let got = m.graph.loss_f64(m.loss);
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "temperature {t}: loss {got} vs f64 reference {want}"
+        );
+        losses.push(got);
+    }
+    // The same weights (one seed) score differently at each temperature.
+    assert!(
+        losses[0] != losses[1] && losses[1] != losses[2],
+        "{losses:?}"
+    );
+    for t in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(
+            quick_thoughts(&cfg, BATCH, QtObjective::InBatch, t, 9).is_err(),
+            "temperature {t} was accepted"
+        );
     }
 }

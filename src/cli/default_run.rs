@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(s.batch, 32);
         assert_eq!(s.optimizer(), OptimizerArg::Lars);
         assert_eq!(s.lr, Some(2.0));
-        assert_eq!(s.tau, 0.2);
+        assert_eq!(s.tau, Some(0.2));
         assert_eq!(s.crop_min, 0.3);
         assert_eq!(s.minutes, Some(2.5));
         let r = pretrain_args("rotnet", 0.75, "y".into(), &demo);

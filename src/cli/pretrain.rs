@@ -104,15 +104,15 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "LR", value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
 
-    /// NT-Xent temperature
+    /// Temperature: NT-Xent's tau [default 0.5]; quickthought (in-batch): the logits are
+    /// f(s).g(c) / tau [default 50]
     #[arg(
         long,
         value_name = "TAU",
-        default_value_t = 0.5,
         value_parser = positive_f32,
         allow_negative_numbers = true
     )]
-    pub tau: f32,
+    pub tau: Option<f32>,
 
     /// The optimizer [default: sgd; adamw for quickthought]
     #[arg(long, value_enum)]
@@ -248,6 +248,9 @@ pub struct PretrainArgs {
     #[serde(default = "default_vocab_size")]
     pub vocab_size: usize,
 }
+
+/// NT-Xent's temperature without `--tau` (SimCLR's).
+pub(super) const SIMCLR_TAU: f32 = 0.5;
 
 fn default_encoder() -> SentenceEncoderKind {
     SentenceEncoderKind::Cnn
@@ -483,7 +486,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         method,
         model: model.clone(),
         batch: args.batch,
-        tau: args.tau,
+        tau: args.tau.unwrap_or(SIMCLR_TAU),
         optimizer,
         schedule: schedule(total)?,
         augment,
@@ -773,7 +776,11 @@ fn same_run(old: &PretrainArgs, new: &PretrainArgs) -> Result<()> {
             format!("{:?}", old.widths),
             format!("{:?}", new.widths),
         ),
-        ("--tau", old.tau.to_string(), new.tau.to_string()),
+        (
+            "--tau",
+            format!("{:?}", old.tau.unwrap_or(SIMCLR_TAU)),
+            format!("{:?}", new.tau.unwrap_or(SIMCLR_TAU)),
+        ),
     ];
     for (flag, a, b) in pairs {
         if a != b {

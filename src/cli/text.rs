@@ -93,6 +93,9 @@ struct TextRunConfig {
     args: PretrainArgs,
     encoder: SentenceEncoderConfig,
     objective: QtObjective,
+    /// The in-batch logits' temperature (absent in runs of versions before it: 1).
+    #[serde(default)]
+    temperature: Option<f32>,
     total_steps: u64,
     lr: f64,
     weight_decay: f32,
@@ -102,6 +105,12 @@ struct TextRunConfig {
     truncated_sentences: usize,
     version: String,
 }
+
+/// The in-batch temperature without `--tau`: logits `f(s) . g(c) / 50`. Measured on the
+/// built-in corpus (README, "Quick Thoughts against the bag of words"): the paper's plain
+/// inner products (temperature 1) probe 80.5% at 0.5% of the labels after 3,000 steps of
+/// the CNN, temperature 50 86.2%; the bag of words gains as much in the same time.
+pub const QT_TEMPERATURE: f32 = 50.0;
 
 /// Metadata key of the encoder configuration (JSON).
 pub const CONFIG_KEY: &str = "config";
@@ -212,10 +221,16 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         let warmup = ((total as f64 * args.warmup) as u64).min(total.saturating_sub(1));
         LrSchedule::new(lr as f32, warmup, total)
     };
+    // The in-batch temperature: the flag, else a resumed run's own, else the default.
+    let temperature = args
+        .tau
+        .or_else(|| old.as_ref().map(|o| o.temperature.unwrap_or(1.0)))
+        .unwrap_or(QT_TEMPERATURE);
     let cfg = QtConfig {
         encoder: encoder.clone(),
         batch: args.batch,
         objective: args.objective,
+        temperature,
         optimizer,
         schedule: make_schedule(1)?,
         seed: args.seed,
@@ -243,6 +258,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             args: args.clone(),
             encoder: encoder.clone(),
             objective: args.objective,
+            temperature: Some(temperature),
             total_steps: total,
             lr,
             weight_decay: wd,

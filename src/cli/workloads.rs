@@ -221,6 +221,7 @@ fn quickthought_workload(sentences: usize) -> Workload {
                 },
                 batch: sentences,
                 objective: QtObjective::InBatch,
+                temperature: super::text::QT_TEMPERATURE,
                 optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
                 schedule: LrSchedule::new(1e-3, 0, 1 << 40)?,
                 seed: 0x5eed_0502,

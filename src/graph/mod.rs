@@ -40,7 +40,7 @@ use crate::kernels::linear::{
 };
 use crate::kernels::pool::{
     global_avg_pool_backward, global_avg_pool_forward, global_max_pool_backward,
-    global_max_pool_forward,
+    global_max_pool_forward, global_max_pool_relu_backward, global_max_pool_relu_forward,
 };
 use crate::kernels::softmax::softmax_cross_entropy;
 use crate::optim::ParamGroup;
@@ -163,6 +163,8 @@ enum Op {
     GlobalMaxPool {
         planes: usize,
         hw: usize,
+        /// ReLU folded in (`max(0, max x)`).
+        relu: bool,
     },
     Linear {
         l: Linear,
@@ -592,12 +594,28 @@ impl GraphBuilder {
     /// # Errors
     /// A non-NCHW input.
     pub fn global_max_pool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.max_pool_node(name, x, false)
+    }
+
+    /// ReLU then global max pooling as one node, `y = max(0, max over the plane of x)`: the
+    /// same values and gradients as [`GraphBuilder::relu`] followed by
+    /// [`GraphBuilder::global_max_pool`], without the ReLU's full-size output and its two
+    /// passes over it (the max over time of a convolutional sentence encoder).
+    ///
+    /// # Errors
+    /// A non-NCHW input.
+    pub fn global_max_pool_relu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.max_pool_node(name, x, true)
+    }
+
+    fn max_pool_node(&mut self, name: &str, x: TensorId, relu: bool) -> Result<TensorId> {
         self.check_name(name)?;
         let [n, c, h, w] = self.nchw(name, x)?;
         let out = self.tensor(name, vec![n, c], true)?;
         let op = Op::GlobalMaxPool {
             planes: n * c,
             hw: h * w,
+            relu,
         };
         Ok(self.push(name, op, vec![x], out))
     }
@@ -1730,7 +1748,13 @@ fn forward_node(
             }
         }
         Op::GlobalAvgPool { planes, hw } => global_avg_pool_forward(*planes, *hw, x_of(0), y)?,
-        Op::GlobalMaxPool { planes, hw } => global_max_pool_forward(*planes, *hw, x_of(0), y)?,
+        Op::GlobalMaxPool { planes, hw, relu } => {
+            if *relu {
+                global_max_pool_relu_forward(*planes, *hw, x_of(0), y)?;
+            } else {
+                global_max_pool_forward(*planes, *hw, x_of(0), y)?;
+            }
+        }
         Op::Linear { l, w, b, relu } => {
             linear_forward(l, x_of(0), p(*w), b.map(p), *relu, y)?;
         }
@@ -2149,11 +2173,15 @@ fn backward_node(
                 global_avg_pool_backward(*planes, *hw, dy, dx)
             })?;
         }
-        Op::GlobalMaxPool { planes, hw } => {
+        Op::GlobalMaxPool { planes, hw, relu } => {
             let x = &act[x_r(0)];
             let x0 = x0.expect("one input");
             emit(tensors, written, scratch, lo, x0, false, &mut |dx| {
-                global_max_pool_backward(*planes, *hw, x, dy, dx)
+                if *relu {
+                    global_max_pool_relu_backward(*planes, *hw, x, dy, dx)
+                } else {
+                    global_max_pool_backward(*planes, *hw, x, dy, dx)
+                }
             })?;
         }
         Op::Linear { l, w, b, relu } => {

@@ -433,6 +433,9 @@ mod direct {
     /// Bytes of padded input per group: the group stays in L2 while every channel panel of
     /// the weights passes over it.
     const GROUP_BYTES: usize = 256 * 1024;
+    /// The fewest groups (tasks) a batch is cut into when it has that many images, in the
+    /// forward pass and, as chunks, in the weight gradient.
+    const MIN_GROUPS: usize = 16;
 
     pub(super) fn forward<T: Tile>(
         g: &Conv2d,
@@ -448,7 +451,12 @@ mod direct {
         let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * ho * wo, g.c_in * hp * wp);
         let l = T::L;
         let panels = g.c_out.div_ceil(l);
-        let group = (GROUP_BYTES / (4 * ps)).clamp(1, g.n);
+        // At most GROUP_BYTES per group, and at least MIN_GROUPS groups: a batch of small
+        // images (a sentence is 1 x L) would otherwise fit in two or three groups, which
+        // two threads split unevenly. Every output is the same sums whatever the grouping.
+        let group = (GROUP_BYTES / (4 * ps))
+            .min(g.n.div_ceil(MIN_GROUPS))
+            .clamp(1, g.n);
         // Weights as W^T in L-channel panels: wp[q][p * L + j] = W[L q + j, p].
         with_scratch(&WPANELS, panels * depth * l, |wpan| {
             for (q, panel) in wpan.chunks_exact_mut(depth * l).enumerate() {
@@ -560,7 +568,12 @@ mod direct {
         let tiles = depth.div_ceil(r) * panels;
         let acc_len = tiles * r * l;
         let per_image = 4 * (ps + panels * l * hw);
-        let group = (WGRAD_GROUP_BYTES / per_image).clamp(1, g.n);
+        // As many chunks as WGRAD_CHUNKS allows when the batch has the images (a group per
+        // chunk for small images, which would otherwise make two or three chunks that two
+        // threads split unevenly); from the shapes only, so the sums keep their order.
+        let group = (WGRAD_GROUP_BYTES / per_image)
+            .min(g.n.div_ceil(WGRAD_CHUNKS))
+            .clamp(1, g.n);
         let groups = g.n.div_ceil(group);
         let chunks = groups.min(WGRAD_CHUNKS);
         with_scratch(&OFFSETS, depth, |offs| {

@@ -10,6 +10,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::elementwise::{check_len, sum_seq};
 use rayon::prelude::*;
+use wide::f32x8;
 
 /// The geometry of a square 2-D pooling: input `N x C x H x W`, window `kernel x kernel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,18 +274,64 @@ pub fn global_avg_pool_backward(
 }
 
 /// The index of the first maximum of `xp`: the first NaN if there is one (a NaN maximum
-/// propagates, as in PyTorch), else the first entry equal to the largest value.
+/// propagates, as in PyTorch), else the first entry equal to the largest value. The maximum
+/// and the presence of a NaN come from a branch-free pass, eight lanes at a time; one
+/// search then finds the index. (A data-dependent branch per value, the plain loop,
+/// mispredicts often enough on short planes to cost about 10 cycles per value.)
 fn first_max(xp: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in xp.iter().enumerate() {
-        if v.is_nan() {
-            return i;
-        }
-        if v > xp[best] {
-            best = i;
-        }
+    let mut acc = f32x8::splat(f32::NEG_INFINITY);
+    let mut nan = f32x8::splat(0.0);
+    let mut lanes = xp.chunks_exact(8);
+    for c in &mut lanes {
+        let v = f32x8::from(<[f32; 8]>::try_from(c).expect("8 lanes"));
+        acc = acc.max(v);
+        nan |= v.is_nan();
     }
-    best
+    let mut m = acc.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+    let mut has_nan = nan.any();
+    for &v in lanes.remainder() {
+        has_nan |= v.is_nan();
+        m = if v > m { v } else { m };
+    }
+    if has_nan {
+        xp.iter().position(|v| v.is_nan()).unwrap_or(0)
+    } else {
+        // The maximum is one of the values (all are finite or infinite, none NaN).
+        xp.iter().position(|&v| v == m).unwrap_or(0)
+    }
+}
+
+/// Planes per parallel task of the global max pooling (a sentence's plane is a few dozen
+/// values: one task per plane would cost more in scheduling than the plane's work).
+const MAX_POOL_PLANES_PER_TASK: usize = 256;
+
+fn max_pool_forward(hw: usize, x: &[f32], y: &mut [f32], relu: bool) {
+    y.par_chunks_mut(MAX_POOL_PLANES_PER_TASK)
+        .zip(x.par_chunks(MAX_POOL_PLANES_PER_TASK * hw))
+        .for_each(|(yb, xb)| {
+            for (o, xp) in yb.iter_mut().zip(xb.chunks_exact(hw)) {
+                let m = xp[first_max(xp)];
+                // `m < 0` is false for NaN, which propagates.
+                *o = if relu && m < 0.0 { 0.0 } else { m };
+            }
+        });
+}
+
+fn max_pool_backward(hw: usize, x: &[f32], dy: &[f32], dx: &mut [f32], relu: bool) {
+    dx.par_chunks_mut(MAX_POOL_PLANES_PER_TASK * hw)
+        .zip(x.par_chunks(MAX_POOL_PLANES_PER_TASK * hw))
+        .zip(dy.par_chunks(MAX_POOL_PLANES_PER_TASK))
+        .for_each(|((dxb, xb), dyb)| {
+            for ((dxp, xp), &d) in dxb.chunks_exact_mut(hw).zip(xb.chunks_exact(hw)).zip(dyb) {
+                dxp.fill(0.0);
+                let i = first_max(xp);
+                // Through the ReLU only where the maximum is positive (ReLU's gradient is
+                // `x > 0`, false for NaN).
+                if !relu || xp[i] > 0.0 {
+                    dxp[i] = d;
+                }
+            }
+        });
 }
 
 /// Global max pooling forward: `y[n, c] = max(x[n, c, :, :])` (`N*C*HW -> N*C`); the
@@ -296,9 +343,7 @@ fn first_max(xp: &[f32]) -> usize {
 pub fn global_max_pool_forward(planes: usize, hw: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     const OP: &str = "global_max_pool_forward";
     check_gap(OP, planes, hw, x.len(), y.len())?;
-    y.par_iter_mut()
-        .zip(x.par_chunks(hw))
-        .for_each(|(o, xp)| *o = xp[first_max(xp)]);
+    max_pool_forward(hw, x, y, false);
     Ok(())
 }
 
@@ -319,13 +364,45 @@ pub fn global_max_pool_backward(
     const OP: &str = "global_max_pool_backward";
     check_gap(OP, planes, hw, x.len(), dy.len())?;
     check_len(OP, dx.len(), x.len())?;
-    dx.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .zip(dy.par_iter())
-        .for_each(|((dxp, xp), &d)| {
-            dxp.fill(0.0);
-            dxp[first_max(xp)] = d;
-        });
+    max_pool_backward(hw, x, dy, dx, false);
+    Ok(())
+}
+
+/// ReLU then global max pooling in one pass, `y[n, c] = max(0, max(x[n, c, :, :]))`, which
+/// equals `max` over the plane of `relu(x)` without writing `relu(x)`: the max-over-time
+/// pooling of a convolutional sentence encoder, its ReLU folded in. A NaN propagates.
+///
+/// # Errors
+/// As [`global_avg_pool_forward`].
+pub fn global_max_pool_relu_forward(
+    planes: usize,
+    hw: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "global_max_pool_relu_forward";
+    check_gap(OP, planes, hw, x.len(), y.len())?;
+    max_pool_forward(hw, x, y, true);
+    Ok(())
+}
+
+/// The backward of [`global_max_pool_relu_forward`]: `dy[n, c]` at the first maximum of the
+/// plane when that maximum is positive, zero elsewhere (`dx` overwritten); the gradient of
+/// ReLU followed by [`global_max_pool_backward`].
+///
+/// # Errors
+/// As [`global_max_pool_backward`].
+pub fn global_max_pool_relu_backward(
+    planes: usize,
+    hw: usize,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "global_max_pool_relu_backward";
+    check_gap(OP, planes, hw, x.len(), dy.len())?;
+    check_len(OP, dx.len(), x.len())?;
+    max_pool_backward(hw, x, dy, dx, true);
     Ok(())
 }
 

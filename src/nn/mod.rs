@@ -362,8 +362,9 @@ pub fn sentence_encoder(
                 (1, 1),
                 (0, cfg.kernel / 2),
             )?;
-            let y = b.relu(&format!("{prefix}.relu"), y)?;
-            b.global_max_pool(&format!("{prefix}.pool"), y)?
+            // ReLU and max over time as one node (the same values, without the ReLU's
+            // full-size output).
+            b.global_max_pool_relu(&format!("{prefix}.pool"), y)?
         }
         SentenceEncoderKind::Bow => unreachable!("returned above"),
     };
@@ -408,17 +409,25 @@ pub struct QuickThoughtsModel {
     pub loss: TensorId,
 }
 
-/// Builds Quick Thoughts for batches of `batch` sentences.
+/// Builds Quick Thoughts for batches of `batch` sentences; the in-batch objective's logits
+/// are `f(s) . g(c) / temperature` (the paper's: 1; the pairwise objective ignores it).
 ///
 /// # Errors
-/// An invalid configuration or `batch < 2`.
+/// An invalid configuration, `batch < 2` or a temperature that is not positive and finite.
 pub fn quick_thoughts(
     cfg: &SentenceEncoderConfig,
     batch: usize,
     objective: QtObjective,
+    temperature: f32,
     seed: u64,
 ) -> Result<QuickThoughtsModel> {
-    build_quick_thoughts(cfg, batch, objective, objective, seed)
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::InvalidArgument {
+            op: "quick thoughts",
+            msg: format!("the temperature must be positive and finite, got {temperature}"),
+        });
+    }
+    build_quick_thoughts(cfg, batch, objective, objective, temperature, seed)
 }
 
 /// The encoders of `objective` with the in-batch loss over them (`f . g`, or `f . f` for
@@ -432,7 +441,8 @@ pub fn quick_thoughts_in_batch_eval(
     batch: usize,
     objective: QtObjective,
 ) -> Result<QuickThoughtsModel> {
-    build_quick_thoughts(cfg, batch, objective, QtObjective::InBatch, 0)
+    // Ranks do not depend on a positive scale of the scores.
+    build_quick_thoughts(cfg, batch, objective, QtObjective::InBatch, 1.0, 0)
 }
 
 fn build_quick_thoughts(
@@ -440,6 +450,7 @@ fn build_quick_thoughts(
     batch: usize,
     encoders: QtObjective,
     loss: QtObjective,
+    temperature: f32,
     seed: u64,
 ) -> Result<QuickThoughtsModel> {
     if batch < 2 {
@@ -456,7 +467,7 @@ fn build_quick_thoughts(
         f
     };
     let loss = match loss {
-        QtObjective::InBatch => b.qt_in_batch("loss", f.h, g.h, 1.0, Some(0))?,
+        QtObjective::InBatch => b.qt_in_batch("loss", f.h, g.h, 1.0 / temperature, Some(0))?,
         QtObjective::Pairwise => b.qt_pairwise("loss", f.h, g.h)?,
     };
     Ok(QuickThoughtsModel {
