@@ -100,6 +100,8 @@ fn pretrain_embed_probe_and_neighbors_on_a_text_folder() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["total_steps"], 12);
+    // No --tau: the in-batch default, recorded.
+    assert_eq!(config["temperature"], 50.0);
     // 40 documents: every 20th is held out for the monitor.
     assert_eq!(config["train_documents"], 38);
     let ckpt = newest_checkpoint(&run);
@@ -111,6 +113,10 @@ fn pretrain_embed_probe_and_neighbors_on_a_text_folder() {
     let mut other = more.clone();
     other.extend_from_slice(&["--objective", "pairwise"]);
     fails_with(&other, "--objective");
+    // So is another temperature than the one the run trained with (its default, 50).
+    let mut other = more.clone();
+    other.extend_from_slice(&["--tau", "2"]);
+    fails_with(&other, "--tau 50, this command says 2");
 
     // embed: one row per line, blank lines included.
     let lines = dir.write(

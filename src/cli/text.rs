@@ -222,6 +222,15 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         LrSchedule::new(lr as f32, warmup, total)
     };
     // The in-batch temperature: the flag, else a resumed run's own, else the default.
+    if let (Some(t), Some(old)) = (args.tau, &old) {
+        let was = old.temperature.unwrap_or(1.0);
+        if t != was {
+            bail!(
+                "--resume: {} is another run: it was started with --tau {was}, this command says {t}",
+                config_path.display()
+            );
+        }
+    }
     let temperature = args
         .tau
         .or_else(|| old.as_ref().map(|o| o.temperature.unwrap_or(1.0)))
