@@ -12,8 +12,9 @@ use std::sync::OnceLock;
 /// The instruction set the kernels run with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// x86_64 with AVX-512F, AVX2 and FMA: the AVX-512 GEMM and convolution tiles, the AVX2
-    /// kernels elsewhere.
+    /// x86_64 with AVX-512F, AVX2 and FMA: the AVX-512 GEMM and convolution tiles (the AVX2
+    /// convolution tile for layers of 16 output channels or fewer), the AVX2 kernels
+    /// elsewhere.
     Avx512,
     /// x86_64 with AVX2 and FMA.
     Avx2Fma,
