@@ -305,7 +305,17 @@ fn first_max(xp: &[f32]) -> usize {
 /// values: one task per plane would cost more in scheduling than the plane's work).
 const MAX_POOL_PLANES_PER_TASK: usize = 256;
 
-fn max_pool_forward(hw: usize, x: &[f32], y: &mut [f32], relu: bool) {
+/// The global max pooling forward of `op` (with `relu`: ReLU folded in), its arguments
+/// checked.
+fn max_pool_forward(
+    op: &'static str,
+    planes: usize,
+    hw: usize,
+    x: &[f32],
+    y: &mut [f32],
+    relu: bool,
+) -> Result<()> {
+    check_gap(op, planes, hw, x.len(), y.len())?;
     y.par_chunks_mut(MAX_POOL_PLANES_PER_TASK)
         .zip(x.par_chunks(MAX_POOL_PLANES_PER_TASK * hw))
         .for_each(|(yb, xb)| {
@@ -315,9 +325,22 @@ fn max_pool_forward(hw: usize, x: &[f32], y: &mut [f32], relu: bool) {
                 *o = if relu && m < 0.0 { 0.0 } else { m };
             }
         });
+    Ok(())
 }
 
-fn max_pool_backward(hw: usize, x: &[f32], dy: &[f32], dx: &mut [f32], relu: bool) {
+/// The global max pooling backward of `op` (with `relu`: ReLU folded in), its arguments
+/// checked.
+fn max_pool_backward(
+    op: &'static str,
+    planes: usize,
+    hw: usize,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    relu: bool,
+) -> Result<()> {
+    check_gap(op, planes, hw, x.len(), dy.len())?;
+    check_len(op, dx.len(), x.len())?;
     dx.par_chunks_mut(MAX_POOL_PLANES_PER_TASK * hw)
         .zip(x.par_chunks(MAX_POOL_PLANES_PER_TASK * hw))
         .zip(dy.par_chunks(MAX_POOL_PLANES_PER_TASK))
@@ -332,6 +355,7 @@ fn max_pool_backward(hw: usize, x: &[f32], dy: &[f32], dx: &mut [f32], relu: boo
                 }
             }
         });
+    Ok(())
 }
 
 /// Global max pooling forward: `y[n, c] = max(x[n, c, :, :])` (`N*C*HW -> N*C`); the
@@ -341,10 +365,7 @@ fn max_pool_backward(hw: usize, x: &[f32], dy: &[f32], dx: &mut [f32], relu: boo
 /// # Errors
 /// As [`global_avg_pool_forward`].
 pub fn global_max_pool_forward(planes: usize, hw: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
-    const OP: &str = "global_max_pool_forward";
-    check_gap(OP, planes, hw, x.len(), y.len())?;
-    max_pool_forward(hw, x, y, false);
-    Ok(())
+    max_pool_forward("global_max_pool_forward", planes, hw, x, y, false)
 }
 
 /// Global max pooling backward: `dx` (overwritten) is `dy[n, c]` at the first maximum of
@@ -361,11 +382,7 @@ pub fn global_max_pool_backward(
     dy: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "global_max_pool_backward";
-    check_gap(OP, planes, hw, x.len(), dy.len())?;
-    check_len(OP, dx.len(), x.len())?;
-    max_pool_backward(hw, x, dy, dx, false);
-    Ok(())
+    max_pool_backward("global_max_pool_backward", planes, hw, x, dy, dx, false)
 }
 
 /// ReLU then global max pooling in one pass, `y[n, c] = max(0, max(x[n, c, :, :]))`, which
@@ -380,10 +397,7 @@ pub fn global_max_pool_relu_forward(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "global_max_pool_relu_forward";
-    check_gap(OP, planes, hw, x.len(), y.len())?;
-    max_pool_forward(hw, x, y, true);
-    Ok(())
+    max_pool_forward("global_max_pool_relu_forward", planes, hw, x, y, true)
 }
 
 /// The backward of [`global_max_pool_relu_forward`]: `dy[n, c]` at the first maximum of the
@@ -399,11 +413,7 @@ pub fn global_max_pool_relu_backward(
     dy: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "global_max_pool_relu_backward";
-    check_gap(OP, planes, hw, x.len(), dy.len())?;
-    check_len(OP, dx.len(), x.len())?;
-    max_pool_backward(hw, x, dy, dx, true);
-    Ok(())
+    max_pool_backward("global_max_pool_relu_backward", planes, hw, x, dy, dx, true)
 }
 
 fn check_gap(op: &'static str, planes: usize, hw: usize, big: usize, small: usize) -> Result<()> {
