@@ -284,12 +284,7 @@ impl QtTrainer {
                 corpus.sentences(),
             )));
         }
-        if !(cfg.temperature.is_finite() && cfg.temperature > 0.0) {
-            return Err(invalid(format!(
-                "the temperature must be positive and finite, got {}",
-                cfg.temperature
-            )));
-        }
+        // `quick_thoughts` refuses a temperature that is not positive and finite.
         let model = quick_thoughts(
             &cfg.encoder,
             cfg.batch,

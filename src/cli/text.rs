@@ -222,8 +222,8 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         LrSchedule::new(lr as f32, warmup, total)
     };
     // The in-batch temperature: the flag, else a resumed run's own, else the default.
-    if let (Some(t), Some(old)) = (args.tau, &old) {
-        let was = old.temperature.unwrap_or(1.0);
+    let trained_with = old.as_ref().map(|o| o.temperature.unwrap_or(1.0));
+    if let (Some(t), Some(was)) = (args.tau, trained_with) {
         if t != was {
             bail!(
                 "--resume: {} is another run: it was started with --tau {was}, this command says {t}",
@@ -231,10 +231,7 @@ pub fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             );
         }
     }
-    let temperature = args
-        .tau
-        .or_else(|| old.as_ref().map(|o| o.temperature.unwrap_or(1.0)))
-        .unwrap_or(QT_TEMPERATURE);
+    let temperature = args.tau.or(trained_with).unwrap_or(QT_TEMPERATURE);
     let cfg = QtConfig {
         encoder: encoder.clone(),
         batch: args.batch,
