@@ -2,7 +2,7 @@
 //! (`/tmp/builtin_grid.png`), and raw-pixel baselines (nearest class mean, linear probe).
 use selfsup::data::builtin::{builtin_splits, generate, BuiltinConfig, CLASSES, CLASS_NAMES};
 use selfsup::data::ImageSet;
-use selfsup::probe::{
+use selfsup::eval::probe::{
     linear_probe, select_rows, subsample_labels, LogisticRegression, ProbeConfig, Standardizer,
 };
 use selfsup::rng::SplitMix64;

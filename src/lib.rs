@@ -5,20 +5,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod checkpoint;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod graph;
+pub mod io;
 pub mod kernels;
-pub mod knn;
 pub mod nn;
-pub mod npy;
 pub mod optim;
-pub mod plot;
-pub mod pretrain;
-pub mod probe;
-pub mod quickthought;
 pub mod rng;
 pub mod text;
 pub mod train;

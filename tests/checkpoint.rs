@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use selfsup::checkpoint::{
+use selfsup::io::checkpoint::{
     self, checkpoint_file_name, keys, latest_in, list_in, load, save, save_in, Checkpoint,
     CheckpointError, TensorView, FORMAT_VERSION, MAX_HEADER_LEN,
 };

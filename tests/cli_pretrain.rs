@@ -152,7 +152,7 @@ fn pretrain_writes_a_run_folder_that_probe_embed_and_resume_use() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (shape, values) =
-        selfsup::npy::read_npy_f32(&mut std::fs::File::open(&npy).unwrap()).unwrap();
+        selfsup::io::npy::read_npy_f32(&mut std::fs::File::open(&npy).unwrap()).unwrap();
     assert_eq!(shape, vec![2000, 16]);
     assert!(values.iter().all(|v| v.is_finite()));
 

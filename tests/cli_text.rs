@@ -134,7 +134,7 @@ fn pretrain_embed_probe_and_neighbors_on_a_text_folder() {
         npy.to_str().unwrap(),
     ]);
     let mut f = std::fs::File::open(&npy).unwrap();
-    let (shape, values) = selfsup::npy::read_npy_f32(&mut f).unwrap();
+    let (shape, values) = selfsup::io::npy::read_npy_f32(&mut f).unwrap();
     assert_eq!(shape, vec![3, 32]);
     assert!(values.iter().all(|v| v.is_finite()));
     assert_ne!(values[..32], values[64..]);

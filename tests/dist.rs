@@ -17,8 +17,8 @@ use selfsup::data::ImageSet;
 use selfsup::dist::{Collectives, LocalGroup};
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig};
-use selfsup::pretrain::{Method, PretrainConfig, Pretrainer};
-use selfsup::quickthought::{QtConfig, QtTrainer, TokenizedCorpus};
+use selfsup::train::image::{Method, PretrainConfig, Pretrainer};
+use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
 use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
 
 fn config(method: Method, batch: usize, steps: u64, sync_bn: bool) -> PretrainConfig {

@@ -1,6 +1,6 @@
 //! The weighted kNN monitor against a slow f64 reference.
 
-use selfsup::knn::{knn_accuracy, knn_predict, KnnConfig};
+use selfsup::eval::knn::{knn_accuracy, knn_predict, KnnConfig};
 use selfsup::rng::SplitMix64;
 
 /// Gaussian-ish clusters: `n` rows of dimension `d` around one centre per class.

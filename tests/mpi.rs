@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use selfsup::checkpoint;
+use selfsup::io::checkpoint;
 
 /// Seconds after which mpirun itself ends a job (a hang would otherwise stall the suite).
 const JOB_TIMEOUT: &str = "240";

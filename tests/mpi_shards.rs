@@ -15,8 +15,8 @@ use selfsup::dist::mpi::{finalize, MpiComm};
 use selfsup::dist::Collectives;
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::pretrain::{Method, PretrainConfig, Pretrainer};
-use selfsup::quickthought::{QtConfig, QtTrainer, TokenizedCorpus};
+use selfsup::train::image::{Method, PretrainConfig, Pretrainer};
+use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
 use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
 
 const CHILD: &str = "SELFSUP_MPI_SHARDS_RANK";

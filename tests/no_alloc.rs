@@ -228,7 +228,7 @@ fn a_quick_thoughts_trainer_step_allocates_nothing_even_across_epochs() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
     use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
-    use selfsup::quickthought::{QtConfig, QtTrainer, TokenizedCorpus};
+    use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
     use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

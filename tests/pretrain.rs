@@ -13,7 +13,7 @@ use selfsup::data::builtin::generate;
 use selfsup::data::ImageSet;
 use selfsup::nn::ResNetConfig;
 use selfsup::optim::{LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer};
+use selfsup::train::image::{Embedder, Method, PretrainConfig, Pretrainer};
 
 fn tiny_model() -> ResNetConfig {
     ResNetConfig {

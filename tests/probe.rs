@@ -1,6 +1,6 @@
 //! The linear probe: objective and gradient against finite differences and an f64 reference,
 //! the fit reaching the optimum, separable data, label subsets, errors.
-use selfsup::probe::{
+use selfsup::eval::probe::{
     kfold_assignments, kfold_probe, linear_probe, objective, objective_f64, select_lambda,
     subsample_labels, KFoldReport, LogisticRegression, ProbeConfig, Standardizer,
 };

@@ -115,14 +115,14 @@ fn in_batch_neighbour_accuracy_rises_far_above_chance() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The library trainer (`selfsup::quickthought`).
+// The library trainer (`selfsup::train::text`).
 
 mod trainer {
     use std::sync::Arc;
 
     use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
     use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
-    use selfsup::quickthought::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus};
+    use selfsup::train::text::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus};
     use selfsup::text::{builtin_corpus, CorpusConfig, Vocab, PAD};
 
     use crate::common::TempDir;

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use selfsup::checkpoint::{self, keys, FORMAT_VERSION};
+use selfsup::io::checkpoint::{self, keys, FORMAT_VERSION};
 
 fn paths() -> &'static (PathBuf, PathBuf) {
     static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
 
-use selfsup::pretrain::Embedder;
+use selfsup::train::image::Embedder;
 
 use super::data::load_splits;
 use super::group;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use selfsup::checkpoint;
+use selfsup::io::checkpoint;
 use selfsup::nn::ResNetConfig;
-use selfsup::pretrain::Embedder;
+use selfsup::train::image::Embedder;
 
 use super::data::load_splits;
 
@@ -100,13 +100,13 @@ pub fn write_npy_streamed<T>(
     let mut rows = Vec::new();
     let mut failure = None;
     checkpoint::write_atomically(out, |w| {
-        w.write_all(&selfsup::npy::header(&[items.len(), d]))?;
+        w.write_all(&selfsup::io::npy::header(&[items.len(), d]))?;
         for c in items.chunks(chunk.max(1)) {
             if let Err(e) = fill(c, &mut rows) {
                 failure = Some(e);
                 return Err(std::io::Error::other("embedding failed"));
             }
-            selfsup::npy::write_f32(w, &rows)?;
+            selfsup::io::npy::write_f32(w, &rows)?;
         }
         Ok(())
     })

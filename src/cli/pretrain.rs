@@ -12,12 +12,12 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use selfsup::checkpoint;
+use selfsup::io::checkpoint;
 use selfsup::data::augment::{RotnetAugment, SimclrAugment};
-use selfsup::knn::{knn_accuracy, KnnConfig};
+use selfsup::eval::knn::{knn_accuracy, KnnConfig};
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::pretrain::{Embedder, Method, PretrainConfig, Pretrainer, StepStats};
+use selfsup::train::image::{Embedder, Method, PretrainConfig, Pretrainer, StepStats};
 use selfsup::train::Metadata;
 
 use super::data::{load_splits, Splits};
@@ -905,7 +905,7 @@ impl RunLog {
         }
         let png = self.dir.join("loss.png");
         let curve = read_loss_curve(&self.path).unwrap_or(self.curve);
-        selfsup::plot::line_chart(&png, &[&curve], 800, 400)
+        selfsup::io::plot::line_chart(&png, &[&curve], 800, 400)
             .with_context(|| format!("writing {}", png.display()))?;
         Ok(())
     }

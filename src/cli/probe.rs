@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use selfsup::nn::ResNetConfig;
-use selfsup::pretrain::Embedder;
-use selfsup::probe::{linear_probe, subsample_labels, ProbeConfig};
+use selfsup::train::image::Embedder;
+use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
 
 use super::data::{load_splits, Splits};
 

@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use selfsup::checkpoint;
+use selfsup::io::checkpoint;
 use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::pretrain::METHOD_KEY;
-use selfsup::quickthought::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus, METHOD_NAME};
+use selfsup::train::image::METHOD_KEY;
+use selfsup::train::text::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus, METHOD_NAME};
 use selfsup::text::{builtin_corpus, read_corpus_report, read_text, CorpusConfig, Vocab, TOPICS};
 use selfsup::train::Metadata;
 
@@ -579,14 +579,14 @@ fn sentence_probe(
     folds: usize,
     seed: u64,
 ) -> Result<(f64, f64)> {
-    let cfg = selfsup::probe::ProbeConfig::default();
+    let cfg = selfsup::eval::probe::ProbeConfig::default();
     let accs = if share >= 1.0 {
-        selfsup::probe::kfold_probe(x, labels.len(), dim, labels, classes, folds, seed, &cfg)?
+        selfsup::eval::probe::kfold_probe(x, labels.len(), dim, labels, classes, folds, seed, &cfg)?
             .fold_accuracy
     } else {
         let mut accs = Vec::new();
         for r in 0..folds as u64 {
-            let train = selfsup::probe::subsample_labels(labels, classes, share, seed ^ r)?;
+            let train = selfsup::eval::probe::subsample_labels(labels, classes, share, seed ^ r)?;
             let mut is_train = vec![false; labels.len()];
             train.iter().for_each(|&i| is_train[i] = true);
             let test: Vec<usize> = (0..labels.len()).filter(|&i| !is_train[i]).collect();
@@ -595,13 +595,13 @@ fn sentence_probe(
             }
             let pick = |idx: &[usize]| -> Result<(Vec<f32>, Vec<u32>)> {
                 Ok((
-                    selfsup::probe::select_rows(x, dim, idx)?,
+                    selfsup::eval::probe::select_rows(x, dim, idx)?,
                     idx.iter().map(|&i| labels[i]).collect(),
                 ))
             };
             let (xtr, ytr) = pick(&train)?;
             let (xte, yte) = pick(&test)?;
-            let report = selfsup::probe::linear_probe(&xtr, &ytr, &xte, &yte, dim, classes, &cfg)?;
+            let report = selfsup::eval::probe::linear_probe(&xtr, &ytr, &xte, &yte, dim, classes, &cfg)?;
             accs.push(report.accuracy);
         }
         accs

@@ -191,7 +191,7 @@ pub const QT_SENTENCES: usize = 256;
 fn quickthought_workload(sentences: usize) -> Workload {
     use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
     use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
-    use selfsup::quickthought::{QtConfig, QtTrainer, TokenizedCorpus};
+    use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
     use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
     Workload {
         name: "quickthought_step_cnn_b256",

@@ -32,14 +32,14 @@
 //!
 //! | classifier on raw pixels | labels | test accuracy | train accuracy | lambda |
 //! |---|---|---|---|---|
-//! | linear probe ([`crate::probe::linear_probe`]) | 100% (20,000) | 15.0% | 26.1% | 0.1 |
+//! | linear probe ([`crate::eval::probe::linear_probe`]) | 100% (20,000) | 15.0% | 26.1% | 0.1 |
 //! | linear probe | 10% (2,000) | 16.2% | 38.0% | 1 |
 //! | linear probe | 1% (200) | 13.8% | 92.5% | 1 |
 //! | nearest class mean | 100% | 10.6% | | |
 //!
 //! (The probe: standardized pixels, L2-regularized multinomial logistic regression fitted
 //! to a gradient tolerance of 1e-4 with L-BFGS, lambda chosen on a held-out 20% of the train
-//! split; class-balanced label subsets from [`crate::probe::subsample_labels`] with seed 1.)
+//! split; class-balanced label subsets from [`crate::eval::probe::subsample_labels`] with seed 1.)
 //! The shapes stay plain to the eye at every scale and color (see the grid the example
 //! writes), so the gap to chance is what an encoder invariant to position, scale and color
 //! can close.

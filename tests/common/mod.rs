@@ -11,7 +11,7 @@ pub fn cases(default: u32) -> u32 {
 
 /// Trains `t` from its current step to step `end` with its own loader; the step losses.
 #[allow(dead_code)] // not every test binary that shares this module trains
-pub fn train_to(t: &mut selfsup::pretrain::Pretrainer, end: u64) -> Vec<f64> {
+pub fn train_to(t: &mut selfsup::train::image::Pretrainer, end: u64) -> Vec<f64> {
     let mut loader = t.loader(end, 2);
     let mut losses = Vec::new();
     while let Some(b) = loader.next_batch() {

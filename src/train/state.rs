@@ -1,5 +1,5 @@
 //! Training state on disk: a graph's parameters and BatchNorm statistics and its optimizer's
-//! state in one checkpoint file ([`crate::checkpoint`], safetensors, written atomically), and
+//! state in one checkpoint file ([`crate::io::checkpoint`], safetensors, written atomically), and
 //! the way back.
 //!
 //! Tensor names are the graph's parameter and buffer names (`stem.0.weight`,
@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{self, CheckpointError, TensorView};
+use crate::io::checkpoint::{self, CheckpointError, TensorView};
 use crate::graph::Graph;
 use crate::optim::Optimizer;
 

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::{self, CheckpointError};
+use crate::io::checkpoint::{self, CheckpointError};
 use crate::dist::{self, Collectives, SingleProcess};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Mode};
@@ -27,7 +27,7 @@ use crate::nn::{
     SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use crate::pretrain::{copy_by_name, Group, StepStats};
+use crate::train::image::{copy_by_name, Group, StepStats};
 use crate::rng::{mix, shuffle, SplitMix64};
 use crate::text::{Vocab, PAD};
 use crate::train::Metadata;
@@ -330,7 +330,7 @@ impl QtTrainer {
         self.group.comm.size()
     }
 
-    /// Rank 0's `value`, on every rank (see [`crate::pretrain::Pretrainer::root_value`]).
+    /// Rank 0's `value`, on every rank (see [`crate::train::image::Pretrainer::root_value`]).
     ///
     /// # Errors
     /// A failed collective.
@@ -480,7 +480,7 @@ impl QtTrainer {
     /// A non-finite loss (the weights are left as they were before the update).
     pub fn train_step(&mut self) -> Result<StepStats> {
         let on_pool = self.group.steps_on_pool();
-        crate::pretrain::run_step(on_pool, || self.train_step_here())
+        crate::train::image::run_step(on_pool, || self.train_step_here())
     }
 
     fn train_step_here(&mut self) -> Result<StepStats> {

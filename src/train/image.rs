@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::{self, CheckpointError};
+use crate::io::checkpoint::{self, CheckpointError};
 use crate::data::augment::{self, RotnetAugment, SimclrAugment};
 use crate::data::loader::{Batch, EpochSampler, Loader};
 use crate::data::{fmt_err, ImageSet};

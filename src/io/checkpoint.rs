@@ -56,7 +56,7 @@
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
-//! use selfsup::checkpoint::{self, keys, TensorView};
+//! use selfsup::io::checkpoint::{self, keys, TensorView};
 //!
 //! # fn main() -> Result<(), checkpoint::CheckpointError> {
 //! let weight = vec![0.5f32; 8 * 3 * 3 * 3];
