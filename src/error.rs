@@ -68,6 +68,10 @@ pub enum Error {
     /// the same collective and fails with this error (none is left waiting in one).
     #[error("{msg}")]
     RanksDiffer { msg: String },
+    /// A training run's folder: a file that cannot be read or written (named, with the
+    /// operating system's reason), or settings that differ from the run's recorded ones.
+    #[error("{0}")]
+    Run(String),
     /// A graph that cannot be built or run: the node's name and what is wrong with it.
     #[error("graph node '{node}': {msg}")]
     Graph { node: String, msg: String },

@@ -17,11 +17,12 @@ use selfsup::data::ImageSet;
 use selfsup::dist::{Collectives, LocalGroup};
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LarsConfig, LrSchedule, OptimizerConfig};
-use selfsup::train::image::{Method, PretrainConfig, Pretrainer};
-use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
 use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
+use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
+use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
+use selfsup::train::Method;
 
-fn config(method: Method, batch: usize, steps: u64, sync_bn: bool) -> PretrainConfig {
+fn config(method: ImageMethod, batch: usize, steps: u64, sync_bn: bool) -> PretrainConfig {
     PretrainConfig {
         method,
         model: ResNetConfig {
@@ -90,7 +91,7 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     (d / n.max(1e-300)).sqrt()
 }
 
-fn assert_same_as_one_process(method: Method, p: usize) {
+fn assert_same_as_one_process(method: ImageMethod, p: usize) {
     let b = 8;
     let data = unlabeled(64);
     // One step: the gradient of the same weights on the same images.
@@ -147,13 +148,13 @@ fn assert_same_as_one_process(method: Method, p: usize) {
 
 #[test]
 fn simclr_over_two_and_three_ranks_equals_one_process_of_the_whole_batch() {
-    assert_same_as_one_process(Method::SimClr, 2);
-    assert_same_as_one_process(Method::SimClr, 3);
+    assert_same_as_one_process(ImageMethod::SimClr, 2);
+    assert_same_as_one_process(ImageMethod::SimClr, 3);
 }
 
 #[test]
 fn rotnet_over_two_ranks_equals_one_process_of_the_whole_batch() {
-    assert_same_as_one_process(Method::RotNet, 2);
+    assert_same_as_one_process(ImageMethod::RotNet, 2);
 }
 
 #[test]
@@ -162,9 +163,11 @@ fn a_gather_whose_backward_drops_the_other_ranks_terms_would_be_caught() {
     // anchors' terms for its rows: check that the other ranks' terms are not negligible
     // here, i.e. that the test has the power to see the bug.
     let data = unlabeled(64);
-    let mut t = Pretrainer::new(config(Method::SimClr, 16, 3, true), Arc::clone(&data)).unwrap();
+    let mut t =
+        Pretrainer::new(config(ImageMethod::SimClr, 16, 3, true), Arc::clone(&data)).unwrap();
     let whole = run_of(&mut t, 1);
-    let mut t = Pretrainer::new(config(Method::SimClr, 8, 3, true), Arc::clone(&data)).unwrap();
+    let mut t =
+        Pretrainer::new(config(ImageMethod::SimClr, 8, 3, true), Arc::clone(&data)).unwrap();
     let half = run_of(&mut t, 1);
     assert!(rel(&whole.grads, &half.grads) > 1e-2);
 }
@@ -172,7 +175,7 @@ fn a_gather_whose_backward_drops_the_other_ranks_terms_would_be_caught() {
 #[test]
 fn same_ranks_same_bits_and_local_batchnorm_keeps_ranks_in_step() {
     let data = unlabeled(64);
-    let cfg = config(Method::SimClr, 8, 3, false);
+    let cfg = config(ImageMethod::SimClr, 8, 3, false);
     let a = group_run(&cfg, &data, 2, 3);
     let b = group_run(&cfg, &data, 2, 3);
     assert!(a == b, "two runs of the same group differ");
@@ -215,7 +218,7 @@ fn every_image_once_per_epoch_across_the_ranks() {
 #[test]
 fn rank_zero_writes_the_checkpoint_and_every_rank_resumes_from_it() {
     let data = unlabeled(64);
-    let cfg = config(Method::SimClr, 8, 4, true);
+    let cfg = config(ImageMethod::SimClr, 8, 4, true);
     let straight = group_run(&cfg, &data, 2, 4);
     let dirs = [TempDir::new("dist-r0"), TempDir::new("dist-r1")];
     // Two steps, then a checkpoint into each rank's own folder: only rank 0's gets one.
@@ -247,11 +250,12 @@ fn rank_zero_writes_the_checkpoint_and_every_rank_resumes_from_it() {
         );
     }
     // A run of another number of processes does not resume it.
-    let mut one = Pretrainer::new(config(Method::SimClr, 16, 4, true), Arc::clone(&data)).unwrap();
+    let mut one =
+        Pretrainer::new(config(ImageMethod::SimClr, 16, 4, true), Arc::clone(&data)).unwrap();
     let err = one.resume_from(dirs[0].path()).unwrap_err().to_string();
     assert!(err.contains("2 process(es), this run has 1"), "{err}");
     // A failure on rank 0 (another method's checkpoint) is an error on every rank.
-    let rot = config(Method::RotNet, 8, 4, true);
+    let rot = config(ImageMethod::RotNet, 8, 4, true);
     let errs = LocalGroup::run(2, |c| {
         let r = c.rank();
         let mut t = Pretrainer::in_group(rot.clone(), Arc::clone(&data), Box::new(c)).unwrap();
@@ -273,7 +277,7 @@ fn ranks_with_different_configurations_or_data_fail_together() {
     for case in ["seed", "data"] {
         let errs = LocalGroup::run(3, |c| {
             let r = c.rank();
-            let mut cfg = config(Method::SimClr, 8, 3, false);
+            let mut cfg = config(ImageMethod::SimClr, 8, 3, false);
             let mut d = Arc::clone(&data);
             if r == 2 {
                 match case {
@@ -395,7 +399,7 @@ fn local_negatives_contrast_each_ranks_batch_among_itself() {
     // the graphs directly, fed the same rows.
     use selfsup::graph::Mode;
     use selfsup::nn::simclr;
-    let cfg = config(Method::SimClr, 8, 3, false).model;
+    let cfg = config(ImageMethod::SimClr, 8, 3, false).model;
     let inputs: Vec<Vec<f32>> = (0..2)
         .map(|r| {
             let m = simclr(&cfg, 8, 0.5, 1).unwrap();

@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use selfsup::data::augment::{RotnetAugment, SimclrAugment};
 use selfsup::data::builtin::{builtin_splits, BuiltinConfig, CLASSES};
+use selfsup::eval::probe::{linear_probe, ProbeConfig};
 use selfsup::nn::ResNetConfig;
 use selfsup::optim::{LarsConfig, LrSchedule, OptimizerConfig};
-use selfsup::train::image::{Embedder, Method, PretrainConfig, Pretrainer};
-use selfsup::eval::probe::{linear_probe, ProbeConfig};
+use selfsup::train::image::{Embedder, ImageMethod, PretrainConfig, Pretrainer};
+use selfsup::train::Method;
 
 /// Steps of pretraining (batch 32): about 25 s on two cores of this project's machine.
 /// (Measured 2026-12-02: SimCLR 37.5%, random init 18.5% with the AVX2 kernels; 28.4% and
@@ -41,7 +42,7 @@ fn simclr_probe_beats_the_random_encoder() {
     let mut augment = SimclrAugment::for_image(32, 3, 0.5);
     augment.crop_scale.0 = 0.3;
     let cfg = PretrainConfig {
-        method: Method::SimClr,
+        method: ImageMethod::SimClr,
         model: model.clone(),
         batch: 32,
         tau: 0.2,

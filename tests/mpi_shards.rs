@@ -15,9 +15,10 @@ use selfsup::dist::mpi::{finalize, MpiComm};
 use selfsup::dist::Collectives;
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::train::image::{Method, PretrainConfig, Pretrainer};
-use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
 use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
+use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
+use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
+use selfsup::train::Method;
 
 const CHILD: &str = "SELFSUP_MPI_SHARDS_RANK";
 const BATCH: usize = 4;
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn image_config(method: Method) -> PretrainConfig {
+fn image_config(method: ImageMethod) -> PretrainConfig {
     PretrainConfig {
         method,
         model: ResNetConfig {
@@ -137,7 +138,7 @@ fn rank_main() -> ExitCode {
     data.classes = None;
     let data = Arc::new(data);
     let mut verdicts = Vec::new();
-    for method in [Method::SimClr, Method::RotNet] {
+    for method in [ImageMethod::SimClr, ImageMethod::RotNet] {
         let cfg = image_config(method);
         let mut whole_cfg = cfg.clone();
         whole_cfg.batch = BATCH * p;

@@ -8,6 +8,7 @@ use selfsup::kernels::conv::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
 };
 use selfsup::kernels::gemm::{gemm, Fused, GemmParams, MatMut, MatRef};
+use selfsup::train::Method;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -228,8 +229,8 @@ fn a_quick_thoughts_trainer_step_allocates_nothing_even_across_epochs() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
     use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
-    use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
     use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
+    use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

@@ -13,7 +13,8 @@ use selfsup::data::builtin::generate;
 use selfsup::data::ImageSet;
 use selfsup::nn::ResNetConfig;
 use selfsup::optim::{LrSchedule, OptimizerConfig, SgdConfig};
-use selfsup::train::image::{Embedder, Method, PretrainConfig, Pretrainer};
+use selfsup::train::image::{Embedder, ImageMethod, PretrainConfig, Pretrainer};
+use selfsup::train::Method;
 
 fn tiny_model() -> ResNetConfig {
     ResNetConfig {
@@ -26,7 +27,7 @@ fn tiny_model() -> ResNetConfig {
     }
 }
 
-fn config(method: Method, steps: u64, seed: u64) -> PretrainConfig {
+fn config(method: ImageMethod, steps: u64, seed: u64) -> PretrainConfig {
     PretrainConfig {
         method,
         model: tiny_model(),
@@ -70,7 +71,7 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 
 #[test]
 fn weights_are_bit_identical_for_one_and_two_threads() {
-    for method in [Method::SimClr, Method::RotNet] {
+    for method in [ImageMethod::SimClr, ImageMethod::RotNet] {
         let data = unlabeled(64, 1);
         let train = |threads| {
             in_pool(threads, || {
@@ -97,14 +98,14 @@ fn weights_are_bit_identical_for_one_and_two_threads() {
 fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
     let data = unlabeled(64, 2);
     let dir = temp_dir("resume");
-    let mut whole = Pretrainer::new(config(Method::SimClr, 8, 3), Arc::clone(&data)).unwrap();
+    let mut whole = Pretrainer::new(config(ImageMethod::SimClr, 8, 3), Arc::clone(&data)).unwrap();
     let all = train_to(&mut whole, 8);
 
-    let mut first = Pretrainer::new(config(Method::SimClr, 8, 3), Arc::clone(&data)).unwrap();
+    let mut first = Pretrainer::new(config(ImageMethod::SimClr, 8, 3), Arc::clone(&data)).unwrap();
     let a = train_to(&mut first, 5);
     first.save_in(&dir, &Default::default(), 2).unwrap();
     drop(first);
-    let mut second = Pretrainer::new(config(Method::SimClr, 8, 3), Arc::clone(&data)).unwrap();
+    let mut second = Pretrainer::new(config(ImageMethod::SimClr, 8, 3), Arc::clone(&data)).unwrap();
     assert_eq!(second.resume_from(&dir).unwrap(), Some(5));
     let b = train_to(&mut second, 8);
     let joined: Vec<f64> = a.into_iter().chain(b).collect();
@@ -112,7 +113,7 @@ fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
     assert!(second.graph().params() == whole.graph().params());
 
     // Another method's checkpoint does not resume this run.
-    let mut rot = Pretrainer::new(config(Method::RotNet, 8, 3), Arc::clone(&data)).unwrap();
+    let mut rot = Pretrainer::new(config(ImageMethod::RotNet, 8, 3), Arc::clone(&data)).unwrap();
     assert!(rot.resume_from(&dir).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -120,16 +121,16 @@ fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
 #[test]
 fn bad_configurations_are_errors() {
     let data = unlabeled(32, 3);
-    let mut c = config(Method::SimClr, 4, 0);
+    let mut c = config(ImageMethod::SimClr, 4, 0);
     c.batch = 1;
     assert!(Pretrainer::new(c, Arc::clone(&data)).is_err());
-    let mut c = config(Method::SimClr, 4, 0);
+    let mut c = config(ImageMethod::SimClr, 4, 0);
     c.tau = 0.0;
     assert!(Pretrainer::new(c, Arc::clone(&data)).is_err());
-    let mut c = config(Method::SimClr, 4, 0);
+    let mut c = config(ImageMethod::SimClr, 4, 0);
     c.batch = 33; // larger than the data
     assert!(Pretrainer::new(c, Arc::clone(&data)).is_err());
-    let mut c = config(Method::SimClr, 4, 0);
+    let mut c = config(ImageMethod::SimClr, 4, 0);
     c.model.in_channels = 1; // the data is RGB
     let e = Pretrainer::new(c, Arc::clone(&data)).unwrap_err();
     assert!(e.to_string().contains("3x32x32"), "{e}");
@@ -138,7 +139,7 @@ fn bad_configurations_are_errors() {
 #[test]
 fn a_diverging_loss_stops_with_the_step_named() {
     let data = unlabeled(32, 4);
-    let mut c = config(Method::RotNet, 50, 0);
+    let mut c = config(ImageMethod::RotNet, 50, 0);
     // A learning rate that blows the weights up within a few steps.
     c.schedule = LrSchedule::new(1e30, 0, 50).unwrap();
     let mut t = Pretrainer::new(c, data).unwrap();
@@ -146,7 +147,7 @@ fn a_diverging_loss_stops_with_the_step_named() {
     let mut failed = None;
     while let Some(b) = loader.next_batch() {
         let b = b.unwrap();
-        match t.train_step(&b) {
+        match t.train_on(&b) {
             Ok(_) => loader.recycle(b),
             Err(e) => {
                 failed = Some(e.to_string());
@@ -162,7 +163,7 @@ fn a_diverging_loss_stops_with_the_step_named() {
 fn embedder_matches_between_graph_and_checkpoint() {
     let data = unlabeled(32, 5);
     let dir = temp_dir("embed");
-    let mut t = Pretrainer::new(config(Method::SimClr, 3, 1), Arc::clone(&data)).unwrap();
+    let mut t = Pretrainer::new(config(ImageMethod::SimClr, 3, 1), Arc::clone(&data)).unwrap();
     train_to(&mut t, 3);
     let path = t.save_in(&dir, &Default::default(), 1).unwrap().unwrap();
     let probe = generate(10, 99);

@@ -122,8 +122,9 @@ mod trainer {
 
     use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
     use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
-    use selfsup::train::text::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus};
     use selfsup::text::{builtin_corpus, CorpusConfig, Vocab, PAD};
+    use selfsup::train::text::{QtConfig, QtTrainer, SentenceEmbedder, TokenizedCorpus};
+    use selfsup::train::Method;
 
     use crate::common::TempDir;
 
@@ -328,8 +329,8 @@ mod trainer {
             // The embedder: [f; g] (pairwise: f) of the trainer's encoders, the same for any
             // batch size.
             let sentences = ["The soup needed more salt.", "", "United won the match."];
-            let mut e7 = SentenceEmbedder::from_trainer(&t, 7).unwrap();
-            let mut e2 = SentenceEmbedder::from_trainer(&t, 2).unwrap();
+            let mut e7 = t.embedder(7).unwrap();
+            let mut e2 = t.embedder(2).unwrap();
             let a = e7.embed_sentences(&vocab, &sentences).unwrap();
             let b = e2.embed_sentences(&vocab, &sentences).unwrap();
             assert_eq!(e7.dim(), objective.encoders() * e7.config().feature_dim());

@@ -1,31 +1,20 @@
 //! Loading a data spec for the commands: the training images without their labels (what
-//! pretraining sees), the labels kept apart for the monitors and probes, and the test split.
+//! pretraining sees), the labels kept apart for the monitors and probes, and the test split;
+//! or the text method's training and held-out documents.
 
-use std::sync::Arc;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use selfsup::data::builtin::{builtin_splits, BuiltinConfig};
 use selfsup::data::spec::{DataSpec, LoadOptions};
-use selfsup::data::ImageSet;
-
-/// A loaded dataset, with the training labels held apart from the training images.
-#[derive(Debug)]
-pub struct Splits {
-    /// The training images, unlabeled.
-    pub train: Arc<ImageSet>,
-    /// The training labels, when the format has them (never given to pretraining).
-    pub train_labels: Option<Vec<u32>>,
-    /// The labeled test split, when the dataset has one.
-    pub test: Option<ImageSet>,
-    /// Classes of the labels.
-    pub classes: Option<usize>,
-}
+use selfsup::data::Splits;
+use selfsup::text::{read_corpus_report, TextData};
 
 /// Parses and loads `spec` (`builtin`, `fashion-mnist`, `idx:DIR`, ...).
 pub fn load_splits(spec: &str) -> Result<Splits> {
     let parsed: DataSpec = spec.parse()?;
-    let (mut train, test) = match parsed {
+    let (train, test) = match parsed {
         DataSpec::Builtin => {
             let (train, test) = builtin_splits(&BuiltinConfig::default());
             (train, Some(test))
@@ -37,14 +26,28 @@ pub fn load_splits(spec: &str) -> Result<Splits> {
             (s.train, s.test)
         }
     };
-    let classes = train.classes.or(test.as_ref().and_then(|t| t.classes));
-    let train_labels = train.labels.take();
-    train.classes = None;
     anyhow::ensure!(train.n > 0, "--data {spec}: the training split is empty");
-    Ok(Splits {
-        train: Arc::new(train),
-        train_labels,
-        test,
-        classes,
-    })
+    Ok(Splits::new(train, test))
+}
+
+/// Loads the text method's `builtin` (the generated corpus) or `text:PATH` (a UTF-8 file or
+/// a folder of them; what was read and skipped is said on stderr).
+pub fn load_text(spec: &str) -> Result<TextData> {
+    if spec == "builtin" {
+        return Ok(TextData::builtin());
+    }
+    let Some(path) = spec.strip_prefix("text:") else {
+        anyhow::bail!("--data {spec}: the text method reads `builtin` or `text:PATH` (a UTF-8 file or a folder of them)");
+    };
+    let report = read_corpus_report(Path::new(path))?;
+    let sentences: usize = report.documents.iter().map(|d| d.sentences.len()).sum();
+    eprintln!(
+        "{path}: {} documents, {sentences} sentences ({} files read; skipped: {} empty, {} with one sentence, {} not UTF-8 text)",
+        report.documents.len(),
+        report.files,
+        report.skipped_empty,
+        report.skipped_short,
+        report.skipped_binary,
+    );
+    Ok(TextData::from_report(report))
 }

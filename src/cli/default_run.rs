@@ -9,12 +9,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
 
-use selfsup::train::image::Embedder;
+use selfsup::train::embed::Embedder;
 
 use super::data::load_splits;
 use super::group;
 use super::pretrain::{pretrain, PretrainArgs};
 use super::probe::{encoder_features, print_table, probe_table, raw_features};
+use super::threads::set_threads;
 
 /// Options of the default run (`selfsup demo`; `selfsup` alone runs it with its defaults).
 #[derive(Debug, Clone, Args)]
@@ -91,7 +92,7 @@ fn pretrain_args(method: &str, minutes: f64, out: PathBuf, demo: &DemoArgs) -> P
 /// Runs the default job.
 pub fn run(demo: &DemoArgs) -> Result<()> {
     group::single_process("the default run")?;
-    super::pretrain::set_threads(demo.threads);
+    set_threads(demo.threads);
     let t0 = Instant::now();
     eprintln!(
         "selfsup default run: SimCLR ({} min) and RotNet ({} min) on the built-in dataset, \
@@ -124,6 +125,7 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
     features.push(encoder_features("random init", &mut random, &splits)?);
     for (method, o) in &outcomes {
         let ckpt = o
+            .summary
             .checkpoint
             .as_ref()
             .context("the run wrote no checkpoint")?;
@@ -145,10 +147,11 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
     for (method, o) in &outcomes {
         println!(
             "{method}: {} steps in {:.0} s ({:.0} images/s){}",
-            o.steps,
-            o.seconds,
-            o.images_per_s,
-            o.knn
+            o.summary.steps,
+            o.summary.seconds,
+            o.summary.items_per_s,
+            o.summary
+                .monitor_value
                 .map(|a| format!(", kNN {:.2}%", 100.0 * a))
                 .unwrap_or_default()
         );

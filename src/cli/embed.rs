@@ -2,14 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use selfsup::io::checkpoint;
-use selfsup::nn::ResNetConfig;
-use selfsup::train::image::Embedder;
+use selfsup::text::read_text;
+use selfsup::train::embed::{model_config, Embedder};
+use selfsup::train::text::{is_text_checkpoint, TextModel};
 
 use super::data::load_splits;
+use super::threads::set_threads;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -72,25 +74,11 @@ pub struct EmbedArgs {
     pub threads: Option<u64>,
 }
 
-/// The model configuration a checkpoint of `selfsup pretrain` records.
-pub fn model_config(path: &Path) -> Result<ResNetConfig> {
-    // The header alone: the tensors are read and checked when the encoder is loaded.
-    let meta = checkpoint::load_metadata(path)?;
-    let text = meta.get("config").with_context(|| {
-        format!(
-            "{}: no model configuration in the metadata (not written by `selfsup pretrain`)",
-            path.display()
-        )
-    })?;
-    serde_json::from_str(text)
-        .with_context(|| format!("{}: the model configuration is malformed", path.display()))
-}
-
 /// Writes the `items.len() x d` float32 features of `items` to the NumPy file `out`,
 /// atomically and streamed: `fill` puts the rows of `chunk` items at a time into the buffer
 /// it is given, and they are written before the next chunk. An error of `fill` stops the
 /// write (no partial file is left) and is returned as it is.
-pub fn write_npy_streamed<T>(
+fn write_npy_streamed<T>(
     out: &Path,
     items: &[T],
     d: usize,
@@ -118,16 +106,11 @@ pub fn write_npy_streamed<T>(
 
 /// Runs `selfsup embed`.
 pub fn run(args: &EmbedArgs) -> Result<()> {
-    super::pretrain::set_threads(args.threads);
-    let text = super::text::is_text_checkpoint(&args.checkpoint)?;
+    set_threads(args.threads);
+    let text = is_text_checkpoint(&args.checkpoint)?;
     match (&args.sentences, text) {
         (Some(input), true) => {
-            return super::text::embed_sentences_file(
-                &args.checkpoint,
-                input,
-                &args.out,
-                args.batch as usize,
-            )
+            return embed_sentences_file(&args.checkpoint, input, &args.out, args.batch as usize)
         }
         (Some(_), false) => anyhow::bail!(
             "{} is an image encoder's checkpoint: --sentences needs a Quick Thoughts checkpoint",
@@ -162,6 +145,43 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         set.n,
         args.data,
         args.split
+    );
+    Ok(())
+}
+
+/// Lines per chunk of `embed --sentences` (the features of one chunk are held at once).
+const EMBED_CHUNK: usize = 4096;
+
+/// The lines of a sentence file (`selfsup embed --sentences`): one sentence per line, a
+/// blank line an empty sentence (so rows match lines).
+pub fn read_sentence_lines(path: &Path) -> Result<Vec<String>> {
+    let text = read_text(path)?;
+    Ok(text.lines().map(|l| l.trim().to_string()).collect())
+}
+
+/// `selfsup embed --sentences`: `[f(s); g(s)]` of each line of `input` into `out` (.npy,
+/// `lines x 2*features`), written atomically.
+pub fn embed_sentences_file(
+    checkpoint: &Path,
+    input: &Path,
+    out: &Path,
+    batch: usize,
+) -> Result<()> {
+    let mut model = TextModel::open(checkpoint, batch)?;
+    let sentences = read_sentence_lines(input)?;
+    if sentences.is_empty() {
+        bail!("{}: no lines to embed", input.display());
+    }
+    let d = model.embedder.dim();
+    write_npy_streamed(out, &sentences, d, EMBED_CHUNK, |chunk, rows| {
+        *rows = model.embedder.embed_sentences(&model.vocab, chunk)?;
+        Ok(())
+    })?;
+    eprintln!(
+        "{}: {} x {d} sentence representations of {}",
+        out.display(),
+        sentences.len(),
+        input.display()
     );
     Ok(())
 }

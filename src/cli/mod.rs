@@ -1,8 +1,9 @@
 //! The command line of the `selfsup` program (binary only: the library never prints or exits).
 //!
 //! Subcommands: `pretrain`, `probe`, `embed`, `neighbors`, `preview`, `bench`, and `demo`
-//! (the default run: what `selfsup` without arguments does), each one module; the text
-//! method's parts of them live in `text`.
+//! (the default run: what `selfsup` without arguments does), each one module handling both
+//! images and text; the helpers they share (`data`, `group`, `progress`, `threads`) are
+//! modules of their own, never a sibling subcommand.
 
 pub mod bench;
 mod data;
@@ -16,9 +17,10 @@ pub mod peak_alloc;
 mod pretrain;
 mod preview;
 mod probe;
+mod progress;
 mod report;
 mod scaling;
-mod text;
+mod threads;
 mod workloads;
 
 use anyhow::Result;

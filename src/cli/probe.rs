@@ -1,17 +1,22 @@
 //! `selfsup probe`: the linear probe on frozen features, with the raw-pixel and
 //! random-init baselines in the same table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use selfsup::nn::ResNetConfig;
-use selfsup::train::image::Embedder;
 use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
+use selfsup::nn::ResNetConfig;
+use selfsup::text::read_text;
+use selfsup::train::embed::{model_config, Embedder};
+use selfsup::train::text::{is_text_checkpoint, SentenceEmbedder, TextModel};
 
-use super::data::{load_splits, Splits};
+use selfsup::data::Splits;
+
+use super::data::load_splits;
+use super::threads::set_threads;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -213,14 +218,14 @@ pub fn checkpoint_label(path: &std::path::Path) -> String {
 
 /// Runs `selfsup probe`.
 pub fn run(args: &ProbeArgs) -> Result<()> {
-    super::pretrain::set_threads(args.threads);
+    set_threads(args.threads);
     if let Some(tsv) = &args.tsv {
         let shares: Vec<f64> = args
             .labels
             .iter()
             .map(|s| parse_fraction(s))
             .collect::<Result<_>>()?;
-        return super::text::probe_sentences(
+        return probe_sentences(
             &args.checkpoint,
             tsv,
             &shares,
@@ -229,7 +234,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
             !args.no_baselines,
         );
     }
-    if super::text::is_text_checkpoint(&args.checkpoint[0])? {
+    if is_text_checkpoint(&args.checkpoint[0])? {
         bail!(
             "{} is a Quick Thoughts checkpoint: probe it on labeled sentences with --tsv FILE (or --tsv builtin)",
             args.checkpoint[0].display()
@@ -240,7 +245,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         .iter()
         .map(|s| parse_fraction(s))
         .collect::<Result<_>>()?;
-    let model: ResNetConfig = super::embed::model_config(&args.checkpoint[0])?;
+    let model: ResNetConfig = model_config(&args.checkpoint[0])?;
     let splits = load_splits(&args.data)?;
     let mut features = Vec::new();
     if !args.no_baselines {
@@ -249,7 +254,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         features.push(encoder_features("random init", &mut random, &splits)?);
     }
     for path in &args.checkpoint {
-        let model: ResNetConfig = super::embed::model_config(path)?;
+        let model: ResNetConfig = model_config(path)?;
         let mut trained = Embedder::from_checkpoint(&model, 256, path)?;
         features.push(encoder_features(
             &checkpoint_label(path),
@@ -263,5 +268,164 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         &shares,
         &rows,
     );
+    Ok(())
+}
+
+/// A labeled sentence file: `label<TAB>sentence` per line (blank lines skipped). Returns
+/// the sentences, their label ids and the label names (sorted).
+pub fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<u32>, Vec<String>)> {
+    let text = read_text(path)?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((label, sentence)) = line.split_once('\t') else {
+            bail!(
+                "{}:{}: expected `label<TAB>sentence`, found no tab",
+                path.display(),
+                i + 1
+            );
+        };
+        let label = label.trim();
+        if label.is_empty() {
+            bail!("{}:{}: the label is empty", path.display(), i + 1);
+        }
+        pairs.push((label.to_string(), sentence.trim().to_string()));
+    }
+    let mut names: Vec<String> = pairs.iter().map(|(l, _)| l.clone()).collect();
+    names.sort();
+    names.dedup();
+    if names.len() < 2 {
+        bail!(
+            "{}: {} labeled sentences of {} label(s); a probe needs at least two labels",
+            path.display(),
+            pairs.len(),
+            names.len()
+        );
+    }
+    let labels = pairs
+        .iter()
+        .map(|(l, _)| names.binary_search(l).expect("a collected label") as u32)
+        .collect();
+    let sentences = pairs.into_iter().map(|(_, s)| s).collect();
+    Ok((sentences, labels, names))
+}
+
+/// The test accuracy of a probe on `x` at one label share: the mean and standard
+/// deviation over `folds` k-fold folds (share 1) or over `folds` draws of a
+/// class-balanced labeled subset of that share, tested on all the other sentences.
+fn sentence_probe(
+    x: &[f32],
+    dim: usize,
+    labels: &[u32],
+    classes: usize,
+    share: f64,
+    folds: usize,
+    seed: u64,
+) -> Result<(f64, f64)> {
+    let cfg = selfsup::eval::probe::ProbeConfig::default();
+    let accs = if share >= 1.0 {
+        selfsup::eval::probe::kfold_probe(x, labels.len(), dim, labels, classes, folds, seed, &cfg)?
+            .fold_accuracy
+    } else {
+        let mut accs = Vec::new();
+        for r in 0..folds as u64 {
+            let train = selfsup::eval::probe::subsample_labels(labels, classes, share, seed ^ r)?;
+            let mut is_train = vec![false; labels.len()];
+            train.iter().for_each(|&i| is_train[i] = true);
+            let test: Vec<usize> = (0..labels.len()).filter(|&i| !is_train[i]).collect();
+            if test.is_empty() {
+                bail!("a share of {share} leaves no sentence to test on");
+            }
+            let pick = |idx: &[usize]| -> Result<(Vec<f32>, Vec<u32>)> {
+                Ok((
+                    selfsup::eval::probe::select_rows(x, dim, idx)?,
+                    idx.iter().map(|&i| labels[i]).collect(),
+                ))
+            };
+            let (xtr, ytr) = pick(&train)?;
+            let (xte, yte) = pick(&test)?;
+            let report =
+                selfsup::eval::probe::linear_probe(&xtr, &ytr, &xte, &yte, dim, classes, &cfg)?;
+            accs.push(report.accuracy);
+        }
+        accs
+    };
+    let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
+    let var = accs.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / accs.len().max(1) as f64;
+    Ok((mean, var.sqrt()))
+}
+
+/// `selfsup probe --tsv`: logistic regression on the sentence representations of each
+/// checkpoint (and of random encoders of the first one's architecture), at each label
+/// share (100%: k-fold cross-validation as in SentEval; below: class-balanced labeled
+/// subsets, the rest for testing, `folds` draws).
+pub fn probe_sentences(
+    checkpoints: &[PathBuf],
+    tsv: &str,
+    shares: &[f64],
+    folds: usize,
+    seed: u64,
+    baselines: bool,
+) -> Result<()> {
+    let (sentences, labels, names) = if tsv == "builtin" {
+        selfsup::text::builtin_topic_sentences()
+    } else {
+        read_tsv(Path::new(tsv))?
+    };
+    let classes = names.len();
+    // (name, features, (mean, std) per share)
+    type Row = (String, usize, Vec<(f64, f64)>);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut probe = |name: String, x: Vec<f32>, dim: usize| -> Result<()> {
+        let mut cells = Vec::new();
+        for &share in shares {
+            let t0 = Instant::now();
+            let (mean, std) = sentence_probe(&x, dim, &labels, classes, share, folds, seed)
+                .with_context(|| format!("probing {name}"))?;
+            eprintln!(
+                "  probe {name}, {}% labels: {:.2}% in {:.1} s",
+                100.0 * share,
+                100.0 * mean,
+                t0.elapsed().as_secs_f64()
+            );
+            cells.push((mean, std));
+        }
+        rows.push((name, dim, cells));
+        Ok(())
+    };
+    for (k, path) in checkpoints.iter().enumerate() {
+        let mut model = TextModel::open(path, 256)?;
+        if k == 0 && baselines {
+            let e = &model.embedder;
+            let mut random = SentenceEmbedder::new(e.config(), e.objective(), 256, seed)?;
+            let x = random.embed_sentences(&model.vocab, &sentences)?;
+            probe("random init".into(), x, random.dim())?;
+        }
+        let x = model.embedder.embed_sentences(&model.vocab, &sentences)?;
+        let kind = format!("{:?}", model.embedder.config().kind).to_lowercase();
+        probe(
+            format!("{} ({kind})", checkpoint_label(path)),
+            x,
+            model.embedder.dim(),
+        )?;
+    }
+    println!(
+        "linear probe on {tsv}: {} sentences, {classes} labels; test accuracy, mean and std over {folds} folds (100%) or {folds} labeled subsets",
+        sentences.len()
+    );
+    let mut head = format!("{:<40} {:>8}", "representation", "features");
+    for s in shares {
+        head.push_str(&format!(" {:>17}", format!("{}% labels", 100.0 * s)));
+    }
+    println!("{head}");
+    for (name, dim, cells) in &rows {
+        let mut line = format!("{name:<40} {dim:>8}");
+        for (mean, std) in cells {
+            line.push_str(&format!(" {:>9.2}% ± {:>4.2}", 100.0 * mean, 100.0 * std));
+        }
+        println!("{line}");
+    }
     Ok(())
 }

@@ -191,8 +191,9 @@ pub const QT_SENTENCES: usize = 256;
 fn quickthought_workload(sentences: usize) -> Workload {
     use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
     use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
-    use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
     use selfsup::text::{builtin_corpus, CorpusConfig, Vocab};
+    use selfsup::train::text::{QtConfig, QtTrainer, TokenizedCorpus};
+    use selfsup::train::Method;
     Workload {
         name: "quickthought_step_cnn_b256",
         about: format!(
@@ -221,7 +222,7 @@ fn quickthought_workload(sentences: usize) -> Workload {
                 },
                 batch: sentences,
                 objective: QtObjective::InBatch,
-                temperature: super::text::QT_TEMPERATURE,
+                temperature: selfsup::train::text::QT_TEMPERATURE,
                 optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
                 schedule: LrSchedule::new(1e-3, 0, 1 << 40)?,
                 seed: 0x5eed_0502,

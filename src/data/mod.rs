@@ -86,3 +86,6 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod spec;
+pub mod splits;
+
+pub use splits::{LabeledSplits, Splits};

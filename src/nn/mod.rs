@@ -13,8 +13,7 @@ use crate::graph::{Graph, GraphBuilder, TensorId};
 
 /// The encoder's configuration. [`ResNetConfig::default`] is the canonical ResNet-mini
 /// (3 x 32 x 32 input, widths 32/64/128, one block per stage, head 128 -> 128 -> 64).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResNetConfig {
     /// Input channels (3 for RGB, 1 for Fashion-MNIST).
     pub in_channels: usize,
@@ -259,8 +258,7 @@ pub fn linear_probe(
 }
 
 /// The sentence encoder of Quick Thoughts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SentenceEncoderKind {
     /// Token embedding, a `1 x kernel` convolution over time, ReLU, max over time.
     Cnn,
@@ -270,8 +268,7 @@ pub enum SentenceEncoderKind {
 }
 
 /// The configuration of a Quick Thoughts sentence encoder (each of f and g).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SentenceEncoderConfig {
     pub kind: SentenceEncoderKind,
     /// Vocabulary size (token ids are below it; id 0 is the padding, a zero vector).
@@ -372,9 +369,8 @@ pub fn sentence_encoder(
 }
 
 /// The Quick Thoughts objective.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "cli", serde(rename_all = "kebab-case"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum QtObjective {
     /// The paper's, with two encoders f and g: a softmax per sentence over `f(s) . g(c)` for
     /// every other sentence `c` of the batch; the targets are its previous and next

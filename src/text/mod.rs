@@ -29,13 +29,17 @@
 //! ```
 
 pub mod corpus;
+pub mod data;
 pub mod read;
 pub mod split;
+pub mod tokens;
 pub mod vocab;
 
 pub use corpus::{
     builtin_corpus, builtin_document, topic_of, CorpusConfig, LabeledDocument, TOPICS,
 };
+pub use data::{builtin_held_out, builtin_topic_sentences, TextData};
 pub use read::{read_corpus, read_corpus_report, read_text, CorpusReport, Document};
 pub use split::{split_sentences, MAX_SENTENCE_CHARS};
+pub use tokens::{default_max_len, TokenizedCorpus};
 pub use vocab::{tokenize, Vocab, PAD, PAD_TOKEN, UNK, UNK_TOKEN};

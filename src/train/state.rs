@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::io::checkpoint::{self, CheckpointError, TensorView};
 use crate::graph::Graph;
+use crate::io::checkpoint::{self, CheckpointError, TensorView};
 use crate::optim::Optimizer;
 
 /// A checkpoint's string metadata.

@@ -14,26 +14,44 @@
 //! - [`SentenceEmbedder`]: the frozen encoders; a sentence's representation is
 //!   `[f(s); g(s)]`, as in the paper (`f(s)` for the single-encoder pairwise objective).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::io::checkpoint::{self, CheckpointError};
+use serde::{Deserialize, Serialize};
+
 use crate::dist::{self, Collectives, SingleProcess};
 use crate::error::{Error, Result};
-use crate::graph::{Graph, GraphBuilder, Mode};
+use crate::graph::{Graph, Mode};
 use crate::kernels::contrastive::quickthought::qt_neighbor_targets;
 use crate::nn::{
-    quick_thoughts, quick_thoughts_in_batch_eval, QtObjective, QuickThoughtsModel, SentenceEncoder,
+    quick_thoughts, quick_thoughts_in_batch_eval, QtObjective, QuickThoughtsModel,
     SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use crate::train::image::{copy_by_name, Group, StepStats};
 use crate::rng::{mix, shuffle, SplitMix64};
+pub use crate::text::TokenizedCorpus;
 use crate::text::{Vocab, PAD};
-use crate::train::Metadata;
+use crate::train::core::{at_step, non_finite, Core};
+use crate::train::embed::copy_by_name;
+pub use crate::train::embed_text::{
+    is_text_checkpoint, SentenceEmbedder, TextModel, CONFIG_KEY, METHOD_NAME, OBJECTIVE_KEY,
+    VOCAB_KEY,
+};
+use crate::train::group::{run_step, Group};
+use crate::train::method::{Method, MonitorKind, StepStats, Unit};
+use crate::train::state::Metadata;
 
-/// The method's name in checkpoints and run folders.
-pub const METHOD_NAME: &str = "quickthought";
+/// The in-batch temperature when none is given: logits `f(s) . g(c) / 50`. Measured on
+/// the built-in corpus (docs/results.md, "Quick Thoughts against the bag of words"): the
+/// paper's plain inner products (temperature 1) probe 80.5% at 0.5% of the labels after
+/// 3,000 steps of the CNN, temperature 50 86.2%; the bag of words gains as much in the
+/// same time.
+pub const QT_TEMPERATURE: f32 = 50.0;
+
+/// The run folder's copy of the vocabulary.
+pub const VOCAB_FILE: &str = "vocab.json";
+
+/// The fewest seconds between two runs of the held-out monitor during training.
+const MONITOR_SECONDS: f64 = 15.0;
 
 /// The fewest sentences per batch: with 4, every batch has a target pair and every
 /// anchor a negative that is neither itself nor a neighbour.
@@ -43,105 +61,6 @@ fn invalid(msg: String) -> Error {
     Error::InvalidArgument {
         op: "quick thoughts",
         msg,
-    }
-}
-
-/// Documents of sentences as token rows of `max_len` ids (row-major, [`PAD`]-padded).
-#[derive(Clone, Debug)]
-pub struct TokenizedCorpus {
-    max_len: usize,
-    tokens: Vec<u32>,
-    /// The first sentence of each document, then the number of sentences.
-    bounds: Vec<usize>,
-    truncated: usize,
-}
-
-impl TokenizedCorpus {
-    /// Tokenizes `documents` (each an ordered list of sentences) with `vocab`: sentences
-    /// longer than `max_len` tokens keep their first `max_len` (counted in
-    /// [`truncated`](Self::truncated)).
-    ///
-    /// # Errors
-    /// `max_len == 0`.
-    pub fn new<D, S>(documents: D, vocab: &Vocab, max_len: usize) -> Result<Self>
-    where
-        D: IntoIterator,
-        D::Item: AsRef<[S]>,
-        S: AsRef<str>,
-    {
-        if max_len == 0 {
-            return Err(invalid("max_len must be positive".into()));
-        }
-        let mut tokens = Vec::new();
-        let mut bounds = vec![0];
-        let mut truncated = 0;
-        let mut n = 0;
-        for doc in documents {
-            let doc = doc.as_ref();
-            if doc.is_empty() {
-                continue;
-            }
-            for s in doc {
-                let ids = vocab.encode(s.as_ref(), max_len + 1);
-                if ids.len() > max_len {
-                    truncated += 1;
-                }
-                let keep = ids.len().min(max_len);
-                tokens.extend_from_slice(&ids[..keep]);
-                tokens.resize(tokens.len() + max_len - keep, PAD);
-                n += 1;
-            }
-            bounds.push(n);
-        }
-        Ok(Self {
-            max_len,
-            tokens,
-            bounds,
-            truncated,
-        })
-    }
-
-    /// Tokens per sentence.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
-    /// The number of sentences.
-    pub fn sentences(&self) -> usize {
-        *self.bounds.last().unwrap_or(&0)
-    }
-
-    /// The number of (non-empty) documents.
-    pub fn documents(&self) -> usize {
-        self.bounds.len() - 1
-    }
-
-    /// Sentences of document `d`: `start..end` indices.
-    pub fn document(&self, d: usize) -> std::ops::Range<usize> {
-        self.bounds[d]..self.bounds[d + 1]
-    }
-
-    /// Sentences that were longer than `max_len` tokens and were cut.
-    pub fn truncated(&self) -> usize {
-        self.truncated
-    }
-
-    /// Sentence `i`'s `max_len` token ids.
-    pub fn sentence(&self, i: usize) -> &[u32] {
-        &self.tokens[i * self.max_len..(i + 1) * self.max_len]
-    }
-
-    /// Every sentence's tokens, `sentences x max_len`.
-    pub fn tokens(&self) -> &[u32] {
-        &self.tokens
-    }
-
-    /// Sentences in documents of at least two sentences (the ones with neighbours).
-    pub fn trainable_sentences(&self) -> usize {
-        (0..self.documents())
-            .map(|d| self.document(d).len())
-            .filter(|&l| l >= 2)
-            .sum()
     }
 }
 
@@ -177,9 +96,12 @@ pub struct QtBatchView<'a> {
 pub struct QtTrainer {
     cfg: QtConfig,
     model: QuickThoughtsModel,
-    opt: Optimizer,
+    core: Core,
     corpus: Arc<TokenizedCorpus>,
-    step: u64,
+    /// The held-out documents of the monitor.
+    held_out: Option<TokenizedCorpus>,
+    /// The vocabulary's JSON (checkpoint metadata and the run folder's `vocab.json`).
+    vocab_json: Option<String>,
     /// The documents that train (two sentences or more).
     docs: Vec<usize>,
     steps_per_epoch: u64,
@@ -195,14 +117,13 @@ pub struct QtTrainer {
     triplets: Vec<(u32, u32, u32)>,
     /// Data-parallel: the targets of the whole step's window, before this rank's are kept.
     window_targets: Vec<(u32, u32)>,
-    group: Group,
 }
 
 impl std::fmt::Debug for QtTrainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QtTrainer")
             .field("objective", &self.cfg.objective)
-            .field("step", &self.step)
+            .field("step", &self.core.step())
             .finish_non_exhaustive()
     }
 }
@@ -293,6 +214,7 @@ impl QtTrainer {
             mix(cfg.seed, &[0]),
         )?;
         let opt = Optimizer::new(cfg.optimizer, model.graph.params().len())?;
+        let core = Core::new(METHOD_NAME, "quick thoughts", group, opt, cfg.schedule);
         let steps_per_epoch = (trainable / global) as u64;
         Ok(Self {
             ids: vec![PAD; cfg.batch * cfg.encoder.max_len],
@@ -305,62 +227,43 @@ impl QtTrainer {
             stream_epoch: None,
             cfg,
             model,
-            opt,
+            core,
             corpus,
-            step: 0,
+            held_out: None,
+            vocab_json: None,
             docs,
             steps_per_epoch,
-            group,
         })
     }
 
     /// The stream position of this rank's first sentence of step `step`.
     fn first_of(&self, step: u64) -> usize {
-        let (b, ranks) = (self.cfg.batch, self.group.comm.size());
-        (step % self.steps_per_epoch) as usize * b * ranks + self.group.comm.rank() * b
+        let (b, ranks) = (self.cfg.batch, self.core.ranks());
+        (step % self.steps_per_epoch) as usize * b * ranks + self.core.rank() * b
     }
 
-    /// This process's rank in its data-parallel group (0 in a single process).
-    pub fn rank(&self) -> usize {
-        self.group.comm.rank()
+    /// The held-out monitor on `held_out` (documents not trained on; see
+    /// [`Method::monitor`]); a corpus smaller than one batch gives none.
+    pub fn with_monitor(mut self, held_out: TokenizedCorpus) -> Self {
+        self.held_out = Some(held_out);
+        self
     }
 
-    /// The number of ranks (1 in a single process).
-    pub fn ranks(&self) -> usize {
-        self.group.comm.size()
+    /// The vocabulary the corpus was tokenized with, recorded in every checkpoint and in
+    /// the run folder's `vocab.json` (what embedding new sentences needs).
+    pub fn with_vocab(mut self, vocab: &Vocab) -> Self {
+        self.vocab_json = Some(vocab.to_json());
+        self
     }
 
-    /// Rank 0's `value`, on every rank (see [`crate::train::image::Pretrainer::root_value`]).
-    ///
-    /// # Errors
-    /// A failed collective.
-    pub fn root_value(&self, value: u64) -> Result<u64> {
-        self.group.root_value(value)
-    }
-
-    /// The configuration.
+    /// The configuration (its schedule is the one the run started with).
     pub fn config(&self) -> &QtConfig {
         &self.cfg
     }
 
-    /// Replaces the learning-rate schedule.
-    pub fn set_schedule(&mut self, schedule: LrSchedule) {
-        self.cfg.schedule = schedule;
-    }
-
-    /// The training graph (f, g and the loss).
-    pub fn graph(&self) -> &Graph {
-        &self.model.graph
-    }
-
-    /// Steps taken so far (the next step's index).
-    pub fn step(&self) -> u64 {
-        self.step
-    }
-
-    /// Full batches per epoch.
-    pub fn steps_per_epoch(&self) -> u64 {
-        self.steps_per_epoch
+    /// The corpus it trains on.
+    pub fn corpus(&self) -> &TokenizedCorpus {
+        &self.corpus
     }
 
     /// Lays out epoch `epoch`'s stream: the trainable documents in an order drawn from the
@@ -400,7 +303,7 @@ impl QtTrainer {
         // this batch), kept for this rank's anchors: anchors numbered in this batch,
         // candidates in the window (the order in which the ranks' rows are gathered), so a
         // neighbour held by the next or previous rank is a target too.
-        let (ranks, rank) = (self.group.comm.size(), self.group.comm.rank());
+        let (ranks, rank) = (self.core.ranks(), self.core.rank());
         let w0 = p0 - rank * b;
         self.starts.clear();
         for k in 1..ranks * b {
@@ -423,9 +326,9 @@ impl QtTrainer {
         if self.cfg.objective == QtObjective::Pairwise {
             // One negative per target pair: a sentence of the batch that is neither the
             // anchor nor one of its neighbours (drawn from the seed and the step).
-            let mut rng = SplitMix64::new(match self.group.comm.size() {
+            let mut rng = SplitMix64::new(match self.core.ranks() {
                 1 => mix(self.cfg.seed, &[2, step]),
-                _ => mix(self.cfg.seed, &[2, step, self.group.comm.rank() as u64]),
+                _ => mix(self.cfg.seed, &[2, step, self.core.rank() as u64]),
             });
             self.triplets.clear();
             // The pairwise loss scores this rank's rows only: a neighbour held by another
@@ -473,18 +376,9 @@ impl QtTrainer {
         })
     }
 
-    /// One step: the batch of `self.step()`, forward, backward, the optimizer's update.
-    /// Allocates nothing (once the epoch's stream is laid out).
-    ///
-    /// # Errors
-    /// A non-finite loss (the weights are left as they were before the update).
-    pub fn train_step(&mut self) -> Result<StepStats> {
-        let on_pool = self.group.steps_on_pool();
-        crate::train::image::run_step(on_pool, || self.train_step_here())
-    }
-
-    fn train_step_here(&mut self) -> Result<StepStats> {
-        self.prepare_batch(self.step)?;
+    fn train_here(&mut self) -> Result<StepStats> {
+        let step = self.core.step();
+        self.prepare_batch(step)?;
         let m = &mut self.model;
         let g = &mut m.graph;
         g.set_tokens(m.f.tokens, &self.ids)?;
@@ -493,27 +387,16 @@ impl QtTrainer {
             QtObjective::InBatch => g.set_targets(m.loss, &self.targets)?,
             QtObjective::Pairwise => g.set_triplets(m.loss, &self.triplets)?,
         }
-        let step = self.step;
-        let at_step = |e: Error| {
-            invalid(format!(
-                "at step {step}: {e}; training stopped (the last checkpoint is kept)"
-            ))
-        };
-        let comm = &*self.group.comm;
-        g.forward_with(Mode::Train, comm).map_err(at_step)?;
+        let at_step = |e: Error| at_step("quick thoughts", step, e);
+        g.forward_with(Mode::Train, self.core.comm())
+            .map_err(at_step)?;
         let loss = g.loss_f64(m.loss);
         if !loss.is_finite() {
-            return Err(invalid(format!(
-                "the loss is {loss} at step {step}; training stopped (the last checkpoint is kept)"
-            )));
+            return Err(non_finite("quick thoughts", loss, step));
         }
         let accuracy = g.accuracy(m.loss).map_or(f64::NAN, f64::from);
-        g.backward_with(comm).map_err(at_step)?;
-        self.group.sum_grads(g).map_err(at_step)?;
-        let lr = self.cfg.schedule.lr(step);
-        let (p, gr, groups) = g.params_and_grads();
-        self.opt.step(p, gr, groups, lr).map_err(at_step)?;
-        self.step += 1;
+        g.backward_with(self.core.comm()).map_err(at_step)?;
+        let lr = self.core.update(g)?;
         Ok(StepStats {
             step,
             epoch: step / self.steps_per_epoch,
@@ -568,241 +451,133 @@ impl QtTrainer {
         }
         Ok(if total > 0.0 { hits / total } else { f64::NAN })
     }
-
-    /// Writes `ckpt-<step>.safetensors` into `dir` (both encoders, the optimizer state,
-    /// `metadata` plus the step and the method), keeping the newest `keep_last`.
-    ///
-    /// # Errors
-    /// As [`train::save_in`](crate::train::save_in).
-    pub fn save_in(
-        &self,
-        dir: impl AsRef<Path>,
-        metadata: &Metadata,
-        keep_last: usize,
-    ) -> std::result::Result<Option<PathBuf>, CheckpointError> {
-        self.group.save(
-            dir.as_ref(),
-            self.step,
-            METHOD_NAME,
-            &self.model.graph,
-            &self.opt,
-            metadata,
-            keep_last,
-        )
-    }
-
-    /// Continues from the newest checkpoint in `dir`, if there is one; returns its step.
-    ///
-    /// # Errors
-    /// As [`train::load`](crate::train::load): another architecture or optimizer, another
-    /// method, a corrupt file.
-    pub fn resume_from(
-        &mut self,
-        dir: impl AsRef<Path>,
-    ) -> std::result::Result<Option<u64>, CheckpointError> {
-        let resumed = self.group.resume(
-            dir.as_ref(),
-            METHOD_NAME,
-            &mut self.model.graph,
-            &mut self.opt,
-        )?;
-        if let Some(step) = resumed {
-            self.step = step;
-        }
-        Ok(resumed)
-    }
 }
 
-/// The frozen sentence encoders: a sentence's representation is `[f(s); g(s)]`
-/// (`2 x feature_dim` values; `f(s)` alone for a single-encoder objective), computed
-/// `batch` sentences at a time.
-pub struct SentenceEmbedder {
-    graph: Graph,
-    f: SentenceEncoder,
-    g: Option<SentenceEncoder>,
-    cfg: SentenceEncoderConfig,
-    objective: QtObjective,
-    batch: usize,
-    ids: Vec<u32>,
+/// What `config.json` records of a Quick Thoughts run besides its settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TextRecord {
+    /// Each encoder.
+    pub encoder: SentenceEncoderConfig,
+    /// The objective.
+    pub objective: QtObjective,
+    /// The in-batch logits' temperature (absent in runs of versions before it: 1).
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Training documents.
+    #[serde(default)]
+    pub train_documents: usize,
+    /// Training sentences.
+    #[serde(default)]
+    pub train_sentences: usize,
+    /// Sentences cut to `max_len` tokens.
+    #[serde(default)]
+    pub truncated_sentences: usize,
 }
 
-impl std::fmt::Debug for SentenceEmbedder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SentenceEmbedder")
-            .field("cfg", &self.cfg)
-            .field("objective", &self.objective)
-            .field("batch", &self.batch)
-            .finish_non_exhaustive()
-    }
-}
+impl Method for QtTrainer {
+    type Embedder = SentenceEmbedder;
+    type Record = TextRecord;
 
-impl SentenceEmbedder {
-    /// Randomly initialized encoders of `objective` (the random-init baseline).
-    ///
-    /// # Errors
-    /// An invalid configuration.
-    pub fn new(
-        cfg: &SentenceEncoderConfig,
-        objective: QtObjective,
-        batch: usize,
-        seed: u64,
-    ) -> Result<Self> {
-        let batch = batch.max(1);
-        let mut b = GraphBuilder::new();
-        let f = crate::nn::sentence_encoder(&mut b, "f", cfg, batch)?;
-        let g = if objective.encoders() == 2 {
-            Some(crate::nn::sentence_encoder(&mut b, "g", cfg, batch)?)
-        } else {
-            None
-        };
-        let graph = b.build(mix(seed, &[0]))?;
-        Ok(Self {
-            graph,
-            f,
-            g,
-            cfg: cfg.clone(),
-            objective,
-            batch,
-            ids: vec![PAD; batch * cfg.max_len],
-        })
+    fn core(&self) -> &Core {
+        &self.core
     }
 
-    /// The encoders of a trainer's current weights.
-    ///
-    /// # Errors
-    /// As [`SentenceEmbedder::new`].
-    pub fn from_trainer(trainer: &QtTrainer, batch: usize) -> Result<Self> {
-        let mut e = Self::new(&trainer.cfg.encoder, trainer.cfg.objective, batch, 0)?;
-        copy_by_name(&trainer.model.graph, &mut e.graph)?;
-        Ok(e)
+    fn parts_mut(&mut self) -> (&mut Core, &mut Graph) {
+        (&mut self.core, &mut self.model.graph)
     }
 
-    /// The encoders stored in a checkpoint of `cfg` and `objective` (the optimizer state
-    /// is ignored; every encoder tensor must be there with its shape).
-    ///
-    /// # Errors
-    /// A checkpoint that is unreadable, corrupt or of another architecture.
-    pub fn from_checkpoint(
-        cfg: &SentenceEncoderConfig,
-        objective: QtObjective,
-        batch: usize,
-        path: impl AsRef<Path>,
-    ) -> std::result::Result<Self, CheckpointError> {
-        Self::from_loaded(cfg, objective, batch, &checkpoint::load(path)?)
+    fn graph(&self) -> &Graph {
+        &self.model.graph
     }
 
-    /// As [`from_checkpoint`](Self::from_checkpoint), from a checkpoint already read (to
-    /// read its metadata first, for example).
-    ///
-    /// # Errors
-    /// A checkpoint of another architecture.
-    pub fn from_loaded(
-        cfg: &SentenceEncoderConfig,
-        objective: QtObjective,
-        batch: usize,
-        ck: &checkpoint::Checkpoint,
-    ) -> std::result::Result<Self, CheckpointError> {
-        let mut e = Self::new(cfg, objective, batch, 0).map_err(|err| {
-            CheckpointError::InvalidArgument {
-                path: ck.path().to_path_buf(),
-                reason: err.to_string(),
-            }
-        })?;
-        let params: Vec<_> = e.graph.param_info().to_vec();
-        for p in &params {
-            ck.copy_into(
-                &p.name,
-                &p.shape,
-                &mut e.graph.params_mut()[p.range.clone()],
-            )?;
+    fn unit(&self) -> Unit {
+        Unit::Sentences
+    }
+
+    fn batch_size(&self) -> usize {
+        self.cfg.batch
+    }
+
+    fn steps_per_epoch(&self) -> u64 {
+        self.steps_per_epoch
+    }
+
+    /// One step: the batch of `step()`, forward, backward, the optimizer's update.
+    /// Allocates nothing (once the epoch's stream is laid out).
+    fn train_step(&mut self) -> Result<StepStats> {
+        let on_pool = self.core.steps_on_pool();
+        run_step(on_pool, || self.train_here())
+    }
+
+    /// The held-out previous/next accuracy ([`QtTrainer::neighbour_accuracy`]).
+    fn monitor(&self) -> Result<Option<f64>> {
+        match &self.held_out {
+            Some(h) if h.sentences() >= self.cfg.batch => Ok(Some(self.neighbour_accuracy(h)?)),
+            _ => Ok(None),
         }
-        Ok(e)
     }
 
-    /// The encoder configuration.
-    pub fn config(&self) -> &SentenceEncoderConfig {
-        &self.cfg
-    }
-
-    /// The objective the encoders were made for.
-    pub fn objective(&self) -> QtObjective {
-        self.objective
-    }
-
-    /// The width of a representation: `[f(s); g(s)]`, or `f(s)`.
-    pub fn dim(&self) -> usize {
-        self.objective.encoders() * self.cfg.feature_dim()
-    }
-
-    /// The representations of `n` sentences given as token rows (`n x max_len`, each
-    /// [`PAD`]-padded) into `out` (`n x dim`).
-    ///
-    /// # Errors
-    /// Wrong lengths, or a token id outside the vocabulary.
-    pub fn embed_tokens(&mut self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
-        let l = self.cfg.max_len;
-        let d = self.cfg.feature_dim();
-        let dim = self.dim();
-        if !tokens.len().is_multiple_of(l) || out.len() != tokens.len() / l * dim {
-            return Err(invalid(format!(
-                "{} token ids and {} outputs for sentences of {l} tokens and representations of {dim}",
-                tokens.len(),
-                out.len(),
-            )));
+    fn monitor_kind(&self) -> MonitorKind {
+        MonitorKind {
+            key: "held_out_neighbour_accuracy",
+            label: "held-out previous/next accuracy",
+            min_seconds: MONITOR_SECONDS,
         }
-        for (chunk, o) in tokens
-            .chunks(self.batch * l)
-            .zip(out.chunks_mut(self.batch * dim))
-        {
-            let rows = chunk.len() / l;
-            self.ids[..chunk.len()].copy_from_slice(chunk);
-            // A short last batch: the unused rows are padding and their outputs dropped.
-            self.ids[chunk.len()..].fill(PAD);
-            self.graph.set_tokens(self.f.tokens, &self.ids)?;
-            self.graph.forward_to(self.f.h, Mode::Eval)?;
-            if let Some(g) = self.g {
-                self.graph.set_tokens(g.tokens, &self.ids)?;
-                self.graph.forward_to(g.h, Mode::Eval)?;
-            }
-            let fv = self.graph.value(self.f.h);
-            for r in 0..rows {
-                o[r * dim..r * dim + d].copy_from_slice(&fv[r * d..(r + 1) * d]);
-            }
-            if let Some(g) = self.g {
-                let gv = self.graph.value(g.h);
-                for r in 0..rows {
-                    o[r * dim + d..(r + 1) * dim].copy_from_slice(&gv[r * d..(r + 1) * d]);
-                }
-            }
-        }
-        Ok(())
     }
 
-    /// The representations of `sentences` (tokenized with `vocab`, truncated to
-    /// `max_len` tokens), `sentences.len() x dim`.
-    ///
-    /// # Errors
-    /// A vocabulary larger than the encoder's.
-    pub fn embed_sentences<S: AsRef<str>>(
-        &mut self,
-        vocab: &Vocab,
-        sentences: &[S],
-    ) -> Result<Vec<f32>> {
-        if vocab.len() > self.cfg.vocab {
-            return Err(invalid(format!(
-                "the vocabulary has {} words, the encoder {}",
-                vocab.len(),
-                self.cfg.vocab
-            )));
+    /// Two: the first steps of a bag of words are far from its pace.
+    fn budget_fits(&self) -> u8 {
+        2
+    }
+
+    fn describe(&self) -> Option<String> {
+        let c = &self.corpus;
+        Some(format!(
+            "quick thoughts ({:?} encoder, {:?} objective): {} training documents, {} \
+             sentences ({} cut to {} tokens), vocabulary {} words, {} steps per epoch",
+            self.cfg.encoder.kind,
+            self.cfg.objective,
+            c.documents(),
+            c.sentences(),
+            c.truncated(),
+            c.max_len(),
+            self.cfg.encoder.vocab,
+            self.steps_per_epoch
+        ))
+    }
+
+    fn checkpoint_metadata(&self) -> Metadata {
+        let mut meta = Metadata::new();
+        let encoder = serde_json::to_string(&self.cfg.encoder).unwrap_or_default();
+        let objective = serde_json::to_string(&self.cfg.objective).unwrap_or_default();
+        meta.insert(CONFIG_KEY.into(), encoder);
+        meta.insert(OBJECTIVE_KEY.into(), objective);
+        if let Some(v) = &self.vocab_json {
+            meta.insert(VOCAB_KEY.into(), v.clone());
         }
-        let l = self.cfg.max_len;
-        let mut tokens = vec![PAD; sentences.len() * l];
-        for (s, row) in sentences.iter().zip(tokens.chunks_mut(l)) {
-            let ids = vocab.encode(s.as_ref(), l);
-            row[..ids.len()].copy_from_slice(&ids);
+        meta
+    }
+
+    fn record(&self) -> TextRecord {
+        TextRecord {
+            encoder: self.cfg.encoder.clone(),
+            objective: self.cfg.objective,
+            temperature: Some(self.cfg.temperature),
+            train_documents: self.corpus.documents(),
+            train_sentences: self.corpus.sentences(),
+            truncated_sentences: self.corpus.truncated(),
         }
-        let mut out = vec![0.0; sentences.len() * self.dim()];
-        self.embed_tokens(&tokens, &mut out)?;
-        Ok(out)
+    }
+
+    fn run_files(&self) -> Vec<(&'static str, String)> {
+        self.vocab_json
+            .iter()
+            .map(|v| (VOCAB_FILE, v.clone()))
+            .collect()
+    }
+
+    fn embedder(&self, batch: usize) -> Result<SentenceEmbedder> {
+        let cfg = &self.cfg;
+        SentenceEmbedder::from_graph(&cfg.encoder, cfg.objective, batch, &self.model.graph)
     }
 }

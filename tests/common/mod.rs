@@ -16,7 +16,7 @@ pub fn train_to(t: &mut selfsup::train::image::Pretrainer, end: u64) -> Vec<f64>
     let mut losses = Vec::new();
     while let Some(b) = loader.next_batch() {
         let b = b.expect("a batch");
-        losses.push(t.train_step(&b).expect("a training step").loss);
+        losses.push(t.train_on(&b).expect("a training step").loss);
         loader.recycle(b);
     }
     losses
