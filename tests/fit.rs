@@ -150,7 +150,7 @@ fn the_observer_hears_every_event_and_the_folder_records_the_run() {
     assert_eq!(lines.len(), 18);
     assert_eq!(lines[0]["step"], 0);
     assert!(lines[0]["images_per_s"].as_f64().unwrap() > 0.0);
-    assert_eq!(lines[8]["knn_accuracy"].as_f64().is_some(), true);
+    assert!(lines[8]["knn_accuracy"].as_f64().is_some());
     assert_eq!(lines[17]["step"], 16);
     let mut ckpts: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -205,10 +205,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         .find_map(|e| e.strip_prefix("checkpoint "))
         .expect("a checkpoint before the loss failed");
     assert!(e.contains("training stopped"), "{e}");
-    assert!(
-        e.contains(&format!("the last checkpoint")) && e.contains(last),
-        "{e}"
-    );
+    assert!(e.contains("the last checkpoint") && e.contains(last), "{e}");
     // The kept checkpoint loads: its weights are finite.
     let kept = dir.join(last);
     selfsup::io::checkpoint::load(&kept).expect("the last good checkpoint is intact");
