@@ -9,17 +9,11 @@ mod data;
 mod default_run;
 mod embed;
 pub mod group;
-mod memory;
 mod neighbors;
-mod ntxent;
-pub mod peak_alloc;
 mod pretrain;
 mod preview;
 mod probe;
-mod report;
-mod scaling;
 mod text;
-mod workloads;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
