@@ -9,7 +9,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use cli::peak_alloc::PeakAlloc;
+use cli::bench::peak_alloc::PeakAlloc;
 
 use clap::error::ErrorKind;
 use clap::Parser;

@@ -10,18 +10,12 @@ mod data;
 mod default_run;
 mod embed;
 pub mod group;
-mod memory;
 mod neighbors;
-mod ntxent;
-pub mod peak_alloc;
 mod pretrain;
 mod preview;
 mod probe;
 mod progress;
-mod report;
-mod scaling;
 mod threads;
-mod workloads;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -14,8 +14,10 @@ use anyhow::{Context, Result};
 use rayon::ThreadPool;
 use serde::Serialize;
 
-use super::bench::{median, min_max, time_rep, warm_up, write_json};
-use super::workloads::{Reference, Runnable, Workload};
+use super::files::write_json;
+use super::report::name_width;
+use super::timing::{median, min_max, time_rep, warm_up};
+use super::workload::{Reference, Runnable, Workload};
 
 /// The speed-up of one workload from the first to the second thread count.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -102,12 +104,7 @@ pub fn run(
     };
     let pools = [pool(0)?, pool(1)?];
     let isa = selfsup::kernels::isa().name();
-    let width = workloads
-        .iter()
-        .map(|w| w.name.len())
-        .chain([8])
-        .max()
-        .unwrap_or(8);
+    let width = name_width(workloads.iter().map(|w| w.name));
     writeln!(
         out,
         "selfsup {} bench --scaling {},{}: isa {isa}; per workload {warmup} warm-up(s) on each \

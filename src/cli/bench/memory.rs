@@ -13,8 +13,8 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use selfsup::kernels::contrastive::ntxent::{NtXent, NtXentConfig};
 
-use super::ntxent::check_orthogonal;
-use super::workloads::{filled, NTXENT_D, NTXENT_TAU};
+use super::inputs::filled;
+use super::ntxent::{check_orthogonal, NTXENT_D, NTXENT_TAU};
 
 /// Images of the canonical NT-Xent memory probe (twice as many rows).
 pub const NTXENT_MEMORY_N: usize = 16384;

@@ -4,23 +4,50 @@
 //! repetitions. The warm-ups decide how many operations one repetition runs so that it lasts
 //! at least [`MIN_REP_SECONDS`]; the reported `seconds` is the median per-operation time over
 //! the repetitions. Inputs are allocated, filled and checked once, outside the timing.
+//!
+//! This file is the command: its options and the run. Below it, each file imports only
+//! files further down this list:
+//! - [`scaling`]: `--scaling T1,T2`, the speed-up from one pool size to another;
+//! - [`files`]: the `--json` and `--baseline` files;
+//! - [`select`](mod@select): which workloads `--only` chooses;
+//! - [`report`]: the table, the JSON and the comparison with a baseline;
+//! - [`workloads`]: the registry of every workload, in order;
+//! - [`sgemm`], [`conv`], [`models`]: the workloads by family;
+//! - [`memory`]: the NT-Xent memory probe, read from [`peak_alloc`];
+//! - [`ntxent`]: the NT-Xent workloads and their f64 check;
+//! - [`timing`]: warm-ups, timed repetitions, median and range;
+//! - [`workload`]: what a workload is; [`inputs`]: deterministic inputs;
+//!   [`peak_alloc`]: the counting global allocator.
+
+mod conv;
+mod files;
+mod inputs;
+mod memory;
+mod models;
+mod ntxent;
+pub mod peak_alloc;
+mod report;
+mod scaling;
+mod select;
+mod sgemm;
+mod timing;
+mod workload;
+mod workloads;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use super::memory::{probes, MemoryMeasurement, MemoryProbe};
-use super::report::{self, Figures, Measurement, Report};
-use super::workloads::{registry, Reference, Runnable, Workload};
+use self::files::{check_json_target, load_baseline, write_json};
+use self::memory::{probes, MemoryMeasurement, MemoryProbe};
+use self::report::{Figures, Measurement, Report};
+use self::select::select;
+use self::timing::{median, min_max, time_rep, warm_up, MIN_REP_SECONDS};
+use self::workload::{Reference, Workload};
+use self::workloads::registry;
 use super::Status;
-
-/// The shortest timed repetition: short ops are batched up to this length.
-pub const MIN_REP_SECONDS: f64 = 0.030;
-/// Least total warm-up time per workload (threads awake, clock ramped).
-pub const MIN_WARMUP_SECONDS: f64 = 0.25;
 
 /// A spread (max - min) / median above this earns a warning about a busy machine.
 const NOISY_SPREAD: f64 = 0.10;
@@ -121,124 +148,6 @@ fn fraction(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// What `--only` chose: timed workloads and memory probes, each in registry order.
-pub struct Selection<'a> {
-    pub workloads: Vec<&'a Workload>,
-    pub probes: Vec<&'a MemoryProbe>,
-}
-
-impl Selection<'_> {
-    fn is_empty(&self) -> bool {
-        self.workloads.is_empty() && self.probes.is_empty()
-    }
-}
-
-/// The workloads and memory probes named by `--only` (all when empty), in registry order,
-/// restricted to those `reference` implements (memory probes are `selfsup` only). Explicit
-/// names must exist and be implemented by `reference`; patterns (`prefix*`) must match at
-/// least one.
-pub fn select<'a>(
-    all: &'a [Workload],
-    probes: &'a [MemoryProbe],
-    only: &[String],
-    reference: Reference,
-) -> Result<Selection<'a>> {
-    let names: Vec<&str> = all
-        .iter()
-        .map(|w| w.name)
-        .chain(probes.iter().map(|p| p.name))
-        .collect();
-    let supported: Vec<bool> = all
-        .iter()
-        .map(|w| w.references.contains(&reference))
-        .chain(probes.iter().map(|_| reference == Reference::Selfsup))
-        .collect();
-    let chosen = select_names(&names, &supported, only, reference)?;
-    let (w, p) = chosen.split_at(all.len());
-    let pick = |c: &[bool]| -> Vec<usize> { (0..c.len()).filter(|&i| c[i]).collect() };
-    Ok(Selection {
-        workloads: pick(w).into_iter().map(|i| &all[i]).collect(),
-        probes: pick(p).into_iter().map(|i| &probes[i]).collect(),
-    })
-}
-
-/// Which of `names` `--only` chooses (see [`select`]); `supported[i]` says whether `reference`
-/// implements `names[i]`.
-fn select_names(
-    names: &[&str],
-    supported: &[bool],
-    only: &[String],
-    reference: Reference,
-) -> Result<Vec<bool>> {
-    let valid = || names.join(", ");
-    if only.is_empty() {
-        return Ok(supported.to_vec());
-    }
-    let mut chosen = vec![false; names.len()];
-    for raw in only {
-        let pattern = raw.trim();
-        ensure!(
-            !pattern.is_empty(),
-            "--only: empty workload name (valid: {})",
-            valid()
-        );
-        if let Some(prefix) = pattern.strip_suffix('*') {
-            let mut any = false;
-            for (i, name) in names.iter().enumerate() {
-                if name.starts_with(prefix) && supported[i] {
-                    chosen[i] = true;
-                    any = true;
-                }
-            }
-            ensure!(
-                any,
-                "--only: '{pattern}' matches no workload (valid: {})",
-                valid()
-            );
-        } else {
-            let Some(i) = names.iter().position(|&n| n == pattern) else {
-                bail!("--only: unknown workload '{pattern}' (valid: {})", valid());
-            };
-            ensure!(
-                supported[i],
-                "--only: workload '{pattern}' has no '{}' implementation",
-                reference.name()
-            );
-            chosen[i] = true;
-        }
-    }
-    Ok(chosen)
-}
-
-/// How many operations make one repetition of at least `target` seconds.
-pub fn ops_per_rep(seconds_per_op: f64, target: f64) -> u64 {
-    if seconds_per_op.is_nan() || seconds_per_op <= 0.0 {
-        return 1_000_000;
-    }
-    (target / seconds_per_op).ceil().clamp(1.0, 1e9) as u64
-}
-
-/// The median of a non-empty list.
-pub fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
-}
-
-/// Runs `op` `n` times and returns the seconds per operation.
-fn time_ops(op: &mut Runnable, n: u64) -> Result<f64> {
-    let start = Instant::now();
-    for _ in 0..n {
-        op()?;
-    }
-    Ok(start.elapsed().as_secs_f64() / n as f64)
-}
-
 /// Warm-ups, then the timed repetitions of one workload.
 fn measure(w: &Workload, reference: Reference, warmup: usize, reps: usize) -> Result<Measurement> {
     let mut op = w.setup(reference)?;
@@ -256,70 +165,6 @@ fn measure(w: &Workload, reference: Reference, warmup: usize, reps: usize) -> Re
         max_seconds,
         ops_per_rep: n,
     })
-}
-
-/// Warms up the operation of workload `name` and returns how many operations one timed
-/// repetition runs. The first warm-up is one operation; later ones are full repetitions,
-/// and the last one decides the repetition size. Warm-ups go on until there have been
-/// `warmup` of them and they have lasted [`MIN_WARMUP_SECONDS`] in all, so the threads are
-/// awake and the clock has ramped before the first timed repetition.
-pub(crate) fn warm_up(op: &mut Runnable, warmup: usize, name: &str) -> Result<u64> {
-    let started = Instant::now();
-    let mut n = ops_per_rep(time_rep(op, 1, name)?, MIN_REP_SECONDS);
-    let mut done = 1;
-    while done < warmup || started.elapsed().as_secs_f64() < MIN_WARMUP_SECONDS {
-        n = ops_per_rep(time_rep(op, n, name)?, MIN_REP_SECONDS);
-        done += 1;
-    }
-    Ok(n)
-}
-
-/// [`time_ops`], an error naming workload `name`.
-pub(crate) fn time_rep(op: &mut Runnable, n: u64, name: &str) -> Result<f64> {
-    time_ops(op, n).with_context(|| format!("running workload '{name}'"))
-}
-
-/// The smallest and the largest of a non-empty list.
-pub fn min_max(xs: &[f64]) -> (f64, f64) {
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    (min, xs.iter().copied().fold(0.0, f64::max))
-}
-
-/// Writes a JSON report to `path` (`-`: standard output).
-pub(crate) fn write_json(path: &Path, text: &str) -> Result<()> {
-    if path == Path::new("-") {
-        io::stdout().write_all(text.as_bytes())?;
-    } else {
-        std::fs::write(path, text)
-            .with_context(|| format!("cannot write --json file '{}'", path.display()))?;
-    }
-    Ok(())
-}
-
-fn load_baseline(path: &Path) -> Result<Vec<(String, Figures)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --baseline file '{}'", path.display()))?;
-    report::parse_workloads(&text).with_context(|| format!("--baseline file '{}'", path.display()))
-}
-
-/// Fails early when `--json FILE` could not be written at the end.
-fn check_json_target(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    ensure!(
-        dir.is_dir(),
-        "--json file '{}': directory '{}' does not exist",
-        path.display(),
-        dir.display()
-    );
-    ensure!(
-        !path.is_dir(),
-        "--json file '{}' is a directory",
-        path.display()
-    );
-    Ok(())
 }
 
 fn default_threads() -> usize {
@@ -416,7 +261,7 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
             eprintln!("note: --scaling skips the memory probes");
         }
         let json = args.json.as_deref();
-        super::scaling::run(
+        scaling::run(
             &selected.workloads,
             threads,
             args.warmup,
@@ -445,14 +290,9 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         .with_context(|| format!("--threads {threads}: cannot start the thread pool"))?;
 
     let isa = selfsup::kernels::isa().name();
-    let name_width = selected
-        .workloads
-        .iter()
-        .map(|w| w.name.len())
-        .chain(selected.probes.iter().map(|p| p.name.len()))
-        .chain([8])
-        .max()
-        .unwrap_or(8);
+    let name_width = report::name_width(
+        (selected.workloads.iter().map(|w| w.name)).chain(selected.probes.iter().map(|p| p.name)),
+    );
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let timing = if selected.workloads.is_empty() {
         "memory probes only".to_string()
@@ -547,93 +387,6 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(s: &Selection) -> Vec<&'static str> {
-        s.workloads
-            .iter()
-            .map(|w| w.name)
-            .chain(s.probes.iter().map(|p| p.name))
-            .collect()
-    }
-
-    fn sel<'a>(
-        all: &'a [Workload],
-        probes: &'a [MemoryProbe],
-        only: &[&str],
-        r: Reference,
-    ) -> Result<Selection<'a>> {
-        select(all, probes, &strings(only), r)
-    }
-
-    fn strings(xs: &[&str]) -> Vec<String> {
-        xs.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn select_keeps_registry_order_and_dedups() {
-        let (all, pr) = (registry(), probes());
-        let s = Reference::Selfsup;
-        let got = sel(&all, &pr, &["sgemm_1024", "sgemm_256", "sgemm_256"], s).unwrap();
-        assert_eq!(names(&got), ["sgemm_256", "sgemm_1024"]);
-        let got = sel(&all, &pr, &["sgemm_conv_*"], s).unwrap();
-        assert_eq!(
-            names(&got),
-            ["sgemm_conv_k27", "sgemm_conv_c32", "sgemm_conv_c128"]
-        );
-        let got = sel(&all, &pr, &[], s).unwrap();
-        assert_eq!(
-            (got.workloads.len(), got.probes.len()),
-            (all.len(), pr.len())
-        );
-    }
-
-    #[test]
-    fn select_finds_the_ntxent_workloads_and_the_memory_probe() {
-        let (all, pr) = (registry(), probes());
-        let s = Reference::Selfsup;
-        let got = sel(&all, &pr, &["ntxent_n16384_d128", "ntxent_n256_d128"], s).unwrap();
-        assert_eq!(names(&got), ["ntxent_n256_d128", "ntxent_n16384_d128"]);
-        assert_eq!(got.probes.len(), 1);
-        let got = sel(&all, &pr, &["ntxent_*"], s).unwrap();
-        assert_eq!(
-            names(&got),
-            [
-                "ntxent_n256_d128",
-                "ntxent_n1024_d128",
-                "ntxent_n4096_d128",
-                "ntxent_n16384_d128"
-            ]
-        );
-        // Only this crate's kernels have the NT-Xent workloads and the probe.
-        let mm = Reference::Matrixmultiply;
-        let got = sel(&all, &pr, &[], mm).unwrap();
-        assert!(got.probes.is_empty());
-        assert!(got.workloads.iter().all(|w| w.name.starts_with("sgemm_")));
-        let err = sel(&all, &pr, &["ntxent_n16384_d128"], mm).err().unwrap();
-        assert!(err.to_string().contains("no 'matrixmultiply'"), "{err}");
-    }
-
-    #[test]
-    fn select_rejects_unknown_names_listing_valid_ones() {
-        let (all, pr) = (registry(), probes());
-        let s = Reference::Selfsup;
-        let err = sel(&all, &pr, &["sgemm_999"], s).err().unwrap().to_string();
-        assert!(err.contains("unknown workload 'sgemm_999'"), "{err}");
-        assert!(err.contains("sgemm_256, sgemm_1024"), "{err}");
-        assert!(err.contains("ntxent_n16384_d128"), "{err}");
-        assert!(sel(&all, &pr, &["nope*"], s).is_err());
-        assert!(sel(&all, &pr, &[""], s).is_err());
-    }
-
-    #[test]
-    fn repetition_sizing_and_median() {
-        assert_eq!(ops_per_rep(0.001, 0.030), 30);
-        assert_eq!(ops_per_rep(0.5, 0.030), 1);
-        assert_eq!(ops_per_rep(0.0, 0.030), 1_000_000);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(&[7.0]), 7.0);
-    }
 
     #[test]
     fn flag_parsers() {

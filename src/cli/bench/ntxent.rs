@@ -1,6 +1,6 @@
-//! The NT-Xent benchmark operation (`shared/BENCHMARKS.md`: loss over 2N rows of dimension
-//! 128, tau 0.1, forward + gradient w.r.t. the rows) and its check against a streamed f64
-//! recomputation.
+//! The NT-Xent workloads of `selfsup bench` (`shared/BENCHMARKS.md`: loss over 2N rows of
+//! dimension 128, tau 0.1, forward + gradient w.r.t. the rows) and their check against a
+//! streamed f64 recomputation.
 //!
 //! The check never forms the `2N x 2N` similarity matrix: one blocked pass over the tile
 //! pairs `I <= J` (the matrix is symmetric) accumulates, per row in f64, the sum of
@@ -14,7 +14,43 @@ use rayon::prelude::*;
 use selfsup::kernels::contrastive::ntxent::{NtXent, NtXentConfig, NtXentOutput, NORM_EPS};
 use wide::f64x4;
 
-use super::workloads::filled;
+use super::inputs::filled;
+use super::workload::{Reference, Work, Workload};
+
+/// The NT-Xent workloads of `shared/BENCHMARKS.md`: N images, so 2N rows (the two views of
+/// each image are adjacent rows, as in `shared/anchors/torch_reference.py`) of dimension
+/// [`NTXENT_D`], temperature [`NTXENT_TAU`]; one operation is the loss and its gradient with
+/// respect to the rows.
+pub const NTXENT_SIZES: &[(&str, usize)] = &[
+    ("ntxent_n256_d128", 256),
+    ("ntxent_n1024_d128", 1024),
+    ("ntxent_n4096_d128", 4096),
+];
+
+/// The row dimension of the NT-Xent workloads.
+pub const NTXENT_D: usize = 128;
+/// The temperature of the NT-Xent workloads.
+pub const NTXENT_TAU: f32 = 0.1;
+
+/// The NT-Xent workload of `n` images (`2n` rows) of dimension `d` at temperature `tau`.
+pub fn ntxent_workload(name: &'static str, n: usize, d: usize, tau: f32) -> Workload {
+    Workload {
+        name,
+        about: format!(
+            "NT-Xent, {} rows x {d} (two views of {n} images), tau {tau}: loss + gradient \
+             w.r.t. the rows",
+            2 * n
+        ),
+        work: Work::Seconds,
+        references: &[Reference::Selfsup],
+        setup: Box::new(move |_| {
+            let mut bench = NtXentBench::new(n, d, tau, 0x5eed_0201);
+            bench.run()?;
+            bench.check()?;
+            Ok(Box::new(move || bench.run()))
+        }),
+    }
+}
 
 /// Rows per block of the f64 pass: two blocks of 64 rows x 128 f64 fit in L2.
 const BLOCK: usize = 64;
@@ -381,6 +417,15 @@ fn gradient_row_f64(
 mod tests {
     use super::*;
     use selfsup::kernels::reference::contrastive::nt_xent_f64;
+
+    #[test]
+    fn small_ntxent_runs_and_checks() {
+        let w = ntxent_workload("t", 50, 20, 0.1);
+        let mut op = w.setup(Reference::Selfsup).unwrap();
+        op().unwrap();
+        assert!(w.setup(Reference::Matrixmultiply).is_err());
+        assert_eq!(w.work, Work::Seconds);
+    }
 
     #[test]
     fn streamed_f64_pass_matches_the_full_reference() {

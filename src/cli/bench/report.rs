@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::memory::MemoryMeasurement;
-use super::workloads::Work;
+use super::workload::Work;
 
 /// The timing of one workload: per-operation seconds over the timed repetitions.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,6 +221,16 @@ impl Report {
         s.push('\n');
         s
     }
+}
+
+/// The width of a table's name column: the longest of `names`, and at least 8 (`workload`).
+pub fn name_width<'a>(names: impl IntoIterator<Item = &'a str>) -> usize {
+    names
+        .into_iter()
+        .map(str::len)
+        .chain([8])
+        .max()
+        .unwrap_or(8)
 }
 
 /// The header of the results table, for names up to `name_width` characters.
@@ -438,12 +448,7 @@ pub fn compare(
 
 /// The comparison as a text table followed by a one-line summary.
 pub fn comparison_table(rows: &[Comparison], baseline: &str, tolerance: f64) -> String {
-    let w = rows
-        .iter()
-        .map(|r| r.name.len())
-        .chain([8])
-        .max()
-        .unwrap_or(8);
+    let w = name_width(rows.iter().map(|r| r.name.as_str()));
     let num = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
     let mut out = format!(
         "{:<w$}  {:>12}  {:>12}  {:<8}  {:>6}  verdict\n",
