@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
 use selfsup::nn::ResNetConfig;
 use selfsup::train::image::Embedder;
-use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
 
 use super::data::{load_splits, Splits};
 
