@@ -2,9 +2,9 @@
 //! (`/tmp/builtin_grid.png`), and raw-pixel baselines (nearest class mean, linear probe).
 use selfsup::data::builtin::{builtin_splits, generate, BuiltinConfig, CLASSES, CLASS_NAMES};
 use selfsup::data::ImageSet;
-use selfsup::eval::probe::{
-    linear_probe, select_rows, subsample_labels, LogisticRegression, ProbeConfig, Standardizer,
-};
+use selfsup::eval::logistic::LogisticRegression;
+use selfsup::eval::probe::{linear_probe, select_rows, subsample_labels, ProbeConfig};
+use selfsup::eval::standardize::Standardizer;
 use selfsup::rng::SplitMix64;
 use std::time::Instant;
 

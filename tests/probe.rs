@@ -1,9 +1,11 @@
 //! The linear probe: objective and gradient against finite differences and an f64 reference,
 //! the fit reaching the optimum, separable data, label subsets, errors.
+use selfsup::eval::logistic::{objective, objective_f64, LogisticRegression};
 use selfsup::eval::probe::{
-    kfold_assignments, kfold_probe, linear_probe, objective, objective_f64, select_lambda,
-    subsample_labels, KFoldReport, LogisticRegression, ProbeConfig, Standardizer,
+    kfold_assignments, kfold_probe, linear_probe, select_lambda, subsample_labels, KFoldReport,
+    ProbeConfig,
 };
+use selfsup::eval::standardize::Standardizer;
 use selfsup::rng::SplitMix64;
 use selfsup::Error;
 
