@@ -60,14 +60,6 @@ pub(crate) struct GroupMean {
     pub(crate) share: f64,
 }
 
-/// `v *= k`.
-pub(crate) fn scale_in_place(v: &mut [f32], k: f64) {
-    let k = k as f32;
-    for x in v {
-        *x *= k;
-    }
-}
-
 /// Resizes a buffer of a data-parallel step on its first use (later steps reuse it).
 pub(crate) fn sized<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     if v.len() != len {

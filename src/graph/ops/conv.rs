@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::graph::TensorId;
 use crate::kernels::batchnorm::{batchnorm_fold, BatchNorm2d, BnAffine};
 use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
+use crate::kernels::elementwise::{copy, scale};
 
 // x [N, C_in, H, W], w [C_out, C_in, KH, KW] -> y [N, C_out, H_out, W_out]
 
@@ -68,14 +69,9 @@ pub(crate) fn forward_bn_folded(
     )?;
     let per = w.len() / c;
     let fw = &mut fold.w[..w.len()];
-    for ((dst, src), &s) in fw
-        .chunks_exact_mut(per)
-        .zip(w.chunks_exact(per))
-        .zip(&*fold_scale)
-    {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v * s;
-        }
+    copy(w, fw)?;
+    for (dst, &s) in fw.chunks_exact_mut(per).zip(&*fold_scale) {
+        scale(dst, s);
     }
     conv2d_forward(g, x, fw, Some(fold_shift), relu, y)
 }

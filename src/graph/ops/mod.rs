@@ -18,7 +18,7 @@ use super::plan::{BufferInfo, ParamInfo, TensorInfo};
 use super::{Mode, TensorId};
 use crate::error::Result;
 use crate::kernels::conv::Conv2d;
-use crate::kernels::elementwise::add_assign;
+use crate::kernels::elementwise::{add_assign, copy, scale};
 
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -243,9 +243,8 @@ impl InputGrads<'_> {
     /// [`InputGrads::emit`] of `seed * g` as the gradient of input `t`.
     pub(crate) fn emit_scaled(&mut self, t: TensorId, seed: f32, g: &[f32]) -> Result<()> {
         self.emit(t, false, &mut |dx| {
-            for (d, &v) in dx.iter_mut().zip(g) {
-                *d = seed * v;
-            }
+            copy(g, dx)?;
+            scale(dx, seed);
             Ok(())
         })
     }

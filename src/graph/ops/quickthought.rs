@@ -7,11 +7,12 @@
 use super::InputGrads;
 use crate::dist::reduce_scatter_rows;
 use crate::error::Result;
-use crate::graph::dist::{scale_in_place, sized, DistCtx};
+use crate::graph::dist::{sized, DistCtx};
 use crate::graph::{err, Mode, TensorId};
 use crate::kernels::contrastive::quickthought::{
     qt_pairwise_logistic, QtBatch, QtInBatch, QtStats,
 };
+use crate::kernels::elementwise::scale;
 use rayon::prelude::{ParallelIterator, ParallelSlice};
 
 /// In-batch classification of anchors `f` (input 0) against candidates `g` (input 1), with
@@ -79,8 +80,8 @@ pub(crate) fn in_batch_forward(
         let dall = sized(dg_all, p * m * d);
         let st = ws.forward_backward(&b, df, dall)?;
         let gm = dist.group_mean(st.loss, st.hits, st.targets)?;
-        scale_in_place(df, gm.share);
-        scale_in_place(dall, gm.share);
+        scale(df, gm.share as f32);
+        scale(dall, gm.share as f32);
         reduce_scatter_rows(dist.comm, dall, dg, dist.scratch)?;
         QtStats {
             loss: gm.loss,
@@ -171,8 +172,8 @@ pub(crate) fn pairwise_forward(
     if mode == Mode::Train && dist.spans() {
         // The mean over the group's triplets (negatives stay in the rank's batch).
         let g = dist.group_mean(loss, h.0, h.1)?;
-        scale_in_place(da, g.share);
-        scale_in_place(db, g.share);
+        scale(da, g.share as f32);
+        scale(db, g.share as f32);
         loss = g.loss;
         h = (g.hits, g.total);
     }

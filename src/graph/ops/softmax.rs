@@ -5,8 +5,9 @@
 
 use super::InputGrads;
 use crate::error::Result;
-use crate::graph::dist::{scale_in_place, DistCtx};
+use crate::graph::dist::DistCtx;
 use crate::graph::{Mode, TensorId};
+use crate::kernels::elementwise::scale;
 use crate::kernels::softmax::softmax_cross_entropy;
 
 #[derive(Debug)]
@@ -48,7 +49,7 @@ pub(crate) fn forward(
     if train && dist.spans() {
         // The mean over the whole group's rows.
         let g = dist.group_mean(loss, hits, *n)?;
-        scale_in_place(dlogits, g.share);
+        scale(dlogits, g.share as f32);
         (loss, hits, rows) = (g.loss, g.hits, g.total);
     }
     *correct = hits;
