@@ -6,6 +6,7 @@ pub mod contrastive;
 pub mod conv;
 pub mod dispatch;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
 pub mod linear;
 pub mod pool;
