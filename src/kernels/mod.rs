@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod linear;
 pub mod pool;
+pub mod reduce;
 pub mod reference;
 pub(crate) mod simd;
 pub mod skinny;
