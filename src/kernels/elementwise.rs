@@ -12,9 +12,9 @@
 //! - Parallelism: tensors longer than [`CHUNK`] are split into chunks of exactly `CHUNK`
 //!   elements (the last one shorter), independent of the number of threads.
 //! - Reductions: each chunk is summed sequentially (`f32x8` partial sums over blocks of 256
-//!   elements, each block added into an `f64`); chunk results are combined by a fixed binary
-//!   tree over chunk indices (`rayon::join` on the midpoint), so the result is bit-identical
-//!   for any thread count and nothing is allocated.
+//!   elements, each block added into an `f64`); chunk results are combined by the fixed
+//!   binary tree over chunk indices of [`super::reduce`] (`rayon::join` on the midpoint), so
+//!   the result is bit-identical for any thread count and nothing is allocated.
 //! - NaN: ReLU is `x < 0 ? 0 : x`, so NaN propagates (as in PyTorch); the ReLU gradient
 //!   passes `dy` where the mask is `> 0` (false for NaN).
 //! - Denormals: x86 CPUs take a microcode assist (tens to hundreds of cycles) on many
@@ -28,6 +28,7 @@
 //!   `f32::MIN_POSITIVE` and are still identical for any thread count when every worker
 //!   uses the same mode. On other architectures both are no-ops.
 
+use super::reduce::tree_sum;
 use crate::error::Result;
 use rayon::prelude::*;
 use wide::f32x8;
@@ -321,33 +322,12 @@ pub(crate) fn sum_seq(x: &[f32]) -> f64 {
     reduce_seq(x, x, |a, _| a, |a, _| a)
 }
 
-/// The fixed binary tree over chunk indices `lo..hi`: independent of the thread count.
-fn tree_sum<F: Fn(usize) -> f64 + Sync>(lo: usize, hi: usize, f: &F) -> f64 {
-    match hi - lo {
-        0 => 0.0,
-        1 => f(lo),
-        len => {
-            let mid = lo + len / 2;
-            let (l, r) = rayon::join(|| tree_sum(lo, mid, f), || tree_sum(mid, hi, f));
-            l + r
-        }
-    }
-}
-
-fn chunk_range(i: usize, len: usize) -> std::ops::Range<usize> {
-    i * CHUNK..((i + 1) * CHUNK).min(len)
-}
-
 fn par_reduce<V, S>(a: &[f32], b: &[f32], fv: V, fs: S) -> f64
 where
     V: Fn(f32x8, f32x8) -> f32x8 + Sync + Copy,
     S: Fn(f32, f32) -> f32 + Sync + Copy,
 {
-    let chunks = a.len().div_ceil(CHUNK);
-    tree_sum(0, chunks, &|i| {
-        let r = chunk_range(i, a.len());
-        reduce_seq(&a[r.clone()], &b[r], fv, fs)
-    })
+    tree_sum(a.len(), CHUNK, |r| reduce_seq(&a[r.clone()], &b[r], fv, fs))
 }
 
 /// `sum_i x[i]`, deterministic for any thread count (see the module docs).

@@ -10,6 +10,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod linear;
 pub mod pool;
+pub mod reduce;
 pub mod reference;
 pub(crate) mod simd;
 pub mod skinny;

@@ -10,10 +10,11 @@
 //!   otherwise).
 //! - Parallelism and determinism: rows are split into chunks of [`rows_per_chunk`]`(c)` rows,
 //!   a number that depends on `c` only, never on the thread count. Each chunk sums its row
-//!   losses in `f64` in row order; chunk sums are combined by a fixed binary tree over chunk
-//!   indices (`rayon::join` on the midpoint). Results are bit-identical for any number of
-//!   threads (on one instruction set) and nothing is allocated.
+//!   losses in `f64` in row order; chunk sums are combined by the fixed binary tree over chunk
+//!   indices of [`super::reduce`] (`rayon::join` on the midpoint). Results are bit-identical
+//!   for any number of threads (on one instruction set) and nothing is allocated.
 
+use super::reduce::tree_reduce;
 use super::simd::{Portable, Simd, LANES};
 use super::vmath::exp;
 use crate::error::{check_len, Error, Result};
@@ -277,8 +278,12 @@ fn xent_chunk_dispatch(
     xent_chunk(Portable, job, x, labels, dl)
 }
 
+/// A chunk's logits, labels and (optionally) gradient rows.
+type XentSlices<'s> = (&'s [f32], &'s [u32], Option<&'s mut [f32]>);
+
 /// Chunks `lo..hi` (of `rpc` rows each; `x`, `labels`, `dl` start at chunk `lo`), combined by
-/// the fixed binary tree. Errors carry the absolute row (the leftmost failing row wins).
+/// the fixed binary tree of [`tree_reduce`]. Errors carry the absolute row (the leftmost
+/// failing row wins).
 fn xent_tree(
     job: &Xent,
     rpc: usize,
@@ -288,26 +293,29 @@ fn xent_tree(
     labels: &[u32],
     dl: Option<&mut [f32]>,
 ) -> Result<(f64, usize), usize> {
-    if hi - lo == 1 {
-        return xent_chunk_dispatch(job, x, labels, dl).map_err(|r| lo * rpc + r);
-    }
-    let mid = lo + (hi - lo) / 2;
-    let rows = (mid - lo) * rpc;
-    let (xl, xr) = x.split_at(rows * job.c);
-    let (yl, yr) = labels.split_at(rows);
-    let (dll, dlr) = match dl {
-        Some(d) => {
-            let (a, b) = d.split_at_mut(rows * job.c);
-            (Some(a), Some(b))
-        }
-        None => (None, None),
-    };
-    let (l, r) = rayon::join(
-        || xent_tree(job, rpc, lo, mid, xl, yl, dll),
-        || xent_tree(job, rpc, mid, hi, xr, yr, dlr),
-    );
-    let (l, r) = (l?, r?);
-    Ok((l.0 + r.0, l.1 + r.1))
+    tree_reduce(
+        lo,
+        hi,
+        (x, labels, dl),
+        &|(x, labels, dl): XentSlices<'_>, lo, mid| {
+            let rows = (mid - lo) * rpc;
+            let (xl, xr) = x.split_at(rows * job.c);
+            let (yl, yr) = labels.split_at(rows);
+            let (dll, dlr) = match dl {
+                Some(d) => {
+                    let (a, b) = d.split_at_mut(rows * job.c);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            ((xl, yl, dll), (xr, yr, dlr))
+        },
+        &|lo, (x, labels, dl)| xent_chunk_dispatch(job, x, labels, dl).map_err(|r| lo * rpc + r),
+        &|l, r| {
+            let (l, r) = (l?, r?);
+            Ok((l.0 + r.0, l.1 + r.1))
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------

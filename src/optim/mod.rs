@@ -37,6 +37,7 @@ pub use schedule::{LrScaling, LrSchedule};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::error::{check_len, Error, Result};
+use crate::kernels::reduce::tree_sum;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -391,33 +392,16 @@ where
     }
 }
 
-/// The fixed binary tree over chunk indices `lo..hi`: independent of the thread count.
-fn tree_sum<F: Fn(usize) -> f64 + Sync>(lo: usize, hi: usize, f: &F) -> f64 {
-    match hi - lo {
-        0 => 0.0,
-        1 => f(lo),
-        len => {
-            let mid = lo + len / 2;
-            let (l, r) = rayon::join(|| tree_sum(lo, mid, f), || tree_sum(mid, hi, f));
-            l + r
-        }
-    }
-}
-
 /// `sum_i (g[i] + wd * p[i])^2` with the decayed gradient rounded to `f32` first (as the
 /// update uses it) and squared and summed in `f64`; `sum_i g[i]^2` when `wd` is `None`.
 /// Chunks of [`CHUNK`] elements are summed sequentially (four interleaved `f64`
-/// accumulators) and combined by a fixed binary tree, so the result is bit-identical for any
-/// thread count. `p` and `g` have the same length.
+/// accumulators) and combined by the fixed binary tree of [`tree_sum`], so the result is
+/// bit-identical for any thread count. `p` and `g` have the same length.
 pub(crate) fn decayed_grad_sum_squares(g: &[f32], p: &[f32], wd: Option<f32>) -> f64 {
     debug_assert_eq!(g.len(), p.len());
-    let chunks = g.len().div_ceil(CHUNK);
-    tree_sum(0, chunks, &|i| {
-        let r = i * CHUNK..((i + 1) * CHUNK).min(g.len());
-        match wd {
-            Some(wd) => chunk_sum_squares::<true>(&g[r.clone()], &p[r], wd),
-            None => chunk_sum_squares::<false>(&g[r.clone()], &p[r], 0.0),
-        }
+    tree_sum(g.len(), CHUNK, |r| match wd {
+        Some(wd) => chunk_sum_squares::<true>(&g[r.clone()], &p[r], wd),
+        None => chunk_sum_squares::<false>(&g[r.clone()], &p[r], 0.0),
     })
 }
 

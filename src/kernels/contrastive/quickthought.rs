@@ -59,6 +59,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::kernels::gemm::{gemm, GemmParams, MatMut, MatRef, Transpose};
+use crate::kernels::reduce::{tree_reduce, try_tree_sum};
 use crate::kernels::simd::{Portable, Simd, LANES};
 use crate::kernels::vmath::exp;
 
@@ -266,23 +267,6 @@ fn check_matrix(op: &'static str, what: &str, x: &[f32], rows: usize, d: usize) 
     Ok(())
 }
 
-/// A fixed binary tree over `lo..hi` (independent of the thread count).
-fn tree_sum<F: Fn(usize) -> Result<f64, usize> + Sync>(
-    lo: usize,
-    hi: usize,
-    f: &F,
-) -> Result<f64, usize> {
-    match hi - lo {
-        0 => Ok(0.0),
-        1 => f(lo),
-        len => {
-            let mid = lo + len / 2;
-            let (l, r) = rayon::join(|| tree_sum(lo, mid, f), || tree_sum(mid, hi, f));
-            Ok(l? + r?)
-        }
-    }
-}
-
 thread_local! {
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -468,12 +452,11 @@ pub fn qt_pairwise_logistic(
     }
     let p = Pairwise { a, b, d, triplets };
     let t = triplets.len();
-    let chunks = t.div_ceil(TRIPLET_CHUNK);
-    let sum = tree_sum(0, chunks, &|c| {
+    let sum = try_tree_sum(t, TRIPLET_CHUNK, |r| {
         dispatch(PairLoss {
             p,
-            k0: c * TRIPLET_CHUNK,
-            k1: ((c + 1) * TRIPLET_CHUNK).min(t),
+            k0: r.start,
+            k1: r.end,
         })
     })
     .map_err(|k| {
@@ -780,34 +763,51 @@ impl Kernel for WeightTile<'_, '_> {
     }
 }
 
-/// Forward over row tiles `lo..hi`; the slices start at row `lo * tr` and at that row's
-/// first target. Returns (loss sum, hits) or the first row whose scores overflow.
-#[allow(clippy::too_many_arguments)]
+/// A row tile's slices of the forward's per-row and per-target outputs: `row_max`,
+/// `row_ls` from the tile's first row, `ts`, `above` from that row's first target.
+type FwdSlices<'s> = (&'s mut [f32], &'s mut [f32], &'s mut [f32], &'s mut [u32]);
+
+/// Forward over row tiles `lo..hi` by the fixed tree of [`tree_reduce`]; the slices start at
+/// row `lo * tr` and at that row's first target. Returns (loss sum, hits) or the first row
+/// whose scores overflow (the leftmost tile's).
 fn forward_tree(
     cx: &Ctx<'_>,
     lo: usize,
     hi: usize,
+    slices: FwdSlices<'_>,
+) -> Result<(f64, usize), usize> {
+    tree_reduce(
+        lo,
+        hi,
+        slices,
+        &|(row_max, row_ls, ts, above): FwdSlices<'_>, lo, mid| {
+            let (r_lo, r_mid) = (cx.rows(lo).0, cx.rows(mid).0);
+            let split_t = cx.offs[r_mid] - cx.offs[r_lo];
+            let (mx_l, mx_r) = row_max.split_at_mut(r_mid - r_lo);
+            let (ls_l, ls_r) = row_ls.split_at_mut(r_mid - r_lo);
+            let (ts_l, ts_r) = ts.split_at_mut(split_t);
+            let (ab_l, ab_r) = above.split_at_mut(split_t);
+            ((mx_l, ls_l, ts_l, ab_l), (mx_r, ls_r, ts_r, ab_r))
+        },
+        &|tile, (row_max, row_ls, ts, above)| forward_tile(cx, tile, row_max, row_ls, ts, above),
+        &|l, r| {
+            let (l, r) = (l?, r?);
+            Ok((l.0 + r.0, l.1 + r.1))
+        },
+    )
+}
+
+/// One row tile of [`forward_tree`]: its (loss sum, hits) or the first row whose scores
+/// overflow.
+fn forward_tile(
+    cx: &Ctx<'_>,
+    tile: usize,
     row_max: &mut [f32],
     row_ls: &mut [f32],
     ts: &mut [f32],
     above: &mut [u32],
 ) -> Result<(f64, usize), usize> {
-    if hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        let (r_lo, r_mid) = (cx.rows(lo).0, cx.rows(mid).0);
-        let split_t = cx.offs[r_mid] - cx.offs[r_lo];
-        let (mx_l, mx_r) = row_max.split_at_mut(r_mid - r_lo);
-        let (ls_l, ls_r) = row_ls.split_at_mut(r_mid - r_lo);
-        let (ts_l, ts_r) = ts.split_at_mut(split_t);
-        let (ab_l, ab_r) = above.split_at_mut(split_t);
-        let (l, r) = rayon::join(
-            || forward_tree(cx, lo, mid, mx_l, ls_l, ts_l, ab_l),
-            || forward_tree(cx, mid, hi, mx_r, ls_r, ts_r, ab_r),
-        );
-        let (l, r) = (l?, r?);
-        return Ok((l.0 + r.0, l.1 + r.1));
-    }
-    let (r0, r1) = cx.rows(lo);
+    let (r0, r1) = cx.rows(tile);
     if !cx.has_targets(r0, r1) {
         return Ok((0.0, 0));
     }
@@ -1031,10 +1031,7 @@ impl QtInBatch {
             &cx,
             0,
             row_tiles,
-            &mut row_max,
-            &mut row_ls,
-            &mut ts,
-            &mut above,
+            (&mut row_max, &mut row_ls, &mut ts, &mut above),
         );
         (self.row_max, self.row_ls, self.ts, self.above) = (row_max, row_ls, ts, above);
         let (loss, hits) = res.map_err(|row| {

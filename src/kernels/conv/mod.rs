@@ -1,0 +1,220 @@
+//! 2-D convolution (NCHW, any kernel size, stride and padding; dilation 1, groups 1), never
+//! through a materialized column matrix: the public passes and which strategy runs each.
+//!
+//! The strategy depends on the geometry and the CPU's instruction set only, never on the
+//! thread count (`Conv2dImpl::choose` and `InputGradImpl::choose` below):
+//!
+//! - Direct (`direct/`, x86_64 with AVX2 or AVX-512): the forward pass and the weight
+//!   gradient run a direct convolution on the gather microkernel: a zero-padded copy of a
+//!   group of images, then 6x16 (AVX2) or 8x32 (AVX-512) register tiles whose A values per
+//!   step are broadcast straight from the padded image at `pixel position + tap offset`
+//!   (pixels x taps for the forward pass, taps x pixels for the weight gradient, summed over
+//!   groups of images in a fixed order).
+//! - Implicit im2col (`im2col/`, the portable path, and 1x1 stride-1 unpadded kernels on
+//!   every CPU): GEMM with implicit im2col (Chellapilla et al. 2006 for the lowering): the
+//!   GEMM's packers read panels straight from the image. Forward per group of small images
+//!   `Y = W * col(X)` (bias and ReLU in the epilogue); weight gradient one GEMM
+//!   `dW^T = col(X) * dY^T` over every pixel of the batch, so the sum over images is never
+//!   split across threads. 1x1, stride 1, no padding: the image itself is the GEMM operand.
+//! - Input gradient: for stride 1 (`flipped.rs`) a forward convolution of `dY` with the
+//!   flipped, transposed kernel (padding `K - 1 - p`), by the forward's strategy; for larger
+//!   strides (`col2im.rs`) `dcol = W^T * dY` per group of images into a per-thread scratch,
+//!   then col2im accumulation into `dX`.
+
+mod col2im;
+#[cfg(target_arch = "x86_64")]
+mod direct;
+mod flipped;
+mod geometry;
+mod im2col;
+
+pub use geometry::Conv2d;
+
+use crate::error::{check_len, Result};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// How the forward pass and the weight gradient of a geometry run on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conv2dImpl {
+    /// Direct convolution on the AVX-512 8x32 gather tile (`direct/`).
+    #[cfg(target_arch = "x86_64")]
+    DirectAvx512,
+    /// Direct convolution on the AVX2+FMA 6x16 gather tile (`direct/`), also on AVX-512 CPUs
+    /// for at most 16 output channels.
+    #[cfg(target_arch = "x86_64")]
+    DirectAvx2,
+    /// GEMM with implicit im2col (`im2col/`).
+    Im2col,
+}
+
+impl Conv2dImpl {
+    /// Direct for any kernel but the pointwise one (1x1, stride 1, unpadded) on a batch of
+    /// images when the CPU has AVX2 or AVX-512 (the AVX2 tile for a narrow `Cout`, see
+    /// `direct::narrow`); implicit im2col otherwise.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn choose(g: &Conv2d) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if !g.is_pointwise() && g.n > 0 {
+            match crate::kernels::isa() {
+                crate::kernels::Isa::Avx512 if !direct::narrow(g.c_out) => {
+                    return Self::DirectAvx512
+                }
+                crate::kernels::Isa::Avx512 | crate::kernels::Isa::Avx2Fma => {
+                    return Self::DirectAvx2
+                }
+                crate::kernels::Isa::Portable => {}
+            }
+        }
+        Self::Im2col
+    }
+}
+
+/// How the input gradient of a geometry runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InputGradImpl {
+    /// The transposed convolution as a forward convolution (`flipped.rs`).
+    Flipped,
+    /// `dcol = W^T * dY`, then col2im (`col2im.rs`).
+    Col2im,
+}
+
+impl InputGradImpl {
+    /// Flipped for stride 1 with padding below the kernel size; col2im otherwise.
+    fn choose(g: &Conv2d) -> Self {
+        if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
+            Self::Flipped
+        } else {
+            Self::Col2im
+        }
+    }
+}
+
+/// `Y = conv(X, W) (+ bias) (ReLU)`. `x` is `N x Cin x H x W`, `w` is `Cout x Cin x Kh x Kw`,
+/// `bias` has `Cout` entries, `y` is `N x Cout x Ho x Wo` and is overwritten.
+///
+/// # Errors
+/// An invalid geometry or a slice of the wrong length.
+pub fn conv2d_forward(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    g.validate()?;
+    check_len("conv2d input", x.len(), g.x_len())?;
+    check_len("conv2d weight", w.len(), g.w_len())?;
+    check_len("conv2d output", y.len(), g.y_len())?;
+    if let Some(b) = bias {
+        check_len("conv2d bias", b.len(), g.c_out)?;
+    }
+    if g.n == 0 {
+        return Ok(());
+    }
+    match Conv2dImpl::choose(g) {
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx512 => direct::forward::<direct::Avx512Tile>(g, x, w, bias, relu, y),
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx2 => direct::forward::<direct::Avx2Tile>(g, x, w, bias, relu, y),
+        Conv2dImpl::Im2col => im2col::forward(g, x, w, bias, relu, y),
+    }
+}
+
+/// `dW (+)= sum_n dY[n] * col(X[n])^T`: the weight gradient, `Cout x Cin x Kh x Kw`.
+/// With `accumulate`, adds to `dw` (gradient accumulation); otherwise overwrites it.
+///
+/// Computed as `dW^T = col(X) * dY^T`, one GEMM whose reduction runs over every pixel of the
+/// batch: the column matrix is the A operand (`Cin*Kh*Kw` rows fill whole micro-panels) and
+/// the result is written through a transposed view of `dw`.
+///
+/// # Errors
+/// An invalid geometry or a slice of the wrong length.
+pub fn conv2d_backward_weight(
+    g: &Conv2d,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    g.validate()?;
+    check_len("conv2d input", x.len(), g.x_len())?;
+    check_len("conv2d output gradient", dy.len(), g.y_len())?;
+    check_len("conv2d weight gradient", dw.len(), g.w_len())?;
+    match Conv2dImpl::choose(g) {
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx512 => {
+            direct::weight_grad::<direct::Avx512Tile>(g, x, dy, dw, accumulate);
+            Ok(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx2 => {
+            direct::weight_grad::<direct::Avx2Tile>(g, x, dy, dw, accumulate);
+            Ok(())
+        }
+        Conv2dImpl::Im2col => im2col::weight_grad(g, x, dy, dw, accumulate),
+    }
+}
+
+/// `dX = conv2d_input_gradient(dY, W)`, `N x Cin x H x W`, overwritten.
+///
+/// # Errors
+/// An invalid geometry or a slice of the wrong length.
+pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+    g.validate()?;
+    check_len("conv2d output gradient", dy.len(), g.y_len())?;
+    check_len("conv2d weight", w.len(), g.w_len())?;
+    check_len("conv2d input gradient", dx.len(), g.x_len())?;
+    if g.n == 0 {
+        return Ok(());
+    }
+    match InputGradImpl::choose(g) {
+        InputGradImpl::Flipped => flipped::input_grad(g, dy, w, dx),
+        InputGradImpl::Col2im => col2im::input_grad(g, dy, w, dx),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared by the strategies.
+
+/// Columns of one forward GEMM when images are small (see [`conv2d_forward`]).
+const GROUP_COLS: usize = 1024;
+
+/// Runs `f` on `len` elements of this thread's scratch `key` (reused across calls, so no
+/// allocation in steady state; a fresh buffer when the scratch is already in use by an outer
+/// call on this thread).
+fn with_scratch<T: Clone + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, T::default());
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![T::default(); len]),
+    })
+}
+
+/// Runs `f` on the matching groups of `a` (chunks of `a_group`) and `b` (chunks of
+/// `b_group`): in parallel when there is more than one group, else once on the calling thread
+/// (where `f`'s GEMMs may use the pool themselves).
+fn for_each_group<A: Sync, B: Send>(
+    a: &[A],
+    a_group: usize,
+    b: &mut [B],
+    b_group: usize,
+    f: impl Fn((&[A], &mut [B])) -> Result<()> + Sync + Send,
+) -> Result<()> {
+    if a.len() > a_group {
+        a.par_chunks(a_group)
+            .zip(b.par_chunks_mut(b_group))
+            .try_for_each(f)
+    } else {
+        f((a, b))
+    }
+}
