@@ -1,4 +1,4 @@
-//! conv2d throughput on the layers of ResNet-mini (shared/BENCHMARKS.md): forward, input
+//! conv2d throughput on the layers of ResNet-mini (docs/performance.md): forward, input
 //! gradient and weight gradient, each reported as FLOP/s (`2 * N * Cout * Ho * Wo * Cin * Kh
 //! * Kw` per pass).
 //!

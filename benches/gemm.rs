@@ -32,7 +32,7 @@ const fn shape(name: &'static str, m: usize, n: usize, k: usize) -> Shape {
 }
 
 /// The shape table. The `conv_*` rows are the ResNet-mini convolutions (see
-/// `shared/BENCHMARKS.md`) at 32 images per batch, written as im2col GEMMs with
+/// docs/performance.md) at 32 images per batch, written as im2col GEMMs with
 /// `M = C_out`, `K = C_in * 9`, `N = batch * H * W`; the gradients are timed with the same
 /// row-major layout as the forward pass (only their shapes are taken from training).
 const SHAPES: &[Shape] = &[

@@ -1,5 +1,5 @@
 //! NT-Xent (SimCLR's loss) on 2N rows of dimension 128, tau 0.1, adjacent pairing: the
-//! streamed forward + backward (`shared/BENCHMARKS.md`'s `ntxent_n*_d128` operation) and the
+//! streamed forward + backward (docs/performance.md's `ntxent_n*_d128` operation) and the
 //! forward alone, at N = 256 and N = 1024.
 //!
 //! Throughput is the GEMM flops of the streamed algorithm (`src/kernels/contrastive/ntxent.rs`):

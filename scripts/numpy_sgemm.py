@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Times numpy float32 matmul (OpenBLAS, as numpy's wheels ship it) on the square sgemm
-workloads of shared/BENCHMARKS.md and prints them in the project's JSON shape.
+workloads of docs/performance.md and prints them in the project's JSON shape.
 
     python scripts/numpy_sgemm.py --threads 2 --json numpy.json
 

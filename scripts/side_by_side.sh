@@ -10,7 +10,9 @@
 #       seconds and ratios. With --memory, the ntxent_n16384_d128 peak-heap probe runs once
 #       at the end (about 10 s). $NAMES overrides the workload list (comma-separated).
 #
-# PYTHON must have numpy and torch (see shared/BENCHMARKS.md: ../ref-venv/bin/python).
+# PYTHON must have numpy and torch (docs/performance.md says how to install them). The
+# PyTorch reference and the comparison script live outside this repository: $TORCH_REF and
+# $COMPARE name them (default: the project workspace's copies beside the checkout).
 # $BIN: a selfsup binary to use instead of building this tree (e.g. one built from a clean
 # export of a commit while the working tree is mid-edit).
 set -euo pipefail
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --ntxent) mode=ntxent; shift ;;
     --memory) memory=1; shift ;;
-    --help|-h) sed -n '2,15p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,17p' "$0"; exit 0 ;;
     --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -35,8 +37,8 @@ else
   cargo build --release -q
   b=./target/release/selfsup
 fi
-torch_ref=../shared/anchors/torch_reference.py
-compare=../shared/anchors/compare.py
+torch_ref=${TORCH_REF:-../shared/anchors/torch_reference.py}
+compare=${COMPARE:-../shared/anchors/compare.py}
 
 if [ "$mode" = ntxent ]; then
   threads=${THREADS:-2}

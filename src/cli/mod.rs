@@ -49,7 +49,7 @@ pub enum Command {
     Preview(preview::PreviewArgs),
     /// The default run: SimCLR and RotNet on the built-in data, then the probe table
     Demo(default_run::DemoArgs),
-    /// Time the canonical workloads (shared/BENCHMARKS.md): table, JSON, regression check
+    /// Time the canonical workloads (docs/performance.md): table, JSON, regression check
     Bench(bench::BenchArgs),
 }
 

@@ -28,9 +28,10 @@ mod builder;
 mod dist;
 mod ops;
 mod plan;
+mod tensors;
 
 pub use builder::GraphBuilder;
-pub use plan::{BufferInfo, ParamInfo, ParamKind};
+pub use tensors::{BufferInfo, ParamInfo, ParamKind};
 
 use crate::dist::{Collectives, Scratch, SingleProcess};
 use crate::error::{Error, Result};
@@ -38,7 +39,7 @@ use crate::kernels::batchnorm::BnAffine;
 use crate::optim::ParamGroup;
 use dist::DistCtx;
 use ops::{backward_node, conv, forward_node, split_io, Node, Op};
-use plan::TensorInfo;
+use tensors::TensorInfo;
 
 /// A tensor of the graph (an activation), returned by the builder's methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

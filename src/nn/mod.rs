@@ -1,8 +1,8 @@
-//! Model builders on the static graph: the ResNet-mini encoder of `shared/BENCHMARKS.md`
+//! Model builders on the static graph: the ResNet-mini encoder of docs/performance.md
 //! (configurable), SimCLR's projection head, RotNet's rotation classifier and the linear
 //! probe.
 //!
-//! Tensor names follow the PyTorch reference model (`shared/anchors/torch_reference.py`):
+//! Tensor names follow the PyTorch reference model (the PyTorch reference of docs/performance.md):
 //! `stem.0` (convolution), `stem.1` (BatchNorm), `l1.c1`, `l1.b1`, `l1.c2`, `l1.b2`, `l2.sc.0`,
 //! `l2.sc.1`, ..., `head.0`, `head.2`, with `.weight`, `.bias`, `.running_mean` and
 //! `.running_var` suffixes, so a checkpoint maps onto a PyTorch `state_dict` key for key.

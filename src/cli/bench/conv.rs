@@ -1,5 +1,5 @@
 //! The convolution workloads of `selfsup bench`: a 3x3 convolution layer's forward pass,
-//! input gradient and weight gradient (`shared/BENCHMARKS.md`).
+//! input gradient and weight gradient (docs/performance.md).
 
 use selfsup::kernels::conv::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
@@ -8,7 +8,7 @@ use selfsup::kernels::conv::{
 use super::inputs::filled;
 use super::workload::{Reference, Work, Workload};
 
-/// The convolution workloads of `shared/BENCHMARKS.md`: 3x3, stride 1, padding 1,
+/// The convolution workloads of docs/performance.md: 3x3, stride 1, padding 1,
 /// `C_in = C_out`, batch 512 (two views of 256 images); one operation is the forward pass,
 /// the input gradient and the weight gradient.
 pub const CONV_LAYERS: &[(&str, usize, usize)] = &[

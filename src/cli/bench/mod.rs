@@ -62,12 +62,14 @@ Examples:
   selfsup bench --only sgemm_1024,sgemm_conv_*   a subset ('*' matches a prefix)
   selfsup bench --only ntxent_n16384_d128        the NT-Xent peak-memory probe alone
   selfsup bench --reference matrixmultiply --threads 2 --json mm.json
-  python3 ../shared/anchors/compare.py ours.json mm.json
   selfsup bench --baseline main.json --tolerance 0.05   fail (exit 1) on a >5% slowdown
   selfsup bench --scaling 1,2 --reps 9 --only simclr_step_*   speed-up from 1 to 2 threads
 
 Exit status: 0 on success, 1 when a workload is slower than --baseline allows,
-2 on any error (bad flag, unreadable or malformed file, failed run).";
+2 on any error (bad flag, unreadable or malformed file, failed run).
+
+The workloads, the side-by-side comparison with PyTorch on the same machine and the
+measured figures: docs/performance.md.";
 
 /// Options of `selfsup bench`.
 #[derive(Debug, Clone, Args)]

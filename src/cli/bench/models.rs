@@ -120,7 +120,7 @@ pub fn augment_workload(images: usize) -> Workload {
     }
 }
 
-/// Images per SimCLR step (two views each), as in `shared/BENCHMARKS.md`.
+/// Images per SimCLR step (two views each), as in docs/performance.md.
 pub const SIMCLR_IMAGES: usize = 256;
 /// Images per embedding batch.
 pub const EMBED_IMAGES: usize = 512;

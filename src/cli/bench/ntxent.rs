@@ -1,4 +1,4 @@
-//! The NT-Xent workloads of `selfsup bench` (`shared/BENCHMARKS.md`: loss over 2N rows of
+//! The NT-Xent workloads of `selfsup bench` (docs/performance.md: loss over 2N rows of
 //! dimension 128, tau 0.1, forward + gradient w.r.t. the rows) and their check against a
 //! streamed f64 recomputation.
 //!
@@ -17,8 +17,8 @@ use wide::f64x4;
 use super::inputs::filled;
 use super::workload::{Reference, Work, Workload};
 
-/// The NT-Xent workloads of `shared/BENCHMARKS.md`: N images, so 2N rows (the two views of
-/// each image are adjacent rows, as in `shared/anchors/torch_reference.py`) of dimension
+/// The NT-Xent workloads of docs/performance.md: N images, so 2N rows (the two views of
+/// each image are adjacent rows, as in the PyTorch reference of docs/performance.md) of dimension
 /// [`NTXENT_D`], temperature [`NTXENT_TAU`]; one operation is the loss and its gradient with
 /// respect to the rows.
 pub const NTXENT_SIZES: &[(&str, usize)] = &[

@@ -1,7 +1,7 @@
 //! The outputs of `selfsup bench`: the JSON report, the human table, and the comparison
 //! against a baseline report. Everything here is a pure function of its inputs.
 //!
-//! JSON shape (`shared/BENCHMARKS.md`; `shared/anchors/compare.py` reads `workloads`):
+//! JSON shape (docs/performance.md; the comparison of docs/performance.md reads `workloads`):
 //! `{"threads": 2, "isa": "avx2", "reference": "selfsup",
 //!   "workloads": {"sgemm_1024": {"seconds": 0.031, "gflops": 69.1, ...}},
 //!   "memory": {"ntxent_n16384_d128": {"peak_heap_bytes": ..., "seconds": ..., ...}}}`

@@ -1,5 +1,5 @@
 //! The GEMM workloads of `selfsup bench`: dense single-precision `C = A * B` on the square
-//! shapes of `shared/BENCHMARKS.md` and the shapes ResNet-mini lowers to, timed on this
+//! shapes of docs/performance.md and the shapes ResNet-mini lowers to, timed on this
 //! crate's kernels or on `matrixmultiply`, checked entry by entry against f64 dot products.
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +19,7 @@ pub struct GemmShape {
     pub why: &'static str,
 }
 
-/// The GEMM workloads: the square figures of `shared/BENCHMARKS.md` and the shapes that
+/// The GEMM workloads: the square figures of docs/performance.md and the shapes that
 /// the convolutions and heads of ResNet-mini lower to (batch 32 of 32x32 images for the
 /// stem and block1, batch 128 of 8x8 for block3, 2 x 4096 rows through a 128-wide layer).
 pub const SGEMM_SHAPES: &[GemmShape] = &[

@@ -8,7 +8,7 @@
 //! one (convolution, NT-Xent, a SimCLR step) means adding one entry to [`registry`]; the
 //! timing, the table, the JSON and the baseline comparison need no change.
 //!
-//! Names and figures follow `shared/BENCHMARKS.md`, so the JSON can be compared side by side
+//! Names and figures follow docs/performance.md, so the JSON can be compared side by side
 //! with the reference scripts there.
 
 use super::conv::{conv_workload, CONV_BATCH, CONV_LAYERS};

@@ -7,7 +7,7 @@ use super::InputGrads;
 use crate::dist::{all_reduce_sum_f64, gather_f64};
 use crate::error::Result;
 use crate::graph::dist::DistCtx;
-use crate::graph::plan::{BufferInfo, ParamInfo};
+use crate::graph::tensors::{BufferInfo, ParamInfo};
 use crate::graph::{Mode, TensorId};
 use crate::kernels::batchnorm::{
     batchnorm_backward, batchnorm_backward_synced, batchnorm_forward_eval, batchnorm_forward_train,

@@ -3,7 +3,7 @@
 
 use super::InputGrads;
 use crate::error::Result;
-use crate::graph::plan::ParamInfo;
+use crate::graph::tensors::ParamInfo;
 use crate::graph::TensorId;
 use crate::kernels::elementwise::relu_backward;
 use crate::kernels::linear::{

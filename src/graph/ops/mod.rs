@@ -14,7 +14,7 @@ pub(crate) mod quickthought;
 pub(crate) mod softmax;
 
 use super::dist::DistCtx;
-use super::plan::{BufferInfo, ParamInfo, TensorInfo};
+use super::tensors::{BufferInfo, ParamInfo, TensorInfo};
 use super::{Mode, TensorId};
 use crate::error::Result;
 use crate::kernels::conv::Conv2d;

@@ -13,7 +13,7 @@
 //!
 //! # Pairing conventions ([`Pairing`])
 //! - [`Pairing::Adjacent`]: rows `2k` and `2k + 1` are the two views of image k (the layout of
-//!   `../shared/anchors/torch_reference.py`: `target = arange(2N) ^ 1`).
+//!   the PyTorch reference of docs/performance.md: `target = arange(2N) ^ 1`).
 //! - [`Pairing::Halves`]: row `k` and row `k + N` (the first N rows are the first views, the
 //!   last N the second: the layout of SimCLR's reference code).
 //! - [`Pairing::Explicit`]: any involution without fixed points, e.g. for gathered batches.

@@ -1,0 +1,64 @@
+//! The records of a graph's tensors as its plan lays them out: what a parameter is (its
+//! kind decides initialization, weight decay and LARS adaptation), and each parameter,
+//! buffer and activation's name, shape and range in its arena.
+
+/// What a parameter tensor is; decides its initialization and whether weight decay and LARS
+/// adaptation apply (only to convolution and linear weights, as in SimCLR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A convolution weight `[C_out, C_in, K, K]`.
+    ConvWeight,
+    /// A linear weight `[out, in]`.
+    LinearWeight,
+    /// A linear bias `[out]`.
+    LinearBias,
+    /// BatchNorm scale `[C]`.
+    BnGamma,
+    /// BatchNorm shift `[C]`.
+    BnBeta,
+    /// A token embedding table `[vocab, dim]` (initialized N(0, 1) as PyTorch's
+    /// `nn.Embedding`; a padding row starts at zero).
+    Embedding,
+}
+
+impl ParamKind {
+    /// Whether weight decay (and LARS adaptation) applies.
+    pub fn is_weight(self) -> bool {
+        matches!(
+            self,
+            ParamKind::ConvWeight | ParamKind::LinearWeight | ParamKind::Embedding
+        )
+    }
+}
+
+/// One parameter tensor in the arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    /// Where it lives in [`Graph::params`].
+    pub range: std::ops::Range<usize>,
+    /// Fan-in for the initialization.
+    pub(crate) fan_in: usize,
+}
+
+/// One non-trained buffer (BatchNorm running statistics) in the buffer arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
+    pub(crate) init: f32,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct TensorInfo {
+    #[allow(dead_code)] // kept for debugging output
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    /// Range in the activation arena.
+    pub(crate) act: std::ops::Range<usize>,
+    /// Range in the gradient arena (graph inputs have none).
+    pub(crate) grad: Option<std::ops::Range<usize>>,
+}
