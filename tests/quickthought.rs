@@ -18,7 +18,7 @@ use common::cases;
 
 use proptest::prelude::*;
 use selfsup::kernels::contrastive::quickthought::{
-    qt_neighbor_targets, qt_pairwise_logistic, QtBatch, QtInBatch, QtStats,
+    qt_neighbor_targets, qt_pairwise_hits, qt_pairwise_logistic, QtBatch, QtInBatch, QtStats,
 };
 use selfsup::kernels::reference::losses as r;
 use selfsup::Error;
@@ -930,4 +930,43 @@ fn no_allocation_once_warm() {
         let count = ALLOCS.with(Cell::get) - before;
         assert_eq!(count, 0, "{count} allocations in a warm step");
     });
+}
+
+/// The pairwise accuracy count against an f64 loop, on grid values (many exact ties, which
+/// count as misses) and arbitrary floats, over more triplets than one parallel chunk, with
+/// 1 and 2 threads.
+#[test]
+fn pairwise_hits_count_the_triplets_whose_positive_scores_higher() {
+    for (n, d, seed, grid_values) in [(9, 3, 1, true), (40, 17, 2, false), (300, 8, 3, true)] {
+        let (a, b) = if grid_values {
+            (grid(n * d, seed), grid(n * d, seed + 100))
+        } else {
+            (floats(n * d, seed), floats(n * d, seed + 100))
+        };
+        let mut g = Rng::new(seed + 7);
+        let triplets: Vec<(u32, u32, u32)> = (0..3 * n)
+            .map(|_| (g.below(n) as u32, g.below(n) as u32, g.below(n) as u32))
+            .collect();
+        let want = triplets
+            .iter()
+            .filter(|&&(i, p, q)| {
+                let (i, p, q) = (i as usize, p as usize, q as usize);
+                let margin: f64 = (0..d)
+                    .map(|k| {
+                        f64::from(a[i * d + k])
+                            * (f64::from(b[q * d + k]) - f64::from(b[p * d + k]))
+                    })
+                    .sum();
+                margin < 0.0
+            })
+            .count();
+        assert!(
+            want > 0 && want < triplets.len(),
+            "a case with hits and misses"
+        );
+        for threads in [1, 2] {
+            let got = in_pool(threads, || qt_pairwise_hits(&a, &b, d, &triplets));
+            assert_eq!(got, want, "n {n} d {d} threads {threads}");
+        }
+    }
 }

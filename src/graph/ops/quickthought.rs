@@ -10,10 +10,9 @@ use crate::error::Result;
 use crate::graph::dist::{sized, DistCtx};
 use crate::graph::{err, Mode, TensorId};
 use crate::kernels::contrastive::quickthought::{
-    qt_pairwise_logistic, QtBatch, QtInBatch, QtStats,
+    qt_pairwise_hits, qt_pairwise_logistic, QtBatch, QtInBatch, QtStats,
 };
 use crate::kernels::elementwise::scale;
-use rayon::prelude::{ParallelIterator, ParallelSlice};
 
 /// In-batch classification of anchors `f` (input 0) against candidates `g` (input 1), with
 /// targets set by [`crate::graph::Graph::set_targets`].
@@ -168,7 +167,7 @@ pub(crate) fn pairwise_forward(
         return Err(err(name, "no triplets set (Graph::set_triplets)".into()));
     }
     let mut loss = qt_pairwise_logistic(a, *n_a, b, *n_b, d, triplets, da, db)?;
-    let mut h = (pairwise_hits(a, b, d, triplets), triplets.len());
+    let mut h = (qt_pairwise_hits(a, b, d, triplets), triplets.len());
     if mode == Mode::Train && dist.spans() {
         // The mean over the group's triplets (negatives stay in the rank's batch).
         let g = dist.group_mean(loss, h.0, h.1)?;
@@ -193,32 +192,4 @@ pub(crate) fn pairwise_backward(
 ) -> Result<()> {
     gx.emit_scaled(inputs[0], dy[0], &q.da)?;
     gx.emit_scaled(inputs[1], dy[0], &q.db)
-}
-
-/// Triplets per parallel chunk of [`pairwise_hits`].
-const HITS_CHUNK: usize = 256;
-
-/// How many triplets `(i, p, q)` have `a_i . (b_q - b_p) < 0` (the positive scores above
-/// the negative), each margin summed in `f64` in index order. The count is an integer sum,
-/// so it is the same for any thread count; allocates nothing. Indices must be in range.
-fn pairwise_hits(a: &[f32], b: &[f32], d: usize, triplets: &[(u32, u32, u32)]) -> usize {
-    triplets
-        .par_chunks(HITS_CHUNK)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .filter(|&&(i, p, q)| {
-                    let ai = &a[i as usize * d..][..d];
-                    let bp = &b[p as usize * d..][..d];
-                    let bq = &b[q as usize * d..][..d];
-                    let margin: f64 = ai
-                        .iter()
-                        .zip(bq.iter().zip(bp))
-                        .map(|(&x, (&yq, &yp))| f64::from(x) * (f64::from(yq) - f64::from(yp)))
-                        .sum();
-                    margin < 0.0
-                })
-                .count()
-        })
-        .sum()
 }

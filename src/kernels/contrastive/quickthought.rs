@@ -1202,6 +1202,38 @@ impl QtInBatch {
     }
 }
 
+/// Triplets per parallel chunk of [`qt_pairwise_hits`].
+const HITS_CHUNK: usize = 256;
+
+/// The pairwise objective's accuracy count: how many triplets `(i, p, q)` of rows of `a`
+/// and `b` (`d` wide) have `a_i . (b_q - b_p) < 0` (the positive scores above the negative),
+/// each margin summed in `f64` in index order. The count is an integer sum, so it is the same
+/// for any thread count; allocates nothing.
+///
+/// # Panics
+/// An index past the rows of `a` or `b` (the graph checks its triplets when they are set).
+pub fn qt_pairwise_hits(a: &[f32], b: &[f32], d: usize, triplets: &[(u32, u32, u32)]) -> usize {
+    triplets
+        .par_chunks(HITS_CHUNK)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter(|&&(i, p, q)| {
+                    let ai = &a[i as usize * d..][..d];
+                    let bp = &b[p as usize * d..][..d];
+                    let bq = &b[q as usize * d..][..d];
+                    let margin: f64 = ai
+                        .iter()
+                        .zip(bq.iter().zip(bp))
+                        .map(|(&x, (&yq, &yp))| f64::from(x) * (f64::from(yq) - f64::from(yp)))
+                        .sum();
+                    margin < 0.0
+                })
+                .count()
+        })
+        .sum()
+}
+
 /// The usual Quick Thoughts targets for a batch of `n` contiguous sentences: each sentence's
 /// previous and next sentence (in that order, anchors ascending), skipping the batch edges
 /// and never crossing a document boundary. `doc_starts` lists the sentences that begin a new
