@@ -267,3 +267,34 @@ fn a_build_without_mpi_refuses_to_run_as_one_of_several_processes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("runs as one process"));
 }
+
+/// With stderr a pipe (a log file, a scheduler's output) and without `--quiet`, the progress
+/// comes as plain lines every 50 steps instead of a bar that nobody sees; the run's closing
+/// line follows.
+#[test]
+fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
+    let d = TempDir::new("plain");
+    let run = d.join("run");
+    let o = selfsup(&[
+        "pretrain",
+        "--data",
+        "builtin",
+        "--out",
+        &run,
+        "--widths",
+        "4,8",
+        "--batch",
+        "8",
+        "--steps",
+        "100",
+        "--knn-every",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines[0].starts_with("step 50/100  loss "), "{err}");
+    assert!(lines[1].starts_with("step 100/100  loss "), "{err}");
+    assert!(lines[2].starts_with("simclr: 100 steps in "), "{err}");
+    assert_eq!(lines.len(), 3, "{err}");
+}
