@@ -36,7 +36,7 @@ pub struct ProbeConfig {
     pub tol: f64,
     /// L-BFGS history: the number of `(s, y)` pairs kept (default 10).
     pub history: usize,
-    /// The grid [`linear_probe`] searches; empty means "use `lambda`" (default
+    /// The grid [`linear_probe`](super::probe::linear_probe) searches; empty means "use `lambda`" (default
     /// 1e-6, 1e-5, ..., 1e-1, 1).
     pub lambda_grid: Vec<f64>,
     /// The fraction of the train set held out to score each `lambda` (default 0.2).

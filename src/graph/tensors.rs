@@ -37,7 +37,7 @@ pub struct ParamInfo {
     pub name: String,
     pub shape: Vec<usize>,
     pub kind: ParamKind,
-    /// Where it lives in [`Graph::params`].
+    /// Where it lives in [`Graph::params`](super::Graph::params).
     pub range: std::ops::Range<usize>,
     /// Fan-in for the initialization.
     pub(crate) fan_in: usize,

@@ -188,7 +188,7 @@ pub fn relu_inplace(x: &mut [f32]) {
 /// `y = max(x, 0)` (NaN stays NaN).
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when `y.len() != x.len()`.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `y.len() != x.len()`.
 pub fn relu(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("relu (y vs x)", y.len(), x.len())?;
     par_map2(x, x, y, |a, _| relu_v(a), |a, _| relu_s(a));
@@ -199,7 +199,7 @@ pub fn relu(x: &[f32], y: &mut [f32]) -> Result<()> {
 /// (both are positive at the same places).
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn relu_backward(mask: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
     check_len("relu_backward (dy vs mask)", dy.len(), mask.len())?;
     check_len("relu_backward (dx vs mask)", dx.len(), mask.len())?;
@@ -210,7 +210,7 @@ pub fn relu_backward(mask: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
 /// ReLU gradient in place: `dy <- mask > 0 ? dy : 0`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn relu_backward_inplace(mask: &[f32], dy: &mut [f32]) -> Result<()> {
     check_len("relu_backward_inplace (dy vs mask)", dy.len(), mask.len())?;
     par_update2(mask, dy, mask_v, mask_s);
@@ -220,7 +220,7 @@ pub fn relu_backward_inplace(mask: &[f32], dy: &mut [f32]) -> Result<()> {
 /// Residual add: `y = a + b`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn add(a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("add (b vs a)", b.len(), a.len())?;
     check_len("add (y vs a)", y.len(), a.len())?;
@@ -231,7 +231,7 @@ pub fn add(a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
 /// Accumulate: `y += a`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn add_assign(y: &mut [f32], a: &[f32]) -> Result<()> {
     check_len("add_assign (a vs y)", a.len(), y.len())?;
     par_update2(a, y, |a, y| y + a, |a, y| y + a);
@@ -242,7 +242,7 @@ pub fn add_assign(y: &mut [f32], a: &[f32]) -> Result<()> {
 /// thread leaves part of the bandwidth unused).
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn copy(a: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("copy (a vs y)", a.len(), y.len())?;
     y.par_chunks_mut(CHUNK)
@@ -257,7 +257,7 @@ pub fn copy(a: &[f32], y: &mut [f32]) -> Result<()> {
 /// both `a` and `b`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn add_relu(a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("add_relu (b vs a)", b.len(), a.len())?;
     check_len("add_relu (y vs a)", y.len(), a.len())?;
@@ -268,7 +268,7 @@ pub fn add_relu(a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
 /// Backward of [`add_relu`]: `dx = y > 0 ? dy : 0`, the gradient of both addends.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn add_relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
     relu_backward(y, dy, dx)
 }
@@ -283,7 +283,7 @@ pub fn scale(x: &mut [f32], alpha: f32) {
 /// bits).
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("axpy (x vs y)", x.len(), y.len())?;
     let va = f32x8::splat(alpha);
@@ -343,7 +343,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
 /// `sum_i a[i] * b[i]`, deterministic for any thread count.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when the lengths differ.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
 pub fn dot(a: &[f32], b: &[f32]) -> Result<f64> {
     check_len("dot (b vs a)", b.len(), a.len())?;
     Ok(par_reduce(a, b, |a, b| a * b, |a, b| a * b))

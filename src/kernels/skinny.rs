@@ -13,7 +13,7 @@
 //! hundred KiB).
 //!
 //! Both are sequential and sum in a fixed order (lanes over `k` in steps of 8, then the
-//! lanes in [`super::simd`]'s fixed order, then the scalar tail; rows in increasing order),
+//! lanes in `kernels::simd`'s fixed order, then the scalar tail; rows in increasing order),
 //! so a caller that splits rows into fixed blocks gets results independent of the thread
 //! count. The AVX2 backend fuses multiply-adds and the portable one may not, so the two
 //! backends can differ in the last bits.

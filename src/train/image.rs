@@ -2,7 +2,7 @@
 //! model (encoder + projection head + NT-Xent, or encoder + 4-way rotation classifier), the
 //! epoch sampler and the augmenting loader, one step at a time, and the kNN monitor.
 //!
-//! - [`Pretrainer`] implements [`Method`]: [`crate::train::fit`] runs a whole run of it.
+//! - [`Pretrainer`] implements [`Method`]: [`crate::train::fit()`] runs a whole run of it.
 //!   [`Pretrainer::loader`] prepares the augmented batches of the coming steps on a worker
 //!   thread; [`Pretrainer::train_on`] runs one step on a prepared batch.
 //! - Every batch is a function of `(seed, step)` only, and every kernel is bit-identical for
@@ -93,7 +93,7 @@ pub struct PretrainConfig {
 impl PretrainConfig {
     /// SimCLR's recipe (or RotNet's) for square images of `channels x size x size`: the
     /// default ResNet (widths 32/64/128), batch 256, tau 0.5, SGD with momentum 0.9 and
-    /// weight decay 5e-4, colour-jitter strength 0.5, seed 0. [`crate::train::fit`] sets
+    /// weight decay 5e-4, colour-jitter strength 0.5, seed 0. [`crate::train::fit()`] sets
     /// the schedule over the run's length; set the fields to change the rest.
     pub fn for_images(method: ImageMethod, channels: usize, size: usize) -> Self {
         Self {
@@ -121,7 +121,7 @@ impl PretrainConfig {
     }
 
     /// The settings a run of this configuration on `data` (the data's name) records, as
-    /// [`crate::train::fit`] checks them on resume.
+    /// [`crate::train::fit()`] checks them on resume.
     pub fn settings(&self, data: &str) -> RunSettings {
         RunSettings {
             method: self.method.name().into(),

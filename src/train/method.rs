@@ -1,5 +1,5 @@
 //! The `Method` trait: what a self-supervised method says about itself (its model, its
-//! batches, one step, its monitor, its frozen encoder) so that one loop, [`crate::train::fit`],
+//! batches, one step, its monitor, its frozen encoder) so that one loop, [`crate::train::fit()`],
 //! can run any of them. SimCLR and RotNet ([`crate::train::image::Pretrainer`]) and Quick
 //! Thoughts ([`crate::train::text::QtTrainer`]) implement it.
 
@@ -68,7 +68,7 @@ pub struct MonitorKind {
 }
 
 /// A self-supervised method, ready to train: its model and optimizer built, its data
-/// attached. [`crate::train::fit`] runs the whole training run; a method can also be
+/// attached. [`crate::train::fit()`] runs the whole training run; a method can also be
 /// stepped by hand with [`Method::train_step`].
 ///
 /// Every batch is a function of the seed and the step only and every kernel gives the same

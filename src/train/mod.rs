@@ -1,5 +1,5 @@
 //! Training: the [`Method`] trait that SimCLR and RotNet ([`image`]) and Quick Thoughts
-//! ([`text`]) implement, the one loop [`fit`] that runs any of them in any process group,
+//! ([`text`]) implement, the one loop [`fit()`] that runs any of them in any process group,
 //! the [`Observer`] it reports to, the run folder, and the training state on disk.
 //!
 //! A run in a few lines (the whole program: `examples/pretrain_simclr.rs`):

@@ -1,5 +1,5 @@
 //! What a training run reports as it goes: the `Observer` trait, whose methods
-//! [`crate::train::fit`] calls on rank 0 (the start, every step, a changed run length,
+//! [`crate::train::fit()`] calls on rank 0 (the start, every step, a changed run length,
 //! each monitor run and checkpoint, the end), and `Silent`, which ignores them all.
 
 use std::path::Path;
