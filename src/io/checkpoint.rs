@@ -82,15 +82,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer as _;
 
 use crate::error::Shape;
+
+use super::atomic::AtomicWriteError;
 
 /// The value [`save`] writes under [`keys::FORMAT_VERSION`]; [`load`] rejects any other
 /// (a file without the key, e.g. written by another tool, is accepted).
@@ -443,77 +444,21 @@ fn write_f32_le(w: &mut dyn Write, data: &[f32]) -> io::Result<()> {
     }
 }
 
-/// Distinguishes the temporary files of concurrent saves within one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes a file atomically: `write` fills a fresh temporary file next to `path`
-/// (`.<file name>.tmp.<pid>.<n>`), which is then flushed, `fsync`ed and renamed over `path`,
-/// and the directory is `fsync`ed (on Unix). On any error the temporary file is removed and
-/// `path` is untouched. [`save`] uses it; it serves any other file of a run (a config, a
-/// log of results) that must never be seen half-written.
+/// Writes a file atomically ([`super::atomic::write_atomically`]), its errors as
+/// [`CheckpointError`]s naming the file. [`save`] uses it; it serves any other file of a run
+/// (a config, a log of results) that must never be seen half-written.
 pub fn write_atomically(
     path: impl AsRef<Path>,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<()> {
-    let path = path.as_ref();
-    let Some(file_name) = path.file_name() else {
-        return Err(invalid(path, "the path has no file name"));
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-
-    // Create a temporary file that did not exist before (never clobber another writer's).
-    let pid = std::process::id();
-    let (tmp, file) = loop {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut name = std::ffi::OsString::from(".");
-        name.push(file_name);
-        name.push(format!(".tmp.{pid}.{n}"));
-        let tmp = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n % 1000 != 999 => continue,
-            Err(e) => {
-                return Err(io_err(
-                    path,
-                    format!("create the temporary file {}", tmp.display()),
-                    e,
-                ))
-            }
-        }
-    };
-
-    let result = (|| {
-        let mut w = io::BufWriter::with_capacity(1 << 16, file);
-        write(&mut w).map_err(|e| io_err(path, format!("write {}", tmp.display()), e))?;
-        let file = w
-            .into_inner()
-            .map_err(|e| io_err(path, format!("write {}", tmp.display()), e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| io_err(path, format!("fsync {}", tmp.display()), e))?;
-        drop(file);
-        fs::rename(&tmp, path)
-            .map_err(|e| io_err(path, format!("rename {} over the target", tmp.display()), e))
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(dir).map_err(|e| io_err(path, format!("fsync the directory {}", dir.display()), e))
-}
-
-/// Makes a rename in `dir` durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Windows offers no directory handle to flush; its renames are journaled by NTFS.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    super::atomic::write_atomically(path, write).map_err(|e| match e {
+        AtomicWriteError::NoFileName { path } => invalid(&path, "the path has no file name"),
+        AtomicWriteError::Io {
+            path,
+            action,
+            error,
+        } => io_err(&path, action, error),
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-//! File formats: checkpoints (safetensors, written atomically), NumPy `.npy` matrices and
-//! the PNG line chart of a run.
+//! File formats: checkpoints (safetensors), atomic writes, NumPy `.npy` matrices and the
+//! PNG line chart of a run.
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod npy;
 pub mod plot;
