@@ -1,6 +1,6 @@
 //! Model builders on the static graph: the ResNet-mini encoder of docs/performance.md
-//! (configurable), SimCLR's projection head, RotNet's rotation classifier and the linear
-//! probe.
+//! (configurable; above 64 pixels with the stride-2 stem of resnet_mini96), SimCLR's
+//! projection head, RotNet's rotation classifier and the linear probe.
 //!
 //! Tensor names follow the PyTorch reference model (the PyTorch reference of docs/performance.md):
 //! `stem.0` (convolution), `stem.1` (BatchNorm), `l1.c1`, `l1.b1`, `l1.c2`, `l1.b2`, `l2.sc.0`,
@@ -17,7 +17,8 @@ use crate::graph::{Graph, GraphBuilder, TensorId};
 pub struct ResNetConfig {
     /// Input channels (3 for RGB, 1 for Fashion-MNIST).
     pub in_channels: usize,
-    /// Input height and width.
+    /// Input height and width. Above [`ResNetConfig::STRIDE_1_STEM_MAX`] pixels the stem
+    /// convolution has stride 2 (see [`ResNetConfig::stem_stride`]).
     pub image_size: usize,
     /// Channels of each stage; stage `s > 0` halves the resolution.
     pub widths: Vec<usize>,
@@ -43,6 +44,9 @@ impl Default for ResNetConfig {
 }
 
 impl ResNetConfig {
+    /// The largest input size whose stem convolution keeps stride 1.
+    pub const STRIDE_1_STEM_MAX: usize = 64;
+
     /// The Fashion-MNIST variant: 1 x 28 x 28 input.
     pub fn fashion_mnist() -> Self {
         Self {
@@ -55,6 +59,39 @@ impl ResNetConfig {
     /// The width of the representation h.
     pub fn feature_dim(&self) -> usize {
         self.widths.last().copied().unwrap_or(0)
+    }
+
+    /// The stride of the stem convolution: 1 up to [`ResNetConfig::STRIDE_1_STEM_MAX`]
+    /// pixels (ResNet-mini, 32 x 32 and 28 x 28), 2 above (resnet_mini96, 96 x 96).
+    ///
+    /// Derived from `image_size` rather than stored, so that the configuration's JSON (kept
+    /// in every checkpoint's metadata) is unchanged. Why: after a stride-1 stem the feature
+    /// maps of a 96-pixel image are 9x the area of a 32-pixel image's, and so is the cost of
+    /// every layer; the stride-2 stem (96 -> 48) keeps them at 2.25x, as the resnet_mini96
+    /// benchmark model defines.
+    pub fn stem_stride(&self) -> usize {
+        if self.image_size > Self::STRIDE_1_STEM_MAX {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The height (and width) of the feature maps: `[0]` after the stem, then after each
+    /// stage. Every 3 x 3 padding-1 convolution and 1 x 1 shortcut of stride `s` maps `n` to
+    /// `(n - 1) / s + 1`, `n / s` rounded up (stride 2: 96 -> 48, 65 -> 33), so no map of a
+    /// non-empty image is ever empty.
+    pub fn feature_map_sizes(&self) -> Vec<usize> {
+        let down = |n: usize, s: usize| n.div_ceil(s);
+        let mut size = down(self.image_size, self.stem_stride());
+        let mut sizes = vec![size];
+        for s in 0..self.widths.len() {
+            if s > 0 {
+                size = down(size, 2);
+            }
+            sizes.push(size);
+        }
+        sizes
     }
 
     /// Checks that the configuration describes a buildable network.
@@ -93,10 +130,16 @@ impl ResNetConfig {
     }
 }
 
-/// The encoder's input and its representation `h` (`N x feature_dim`).
+/// The encoder's input and its representation `h` (`N x feature_dim`), with the feature
+/// maps of the stem and of the last stage (whose shapes follow
+/// [`ResNetConfig::feature_map_sizes`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Encoder {
     pub input: TensorId,
+    /// The stem's output (convolution, BatchNorm, ReLU).
+    pub stem: TensorId,
+    /// The last stage's output, the maps the global average pool reduces to `h`.
+    pub features: TensorId,
     pub h: TensorId,
 }
 
@@ -124,15 +167,17 @@ fn basic_block(
 /// Adds the ResNet encoder for a batch of `batch` images; returns its input and `h`.
 ///
 /// # Errors
-/// An invalid configuration, or an image too small for the strides.
+/// An invalid configuration, an empty image included (any non-empty one fits the strides:
+/// see [`ResNetConfig::feature_map_sizes`]).
 pub fn resnet_encoder(b: &mut GraphBuilder, cfg: &ResNetConfig, batch: usize) -> Result<Encoder> {
     cfg.validate()?;
     let input = b.input(
         "input",
         &[batch, cfg.in_channels, cfg.image_size, cfg.image_size],
     )?;
-    let y = b.conv2d("stem.0", input, cfg.widths[0], 3, 1, 1)?;
-    let mut y = b.batchnorm("stem.1", y, true)?;
+    let y = b.conv2d("stem.0", input, cfg.widths[0], 3, cfg.stem_stride(), 1)?;
+    let stem = b.batchnorm("stem.1", y, true)?;
+    let mut y = stem;
     for (s, (&w, &nb)) in cfg.widths.iter().zip(&cfg.blocks).enumerate() {
         for k in 0..nb {
             let name = if nb == 1 {
@@ -145,7 +190,12 @@ pub fn resnet_encoder(b: &mut GraphBuilder, cfg: &ResNetConfig, batch: usize) ->
         }
     }
     let h = b.global_avg_pool("pool", y)?;
-    Ok(Encoder { input, h })
+    Ok(Encoder {
+        input,
+        stem,
+        features: y,
+        h,
+    })
 }
 
 /// SimCLR's projection head g: `Linear(h -> hidden) -> ReLU -> Linear(hidden -> out)`.
