@@ -1,6 +1,7 @@
-//! The whole-model workloads of `selfsup bench`: a SimCLR training step of ResNet-mini, its
-//! inference, the SimCLR augmentation of a batch, and a Quick Thoughts training step. The
-//! only workloads that reach the library's models, data and trainers (all imported here).
+//! The whole-model workloads of `selfsup bench`: a SimCLR training step of ResNet-mini and
+//! its inference (32x32, and resnet_mini96's 96x96 with the stride-2 stem), the SimCLR
+//! augmentation of a batch, and a Quick Thoughts training step. The only workloads that
+//! reach the library's models, data and trainers (all imported here).
 
 use anyhow::{ensure, Result};
 use selfsup::data::augment::{simclr_views, SimclrAugment};
@@ -124,20 +125,56 @@ pub fn augment_workload(images: usize) -> Workload {
 pub const SIMCLR_IMAGES: usize = 256;
 /// Images per embedding batch.
 pub const EMBED_IMAGES: usize = 512;
+/// Images per SimCLR step of resnet_mini96 (two views each).
+pub const SIMCLR96_IMAGES: usize = 128;
+/// Images per embedding batch of resnet_mini96.
+pub const EMBED96_IMAGES: usize = 256;
+
+/// resnet_mini96: ResNet-mini on 3x96x96 images, whose stem then has stride 2
+/// ([`ResNetConfig::stem_stride`]); widths and head as ResNet-mini.
+fn resnet_mini96() -> ResNetConfig {
+    ResNetConfig {
+        image_size: 96,
+        ..ResNetConfig::default()
+    }
+}
 
 /// One SimCLR training step of ResNet-mini: forward of encoder and head on two views of
 /// each image, NT-Xent (tau 0.5), backward, SGD with momentum 0.9 and weight decay 1e-6.
 pub fn simclr_step_workload(images: usize) -> Workload {
-    Workload {
-        name: "simclr_step_resnet_mini_b256",
-        about: format!(
+    simclr_step(
+        "simclr_step_resnet_mini_b256",
+        format!(
             "SimCLR step, ResNet-mini, {images} images x 2 views of 3x32x32 (random data), \
              NT-Xent tau 0.5, backward, SGD momentum 0.9 wd 1e-6"
         ),
+        ResNetConfig::default(),
+        images,
+    )
+}
+
+/// The SimCLR step of [`simclr_step_workload`] for resnet_mini96 (3x96x96 images).
+pub fn simclr_step96_workload(images: usize) -> Workload {
+    simclr_step(
+        "simclr_step_resnet_mini96_b128",
+        format!(
+            "SimCLR step, resnet_mini96 (stride-2 stem), {images} images x 2 views of 3x96x96 \
+             (random data), NT-Xent tau 0.5, backward, SGD momentum 0.9 wd 1e-6"
+        ),
+        resnet_mini96(),
+        images,
+    )
+}
+
+/// The SimCLR step workload `name` of the encoder `cfg` on `images` images per step.
+fn simclr_step(name: &'static str, about: String, cfg: ResNetConfig, images: usize) -> Workload {
+    Workload {
+        name,
+        about,
         work: Work::Images(images as f64),
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
-            let mut m = simclr(&ResNetConfig::default(), images, 0.5, 0x5eed_0201)?;
+            let mut m = simclr(&cfg, images, 0.5, 0x5eed_0201)?;
             let len: usize = m.graph.shape(m.input).iter().product();
             m.graph
                 .input_mut(m.input)?
@@ -172,14 +209,37 @@ pub fn simclr_step_workload(images: usize) -> Workload {
 
 /// Inference of the representation h (eval-mode BatchNorm) for a batch of images.
 pub fn embed_workload(images: usize) -> Workload {
+    embed(
+        "embed_resnet_mini_b512",
+        format!("ResNet-mini inference of h (eval-mode BatchNorm), {images} images 3x32x32"),
+        ResNetConfig::default(),
+        images,
+    )
+}
+
+/// The inference of [`embed_workload`] for resnet_mini96 (3x96x96 images).
+pub fn embed96_workload(images: usize) -> Workload {
+    embed(
+        "embed_resnet_mini96_b256",
+        format!(
+            "resnet_mini96 (stride-2 stem) inference of h (eval-mode BatchNorm), {images} \
+             images 3x96x96"
+        ),
+        resnet_mini96(),
+        images,
+    )
+}
+
+/// The inference workload `name` of the encoder `cfg` on batches of `images` images.
+fn embed(name: &'static str, about: String, cfg: ResNetConfig, images: usize) -> Workload {
     Workload {
-        name: "embed_resnet_mini_b512",
-        about: format!("ResNet-mini inference of h (eval-mode BatchNorm), {images} images 3x32x32"),
+        name,
+        about,
         work: Work::Images(images as f64),
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
             let mut b = GraphBuilder::new();
-            let enc = resnet_encoder(&mut b, &ResNetConfig::default(), images)?;
+            let enc = resnet_encoder(&mut b, &cfg, images)?;
             let mut g = b.build(0x5eed_0301)?;
             let len: usize = g.shape(enc.input).iter().product();
             g.input_mut(enc.input)?

@@ -13,8 +13,9 @@
 
 use super::conv::{conv_workload, CONV_BATCH, CONV_LAYERS};
 use super::models::{
-    augment_workload, embed_workload, quickthought_workload, simclr_step_workload, AUGMENT_IMAGES,
-    EMBED_IMAGES, QT_SENTENCES, SIMCLR_IMAGES,
+    augment_workload, embed96_workload, embed_workload, quickthought_workload,
+    simclr_step96_workload, simclr_step_workload, AUGMENT_IMAGES, EMBED96_IMAGES, EMBED_IMAGES,
+    QT_SENTENCES, SIMCLR96_IMAGES, SIMCLR_IMAGES,
 };
 use super::ntxent::{ntxent_workload, NTXENT_D, NTXENT_SIZES, NTXENT_TAU};
 use super::sgemm::{sgemm_workload, SGEMM_SHAPES};
@@ -34,7 +35,9 @@ pub fn registry() -> Vec<Workload> {
             .map(|&(name, n)| ntxent_workload(name, n, NTXENT_D, NTXENT_TAU)),
     );
     all.push(simclr_step_workload(SIMCLR_IMAGES));
+    all.push(simclr_step96_workload(SIMCLR96_IMAGES));
     all.push(embed_workload(EMBED_IMAGES));
+    all.push(embed96_workload(EMBED96_IMAGES));
     all.push(augment_workload(AUGMENT_IMAGES));
     all.push(quickthought_workload(QT_SENTENCES));
     all
