@@ -580,7 +580,7 @@ fn spec_parse_and_display() {
     ));
     assert!(matches!(
         "builtin:x".parse::<DataSpec>(),
-        Err(SpecError::UnexpectedArg(_))
+        Err(SpecError::BuiltinSide(_))
     ));
     assert!("".parse::<DataSpec>().is_err());
 }
@@ -702,7 +702,7 @@ fn spec_missing_dirs_and_builtin() {
         let spec: DataSpec = s.parse().unwrap();
         assert_err(spec.load(&opts), "/nonexistent/x", "not a directory");
     }
-    assert!(DataSpec::Builtin
+    assert!(DataSpec::Builtin { side: 32 }
         .load(&opts)
         .unwrap_err()
         .to_string()

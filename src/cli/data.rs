@@ -11,12 +11,15 @@ use selfsup::data::spec::{DataSpec, LoadOptions};
 use selfsup::data::Splits;
 use selfsup::text::{read_corpus_report, TextData};
 
-/// Parses and loads `spec` (`builtin`, `fashion-mnist`, `idx:DIR`, ...).
+/// Parses and loads `spec` (`builtin`, `builtin:S`, `fashion-mnist`, `idx:DIR`, ...).
 pub fn load_splits(spec: &str) -> Result<Splits> {
     let parsed: DataSpec = spec.parse()?;
     let (train, test) = match parsed {
-        DataSpec::Builtin => {
-            let (train, test) = builtin_splits(&BuiltinConfig::default());
+        DataSpec::Builtin { side } => {
+            let (train, test) = builtin_splits(&BuiltinConfig {
+                side,
+                ..BuiltinConfig::default()
+            });
             (train, Some(test))
         }
         other => {

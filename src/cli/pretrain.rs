@@ -79,9 +79,10 @@ pub struct PretrainArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Simclr)]
     pub method: MethodArg,
 
-    /// The data: builtin, fashion-mnist, idx:DIR, cifar10:DIR, cifar100:DIR, folder:DIR;
-    /// for quickthought: builtin (the generated topic corpus) or text:PATH (a UTF-8 file or
-    /// a folder of them)
+    /// The data: builtin (32 x 32), builtin:S (the same images at S x S pixels, S from 8 to
+    /// 512), fashion-mnist, idx:DIR, cifar10:DIR, cifar100:DIR, folder:DIR; for
+    /// quickthought: builtin (the generated topic corpus) or text:PATH (a UTF-8 file or a
+    /// folder of them)
     #[arg(long, value_name = "SPEC", default_value = "builtin")]
     pub data: String,
 

@@ -1,11 +1,13 @@
 //! The built-in dataset, generated in code from a seed: the default data that needs no
 //! download.
 //!
-//! 32 x 32 RGB images of 10 classes that differ in shape or structure only ([`CLASS_NAMES`]:
-//! disc, ring, square outline, triangle, plus, stripes, checkerboard, star, two dots,
-//! crescent). Every image draws its nuisances at random:
+//! 32 x 32 RGB images (any side from [`MIN_SIDE`] to [`MAX_SIDE`] with
+//! [`BuiltinConfig::side`], `--data builtin:S`) of 10 classes that differ in shape or
+//! structure only ([`CLASS_NAMES`]: disc, ring, square outline, triangle, plus, stripes,
+//! checkerboard, star, two dots, crescent). Every image draws its nuisances at random:
 //!
-//! - the shape's scale (a radius of 7 to 13.5 pixels), aspect (0.85 to 1.15), position
+//! - the shape's scale (a radius of 7 to 13.5 pixels of a 32-pixel image, a fraction 0.22
+//!   to 0.42 of the side at every size), aspect (0.85 to 1.15), position
 //!   (anywhere that keeps most of the shape in the frame) and rotation (-30 to +30 degrees;
 //!   the range stays below 90 degrees so that shapes keep an "upright" orientation and a
 //!   rotation-prediction pretext task such as RotNet has something to learn);
@@ -18,6 +20,16 @@
 //!
 //! Shapes are drawn from signed distance functions with a one-pixel smooth edge (analytic
 //! anti-aliasing), so no shape is aliased at any scale or angle.
+//!
+//! **Any side.** Every random draw is made in the coordinates of a 32-pixel image; a side
+//! `S` scales the geometry by `S / 32` and evaluates the same distance functions, gradient
+//! and texture at the centers of its own pixels, with the smooth edge one pixel of `S` wide.
+//! Image `i` at side `S` is therefore the drawing of image `i` at side 32 (same label, class,
+//! shape, position, rotation, colors, shading and background) at a finer or coarser
+//! resolution; only the pixel noise differs: it has the same sigma per value, but its values
+//! are drawn per pixel of `S` (after the same draws), so they cannot match side 32's. At side
+//! 32 the scale is exactly 1.0 and every floating-point operation is today's: the default
+//! set is bit-identical to the one before sides existed.
 //!
 //! **Determinism.** Image `i` depends on `(seed, i)` only: its randomness comes from the
 //! stream [`crate::rng::mix`]`(seed, [IMAGE_KEY, i])` and its label from a permutation of the
@@ -50,14 +62,26 @@ use super::ImageSet;
 use crate::rng::{mix, SplitMix64};
 use rayon::prelude::*;
 
-/// The side of every image, in pixels.
+/// The side of every image by default (and of [`generate`]), in pixels.
 pub const SIDE: usize = 32;
+/// The smallest side [`BuiltinConfig::side`] may take (`builtin:S`).
+pub const MIN_SIDE: usize = 8;
+/// The largest side [`BuiltinConfig::side`] may take (`builtin:S`).
+pub const MAX_SIDE: usize = 512;
 /// Channels per image (RGB).
 pub const CHANNELS: usize = 3;
 /// Number of classes.
 pub const CLASSES: usize = 10;
 /// Values per image: `CHANNELS * SIDE * SIDE`.
 pub const IMAGE_LEN: usize = CHANNELS * SIDE * SIDE;
+
+/// Values of `n` images of side `side` (`n * CHANNELS * side * side`), `None` when that
+/// overflows `usize`.
+pub fn images_len(n: usize, side: usize) -> Option<usize> {
+    side.checked_mul(side)?
+        .checked_mul(CHANNELS)?
+        .checked_mul(n)
+}
 
 /// The name of each class, indexed by label.
 pub const CLASS_NAMES: [&str; 10] = [
@@ -93,15 +117,19 @@ pub struct BuiltinConfig {
     pub n_test: usize,
     /// The seed both splits derive from (through different streams).
     pub seed: u64,
+    /// The side of every image in pixels, from [`MIN_SIDE`] to [`MAX_SIDE`] ([`SIDE`] by
+    /// default); image `i` is the same drawing at every side.
+    pub side: usize,
 }
 
 impl Default for BuiltinConfig {
-    /// 20,000 train and 2,000 test images from [`DEFAULT_SEED`].
+    /// 20,000 train and 2,000 test images of side [`SIDE`] from [`DEFAULT_SEED`].
     fn default() -> Self {
         Self {
             n_train: 20_000,
             n_test: 2_000,
             seed: DEFAULT_SEED,
+            side: SIDE,
         }
     }
 }
@@ -110,33 +138,54 @@ impl Default for BuiltinConfig {
 /// `(seed, i)` only, so `generate(m, seed)` is a prefix of `generate(n, seed)` for `m < n`,
 /// and the result is bit-identical for any rayon thread count.
 pub fn generate(n: usize, seed: u64) -> ImageSet {
-    let mut images = vec![0.0f32; n * IMAGE_LEN];
+    generate_at(n, seed, SIDE)
+}
+
+/// [`generate`] at side `side` (any side of at least 1; [`MIN_SIDE`] to [`MAX_SIDE`] is what
+/// `builtin:S` accepts): the same labels and drawings as side [`SIDE`], at `side` x `side`
+/// pixels; `generate_at(n, seed, SIDE)` is `generate(n, seed)`, bit for bit.
+///
+/// # Panics
+///
+/// When `side` is 0, or `n` images of `side` x `side` do not fit in `usize` values.
+pub fn generate_at(n: usize, seed: u64, side: usize) -> ImageSet {
+    assert!(
+        side > 0,
+        "the built-in images need a side of at least 1 pixel"
+    );
+    let (image_len, len) = images_len(1, side)
+        .zip(images_len(n, side))
+        .unwrap_or_else(|| {
+            panic!("{n} built-in images of {side} x {side} pixels overflow the address space")
+        });
+    let mut images = vec![0.0f32; len];
     let mut labels = vec![0u32; n];
     images
-        .par_chunks_mut(IMAGE_LEN)
+        .par_chunks_mut(image_len)
         .zip(labels.par_iter_mut())
         .enumerate()
         .for_each(|(i, (img, label))| {
             *label = label_of(seed, i as u64);
-            render(seed, i as u64, *label, img);
+            render(seed, i as u64, *label, side, img);
         });
     ImageSet {
         images,
         labels: Some(labels),
         n,
         channels: CHANNELS,
-        height: SIDE,
-        width: SIDE,
+        height: side,
+        width: side,
         classes: Some(CLASSES),
     }
 }
 
 /// The train and test splits of `cfg`: `(train, test)`, drawn from two different streams of
 /// `cfg.seed`, so the test images are independent of the train images and do not change with
-/// `n_train`.
+/// `n_train`. Both are `cfg.side` x `cfg.side` (see [`generate_at`]; the labels do not
+/// depend on the side).
 pub fn builtin_splits(cfg: &BuiltinConfig) -> (ImageSet, ImageSet) {
-    let train = generate(cfg.n_train, mix(cfg.seed, &[TRAIN_KEY]));
-    let test = generate(cfg.n_test, mix(cfg.seed, &[TEST_KEY]));
+    let train = generate_at(cfg.n_train, mix(cfg.seed, &[TRAIN_KEY]), cfg.side);
+    let test = generate_at(cfg.n_test, mix(cfg.seed, &[TEST_KEY]), cfg.side);
     (train, test)
 }
 
@@ -286,15 +335,20 @@ fn smooth(t: f32) -> f32 {
     t * t * (3.0 - 2.0 * t)
 }
 
-/// Lattice of the value-noise texture: 5 x 5 points, one every 8 pixels.
+/// Lattice of the value-noise texture: 5 x 5 points, one every 8 pixels of a 32-pixel
+/// image (a quarter of the side).
 const LAT: usize = 5;
 const CELL: f32 = 8.0;
 
-/// Draws image `i` of the stream `seed` (class `class`) into `out` (CHW, `IMAGE_LEN`).
-fn render(seed: u64, i: u64, class: u32, out: &mut [f32]) {
+/// Draws image `i` of the stream `seed` (class `class`) at side `side` into `out` (CHW,
+/// `CHANNELS * side * side`). The random draws are made in the pixels of a [`SIDE`]-pixel
+/// image and scaled by `zoom = side / SIDE` (exactly 1.0 at [`SIDE`], which leaves every value
+/// as it was).
+fn render(seed: u64, i: u64, class: u32, side: usize, out: &mut [f32]) {
     let mut rng = SplitMix64::new(mix(seed, &[IMAGE_KEY, i]));
+    let zoom = side as f32 / SIDE as f32;
 
-    // Geometry.
+    // Geometry, in the pixels of a SIDE-pixel image.
     let r = uniform(&mut rng, 7.0, 13.5);
     let aspect = uniform(&mut rng, 0.85, 1.15);
     let (sx, sy) = (r * aspect.sqrt(), r / aspect.sqrt());
@@ -303,6 +357,8 @@ fn render(seed: u64, i: u64, class: u32, out: &mut [f32]) {
     let reach = (SIDE as f32 / 2.0 - 0.8 * r).max(0.0);
     let cx = SIDE as f32 / 2.0 + uniform(&mut rng, -reach, reach);
     let cy = SIDE as f32 / 2.0 + uniform(&mut rng, -reach, reach);
+    // The same geometry in the pixels of this side.
+    let (r, sx, sy, cx, cy) = (r * zoom, sx * zoom, sy * zoom, cx * zoom, cy * zoom);
     // Distances in the unit frame are scaled back to pixels by the smaller axis scale.
     let px_per_unit = sx.min(sy);
 
@@ -338,7 +394,7 @@ fn render(seed: u64, i: u64, class: u32, out: &mut [f32]) {
     }
     let noise = uniform(&mut rng, 0.0, 0.05);
 
-    let plane = SIDE * SIDE;
+    let plane = side * side;
     let (bgp, rest) = out.split_at_mut(plane);
     let (bgp1, bgp2) = rest.split_at_mut(plane);
     let planes: [&mut [f32]; 3] = [bgp, bgp1, bgp2];
@@ -348,28 +404,31 @@ fn render(seed: u64, i: u64, class: u32, out: &mut [f32]) {
     match kind {
         0 => tbuf.fill(0.0),
         1 => {
-            for y in 0..SIDE {
-                let base = ((y as f32 + 0.5 - 16.0) * gsy) / 32.0 + 0.5;
-                for x in 0..SIDE {
-                    let u = base + ((x as f32 + 0.5 - 16.0) * gsx) / 32.0;
-                    tbuf[y * SIDE + x] = u.clamp(0.0, 1.0);
+            // 16 and 32 at side 32.
+            let (half, full) = (side as f32 / 2.0, side as f32);
+            for y in 0..side {
+                let base = ((y as f32 + 0.5 - half) * gsy) / full + 0.5;
+                for x in 0..side {
+                    let u = base + ((x as f32 + 0.5 - half) * gsx) / full;
+                    tbuf[y * side + x] = u.clamp(0.0, 1.0);
                 }
             }
         }
         _ => {
-            for y in 0..SIDE {
-                let uy = (y as f32 + 0.5) / CELL;
+            let cell = CELL * zoom;
+            for y in 0..side {
+                let uy = (y as f32 + 0.5) / cell;
                 let iy = (uy as usize).min(LAT - 2);
                 let ty = smooth(uy - iy as f32);
                 let row: [f32; LAT] = std::array::from_fn(|k| {
                     let a = lattice[iy * LAT + k];
                     a + (lattice[(iy + 1) * LAT + k] - a) * ty
                 });
-                for x in 0..SIDE {
-                    let ux = (x as f32 + 0.5) / CELL;
+                for x in 0..side {
+                    let ux = (x as f32 + 0.5) / cell;
                     let ix = (ux as usize).min(LAT - 2);
                     let tx = smooth(ux - ix as f32);
-                    tbuf[y * SIDE + x] = row[ix] + (row[ix + 1] - row[ix]) * tx;
+                    tbuf[y * side + x] = row[ix] + (row[ix + 1] - row[ix]) * tx;
                 }
             }
         }
@@ -378,18 +437,22 @@ fn render(seed: u64, i: u64, class: u32, out: &mut [f32]) {
     let bound = 1.3 * sx.max(sy) + 1.0;
     let (x0, x1) = (
         ((cx - bound).floor().max(0.0)) as usize,
-        ((cx + bound).ceil().min(SIDE as f32)) as usize,
+        ((cx + bound).ceil().min(side as f32)) as usize,
     );
     let (y0, y1) = (
         ((cy - bound).floor().max(0.0)) as usize,
-        ((cy + bound).ceil().min(SIDE as f32)) as usize,
+        ((cy + bound).ceil().min(side as f32)) as usize,
     );
-    let mut alpha = [0.0f32; SIDE * SIDE];
-    let mut shade = [0.0f32; SIDE * SIDE];
+    // Alpha and shade go to planes 1 and 2 until the colors replace them (each pixel's
+    // values are read before its colors are written).
+    let [p0, p1, p2] = planes;
+    p1.fill(0.0);
+    p2.fill(0.0);
     coverage(
         class,
-        &mut alpha,
-        &mut shade,
+        side,
+        p1,
+        p2,
         Frame {
             cx,
             cy,
@@ -403,11 +466,10 @@ fn render(seed: u64, i: u64, class: u32, out: &mut [f32]) {
         },
         (x0, x1, y0, y1),
     );
-    let [p0, p1, p2] = planes;
     for k in 0..plane {
         let t = p0[k];
-        let a = alpha[k];
-        let s = shade[k];
+        let a = p1[k];
+        let s = p2[k];
         let mut v = [0.0f32; 3];
         for ch in 0..CHANNELS {
             let back = bg[ch] + (bg2[ch] - bg[ch]) * t;
@@ -443,33 +505,35 @@ struct Frame {
     fsy: f32,
 }
 
-/// Fills `alpha` (coverage) and `shade` (foreground shading in [0, 1]) over the box
-/// `x0..x1, y0..y1`, leaving zeros elsewhere; the class is dispatched once, outside the
-/// pixel loop.
+/// Fills `alpha` (coverage) and `shade` (foreground shading in [0, 1]), planes of
+/// `side` x `side`, over the box `x0..x1, y0..y1`, leaving the rest as it is; the class is
+/// dispatched once, outside the pixel loop.
 fn coverage(
     class: u32,
+    side: usize,
     alpha: &mut [f32],
     shade: &mut [f32],
     f: Frame,
     rect: (usize, usize, usize, usize),
 ) {
     match class {
-        0 => cover(|p| shape_sdf(0, p), alpha, shade, f, rect),
-        1 => cover(|p| shape_sdf(1, p), alpha, shade, f, rect),
-        2 => cover(|p| shape_sdf(2, p), alpha, shade, f, rect),
-        3 => cover(|p| shape_sdf(3, p), alpha, shade, f, rect),
-        4 => cover(|p| shape_sdf(4, p), alpha, shade, f, rect),
-        5 => cover(|p| shape_sdf(5, p), alpha, shade, f, rect),
-        6 => cover(|p| shape_sdf(6, p), alpha, shade, f, rect),
-        7 => cover(|p| shape_sdf(7, p), alpha, shade, f, rect),
-        8 => cover(|p| shape_sdf(8, p), alpha, shade, f, rect),
-        _ => cover(|p| shape_sdf(9, p), alpha, shade, f, rect),
+        0 => cover(|p| shape_sdf(0, p), side, alpha, shade, f, rect),
+        1 => cover(|p| shape_sdf(1, p), side, alpha, shade, f, rect),
+        2 => cover(|p| shape_sdf(2, p), side, alpha, shade, f, rect),
+        3 => cover(|p| shape_sdf(3, p), side, alpha, shade, f, rect),
+        4 => cover(|p| shape_sdf(4, p), side, alpha, shade, f, rect),
+        5 => cover(|p| shape_sdf(5, p), side, alpha, shade, f, rect),
+        6 => cover(|p| shape_sdf(6, p), side, alpha, shade, f, rect),
+        7 => cover(|p| shape_sdf(7, p), side, alpha, shade, f, rect),
+        8 => cover(|p| shape_sdf(8, p), side, alpha, shade, f, rect),
+        _ => cover(|p| shape_sdf(9, p), side, alpha, shade, f, rect),
     }
 }
 
 #[inline(always)]
 fn cover<F: Fn(V2) -> f32>(
     sdf: F,
+    side: usize,
     alpha: &mut [f32],
     shade: &mut [f32],
     f: Frame,
@@ -482,8 +546,8 @@ fn cover<F: Fn(V2) -> f32>(
             let lx = (f.cos * dx + f.sin * dy) * f.inv_sx;
             let ly = (-f.sin * dx + f.cos * dy) * f.inv_sy;
             let d = sdf(v2(lx, ly)) * f.px_per_unit;
-            alpha[y * SIDE + x] = (0.5 - d).clamp(0.0, 1.0);
-            shade[y * SIDE + x] = (dx * f.fsx + dy * f.fsy + 0.5).clamp(0.0, 1.0);
+            alpha[y * side + x] = (0.5 - d).clamp(0.0, 1.0);
+            shade[y * side + x] = (dx * f.fsx + dy * f.fsy + 0.5).clamp(0.0, 1.0);
         }
     }
 }
