@@ -433,10 +433,10 @@ fn fit_config(args: &PretrainArgs, lr: f64, weight_decay: f32) -> FitConfig<Pret
     }
 }
 
-/// Trains `method` as the command line says, with the progress bar on rank 0.
-fn fit_run<M: Method>(args: &PretrainArgs, method: &mut M, lr: f64, wd: f32) -> Result<FitSummary> {
-    let mut progress = Progress::new(args.quiet);
-    Ok(fit(method, &fit_config(args, lr, wd), &mut progress)?)
+/// Trains `method` for the run `cfg`, with the progress bar (or lines) on rank 0.
+fn fit_run<M: Method>(method: &mut M, cfg: &FitConfig<PretrainArgs>) -> Result<FitSummary> {
+    let mut progress = Progress::new(cfg.args.quiet);
+    Ok(fit(method, cfg, &mut progress)?)
 }
 
 /// The optimizer, its learning rate and weight decay: the flags, else the method's
@@ -548,7 +548,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         local_negatives: args.local_negatives,
     };
     let mut trainer = Pretrainer::in_group(cfg, train, comm)?.with_monitor(splits);
-    let summary = fit_run(args, &mut trainer, lr, wd)?;
+    let summary = fit_run(&mut trainer, &fit_cfg)?;
     Ok(PretrainOutcome { summary, model })
 }
 
@@ -603,6 +603,7 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         max_len,
     };
     let (optimizer, lr, wd) = optimizer(args, ranks);
+    let fit_cfg = fit_config(args, lr, wd);
     // The in-batch temperature: the flag, else a resumed run's own (runs of versions
     // before it trained with 1), else the default.
     let trained_with = old.as_ref().map(|o| o.temperature.unwrap_or(1.0));
@@ -621,13 +622,13 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         objective: args.objective,
         temperature,
         optimizer,
-        schedule: fit_config(args, lr, wd).schedule(1)?,
+        schedule: fit_cfg.schedule(1)?,
         seed: args.seed,
     };
     let mut trainer = QtTrainer::in_group(cfg, corpus, comm)
         .with_context(|| format!("--data {}", args.data))?
         .with_monitor(held_out)
         .with_vocab(&vocab);
-    fit_run(args, &mut trainer, lr, wd)?;
+    fit_run(&mut trainer, &fit_cfg)?;
     Ok(())
 }

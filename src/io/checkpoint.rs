@@ -444,6 +444,14 @@ fn write_f32_le(w: &mut dyn Write, data: &[f32]) -> io::Result<()> {
     }
 }
 
+/// A checkpoint error where the crate's [`crate::Error`] is wanted (a training run's file):
+/// the same message, as [`crate::Error::Run`].
+impl From<CheckpointError> for crate::Error {
+    fn from(e: CheckpointError) -> Self {
+        crate::Error::Run(e.to_string())
+    }
+}
+
 /// Writes a file atomically ([`super::atomic::write_atomically`]), its errors as
 /// [`CheckpointError`]s naming the file. [`save`] uses it; it serves any other file of a run
 /// (a config, a log of results) that must never be seen half-written.

@@ -24,7 +24,7 @@ fn invalid(msg: String) -> Error {
 /// # Errors
 /// [`Error::Run`] naming the file: unreadable, without a configuration, or malformed.
 pub fn model_config(path: &Path) -> Result<ResNetConfig> {
-    let meta = checkpoint::load_metadata(path).map_err(|e| Error::Run(e.to_string()))?;
+    let meta = checkpoint::load_metadata(path).map_err(Error::from)?;
     let text = meta.get("config").ok_or_else(|| {
         Error::Run(format!(
             "{}: no model configuration in the metadata (not written by `selfsup pretrain`)",

@@ -258,7 +258,7 @@ impl TextModel {
     /// missing or malformed, its tensors of another architecture.
     pub fn open(path: &Path, batch: usize) -> Result<Self> {
         let at = |msg: String| Error::Run(format!("{}: {msg}", path.display()));
-        let ck = checkpoint::load(path).map_err(|e| Error::Run(e.to_string()))?;
+        let ck = checkpoint::load(path).map_err(Error::from)?;
         let meta = ck.metadata();
         if meta.get(METHOD_KEY).map(String::as_str) != Some(METHOD_NAME) {
             return Err(at(format!(
@@ -284,8 +284,8 @@ impl TextModel {
         let objective: QtObjective = serde_json::from_str(get(OBJECTIVE_KEY)?)
             .map_err(|e| at(format!("the objective is malformed: {e}")))?;
         let data = meta.get("data").cloned();
-        let embedder = SentenceEmbedder::from_loaded(&cfg, objective, batch, &ck)
-            .map_err(|e| Error::Run(e.to_string()))?;
+        let embedder =
+            SentenceEmbedder::from_loaded(&cfg, objective, batch, &ck).map_err(Error::from)?;
         Ok(Self {
             embedder,
             vocab,

@@ -193,7 +193,6 @@ pub fn fit<M: Method, A: RunArgs>(
             .unwrap_or_default();
         Error::Run(format!("{e}{kept}"))
     };
-    let saved = |e: crate::io::checkpoint::CheckpointError| Error::Run(e.to_string());
     method.prepare(total)?;
     while method.step() < total {
         let ts = Instant::now();
@@ -225,10 +224,9 @@ pub fn fit<M: Method, A: RunArgs>(
         }
         let step = method.step();
         if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) && step < total {
-            last_ckpt = method
-                .save_in(dir.path(), &meta, KEEP_CHECKPOINTS)
-                .map_err(saved)?;
-            if let (true, Some(p)) = (root, &last_ckpt) {
+            last_ckpt = method.save_in(dir.path(), &meta, KEEP_CHECKPOINTS)?;
+            // Only rank 0 writes, so only rank 0 has a path to report.
+            if let Some(p) = &last_ckpt {
                 observer.checkpoint(p);
             }
         }
@@ -249,9 +247,7 @@ pub fn fit<M: Method, A: RunArgs>(
         }
     }
     method.prepare(method.step())?;
-    let checkpoint = method
-        .save_in(dir.path(), &meta, KEEP_CHECKPOINTS)
-        .map_err(saved)?;
+    let checkpoint = method.save_in(dir.path(), &meta, KEEP_CHECKPOINTS)?;
     let steps = method.step() - start_step;
     let mut summary = FitSummary {
         method: method.name(),
@@ -291,17 +287,14 @@ fn start_or_resume<M: Method>(
     resume: bool,
     observer: &mut dyn Observer,
 ) -> Result<()> {
-    let resumed = |r: std::result::Result<Option<u64>, _>| {
-        r.map_err(|e: crate::io::checkpoint::CheckpointError| Error::Run(e.to_string()))
-    };
     if method.rank() != 0 {
         if resume {
-            resumed(method.resume_from(dir.path()))?;
+            method.resume_from(dir.path())?;
         }
         return Ok(());
     }
     if resume {
-        let step = resumed(method.resume_from(dir.path()))?;
+        let step = method.resume_from(dir.path())?;
         observer.resumed(dir.path(), step);
     } else if dir.latest_checkpoint()?.is_some() {
         return Err(Error::Run(format!(

@@ -278,8 +278,7 @@ impl RunDir {
     /// [`Error::Run`] naming the file.
     pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
-        checkpoint::write_atomically(&path, |w| w.write_all(contents))
-            .map_err(|e| Error::Run(e.to_string()))
+        checkpoint::write_atomically(&path, |w| w.write_all(contents)).map_err(Error::from)
     }
 
     /// The newest checkpoint's step and path, if any.
@@ -287,7 +286,7 @@ impl RunDir {
     /// # Errors
     /// [`Error::Run`]: an unreadable folder.
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, PathBuf)>> {
-        checkpoint::latest_in(&self.dir).map_err(|e| Error::Run(e.to_string()))
+        checkpoint::latest_in(&self.dir).map_err(Error::from)
     }
 }
 
