@@ -11,8 +11,19 @@ use selfsup::data::spec::{DataSpec, LoadOptions};
 use selfsup::data::Splits;
 use selfsup::text::{read_corpus_report, TextData};
 
-/// Parses and loads `spec` (`builtin`, `builtin:S`, `fashion-mnist`, `idx:DIR`, ...).
-pub fn load_splits(spec: &str) -> Result<Splits> {
+/// The training size of a folder's images when `--image-size` is not given (a folder has no
+/// size of its own): measured speed against accuracy, docs/results.md.
+pub const FOLDER_IMAGE_SIZE: usize = 64;
+
+/// The share of the memory available when loading that a folder's images may take (the rest
+/// is the model's, the batches' and the system's).
+const FOLDER_MEMORY_SHARE: f64 = 0.7;
+
+/// Parses and loads `spec` (`builtin`, `builtin:S`, `fashion-mnist`, `idx:DIR`, ...) for
+/// inputs of `image_size` (the `--image-size` flag); returns the splits and the image size
+/// resolved: the flag, else the data's own size (the shorter side of its images) for data
+/// of one size, else [`FOLDER_IMAGE_SIZE`] for a folder.
+pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usize)> {
     let parsed: DataSpec = spec.parse()?;
     let (train, test) = match parsed {
         DataSpec::Builtin { side } => {
@@ -23,14 +34,44 @@ pub fn load_splits(spec: &str) -> Result<Splits> {
             (train, Some(test))
         }
         other => {
+            let opts = LoadOptions {
+                image_size: image_size.unwrap_or(FOLDER_IMAGE_SIZE),
+                memory_limit: available_memory().map(|b| (b as f64 * FOLDER_MEMORY_SHARE) as u64),
+            };
             let s = other
-                .load(&LoadOptions::default())
+                .load(&opts)
                 .with_context(|| format!("loading --data {spec}"))?;
             (s.train, s.test)
         }
     };
     anyhow::ensure!(train.n > 0, "--data {spec}: the training split is empty");
-    Ok(Splits::new(train, test))
+    let size = image_size
+        .or_else(|| train.uniform_size().map(|(h, w)| h.min(w)))
+        .unwrap_or(FOLDER_IMAGE_SIZE);
+    Ok((Splits::new(train, test), size))
+}
+
+/// The smallest and largest `--image-size`.
+pub const IMAGE_SIZES: (usize, usize) = (8, 512);
+
+/// `--image-size`, for clap: a side from 8 to 512 pixels.
+pub fn parse_image_size(s: &str) -> std::result::Result<usize, String> {
+    let (lo, hi) = IMAGE_SIZES;
+    match s.parse::<usize>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a side from {lo} to {hi} pixels, got '{s}'"
+        )),
+    }
+}
+
+/// The memory the system says is available (`MemAvailable` of /proc/meminfo), in bytes;
+/// `None` where that cannot be read.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Loads the text method's `builtin` (the generated corpus) or `text:PATH` (a UTF-8 file or

@@ -99,14 +99,15 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
          then the linear probe. `selfsup --help` lists the commands.",
         demo.simclr_minutes, demo.rotnet_minutes
     );
-    let splits = Arc::new(load_splits("builtin")?);
+    let (splits, size) = load_splits("builtin", None)?;
+    let splits = Arc::new(splits);
     eprintln!(
         "built-in dataset: {} training and {} test images, 3x32x32, 10 shape classes ({:.1} s)",
         splits.train.n,
         splits.test.as_ref().map_or(0, |t| t.n),
         t0.elapsed().as_secs_f64()
     );
-    let mut features = vec![raw_features(&splits)?];
+    let mut features = vec![raw_features(&splits, size)?];
     let mut outcomes = Vec::new();
     for (method, minutes) in [
         ("simclr", demo.simclr_minutes),
@@ -118,7 +119,7 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
             std::fs::remove_dir_all(&dir)?;
         }
         let args = pretrain_args(method, minutes, dir, demo);
-        outcomes.push((method, pretrain(&args, Arc::clone(&splits))?));
+        outcomes.push((method, pretrain(&args, Arc::clone(&splits), size)?));
     }
     let model = &outcomes[0].1.model;
     let mut random = Embedder::new(model, 256, demo.seed)?;

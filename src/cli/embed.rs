@@ -10,7 +10,7 @@ use selfsup::text::read_text;
 use selfsup::train::embed::{model_config, Embedder};
 use selfsup::train::text::{is_text_checkpoint, TextModel};
 
-use super::data::load_splits;
+use super::data::{load_splits, parse_image_size};
 use super::threads::set_threads;
 
 const EXAMPLES: &str = "\
@@ -56,6 +56,11 @@ pub struct EmbedArgs {
     /// one row [f(s); g(s)] per line (a blank line is an empty sentence)
     #[arg(long, value_name = "FILE")]
     pub sentences: Option<PathBuf>,
+
+    /// The side images are shown to the encoder at, in pixels [default: the size it was
+    /// trained at]
+    #[arg(long, value_name = "S", value_parser = parse_image_size, conflicts_with = "sentences")]
+    pub image_size: Option<usize>,
 
     /// The split to embed
     #[arg(long, value_enum, default_value_t = SplitArg::Train)]
@@ -122,8 +127,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         ),
         (None, false) => {}
     }
-    let model = model_config(&args.checkpoint)?;
-    let splits = load_splits(&args.data)?;
+    let mut model = model_config(&args.checkpoint)?;
+    model.image_size = args.image_size.unwrap_or(model.image_size);
+    let (splits, _) = load_splits(&args.data, Some(model.image_size))?;
     let set = match args.split {
         SplitArg::Train => &*splits.train,
         SplitArg::Test => splits

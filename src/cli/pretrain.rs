@@ -21,7 +21,7 @@ use selfsup::train::run_dir::SIMCLR_TAU;
 use selfsup::train::text::{QtConfig, QtTrainer, TextRecord, QT_TEMPERATURE, VOCAB_FILE};
 use selfsup::train::{fit, FitConfig, FitSummary, Method, RunArgs, RunDir, RunLength, RunSettings};
 
-use super::data::{load_splits, load_text};
+use super::data::{load_splits, load_text, parse_image_size};
 use super::group;
 use super::progress::Progress;
 use super::threads::set_threads;
@@ -85,6 +85,14 @@ pub struct PretrainArgs {
     /// folder of them)
     #[arg(long, value_name = "SPEC", default_value = "builtin")]
     pub data: String,
+
+    /// Side of the square images the model takes, in pixels, 8 to 512 [default: the data's
+    /// own size; 64 for a folder]. Above 64 the encoder's stem has stride 2; from 64 up the
+    /// SimCLR views are blurred (kernel 10% of the side). A folder's images are stored with
+    /// their shorter side at 8/7 of it, views cropped from them
+    #[arg(long, value_name = "S", value_parser = parse_image_size)]
+    #[serde(default)]
+    pub image_size: Option<usize>,
 
     /// Train for N epochs
     #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = clap::value_parser!(u64).range(1..))]
@@ -380,6 +388,7 @@ impl RunArgs for PretrainArgs {
             encoder: self.encoder,
             objective: self.objective,
             max_len: self.max_len,
+            image_size: self.image_size,
         }
     }
 }
@@ -410,8 +419,8 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
     if args.method == MethodArg::Quickthought {
         return pretrain_text(args);
     }
-    let splits = Arc::new(load_splits(&args.data)?);
-    pretrain(args, splits).map(|_| ())
+    let (splits, size) = load_splits(&args.data, args.image_size)?;
+    pretrain(args, Arc::new(splits), size).map(|_| ())
 }
 
 /// The run's folder, length, schedule and cadence from the command line.
@@ -488,25 +497,26 @@ fn joined_group(args: &PretrainArgs) -> Result<Box<dyn Collectives>> {
 }
 
 /// Pretrains an image method on already loaded data (the default run reuses the data for
-/// the probes).
-pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutcome> {
+/// the probes), at inputs of `image_size x image_size` (resolved by [`load_splits`] and
+/// recorded in the run).
+pub fn pretrain(
+    args: &PretrainArgs,
+    splits: Arc<Splits>,
+    image_size: usize,
+) -> Result<PretrainOutcome> {
+    let args = &PretrainArgs {
+        image_size: Some(image_size),
+        ..args.clone()
+    };
     // The training images carry no labels (the loader keeps them apart).
     let train = Arc::clone(&splits.train);
     let model = ResNetConfig {
         in_channels: train.channels,
-        image_size: train.height,
+        image_size,
         widths: args.widths.clone(),
         blocks: vec![1; args.widths.len()],
         ..ResNetConfig::default()
     };
-    if train.height != train.width {
-        bail!(
-            "{}: images are {}x{}; the encoder takes square images",
-            args.data,
-            train.height,
-            train.width
-        );
-    }
     let comm = joined_group(args)?;
     let ranks = comm.size();
     let global_batch = args.batch.saturating_mul(ranks);
@@ -523,7 +533,7 @@ pub fn pretrain(args: &PretrainArgs, splits: Arc<Splits>) -> Result<PretrainOutc
         );
     }
     let (optimizer, lr, wd) = optimizer(args, ranks);
-    let mut augment = SimclrAugment::for_image(train.height, train.channels, args.strength);
+    let mut augment = SimclrAugment::for_image(image_size, train.channels, args.strength);
     augment.crop_scale.0 = args.crop_min;
     let method = match args.method {
         MethodArg::Simclr => ImageMethod::SimClr,

@@ -8,16 +8,18 @@ use clap::Args;
 use image::{Rgb, RgbImage};
 
 use selfsup::data::augment::{augment_view, view_rng, AugmentScratch, SimclrAugment};
+use selfsup::data::resize::eval_view;
 
-use super::data::load_splits;
+use super::data::{load_splits, parse_image_size};
 
 const EXAMPLES: &str = "\
 Examples:
   selfsup preview --data builtin --out grid.png
   selfsup preview --data fashion-mnist --images 6 --views 8 --strength 0.5 --out fm.png
 
-Each row is one training image: the original on the left (framed), then --views
-augmented views drawn exactly as pretraining draws them for epoch --epoch and seed --seed.";
+Each row is one training image: on the left (framed) as the probe and `embed` see it (the
+shorter side resized to --image-size, the central square), then --views augmented views
+drawn exactly as pretraining draws them for epoch --epoch and seed --seed.";
 
 /// Options of `selfsup preview`.
 #[derive(Debug, Clone, Args)]
@@ -47,6 +49,11 @@ pub struct PreviewArgs {
     #[arg(long, value_name = "FRACTION", default_value_t = 0.08)]
     pub crop_min: f32,
 
+    /// Side of the views, in pixels (as `pretrain --image-size`) [default: the data's own
+    /// size; 64 for a folder]
+    #[arg(long, value_name = "S", value_parser = parse_image_size)]
+    pub image_size: Option<usize>,
+
     /// Seed (as `pretrain --seed` draws the views)
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
@@ -62,17 +69,17 @@ pub struct PreviewArgs {
 
 /// Runs `selfsup preview`.
 pub fn run(args: &PreviewArgs) -> Result<()> {
-    let splits = load_splits(&args.data)?;
+    let (splits, size) = load_splits(&args.data, args.image_size)?;
     let set = &*splits.train;
-    let (c, h, w) = (set.channels, set.height, set.width);
-    let mut cfg = SimclrAugment::for_image(h.max(w), c, args.strength);
+    let c = set.channels;
+    let mut cfg = SimclrAugment::for_image(size, c, args.strength);
     cfg.crop_scale.0 = args.crop_min;
     cfg.validate()?;
     let rows = (args.images as usize).min(set.n);
     let cols = 1 + args.views as usize;
     let zoom = args.zoom as usize;
     let side = cfg.out_size;
-    let (cell, gap) = (side.max(h).max(w) * zoom, 4usize);
+    let (cell, gap) = (side * zoom, 4usize);
     let mut img = RgbImage::from_pixel(
         (cols * (cell + gap) + gap) as u32,
         (rows * (cell + gap) + gap) as u32,
@@ -80,11 +87,14 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
     );
     let mut scratch = AugmentScratch::new();
     let mut view = vec![0.0f32; cfg.view_len(c)];
+    let mut original = vec![0.0f32; cfg.view_len(c)];
     for r in 0..rows {
         // Images spread over the set, not just its first few.
         let i = r * set.n / rows;
         let y0 = gap + r * (cell + gap);
-        draw(&mut img, set.image(i), c, h, w, zoom, gap, y0);
+        // The original as the probe sees it: the evaluation view at the training size.
+        eval_view(set.image(i), side, &mut original, &mut scratch.resize);
+        draw(&mut img, &original, c, side, side, zoom, gap, y0);
         // Frame the original.
         for k in 0..cell + 2 {
             for (x, y) in [
@@ -100,11 +110,12 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
         }
         for v in 0..args.views as usize {
             let mut rng = view_rng(args.seed, args.epoch, i, v);
+            let im = set.image(i);
             augment_view(
-                set.image(i),
+                im.pixels,
                 c,
-                h,
-                w,
+                im.height,
+                im.width,
                 &cfg,
                 &mut rng,
                 &mut view,

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use selfsup::data::resize::eval_tensor;
 use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
 use selfsup::nn::ResNetConfig;
 use selfsup::text::read_text;
@@ -15,7 +16,7 @@ use selfsup::train::text::{is_text_checkpoint, SentenceEmbedder, TextModel};
 
 use selfsup::data::Splits;
 
-use super::data::load_splits;
+use super::data::{load_splits, parse_image_size};
 use super::threads::set_threads;
 
 const EXAMPLES: &str = "\
@@ -44,6 +45,11 @@ pub struct ProbeArgs {
     /// one table)
     #[arg(long, value_name = "CKPT", required = true)]
     pub checkpoint: Vec<PathBuf>,
+
+    /// The side images are shown to the encoders at, in pixels [default: the size each
+    /// checkpoint was trained at]; the raw-pixel row uses it too
+    #[arg(long, value_name = "S", value_parser = parse_image_size)]
+    pub image_size: Option<usize>,
 
     /// The labeled data (see `selfsup pretrain --help`); it needs a test split
     #[arg(
@@ -158,17 +164,18 @@ pub fn probe_table(
     Ok(rows)
 }
 
-/// The raw pixels as features.
-pub fn raw_features(splits: &Splits) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
+/// The raw pixels as features: each image's evaluation view at `size x size` (for data of
+/// that size, the pixels themselves).
+pub fn raw_features(splits: &Splits, size: usize) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
     let test = splits
         .test
         .as_ref()
         .context("the probe needs a test split")?;
     Ok((
         "raw pixels".into(),
-        splits.train.images.clone(),
-        test.images.clone(),
-        splits.train.image_len(),
+        eval_tensor(&splits.train, size),
+        eval_tensor(test, size),
+        splits.train.channels * size * size,
     ))
 }
 
@@ -245,16 +252,24 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         .iter()
         .map(|s| parse_fraction(s))
         .collect::<Result<_>>()?;
-    let model: ResNetConfig = model_config(&args.checkpoint[0])?;
-    let splits = load_splits(&args.data)?;
+    let first: ResNetConfig = model_config(&args.checkpoint[0])?;
+    let (splits, size) = load_splits(
+        &args.data,
+        Some(args.image_size.unwrap_or(first.image_size)),
+    )?;
+    // Every encoder runs at the size given, else at the size it was trained at.
+    let at_size = |m: ResNetConfig| ResNetConfig {
+        image_size: args.image_size.unwrap_or(m.image_size),
+        ..m
+    };
     let mut features = Vec::new();
     if !args.no_baselines {
-        features.push(raw_features(&splits)?);
-        let mut random = Embedder::new(&model, 256, args.seed)?;
+        features.push(raw_features(&splits, size)?);
+        let mut random = Embedder::new(&at_size(first.clone()), 256, args.seed)?;
         features.push(encoder_features("random init", &mut random, &splits)?);
     }
     for path in &args.checkpoint {
-        let model: ResNetConfig = model_config(path)?;
+        let model = at_size(model_config(path)?);
         let mut trained = Embedder::from_checkpoint(&model, 256, path)?;
         features.push(encoder_features(
             &checkpoint_label(path),

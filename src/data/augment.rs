@@ -1,4 +1,5 @@
-//! SimCLR and RotNet augmentations on f32 image tensors (channel planes, values in [0, 1]).
+//! SimCLR and RotNet augmentations: from stored images (bytes or f32 channel planes, any
+//! size) to f32 views of the model's size (values in [0, 1]).
 //!
 //! The SimCLR pipeline (Chen et al. 2020, "A Simple Framework for Contrastive Learning of
 //! Visual Representations", appendix A) with torchvision's definitions of each step:
@@ -32,6 +33,9 @@
 //! 32 outputs in registers over its taps. On the development machine the two-view pipeline on
 //! 32x32 RGB images (`augment_simclr_32`) takes about 25 us of CPU per image.
 
+use super::image::Sample;
+use super::resize::eval_view;
+pub use super::resize::{resized_crop, CropBox, ResizeScratch};
 use super::ImageSet;
 use crate::rng::{mix, SplitMix64};
 use rayon::prelude::*;
@@ -86,14 +90,6 @@ pub enum AugmentError {
     /// The images have no pixel.
     #[error("empty images ({height} x {width})")]
     Empty {
-        /// Image height.
-        height: usize,
-        /// Image width.
-        width: usize,
-    },
-    /// RotNet batches need square images (all four rotations share one shape).
-    #[error("RotNet needs square images, got {height} x {width}")]
-    NotSquare {
         /// Image height.
         height: usize,
         /// Image width.
@@ -284,31 +280,6 @@ impl RotnetAugment {
     }
 }
 
-/// A crop rectangle in pixels: rows `top..top + height`, columns `left..left + width`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CropBox {
-    /// First row.
-    pub top: usize,
-    /// First column.
-    pub left: usize,
-    /// Rows in the crop (at least 1).
-    pub height: usize,
-    /// Columns in the crop (at least 1).
-    pub width: usize,
-}
-
-impl CropBox {
-    /// The whole `height x width` image.
-    pub fn full(height: usize, width: usize) -> Self {
-        Self {
-            top: 0,
-            left: 0,
-            height,
-            width,
-        }
-    }
-}
-
 /// Samples a crop of an `height x width` image as torchvision's
 /// `RandomResizedCrop.get_params`: up to 10 attempts of an area fraction uniform in `scale`
 /// and a log-uniform aspect ratio (width / height) in `ratio`, sides rounded half to even,
@@ -380,26 +351,12 @@ pub fn view_rng(seed: u64, epoch: u64, index: usize, view: usize) -> SplitMix64 
     ))
 }
 
-/// One bilinear tap: `out = a[i0] * w0 + a[i1] * w1`.
-#[derive(Clone, Copy, Debug, Default)]
-struct Tap {
-    i0: u32,
-    i1: u32,
-    w0: f32,
-    w1: f32,
-}
-
 /// Reusable per-worker buffers of the augmentations; grown on first use, then no
 /// allocation. One per thread (the batch functions make one per rayon worker job).
 #[derive(Clone, Debug, Default)]
 pub struct AugmentScratch {
-    rows: Vec<Tap>,
-    cols: Vec<Tap>,
-    /// The column taps as bands: per block of 8 outputs, its first source column and
-    /// number of source columns.
-    bands: Vec<(u32, u32)>,
-    /// Per band and source column, the weights of that column in the block's 8 outputs.
-    band_weights: Vec<f32x8>,
+    /// The crop's resampling buffers.
+    pub resize: ResizeScratch,
     plane: Vec<f32>,
     line: Vec<f32>,
     kernel: Vec<f32>,
@@ -409,171 +366,6 @@ impl AugmentScratch {
     /// Empty buffers.
     pub fn new() -> Self {
         Self::default()
-    }
-}
-
-/// Fills `taps` with the bilinear taps (align_corners = false) from `len` source samples
-/// to `out` samples, as PyTorch's `upsample_bilinear2d`: source coordinate
-/// `(d + 0.5) * len / out - 0.5`, clamped at 0, right neighbour clamped at the edge.
-/// Reversed when `flip`.
-fn bilinear_taps(taps: &mut Vec<Tap>, len: usize, out: usize, flip: bool) {
-    taps.clear();
-    let scale = len as f64 / out as f64;
-    taps.extend((0..out).map(|d| {
-        let src = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src.floor() as usize).min(len - 1);
-        let i1 = (i0 + 1).min(len - 1);
-        let l1 = (src - i0 as f64) as f32;
-        Tap {
-            i0: i0 as u32,
-            i1: i1 as u32,
-            w0: 1.0 - l1,
-            w1: l1,
-        }
-    }));
-    if flip {
-        taps.reverse();
-    }
-}
-
-/// Turns the column taps into bands of 8 outputs: for each block, the source columns it
-/// reads and, per source column, an 8-lane vector of its weights in the block's outputs
-/// (zero where an output does not read it; zero lanes past the last output). A block's
-/// outputs are then a sum of broadcast source values times weight vectors, 8 lanes wide.
-fn column_bands(taps: &[Tap], bands: &mut Vec<(u32, u32)>, weights: &mut Vec<f32x8>) {
-    bands.clear();
-    weights.clear();
-    for block in taps.chunks(8) {
-        let lo = block.iter().map(|t| t.i0.min(t.i1)).min().unwrap_or(0);
-        let hi = block.iter().map(|t| t.i0.max(t.i1)).max().unwrap_or(0);
-        let first = weights.len();
-        weights.resize(first + (hi - lo + 1) as usize, f32x8::ZERO);
-        let band = &mut weights[first..];
-        for (lane, t) in block.iter().enumerate() {
-            for (i, wt) in [(t.i0, t.w0), (t.i1, t.w1)] {
-                let v = &mut band[(i - lo) as usize];
-                let mut a = v.to_array();
-                a[lane] += wt;
-                *v = f32x8::from(a);
-            }
-        }
-        bands.push((lo, hi - lo + 1));
-    }
-}
-
-/// Crops `crop` out of the `c x h x w` image `src`, resamples it bilinearly (half-pixel
-/// centers, as torchvision's `resized_crop` without antialiasing) to `c x out_size x
-/// out_size` into `dst`, mirrored left-right when `flip`. Separable: the crop's rows that
-/// the output needs are resampled along x into a scratch plane, 8 outputs at a time from
-/// banded weight vectors built once per crop, then each output row blends two of those rows.
-/// The full crop at the input size is an exact copy.
-///
-/// # Panics
-/// If `src.len() != c * h * w`, `dst.len() != c * out_size * out_size`, `out_size == 0` or
-/// the crop is empty or leaves the image.
-#[allow(clippy::too_many_arguments)]
-#[track_caller]
-pub fn resized_crop(
-    src: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    crop: CropBox,
-    flip: bool,
-    out_size: usize,
-    dst: &mut [f32],
-    scratch: &mut AugmentScratch,
-) {
-    assert_eq!(src.len(), c * h * w, "resized_crop: source length");
-    assert_eq!(
-        dst.len(),
-        c * out_size * out_size,
-        "resized_crop: output length"
-    );
-    assert!(
-        out_size > 0
-            && crop.height > 0
-            && crop.width > 0
-            && crop.top + crop.height <= h
-            && crop.left + crop.width <= w,
-        "resized_crop: crop {crop:?} of a {h} x {w} image to {out_size}"
-    );
-    let o = out_size;
-    let AugmentScratch {
-        rows,
-        cols,
-        bands,
-        band_weights,
-        plane,
-        ..
-    } = scratch;
-    bilinear_taps(rows, crop.height, o, false);
-    bilinear_taps(cols, crop.width, o, flip);
-    column_bands(cols, bands, band_weights);
-    // The crop rows the output reads (the taps are monotone in y).
-    let first = rows[0].i0 as usize;
-    let last = rows[o - 1].i1 as usize;
-    // Rows go through the x pass in pairs (two independent sums share each weight load); an
-    // odd last row is paired with itself into a spare row.
-    let n_rows = last - first + 1;
-    plane.resize(n_rows.next_multiple_of(2) * o, 0.0);
-    for (chan, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(o * o)) {
-        // Along x: crop rows first..=last -> plane.
-        for (pair, lines) in plane.chunks_exact_mut(2 * o).enumerate() {
-            let y0 = crop.top + first + 2 * pair;
-            let y1 = (y0 + 1).min(crop.top + last);
-            let row0 = &chan[y0 * w + crop.left..][..crop.width];
-            let row1 = &chan[y1 * w + crop.left..][..crop.width];
-            let (line0, line1) = lines.split_at_mut(o);
-            // Band k: the sum over its source columns of the column's value times its
-            // weight vector.
-            let mut weights = &band_weights[..];
-            let mut band = |&(lo, n): &(u32, u32)| {
-                let (lo, n) = (lo as usize, n as usize);
-                let (wb, rest) = weights.split_at(n);
-                weights = rest;
-                let (mut acc0, mut acc1) = (f32x8::ZERO, f32x8::ZERO);
-                for ((&x0, &x1), &wv) in row0[lo..lo + n].iter().zip(&row1[lo..lo + n]).zip(wb) {
-                    acc0 += f32x8::splat(x0) * wv;
-                    acc1 += f32x8::splat(x1) * wv;
-                }
-                (acc0.to_array(), acc1.to_array())
-            };
-            let full = o / 8;
-            let (body0, tail0) = line0.split_at_mut(full * 8);
-            let (body1, tail1) = line1.split_at_mut(full * 8);
-            for ((bd, b0), b1) in bands
-                .iter()
-                .zip(body0.chunks_exact_mut(8))
-                .zip(body1.chunks_exact_mut(8))
-            {
-                let (v0, v1) = band(bd);
-                for ((d0, d1), (v0, v1)) in b0.iter_mut().zip(b1).zip(v0.into_iter().zip(v1)) {
-                    *d0 = v0;
-                    *d1 = v1;
-                }
-            }
-            if let Some(bd) = bands.get(full) {
-                let (v0, v1) = band(bd);
-                for ((d0, d1), (v0, v1)) in tail0.iter_mut().zip(tail1).zip(v0.into_iter().zip(v1))
-                {
-                    *d0 = v0;
-                    *d1 = v1;
-                }
-            }
-        }
-        // Along y: each output row blends two plane rows.
-        for (t, out_row) in rows.iter().zip(out.chunks_exact_mut(o)) {
-            let i0 = (t.i0 as usize - first) * o;
-            let a = &plane[i0..i0 + o];
-            let i1 = (t.i1 as usize - first) * o;
-            let b = &plane[i1..i1 + o];
-            let (w0, w1) = (t.w0, t.w1);
-            // With w1 = 0 (w0 = 1) this is an exact copy of `a`.
-            for ((d, &a), &b) in out_row.iter_mut().zip(a).zip(b) {
-                *d = a * w0 + b * w1;
-            }
-        }
     }
 }
 
@@ -1042,8 +834,8 @@ impl ViewDraws {
 
 /// The pipeline on validated inputs.
 #[allow(clippy::too_many_arguments)]
-fn augment_view_unchecked(
-    src: &[f32],
+fn augment_view_unchecked<S: Sample>(
+    src: &[S],
     c: usize,
     h: usize,
     w: usize,
@@ -1054,7 +846,7 @@ fn augment_view_unchecked(
 ) {
     let d = ViewDraws::draw(h, w, cfg, rng);
     let o = cfg.out_size;
-    resized_crop(src, c, h, w, d.crop, d.flip, o, dst, scratch);
+    resized_crop(src, c, h, w, d.crop, d.flip, o, dst, &mut scratch.resize);
     if d.jitter {
         for &op in &d.order {
             let f = d.factors[op];
@@ -1118,8 +910,8 @@ fn check_indices(set: &ImageSet, indices: &[usize]) -> Result<(), AugmentError> 
 /// A bad `cfg`, channels other than 1 or 3, an empty image, or buffer lengths that do not
 /// match the shapes.
 #[allow(clippy::too_many_arguments)]
-pub fn augment_view(
-    src: &[f32],
+pub fn augment_view<S: Sample>(
+    src: &[S],
     c: usize,
     h: usize,
     w: usize,
@@ -1139,13 +931,13 @@ pub fn augment_view(
 /// The two SimCLR views of each image `set.image(indices[k])` into `out`, NCHW at
 /// `cfg.out_size`: rows `2k` and `2k + 1` are the two views of image `k` of the batch (the
 /// pairing of the NT-Xent loss), `out.len() == 2 * indices.len() * channels * out_size^2`.
-/// View `v` of dataset image `i` draws from `view_rng(seed, epoch, i, v)` only, so the batch
-/// is the same for any thread count and each view is independent of the rest of the batch.
-/// Runs on the current rayon pool, in parallel over views.
+/// Each view's crop is taken from the stored image at its own size, as SimCLR crops from
+/// the original. View `v` of dataset image `i` draws from `view_rng(seed, epoch, i, v)`
+/// only, so the batch is the same for any thread count and each view is independent of the
+/// rest of the batch. Runs on the current rayon pool, in parallel over views.
 ///
 /// # Errors
-/// A bad `cfg`, an index `>= set.n`, channels other than 1 or 3, empty images, or a wrong
-/// `out` length.
+/// A bad `cfg`, an index `>= set.n`, channels other than 1 or 3, or a wrong `out` length.
 pub fn simclr_views(
     set: &ImageSet,
     indices: &[usize],
@@ -1155,9 +947,10 @@ pub fn simclr_views(
     out: &mut [f32],
 ) -> Result<(), AugmentError> {
     cfg.validate()?;
-    let (c, h, w) = (set.channels, set.height, set.width);
-    check_image(c, h, w)?;
-    check_len("image set", set.n * c * h * w, set.images.len())?;
+    let c = set.channels;
+    if c != 1 && c != 3 {
+        return Err(AugmentError::Channels { channels: c });
+    }
     check_indices(set, indices)?;
     let view_len = cfg.view_len(c);
     check_len("SimCLR batch", 2 * indices.len() * view_len, out.len())?;
@@ -1166,50 +959,48 @@ pub fn simclr_views(
         .with_min_len(4)
         .for_each_init(AugmentScratch::new, |scratch, (row, dst)| {
             let index = indices[row / 2];
+            let img = set.image(index);
             let mut rng = view_rng(seed, epoch, index, row % 2);
-            augment_view_unchecked(set.image(index), c, h, w, cfg, &mut rng, dst, scratch);
+            let (h, w) = (img.height, img.width);
+            augment_view_unchecked(img.pixels, c, h, w, cfg, &mut rng, dst, scratch);
         });
     Ok(())
 }
 
-/// The RotNet batch of the (square) images `set.image(indices[k])` into `out` (NCHW at the
-/// set's size) and `labels`: rows `4k..4k + 4` are image `k` rotated by 0, 90, 180 and 270
-/// degrees counterclockwise ([`rotate90`]) with labels 0, 1, 2, 3; `out.len() ==
-/// 4 * indices.len() * image_len` and `labels.len() == 4 * indices.len()`. With probability
-/// `cfg.flip_p` an image is first mirrored (the same for its four rotations), drawn from a
-/// stream keyed by `(seed, epoch, dataset index)` only. Runs on the current rayon pool, in
-/// parallel over images.
+/// The RotNet batch of the images `set.image(indices[k])` into `out` (NCHW at `size x
+/// size`) and `labels`: rows `4k..4k + 4` are image `k`'s evaluation view
+/// ([`super::resize::eval_view`]: an exact copy when it is `size x size` already) rotated by
+/// 0, 90, 180 and 270 degrees counterclockwise ([`rotate90`]) with labels 0, 1, 2, 3;
+/// `out.len() == 4 * indices.len() * channels * size^2` and `labels.len() == 4 *
+/// indices.len()`. With probability `cfg.flip_p` an image is first mirrored (the same for
+/// its four rotations), drawn from a stream keyed by `(seed, epoch, dataset index)` only.
+/// Runs on the current rayon pool, in parallel over images.
 ///
 /// # Errors
-/// A bad `cfg`, non-square or empty images, an index `>= set.n`, or wrong buffer lengths.
+/// A bad `cfg`, `size == 0`, an index `>= set.n`, or wrong buffer lengths.
+#[allow(clippy::too_many_arguments)]
 pub fn rotnet_batch(
     set: &ImageSet,
     indices: &[usize],
     cfg: &RotnetAugment,
+    size: usize,
     seed: u64,
     epoch: u64,
     out: &mut [f32],
     labels: &mut [u32],
 ) -> Result<(), AugmentError> {
     cfg.validate()?;
-    let (c, h, w) = (set.channels, set.height, set.width);
+    let c = set.channels;
     if c == 0 {
         return Err(AugmentError::Channels { channels: c });
     }
-    if h == 0 || w == 0 {
+    if size == 0 {
         return Err(AugmentError::Empty {
-            height: h,
-            width: w,
+            height: size,
+            width: size,
         });
     }
-    if h != w {
-        return Err(AugmentError::NotSquare {
-            height: h,
-            width: w,
-        });
-    }
-    let len = c * h * w;
-    check_len("image set", set.n * len, set.images.len())?;
+    let len = c * size * size;
     check_indices(set, indices)?;
     check_len("RotNet batch", 4 * indices.len() * len, out.len())?;
     check_len("RotNet labels", 4 * indices.len(), labels.len())?;
@@ -1218,15 +1009,15 @@ pub fn rotnet_batch(
     }
     out.par_chunks_mut(4 * len)
         .zip(indices.par_iter())
-        .for_each(|(dst, &index)| {
+        .for_each_init(ResizeScratch::default, |scratch, (dst, &index)| {
             let mut rng = SplitMix64::new(mix(seed, &[ROTNET_STREAM, epoch, index as u64]));
             let (first, rest) = dst.split_at_mut(len);
-            first.copy_from_slice(set.image(index));
+            eval_view(set.image(index), size, first, scratch);
             if rng.next_f32() < cfg.flip_p {
-                hflip(first, c, h, w);
+                hflip(first, c, size, size);
             }
             for (k, d) in rest.chunks_exact_mut(len).enumerate() {
-                rotate90(first, c, h, w, k + 1, d);
+                rotate90(first, c, size, size, k + 1, d);
             }
         });
     Ok(())

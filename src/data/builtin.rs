@@ -58,6 +58,7 @@
 //! The example repeats these measurements and writes ten examples of each class to
 //! `/tmp/builtin_grid.png`.
 
+use super::image::to_byte;
 use super::ImageSet;
 use crate::rng::{mix, SplitMix64};
 use rayon::prelude::*;
@@ -158,25 +159,23 @@ pub fn generate_at(n: usize, seed: u64, side: usize) -> ImageSet {
         .unwrap_or_else(|| {
             panic!("{n} built-in images of {side} x {side} pixels overflow the address space")
         });
-    let mut images = vec![0.0f32; len];
+    let mut pixels = vec![0u8; len];
     let mut labels = vec![0u32; n];
-    images
+    pixels
         .par_chunks_mut(image_len)
         .zip(labels.par_iter_mut())
         .enumerate()
-        .for_each(|(i, (img, label))| {
-            *label = label_of(seed, i as u64);
-            render(seed, i as u64, *label, side, img);
-        });
-    ImageSet {
-        images,
-        labels: Some(labels),
-        n,
-        channels: CHANNELS,
-        height: side,
-        width: side,
-        classes: Some(CLASSES),
-    }
+        .for_each_init(
+            || vec![0.0f32; image_len],
+            |values, (i, (img, label))| {
+                *label = label_of(seed, i as u64);
+                render(seed, i as u64, *label, side, values);
+                for (b, &v) in img.iter_mut().zip(values.iter()) {
+                    *b = to_byte(v);
+                }
+            },
+        );
+    ImageSet::uniform(pixels, n, CHANNELS, side, side).with_labels(labels, CLASSES)
 }
 
 /// The train and test splits of `cfg`: `(train, test)`, drawn from two different streams of

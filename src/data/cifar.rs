@@ -100,19 +100,11 @@ pub fn parse_cifar_batch(
         }
         labels.push(label as u32);
     }
-    let mut images = Vec::with_capacity(n * PIXELS);
+    let mut pixels = Vec::with_capacity(n * PIXELS);
     for r in bytes.chunks_exact(rec) {
-        images.extend(r[label_bytes..].iter().map(|&b| b as f32 / 255.0));
+        pixels.extend_from_slice(&r[label_bytes..]);
     }
-    Ok(ImageSet {
-        images,
-        labels: Some(labels),
-        n,
-        channels: 3,
-        height: 32,
-        width: 32,
-        classes: Some(classes),
-    })
+    Ok(ImageSet::uniform(pixels, n, 3, 32, 32).with_labels(labels, classes))
 }
 
 /// Reads one CIFAR batch file. `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100, fine label
@@ -131,24 +123,10 @@ pub fn read_cifar_batch(
 
 /// Concatenates labeled sets of one image size (CIFAR batches) into one set.
 fn concat(sets: Vec<ImageSet>) -> ImageSet {
-    let mut it = sets.into_iter();
-    let mut out = it.next().unwrap_or(ImageSet {
-        images: Vec::new(),
-        labels: Some(Vec::new()),
-        n: 0,
-        channels: 3,
-        height: 32,
-        width: 32,
-        classes: None,
-    });
-    for s in it {
-        out.images.extend_from_slice(&s.images);
-        if let (Some(a), Some(b)) = (out.labels.as_mut(), s.labels.as_ref()) {
-            a.extend_from_slice(b);
-        }
-        out.n += s.n;
+    if sets.is_empty() {
+        return ImageSet::uniform(Vec::new(), 0, 3, 32, 32);
     }
-    out
+    ImageSet::concat(sets)
 }
 
 /// `dir/sub` when it is a directory (the archive's own folder), else `dir`.

@@ -38,17 +38,9 @@ pub struct IdxImages {
 }
 
 impl IdxImages {
-    /// The images as an unlabeled one-channel [`ImageSet`], pixels scaled to [0, 1].
+    /// The images as an unlabeled one-channel [`ImageSet`] (the bytes as stored).
     pub fn to_image_set(&self) -> ImageSet {
-        ImageSet {
-            images: self.pixels.iter().map(|&b| b as f32 / 255.0).collect(),
-            labels: None,
-            n: self.n,
-            channels: 1,
-            height: self.rows,
-            width: self.cols,
-            classes: None,
-        }
+        ImageSet::uniform(self.pixels.clone(), self.n, 1, self.rows, self.cols)
     }
 }
 

@@ -17,7 +17,10 @@
 
 use super::builtin::{MAX_SIDE, MIN_SIDE, SIDE};
 use super::cifar::{cifar100_class_names, read_cifar100_dir, read_cifar10_dir, CIFAR10_CLASSES};
-use super::folder::{is_labeled_layout, read_labeled_folder, read_unlabeled_folder, Folder};
+use super::folder::{
+    is_labeled_layout, read_labeled_folder, read_unlabeled_folder, storage_side, Folder,
+    FolderOptions,
+};
 use super::idx::read_idx_pair;
 use super::{fmt_err, DataError, ImageSet};
 use std::fmt;
@@ -159,18 +162,20 @@ impl fmt::Display for DataSpec {
 /// Options of [`DataSpec::load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Height every image of a folder is resized to (other formats have their own size).
-    pub height: usize,
-    /// Width every image of a folder is resized to.
-    pub width: usize,
+    /// The size images will be shown to the model at; a folder's images are stored with
+    /// their shorter side a little above it ([`super::folder::storage_side`]). Other formats
+    /// keep their own size.
+    pub image_size: usize,
+    /// The most bytes a folder's images may take in memory (`None`: no limit).
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for LoadOptions {
-    /// 32 x 32.
+    /// Folders stored for 32 x 32 inputs, no memory limit.
     fn default() -> Self {
         LoadOptions {
-            height: 32,
-            width: 32,
+            image_size: 32,
+            memory_limit: None,
         }
     }
 }
@@ -230,35 +235,15 @@ pub fn read_idx_dir(dir: &Path) -> Result<(ImageSet, ImageSet), DataError> {
         || read_idx_pair(&p[2], &p[3], 10),
     );
     let (train, test) = (train?, test?);
-    if (train.height, train.width) != (test.height, test.width) {
+    let (tr, te) = (train.uniform_size(), test.uniform_size());
+    if tr != te {
+        let show = |s: Option<(usize, usize)>| s.map_or("?".into(), |(h, w)| format!("{h}x{w}"));
         return Err(fmt_err(
             &p[2],
-            format!(
-                "test images are {}x{}, train images {}x{}",
-                test.height, test.width, train.height, train.width
-            ),
+            format!("test images are {}, train images {}", show(te), show(tr)),
         ));
     }
     Ok((train, test))
-}
-
-/// Three channels from one (R = G = B); other sets unchanged.
-fn to_rgb(set: ImageSet) -> ImageSet {
-    if set.channels != 1 {
-        return set;
-    }
-    let plane = set.height * set.width;
-    let mut images = Vec::with_capacity(set.images.len() * 3);
-    for img in set.images.chunks_exact(plane.max(1)) {
-        for _ in 0..3 {
-            images.extend_from_slice(img);
-        }
-    }
-    ImageSet {
-        images,
-        channels: 3,
-        ..set
-    }
 }
 
 fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Splits, DataError> {
@@ -269,11 +254,15 @@ fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Splits, DataError> {
         ));
     }
     let (tr, te) = (dir.join("train"), dir.join("test"));
+    let folder_opts = FolderOptions {
+        storage_side: storage_side(opts.image_size),
+        memory_limit: opts.memory_limit,
+    };
     let read = |d: &Path| -> Result<Folder, DataError> {
         if is_labeled_layout(d)? {
-            read_labeled_folder(d, opts.height, opts.width)
+            read_labeled_folder(d, &folder_opts)
         } else {
-            read_unlabeled_folder(d, opts.height, opts.width)
+            read_unlabeled_folder(d, &folder_opts)
         }
     };
     if !(tr.is_dir() && te.is_dir()) {
@@ -324,8 +313,8 @@ fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Splits, DataError> {
     }
     let (mut train_set, mut test_set) = (train.set, test.set);
     if train_set.channels != test_set.channels {
-        train_set = to_rgb(train_set);
-        test_set = to_rgb(test_set);
+        train_set = train_set.to_rgb();
+        test_set = test_set.to_rgb();
     }
     Ok(Splits {
         train: train_set,

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::data::resize::eval_views;
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Mode, TensorId};
@@ -119,17 +120,24 @@ impl Embedder {
         self.dim
     }
 
-    /// `h` of the images `indices` of `set` into `out` (`indices.len() x dim`), in batches.
+    /// The side of the square inputs the encoder takes.
+    pub fn image_size(&self) -> usize {
+        self.graph.shape(self.input)[2]
+    }
+
+    /// `h` of the images `indices` of `set` into `out` (`indices.len() x dim`), in batches:
+    /// each image's evaluation view at the encoder's size ([`eval_views`]: the shorter side
+    /// resized, the central square; an exact copy of an image of that size).
     ///
     /// # Errors
-    /// Images of another size than the encoder's, a wrong `out` length, an index out of
-    /// range.
+    /// Images of another channel count than the encoder's, a wrong `out` length, an index
+    /// out of range.
     pub fn embed(&mut self, set: &ImageSet, indices: &[usize], out: &mut [f32]) -> Result<()> {
         let want = self.graph.shape(self.input).to_vec();
-        if [set.channels, set.height, set.width] != want[1..] {
+        if set.channels != want[1] {
             return Err(invalid(format!(
-                "the images are {}x{}x{}, the encoder takes {}x{}x{}",
-                set.channels, set.height, set.width, want[1], want[2], want[3]
+                "the images have {} channels, the encoder takes {}",
+                set.channels, want[1]
             )));
         }
         if out.len() != indices.len() * self.dim {
@@ -145,15 +153,13 @@ impl Embedder {
         if let Some(&i) = indices.iter().find(|&&i| i >= set.n) {
             return Err(invalid(format!("image {i} of a set of {}", set.n)));
         }
-        let len = set.image_len();
+        let len = want[1] * want[2] * want[3];
         for (chunk, o) in indices
             .chunks(self.batch)
             .zip(out.chunks_mut(self.batch * self.dim))
         {
             let x = self.graph.input_mut(self.input)?;
-            for (k, &i) in chunk.iter().enumerate() {
-                x[k * len..(k + 1) * len].copy_from_slice(set.image(i));
-            }
+            eval_views(set, chunk, want[2], &mut x[..chunk.len() * len]);
             // A short last batch: the unused rows are zero and their outputs dropped.
             x[chunk.len() * len..].fill(0.0);
             self.graph.forward_to(self.h, Mode::Eval)?;

@@ -138,6 +138,7 @@ impl PretrainConfig {
             ),
             tau: Some(self.tau),
             widths: self.model.widths.clone(),
+            image_size: Some(self.model.image_size),
             ..RunSettings::default()
         }
     }
@@ -269,23 +270,19 @@ impl Pretrainer {
     ) -> Result<Self> {
         let group = Group::join(comm, "configuration or data", || {
             format!(
-                "{cfg:?} data {} {}x{}x{} {:016x}",
+                "{cfg:?} data {} {}x{:?} {:016x}",
                 data.n,
                 data.channels,
-                data.height,
-                data.width,
+                data.side_range(),
                 images_hash(&data)
             )
         })?;
         cfg.validate()?;
         let m = &cfg.model;
-        if data.channels != m.in_channels
-            || data.height != m.image_size
-            || data.width != m.image_size
-        {
+        if data.channels != m.in_channels {
             return Err(invalid(format!(
-                "the images are {}x{}x{}, the model takes {}x{}x{}",
-                data.channels, data.height, data.width, m.in_channels, m.image_size, m.image_size
+                "the images have {} channels, the model takes {}",
+                data.channels, m.in_channels
             )));
         }
         if cfg.augment.out_size != m.image_size {
@@ -348,6 +345,7 @@ impl Pretrainer {
         let aug = self.cfg.augment.clone();
         let rot = self.cfg.rotnet.clone();
         let (method, seed) = (self.cfg.method, mix(self.cfg.seed, &[2]));
+        let size = self.cfg.model.image_size;
         let labels_len = match method {
             ImageMethod::SimClr => 0,
             ImageMethod::RotNet => 4 * self.cfg.batch,
@@ -368,6 +366,7 @@ impl Pretrainer {
                         &data,
                         idx,
                         &rot,
+                        size,
                         seed,
                         epoch,
                         &mut b.data,
@@ -536,6 +535,28 @@ impl Method for Pretrainer {
         }
     }
 
+    fn describe(&self) -> Option<String> {
+        let (m, d) = (&self.cfg.model, &self.data);
+        let stored = match (d.uniform_size(), d.side_range()) {
+            (Some((h, w)), _) => format!("{h}x{w}"),
+            (None, (lo, hi)) => format!("{lo} to {hi} pixels a side"),
+        };
+        let widths: Vec<String> = m.widths.iter().map(|w| w.to_string()).collect();
+        let s = m.image_size;
+        Some(format!(
+            "{}: {} images of {} channel(s) stored at {stored} ({} in memory), trained at \
+             {s}x{s}; encoder widths {}, stem stride {}; batch {}, {} steps per epoch",
+            self.cfg.method.name(),
+            d.n,
+            d.channels,
+            crate::data::folder::human_bytes(d.memory_bytes() as u64),
+            widths.join("/"),
+            m.stem_stride(),
+            self.cfg.batch,
+            self.sampler.steps_per_epoch()
+        ))
+    }
+
     fn checkpoint_metadata(&self) -> Metadata {
         let mut meta = Metadata::new();
         let config = serde_json::to_string(&self.cfg.model).unwrap_or_default();
@@ -574,9 +595,5 @@ fn images_hash(set: &ImageSet) -> u64 {
         0 => &[],
         n => &[0, n / 2, n - 1],
     };
-    dist::content_hash(
-        sample
-            .iter()
-            .map(|&i| bytemuck::cast_slice::<f32, u8>(set.image(i))),
-    )
+    dist::content_hash(sample.iter().map(|&i| set.image(i).pixels))
 }

@@ -58,6 +58,10 @@ pub struct RunSettings {
     /// Tokens per sentence, when set.
     #[serde(default)]
     pub max_len: Option<usize>,
+    /// The side of the images the model takes (image methods; runs of earlier versions did
+    /// not record it).
+    #[serde(default)]
+    pub image_size: Option<usize>,
 }
 
 impl Default for RunSettings {
@@ -75,6 +79,7 @@ impl Default for RunSettings {
             encoder: default_encoder(),
             objective: default_objective(),
             max_len: None,
+            image_size: None,
         }
     }
 }
@@ -109,6 +114,11 @@ impl RunSettings {
     /// The first setting in which `given` differs from these recorded ones: its flag, the
     /// recorded value and the given one.
     pub fn first_difference(&self, given: &RunSettings) -> Option<(&'static str, String, String)> {
+        if let (Some(a), Some(b)) = (self.image_size, given.image_size) {
+            if a != b {
+                return Some(("--image-size", a.to_string(), b.to_string()));
+            }
+        }
         let pairs = |s: &RunSettings| {
             [
                 capitalized(&s.method),

@@ -5,6 +5,7 @@
 
 use anyhow::{ensure, Result};
 use selfsup::data::augment::{simclr_views, SimclrAugment};
+use selfsup::data::image::to_byte;
 use selfsup::data::ImageSet;
 use selfsup::graph::{GraphBuilder, Mode};
 use selfsup::nn::{
@@ -90,19 +91,12 @@ pub fn augment_workload(images: usize) -> Workload {
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
             let n = 4 * images;
-            let set = ImageSet {
-                // Pixels uniform in [0, 1).
-                images: filled(n * 3 * SIDE * SIDE, 0x5eed_0401)
-                    .into_iter()
-                    .map(|x| 0.5 * (x + 1.0))
-                    .collect(),
-                labels: None,
-                n,
-                channels: 3,
-                height: SIDE,
-                width: SIDE,
-                classes: None,
-            };
+            // Pixels uniform in [0, 1), as bytes.
+            let pixels = filled(n * 3 * SIDE * SIDE, 0x5eed_0401)
+                .into_iter()
+                .map(|x| to_byte(0.5 * (x + 1.0)))
+                .collect();
+            let set = ImageSet::uniform(pixels, n, 3, SIDE, SIDE);
             let cfg = SimclrAugment::for_image(SIDE, 3, 0.5);
             let indices: Vec<usize> = (0..images).map(|k| (k * 7) % n).collect();
             let mut out = vec![0.0f32; 2 * images * cfg.view_len(3)];
