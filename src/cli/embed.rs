@@ -59,7 +59,7 @@ pub struct EmbedArgs {
 
     /// The side images are shown to the encoder at, in pixels [default: the size it was
     /// trained at]
-    #[arg(long, value_name = "S", value_parser = parse_image_size, conflicts_with = "sentences")]
+    #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true, conflicts_with = "sentences")]
     pub image_size: Option<usize>,
 
     /// The split to embed

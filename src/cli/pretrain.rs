@@ -90,7 +90,7 @@ pub struct PretrainArgs {
     /// own size; 64 for a folder]. Above 64 the encoder's stem has stride 2; from 64 up the
     /// SimCLR views are blurred (kernel 10% of the side). A folder's images are stored with
     /// their shorter side at 8/7 of it, views cropped from them
-    #[arg(long, value_name = "S", value_parser = parse_image_size)]
+    #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true)]
     #[serde(default)]
     pub image_size: Option<usize>,
 

@@ -51,7 +51,7 @@ pub struct PreviewArgs {
 
     /// Side of the views, in pixels (as `pretrain --image-size`) [default: the data's own
     /// size; 64 for a folder]
-    #[arg(long, value_name = "S", value_parser = parse_image_size)]
+    #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
 
     /// Seed (as `pretrain --seed` draws the views)

@@ -48,7 +48,7 @@ pub struct ProbeArgs {
 
     /// The side images are shown to the encoders at, in pixels [default: the size each
     /// checkpoint was trained at]; the raw-pixel row uses it too
-    #[arg(long, value_name = "S", value_parser = parse_image_size)]
+    #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
 
     /// The labeled data (see `selfsup pretrain --help`); it needs a test split
