@@ -19,26 +19,18 @@ use criterion::{Criterion, Throughput};
 use selfsup::data::augment::{rotnet_batch, simclr_views, RotnetAugment, SimclrAugment};
 use selfsup::data::ImageSet;
 
-/// A set of `n` RGB images `side x side` with pixels uniform in [0, 1), deterministic.
+/// A set of `n` RGB images `side x side` with bytes uniform in 0..=255, deterministic.
 fn image_set(n: usize, side: usize) -> ImageSet {
     let mut s = 0x2545_f491u32;
-    let images = (0..n * 3 * side * side)
+    let pixels = (0..n * 3 * side * side)
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32
+            (s >> 24) as u8
         })
         .collect();
-    ImageSet {
-        images,
-        labels: None,
-        n,
-        channels: 3,
-        height: side,
-        width: side,
-        classes: None,
-    }
+    ImageSet::uniform(pixels, n, 3, side, side)
 }
 
 fn bench(c: &mut Criterion) {
@@ -66,10 +58,10 @@ fn bench(c: &mut Criterion) {
         group.finish();
     }
 
-    let images = 256;
-    let set = image_set(4 * images, 32);
+    let (images, side) = (256, 32);
+    let set = image_set(4 * images, side);
     let indices: Vec<usize> = (0..images).collect();
-    let mut out = vec![0.0f32; 4 * images * set.image_len()];
+    let mut out = vec![0.0f32; 4 * images * 3 * side * side];
     let mut labels = vec![0u32; 4 * images];
     let cfg = RotnetAugment::default();
     let mut group = c.benchmark_group("rotnet_32");
@@ -85,6 +77,7 @@ fn bench(c: &mut Criterion) {
                 &set,
                 black_box(&indices),
                 &cfg,
+                side,
                 7,
                 epoch,
                 &mut out,

@@ -1,6 +1,7 @@
 //! Measurements of the built-in dataset: generation time, a grid of examples per class
 //! (`/tmp/builtin_grid.png`), and raw-pixel baselines (nearest class mean, linear probe).
 use selfsup::data::builtin::{builtin_splits, generate, BuiltinConfig, CLASSES, CLASS_NAMES};
+use selfsup::data::resize::eval_tensor;
 use selfsup::data::ImageSet;
 use selfsup::eval::logistic::LogisticRegression;
 use selfsup::eval::probe::{linear_probe, select_rows, subsample_labels, ProbeConfig};
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 fn grid(set: &ImageSet, per_class: usize, path: &str) {
     let labels = set.labels.as_ref().unwrap();
-    let (h, w) = (set.height, set.width);
+    let (h, w) = set.uniform_size().expect("built-in images are of one size");
     let pad = 2;
     let scale = 3;
     let gw = per_class * (w + pad) * scale;
@@ -22,11 +23,11 @@ fn grid(set: &ImageSet, per_class: usize, path: &str) {
             .take(per_class)
             .collect();
         for (k, &i) in idx.iter().enumerate() {
-            let im = set.image(i);
+            let im = set.image(i).pixels;
             for y in 0..h * scale {
                 for x in 0..w * scale {
                     let (sy, sx) = (y / scale, x / scale);
-                    let px = |ch: usize| (im[ch * h * w + sy * w + sx] * 255.0).round() as u8;
+                    let px = |ch: usize| im[ch * h * w + sy * w + sx];
                     img.put_pixel(
                         (k * (w + pad) * scale + x) as u32,
                         (c * (h + pad) * scale + y) as u32,
@@ -39,17 +40,27 @@ fn grid(set: &ImageSet, per_class: usize, path: &str) {
     img.save(path).unwrap();
 }
 
-/// Nearest-class-mean accuracy on raw pixels.
+/// The side of the (square) built-in images.
+fn side(set: &ImageSet) -> usize {
+    set.uniform_size()
+        .expect("built-in images are of one size")
+        .0
+}
+
+/// Nearest-class-mean accuracy on raw pixels (values in [0, 1]).
 #[allow(clippy::needless_range_loop)]
 fn ncm(train: &ImageSet, test: &ImageSet) -> f64 {
-    let d = train.image_len();
+    let d = train.channels * side(train) * side(train);
     let tl = train.labels.as_ref().unwrap();
     let mut means = vec![0.0f64; CLASSES * d];
     let mut counts = [0usize; CLASSES];
     for i in 0..train.n {
         let c = tl[i] as usize;
         counts[c] += 1;
-        for (m, &v) in means[c * d..(c + 1) * d].iter_mut().zip(train.image(i)) {
+        for (m, v) in means[c * d..(c + 1) * d]
+            .iter_mut()
+            .zip(train.image(i).to_f32())
+        {
             *m += v as f64;
         }
     }
@@ -61,12 +72,12 @@ fn ncm(train: &ImageSet, test: &ImageSet) -> f64 {
     let el = test.labels.as_ref().unwrap();
     let mut correct = 0;
     for i in 0..test.n {
-        let x = test.image(i);
+        let x = test.image(i).to_f32();
         let best = (0..CLASSES)
             .map(|c| {
                 let dist: f64 = means[c * d..(c + 1) * d]
                     .iter()
-                    .zip(x)
+                    .zip(&x)
                     .map(|(m, &v)| (m - v as f64).powi(2))
                     .sum();
                 (dist, c)
@@ -110,15 +121,19 @@ fn main() {
 }
 
 fn probe(train: &ImageSet, test: &ImageSet) {
-    let d = train.image_len();
+    // The images' values, as the probe sees them (the evaluation view of an image of the
+    // view's size is the image).
+    let size = side(train);
+    let d = train.channels * size * size;
+    let (train_x, test_x) = (eval_tensor(train, size), eval_tensor(test, size));
     let tl = train.labels.as_ref().unwrap();
     let el = test.labels.as_ref().unwrap();
     let cfg = ProbeConfig::default();
     for frac in [1.0, 0.1, 0.01] {
         let idx = subsample_labels(tl, CLASSES, frac, 1).unwrap();
-        let x = select_rows(&train.images, d, &idx).unwrap();
+        let x = select_rows(&train_x, d, &idx).unwrap();
         let y: Vec<u32> = idx.iter().map(|&i| tl[i]).collect();
-        let r = linear_probe(&x, &y, &test.images, el, d, CLASSES, &cfg).unwrap();
+        let r = linear_probe(&x, &y, &test_x, el, d, CLASSES, &cfg).unwrap();
         println!(
             "raw-pixel linear probe, {:>5.1}% labels ({} examples): test {:.1}%, train {:.1}%, lambda {:e}, {} iterations, converged {}, |g|inf {:.1e}, {:.1} s; scores {:?}",
             frac * 100.0,

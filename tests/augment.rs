@@ -1,13 +1,15 @@
-//! The SimCLR and RotNet augmentations against slow f64 references of torchvision's
-//! definitions, and the properties of the batches (shape, range, determinism).
+//! The SimCLR and RotNet augmentations and the evaluation view against slow f64 references
+//! of torchvision's definitions, byte sources against their f32 copies, and the properties of
+//! the batches (shape, range, determinism).
 
 use selfsup::data::augment::{
     adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, augment_view,
     blur_kernel_size, gaussian_blur, hflip, resized_crop, rotate90, rotnet_batch, sample_crop,
-    simclr_views, to_grayscale, view_rng, AugmentError, AugmentScratch, CropBox, RotnetAugment,
-    SimclrAugment,
+    simclr_views, to_grayscale, view_rng, AugmentError, AugmentScratch, CropBox, ResizeScratch,
+    RotnetAugment, SimclrAugment,
 };
-use selfsup::data::ImageSet;
+use selfsup::data::resize::{eval_box, eval_tensor, eval_view, eval_views};
+use selfsup::data::{Extent, ImageSet};
 use selfsup::rng::SplitMix64;
 
 /// `len` values uniform in [0, 1], with exact 0s and 1s sprinkled in.
@@ -22,16 +24,44 @@ fn pixels(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `len` bytes uniform in 0..=255, with 0s and 255s sprinkled in.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SplitMix64::new(seed);
+    (0..len)
+        .map(|_| match rng.below(20) {
+            0 => 0,
+            1 => 255,
+            _ => rng.below(256) as u8,
+        })
+        .collect()
+}
+
+/// The values of bytes: `v / 255`, computed here.
+fn byte_values(b: &[u8]) -> Vec<f32> {
+    b.iter().map(|&v| f32::from(v) / 255.0).collect()
+}
+
+/// `n` random images of `c x h x w` bytes.
 fn image_set(n: usize, c: usize, h: usize, w: usize, seed: u64) -> ImageSet {
-    ImageSet {
-        images: pixels(n * c * h * w, seed),
-        labels: None,
-        n,
-        channels: c,
-        height: h,
-        width: w,
-        classes: None,
-    }
+    ImageSet::uniform(bytes(n * c * h * w, seed), n, c, h, w)
+}
+
+/// Random images of `c` channels and the given `(height, width)` sizes, stored back to back.
+fn varied_set(c: usize, sizes: &[(usize, usize)], seed: u64) -> ImageSet {
+    let mut offset = 0;
+    let extents: Vec<Extent> = sizes
+        .iter()
+        .map(|&(h, w)| {
+            let e = Extent {
+                offset,
+                height: h as u32,
+                width: w as u32,
+            };
+            offset += c * h * w;
+            e
+        })
+        .collect();
+    ImageSet::varied(bytes(offset, seed), c, extents)
 }
 
 fn assert_unit_range(v: &[f32], what: &str) {
@@ -81,6 +111,36 @@ fn simclr_views_have_the_shape_and_stay_in_range() {
 }
 
 #[test]
+fn simclr_views_crop_each_image_at_its_own_size() {
+    let sizes = [(20, 37), (32, 32), (9, 5), (40, 24)];
+    let set = varied_set(3, &sizes, 23);
+    let cfg = SimclrAugment::for_image(16, 3, 1.0);
+    let indices = [3, 0, 2, 1, 0];
+    let len = cfg.view_len(3);
+    let mut out = vec![f32::NAN; 2 * indices.len() * len];
+    simclr_views(&set, &indices, &cfg, 4, 2, &mut out).unwrap();
+    assert_unit_range(&out, "varied sizes");
+    let mut scratch = AugmentScratch::new();
+    for (k, &i) in indices.iter().enumerate() {
+        // The image's bytes, found here from the sizes (stored back to back).
+        let (h, w) = sizes[i];
+        let offset: usize = sizes[..i].iter().map(|&(h, w)| 3 * h * w).sum();
+        let src = &set.pixels()[offset..offset + 3 * h * w];
+        for v in 0..2 {
+            let mut want = vec![f32::NAN; len];
+            let mut rng = view_rng(4, 2, i, v);
+            augment_view(src, 3, h, w, &cfg, &mut rng, &mut want, &mut scratch).unwrap();
+            let row = 2 * k + v;
+            assert_eq!(
+                &out[row * len..(row + 1) * len],
+                &want[..],
+                "image {i} ({h}x{w}), view {v}"
+            );
+        }
+    }
+}
+
+#[test]
 fn an_all_off_pipeline_is_the_identity() {
     // Full-area square crops, no flip, jitter, gray or blur: the views are the images.
     let set = image_set(3, 3, 16, 16, 2);
@@ -90,10 +150,11 @@ fn an_all_off_pipeline_is_the_identity() {
     cfg.flip_p = 0.0;
     cfg.jitter_p = 0.0;
     cfg.gray_p = 0.0;
-    let mut out = vec![0.0; 2 * 3 * set.image_len()];
+    let len = 3 * 16 * 16;
+    let mut out = vec![0.0; 2 * 3 * len];
     simclr_views(&set, &[0, 1, 2], &cfg, 5, 1, &mut out).unwrap();
-    for (row, view) in out.chunks_exact(set.image_len()).enumerate() {
-        assert_eq!(view, set.image(row / 2), "view {row}");
+    for (row, view) in out.chunks_exact(len).enumerate() {
+        assert_eq!(view, byte_values(set.image(row / 2).pixels), "view {row}");
     }
 }
 
@@ -165,7 +226,7 @@ fn crop_sampler_stays_within_the_area_and_aspect_bounds() {
 
 #[test]
 fn full_crop_at_the_input_size_is_an_exact_copy() {
-    let mut scratch = AugmentScratch::new();
+    let mut scratch = ResizeScratch::default();
     for (c, s) in [(3, 19), (1, 1), (3, 32), (1, 7)] {
         let src = pixels(c * s * s, 4);
         let mut dst = vec![f32::NAN; src.len()];
@@ -181,6 +242,21 @@ fn full_crop_at_the_input_size_is_an_exact_copy() {
             &mut scratch,
         );
         assert_eq!(dst, src, "{c}x{s}x{s}");
+        // From bytes: their values, exactly.
+        let src = bytes(c * s * s, 4);
+        let mut dst = vec![f32::NAN; src.len()];
+        resized_crop(
+            &src,
+            c,
+            s,
+            s,
+            CropBox::full(s, s),
+            false,
+            s,
+            &mut dst,
+            &mut scratch,
+        );
+        assert_eq!(dst, byte_values(&src), "bytes {c}x{s}x{s}");
     }
 }
 
@@ -222,7 +298,7 @@ fn reference_resized_crop(
 fn resized_crop_matches_bilinear_reference_and_flip_mirrors_it() {
     let (c, h, w) = (3, 23, 31);
     let src = pixels(c * h * w, 5);
-    let mut scratch = AugmentScratch::new();
+    let mut scratch = ResizeScratch::default();
     let mut rng = SplitMix64::new(6);
     for o in [1, 8, 16, 32, 45] {
         for _ in 0..20 {
@@ -237,6 +313,125 @@ fn resized_crop_matches_bilinear_reference_and_flip_mirrors_it() {
             hflip(&mut dst, c, o, o);
             assert_eq!(flipped, dst, "flip of crop {b:?} to {o}");
         }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn byte_sources_give_the_views_of_their_f32_copies_bit_for_bit() {
+    // resized_crop: random crops, both flips, outputs smaller and larger, square or not.
+    let mut scratch = ResizeScratch::default();
+    let mut rng = SplitMix64::new(20);
+    for (c, h, w) in [(3, 23, 31), (1, 17, 9), (3, 40, 40)] {
+        let src = bytes(c * h * w, 21);
+        let copy = byte_values(&src);
+        for o in [1, 7, 16, 32, 45] {
+            for k in 0..10 {
+                let b = sample_crop(h, w, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+                let flip = k % 2 == 1;
+                let mut from_bytes = vec![f32::NAN; c * o * o];
+                let mut from_f32 = vec![f32::NAN; c * o * o];
+                resized_crop(&src, c, h, w, b, flip, o, &mut from_bytes, &mut scratch);
+                resized_crop(&copy, c, h, w, b, flip, o, &mut from_f32, &mut scratch);
+                assert_eq!(
+                    bits(&from_bytes),
+                    bits(&from_f32),
+                    "{c}x{h}x{w}, crop {b:?} to {o}, flip {flip}"
+                );
+                if !flip {
+                    let want = reference_resized_crop(&copy, c, h, w, b, o);
+                    let err = max_diff(&from_bytes, &want);
+                    assert!(err < 1e-6, "bytes, crop {b:?} to {o}: max error {err}");
+                }
+            }
+        }
+    }
+    // augment_view: the whole pipeline (jitter, gray, blur) on the same draws.
+    let mut scratch = AugmentScratch::new();
+    for (c, h, w, out_size, blur) in [
+        (3, 32, 32, 32, false),
+        (3, 50, 70, 64, true),
+        (1, 28, 20, 24, false),
+        (3, 9, 5, 16, false),
+    ] {
+        let src = bytes(c * h * w, 22);
+        let copy = byte_values(&src);
+        let mut cfg = SimclrAugment::for_image(out_size, c, 1.0);
+        cfg.blur = blur;
+        let len = cfg.view_len(c);
+        for v in 0..12 {
+            let (mut a, mut b) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+            let mut rng = view_rng(3, 1, v, 0);
+            augment_view(&src, c, h, w, &cfg, &mut rng, &mut a, &mut scratch).unwrap();
+            let mut rng = view_rng(3, 1, v, 0);
+            augment_view(&copy, c, h, w, &cfg, &mut rng, &mut b, &mut scratch).unwrap();
+            assert_eq!(bits(&a), bits(&b), "{c}x{h}x{w} -> {out_size}, view {v}");
+            assert_unit_range(&a, "bytes");
+        }
+    }
+}
+
+#[test]
+fn eval_box_is_the_central_square_rounded_as_torchvision() {
+    // torchvision's center_crop: top = round((h - side) / 2) with Python's round (ties to
+    // even), left alike.
+    for ((h, w), (top, left, side)) in [
+        ((6, 6), (0, 0, 6)),
+        ((4, 6), (0, 1, 4)),
+        ((5, 2), (2, 0, 2)),        // 1.5 -> 2
+        ((7, 2), (2, 0, 2)),        // 2.5 -> 2
+        ((2, 11), (0, 4, 2)),       // 4.5 -> 4
+        ((3, 10), (0, 4, 3)),       // 3.5 -> 4
+        ((1, 4), (0, 2, 1)),        // 1.5 -> 2
+        ((375, 500), (0, 62, 375)), // 62.5 -> 62
+        ((500, 333), (84, 0, 333)), // 83.5 -> 84
+    ] {
+        assert_eq!(
+            eval_box(h, w),
+            CropBox {
+                top,
+                left,
+                height: side,
+                width: side
+            },
+            "{h}x{w}"
+        );
+    }
+}
+
+#[test]
+fn eval_view_resizes_the_central_square_and_copies_an_image_of_the_size() {
+    let size = 8;
+    for c in [1, 3] {
+        let sizes = [(8, 8), (5, 9), (16, 10), (3, 3), (8, 8), (8, 20)];
+        let set = varied_set(c, &sizes, 25);
+        let len = c * size * size;
+        let mut scratch = ResizeScratch::default();
+        let mut views = Vec::new();
+        for (i, &(h, w)) in sizes.iter().enumerate() {
+            let img = set.image(i);
+            let src = byte_values(img.pixels);
+            let mut v = vec![f32::NAN; len];
+            eval_view(img, size, &mut v, &mut scratch);
+            if (h, w) == (size, size) {
+                assert_eq!(v, src, "image {i}: {h}x{w} is copied");
+            }
+            let want = reference_resized_crop(&src, c, h, w, eval_box(h, w), size);
+            let err = max_diff(&v, &want);
+            assert!(err < 1e-6, "image {i} ({h}x{w}): max error {err}");
+            views.push(v);
+        }
+        // The batch forms: rows in the order of the indices, every image in order.
+        let idx = [4, 1, 1, 0, 5];
+        let mut out = vec![f32::NAN; idx.len() * len];
+        eval_views(&set, &idx, size, &mut out);
+        for (k, &i) in idx.iter().enumerate() {
+            assert_eq!(&out[k * len..(k + 1) * len], &views[i][..], "row {k}");
+        }
+        assert_eq!(eval_tensor(&set, size), views.concat());
     }
 }
 
@@ -309,16 +504,17 @@ fn rotations_match_numpy_rot90_and_four_are_the_identity() {
 fn rotnet_batch_holds_the_four_rotations_with_their_labels() {
     let (c, s) = (3, 6);
     let set = image_set(5, c, s, s, 9);
-    let len = set.image_len();
+    let len = c * s * s;
     let indices = [4, 0, 2];
     for flip_p in [0.0, 1.0] {
         let cfg = RotnetAugment { flip_p };
         let mut out = vec![f32::NAN; 4 * indices.len() * len];
         let mut labels = vec![9u32; 4 * indices.len()];
-        rotnet_batch(&set, &indices, &cfg, 1, 0, &mut out, &mut labels).unwrap();
+        rotnet_batch(&set, &indices, &cfg, s, 1, 0, &mut out, &mut labels).unwrap();
         assert_eq!(labels, [0, 1, 2, 3].repeat(indices.len()));
         for (k, &i) in indices.iter().enumerate() {
-            let mut base = set.image(i).to_vec();
+            // An image of the batch's size is taken as it is.
+            let mut base = byte_values(set.image(i).pixels);
             if flip_p == 1.0 {
                 hflip(&mut base, c, s, s);
             }
@@ -332,39 +528,101 @@ fn rotnet_batch_holds_the_four_rotations_with_their_labels() {
             }
         }
     }
-    // Non-square images cannot share one batch shape across rotations.
-    let tall = image_set(2, 1, 4, 6, 1);
-    let mut out = vec![0.0; 4 * 24];
-    let mut labels = vec![0; 4];
-    let err = rotnet_batch(
-        &tall,
-        &[1],
-        &RotnetAugment::default(),
-        1,
-        0,
-        &mut out,
-        &mut labels,
-    );
-    assert_eq!(
-        err,
-        Err(AugmentError::NotSquare {
-            height: 4,
-            width: 6
-        })
-    );
-    // Wrong label length.
-    let err = rotnet_batch(
-        &set,
-        &[1],
-        &RotnetAugment::default(),
-        1,
-        0,
-        &mut out,
-        &mut labels,
-    );
+    let cfg = RotnetAugment::default();
+    // Wrong label length, wrong batch length (the size decides it), a bad index, size 0.
+    let mut out = vec![0.0; 4 * len];
+    let mut labels = vec![0; 3];
+    let err = rotnet_batch(&set, &[1], &cfg, s, 1, 0, &mut out, &mut labels);
     assert!(
         matches!(err, Err(AugmentError::BufferLen { .. })),
         "{err:?}"
+    );
+    let mut labels = vec![0; 4];
+    let err = rotnet_batch(&set, &[1], &cfg, s - 1, 1, 0, &mut out, &mut labels);
+    assert!(
+        matches!(err, Err(AugmentError::BufferLen { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        rotnet_batch(&set, &[5], &cfg, s, 1, 0, &mut out, &mut labels),
+        Err(AugmentError::Index { index: 5, n: 5 })
+    );
+    assert!(matches!(
+        rotnet_batch(&set, &[1], &cfg, 0, 1, 0, &mut [], &mut labels),
+        Err(AugmentError::Empty { .. })
+    ));
+}
+
+#[test]
+fn rotnet_batch_on_non_square_images_rotates_their_eval_view() {
+    let size = 6;
+    // Images of one non-square size, and of several sizes (one of them size x size).
+    let tall = image_set(2, 1, 9, 4, 1);
+    let varied = varied_set(3, &[(4, 6), (9, 5), (6, 6), (12, 20)], 24);
+    for (set, what) in [(&tall, "9 x 4"), (&varied, "varied")] {
+        let c = set.channels;
+        let len = c * size * size;
+        let indices: Vec<usize> = (0..set.n).rev().collect();
+        for flip_p in [0.0, 1.0] {
+            let cfg = RotnetAugment { flip_p };
+            let mut out = vec![f32::NAN; 4 * indices.len() * len];
+            let mut labels = vec![9u32; 4 * indices.len()];
+            rotnet_batch(set, &indices, &cfg, size, 7, 1, &mut out, &mut labels).unwrap();
+            assert_eq!(labels, [0, 1, 2, 3].repeat(indices.len()));
+            let mut scratch = ResizeScratch::default();
+            for (k, &i) in indices.iter().enumerate() {
+                let mut view = vec![f32::NAN; len];
+                eval_view(set.image(i), size, &mut view, &mut scratch);
+                if flip_p == 1.0 {
+                    hflip(&mut view, c, size, size);
+                }
+                for r in 0..4 {
+                    let row = &out[(4 * k + r) * len..(4 * k + r + 1) * len];
+                    assert_eq!(
+                        row,
+                        reference_rot90(&view, c, size, size, r),
+                        "{what}: image {i} turn {r}, flip p {flip_p}"
+                    );
+                }
+            }
+        }
+    }
+    // The first rows against the f64 reference of the central squares (boxes by hand).
+    let cfg = RotnetAugment { flip_p: 0.0 };
+    let len = 3 * size * size;
+    let mut out = vec![f32::NAN; 4 * 4 * len];
+    let mut labels = vec![0; 16];
+    rotnet_batch(
+        &varied,
+        &[0, 1, 2, 3],
+        &cfg,
+        size,
+        7,
+        1,
+        &mut out,
+        &mut labels,
+    )
+    .unwrap();
+    for (k, (top, left, side)) in [(0, 1, 4), (2, 0, 5), (0, 0, 6), (0, 4, 12)]
+        .into_iter()
+        .enumerate()
+    {
+        let img = varied.image(k);
+        let b = CropBox {
+            top,
+            left,
+            height: side,
+            width: side,
+        };
+        let src = byte_values(img.pixels);
+        let want = reference_resized_crop(&src, 3, img.height, img.width, b, size);
+        let row = &out[4 * k * len..(4 * k + 1) * len];
+        let err = max_diff(row, &want);
+        assert!(err < 1e-6, "image {k}: max error {err}");
+    }
+    assert_eq!(
+        &out[8 * len..9 * len],
+        &byte_values(varied.image(2).pixels)[..]
     );
 }
 
@@ -624,7 +882,7 @@ fn batches_do_not_depend_on_threads_or_on_the_rest_of_the_batch() {
         let mut dst = vec![0.0; len];
         let mut rng = view_rng(99, 3, 17, v);
         augment_view(
-            set.image(17),
+            set.image(17).pixels,
             3,
             32,
             32,
@@ -638,16 +896,16 @@ fn batches_do_not_depend_on_threads_or_on_the_rest_of_the_batch() {
     }
     // RotNet likewise.
     let rot = |threads: usize, idx: &[usize]| {
-        let mut out = vec![0.0; 4 * idx.len() * set.image_len()];
+        let mut out = vec![0.0; 4 * idx.len() * len];
         let mut labels = vec![0; 4 * idx.len()];
         let cfg = RotnetAugment::default();
         pool(threads)
-            .install(|| rotnet_batch(&set, idx, &cfg, 5, 2, &mut out, &mut labels).unwrap());
+            .install(|| rotnet_batch(&set, idx, &cfg, 32, 5, 2, &mut out, &mut labels).unwrap());
         out
     };
     let one = rot(1, &indices);
     assert!(one == rot(2, &indices), "RotNet: 1 and 2 threads differ");
-    let l4 = 4 * set.image_len();
+    let l4 = 4 * len;
     assert_eq!(rot(1, &[17]), &one[k * l4..(k + 1) * l4]);
 }
 
@@ -833,7 +1091,7 @@ fn bad_settings_and_buffers_are_typed_errors() {
     let mut short = vec![0.0; len - 1];
     assert!(matches!(
         augment_view(
-            set.image(0),
+            set.image(0).pixels,
             3,
             8,
             8,
@@ -845,7 +1103,7 @@ fn bad_settings_and_buffers_are_typed_errors() {
         Err(AugmentError::BufferLen { .. })
     ));
     assert!(matches!(
-        augment_view(&[], 3, 0, 8, &cfg, &mut rng, &mut out[..len], &mut scratch),
+        augment_view::<u8>(&[], 3, 0, 8, &cfg, &mut rng, &mut out[..len], &mut scratch),
         Err(AugmentError::Empty { .. })
     ));
     // An empty batch is fine.

@@ -268,9 +268,9 @@ fn a_build_without_mpi_refuses_to_run_as_one_of_several_processes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("runs as one process"));
 }
 
-/// With stderr a pipe (a log file, a scheduler's output) and without `--quiet`, the progress
-/// comes as plain lines every 50 steps instead of a bar that nobody sees; the run's closing
-/// line follows.
+/// With stderr a pipe (a log file, a scheduler's output) and without `--quiet`, the run's
+/// description comes first, then the progress as plain lines every 50 steps instead of a bar
+/// that nobody sees; the run's closing line follows.
 #[test]
 fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let d = TempDir::new("plain");
@@ -293,8 +293,16 @@ fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].starts_with("step 50/100  loss "), "{err}");
-    assert!(lines[1].starts_with("step 100/100  loss "), "{err}");
-    assert!(lines[2].starts_with("simclr: 100 steps in "), "{err}");
-    assert_eq!(lines.len(), 3, "{err}");
+    // The built-in train split: 20,000 RGB images of 32 x 32 bytes (61.4 MB), trained at
+    // their size (stem stride 1 up to 64 pixels); 20,000 / 8 steps per epoch.
+    assert_eq!(
+        lines[0],
+        "simclr: 20000 images of 3 channel(s) stored at 32x32 (61 MB in memory), trained at \
+         32x32; encoder widths 4/8, stem stride 1; batch 8, 2500 steps per epoch",
+        "{err}"
+    );
+    assert!(lines[1].starts_with("step 50/100  loss "), "{err}");
+    assert!(lines[2].starts_with("step 100/100  loss "), "{err}");
+    assert!(lines[3].starts_with("simclr: 100 steps in "), "{err}");
+    assert_eq!(lines.len(), 4, "{err}");
 }

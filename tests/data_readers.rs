@@ -9,13 +9,15 @@ use selfsup::data::cifar::{
     parse_cifar_batch, read_cifar100_dir, read_cifar10_dir, read_cifar_batch,
 };
 use selfsup::data::folder::{
-    decode_image, read_folder, read_labeled_folder, read_unlabeled_folder, MAX_SIDE,
+    decode_image, read_folder, read_labeled_folder, read_unlabeled_folder, storage_side,
+    stored_size, FolderOptions, MAX_SIDE,
 };
 use selfsup::data::idx::{
     parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels, read_idx_pair,
 };
+use selfsup::data::image::{to_byte, BYTE_VALUES};
 use selfsup::data::spec::{without_labels, DataSpec, LoadOptions, SpecError, FASHION_MNIST_DIR};
-use selfsup::data::DataError;
+use selfsup::data::{DataError, Extent, ImageRef, ImageSet, Sizes};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -70,11 +72,14 @@ fn idx_raw_round_trip() {
     assert_eq!(i.pixels, img[16..]);
     assert_eq!(read_idx_labels(&d.join("lab")).unwrap(), vec![9, 0, 4]);
     let s = read_idx_pair(&d.join("img"), &d.join("lab"), 10).unwrap();
-    assert_eq!((s.n, s.channels, s.height, s.width), (3, 1, 2, 4));
+    assert_eq!((s.n, s.channels, s.uniform_size()), (3, 1, Some((2, 4))));
     assert_eq!(s.labels, Some(vec![9, 0, 4]));
     assert_eq!(s.classes, Some(10));
-    assert_eq!(s.image(1)[0], 80.0 / 255.0);
-    assert_eq!(s.image(2)[7], 230.0 / 255.0);
+    // The bytes as stored; byte v is the value v / 255.
+    assert_eq!(s.pixels(), &img[16..]);
+    assert_eq!((s.image(1).pixels[0], s.image(2).pixels[7]), (80, 230));
+    assert_eq!(s.image(1).to_f32()[0], 80.0 / 255.0);
+    assert_eq!(s.image(2).to_f32()[7], 230.0 / 255.0);
 }
 
 #[test]
@@ -85,7 +90,7 @@ fn idx_gzip_round_trip_detected_by_content() {
     std::fs::write(d.join("img.gz"), gzip(&img)).unwrap();
     std::fs::write(d.join("lab"), gzip(&lab)).unwrap();
     let s = read_idx_pair(&d.join("img.gz"), &d.join("lab"), 10).unwrap();
-    assert_eq!((s.n, s.height, s.width), (3, 2, 4));
+    assert_eq!((s.n, s.uniform_size()), (3, Some((2, 4))));
     assert_eq!(s.labels, Some(vec![9, 0, 4]));
     let raw = parse_idx_images(&img, Path::new("x")).unwrap();
     assert_eq!(parse_idx_images(&gzip(&img), Path::new("x")).unwrap(), raw);
@@ -269,7 +274,9 @@ fn cifar10_round_trip_and_bad_label() {
     std::fs::write(&p, &b).unwrap();
     let s = read_cifar_batch(&p, 1, 10).unwrap();
     assert_eq!((s.n, s.label(0)), (1, Some(7)));
-    assert_eq!(s.image(0)[255], 1.0);
+    assert_eq!((s.channels, s.uniform_size()), (3, Some((32, 32))));
+    assert_eq!(s.image(0).pixels, &b[1..]);
+    assert_eq!(s.image(0).to_f32()[255], 1.0);
     b[0] = 10;
     std::fs::write(&p, &b).unwrap();
     assert_err(
@@ -313,9 +320,12 @@ fn cifar10_dir_round_trip_and_missing_file() {
         Some(vec![1, 5, 2, 6, 3, 7, 4, 8, 5, 9]),
         "batches in order"
     );
-    assert_eq!(train.image(2)[0], 2.0 / 255.0);
-    assert_eq!(test.image(0)[3071], 1.0);
-    assert_eq!(train.images.len(), 10 * 3072);
+    assert_eq!(train.image(2).to_f32()[0], 2.0 / 255.0);
+    assert!(train.image(2).pixels.iter().all(|&v| v == 2));
+    assert!(train.image(3).pixels.iter().all(|&v| v == 0));
+    assert_eq!(test.image(0).to_f32()[3071], 1.0);
+    assert_eq!(train.pixels().len(), 10 * 3072);
+    assert_eq!(train.uniform_size(), Some((32, 32)));
     // The archive's subfolder.
     let d2 = TempDir::new("cifar10_sub");
     write_cifar10(&d2.join("cifar-10-batches-bin"));
@@ -384,6 +394,57 @@ fn write_jpeg(p: &Path, w: u32, h: u32, c: [u8; 3]) {
         .unwrap();
 }
 
+/// Folders stored with the shorter side at most `side`, no memory limit.
+fn side(side: usize) -> FolderOptions {
+    FolderOptions {
+        storage_side: side,
+        memory_limit: None,
+    }
+}
+
+/// Asserts that every byte of plane `c` of `img` is `v`.
+fn assert_plane(img: ImageRef<'_>, c: usize, v: u8, what: &str) {
+    let plane = img.height * img.width;
+    let p = &img.pixels[c * plane..(c + 1) * plane];
+    assert!(
+        p.iter().all(|&x| x == v),
+        "{what}: plane {c} is not all {v}: {p:?}"
+    );
+}
+
+#[test]
+fn storage_side_and_stored_size_follow_the_rule() {
+    // 8/7 of the image size, rounded up (256 for 224).
+    for (size, want) in [(224, 256), (32, 37), (96, 110), (28, 32), (7, 8), (1, 2)] {
+        assert_eq!(storage_side(size), want, "image size {size}");
+        assert_eq!(
+            FolderOptions::for_image_size(size),
+            FolderOptions {
+                storage_side: want,
+                memory_limit: None
+            }
+        );
+    }
+    // (height, width, side) -> stored (height, width): the shorter side brought down to
+    // `side`, the longer scaled alike and rounded; never brought up.
+    for ((h, w, s), want) in [
+        ((20, 40, 12), (12, 24)),
+        ((40, 20, 12), (24, 12)),
+        ((9, 9, 6), (6, 6)),
+        ((300, 400, 256), (256, 341)), // 341.33
+        ((375, 500, 37), (37, 49)),    // 49.33
+        ((7, 10, 4), (4, 6)),          // 5.71
+        ((4, 10, 3), (3, 8)),          // 7.5, rounded up
+        ((100, 3, 1), (33, 1)),        // 33.33
+        ((7, 13, 12), (7, 13)),        // shorter side below: kept
+        ((12, 30, 12), (12, 30)),      // equal: kept
+        ((1000, 1, 1), (1000, 1)),     // kept
+        ((2, 2, 16384), (2, 2)),       // kept
+    ] {
+        assert_eq!(stored_size(h, w, s), want, "{h}x{w} at side {s}");
+    }
+}
+
 #[test]
 fn labeled_folder_mixed_sizes_and_formats() {
     let d = TempDir::new("folder_labeled");
@@ -394,14 +455,13 @@ fn labeled_folder_mixed_sizes_and_formats() {
     write_png_rgb(&d.join("cat/deeper/y.png"), 100, 3, [10, 20, 30]);
     std::fs::write(d.join("cat/notes.txt"), "skipped").unwrap();
     std::fs::write(d.join("cat/.hidden.png"), "skipped").unwrap();
-    let f = read_labeled_folder(d.path(), 16, 12).unwrap();
+    let f = read_labeled_folder(d.path(), &side(12)).unwrap();
     assert_eq!(
         f.class_names,
         Some(vec!["cat".to_string(), "dog".to_string()])
     );
     let s = &f.set;
-    assert_eq!((s.n, s.channels, s.height, s.width), (4, 3, 16, 12));
-    assert_eq!(s.images.len(), 4 * 3 * 16 * 12);
+    assert_eq!((s.n, s.channels), (4, 3));
     assert_eq!(s.labels, Some(vec![0, 0, 1, 1]));
     assert_eq!(s.classes, Some(2));
     let names: Vec<_> = f
@@ -418,16 +478,73 @@ fn labeled_folder_mixed_sizes_and_formats() {
         names,
         ["cat/deeper/y.png", "cat/x.png", "dog/a.JPG", "dog/b.png"]
     );
-    // Solid colors stay solid through the resize; channel-planar layout.
-    let plane = 16 * 12;
-    let img = s.image(3); // dog/b.png, red
-    assert!(img[..plane].iter().all(|&v| v == 1.0));
-    assert!(img[plane..].iter().all(|&v| v == 0.0));
+    // Stored sizes: only dog/b.png (20 x 40) has a shorter side above 12; it becomes
+    // 12 x 24. The others keep their size, so the sizes vary.
+    let sizes: Vec<(usize, usize)> = (0..s.n)
+        .map(|i| (s.image(i).height, s.image(i).width))
+        .collect();
+    assert_eq!(sizes, [(3, 100), (8, 8), (7, 13), (12, 24)]);
+    assert!(matches!(s.sizes(), Sizes::Varied(e) if e.len() == 4));
+    assert_eq!(s.uniform_size(), None);
+    assert_eq!(s.side_range(), (3, 100));
+    let bytes = 3 * (3 * 100 + 8 * 8 + 7 * 13 + 12 * 24);
+    assert_eq!(s.pixels().len(), bytes);
+    assert_eq!(s.memory_bytes(), bytes + 4 * std::mem::size_of::<Extent>());
+    // Solid colors stay solid, exactly, kept or resized; channel-planar layout.
+    for (i, rgb) in [(0, [10, 20, 30]), (1, [0, 255, 0]), (3, [255, 0, 0])] {
+        for (c, &v) in rgb.iter().enumerate() {
+            assert_plane(s.image(i), c, v, &names[i]);
+        }
+    }
+    assert_eq!(s.image(3).to_f32()[0], 1.0);
     let jpeg = s.image(2); // blue, lossy
-    assert!(jpeg[2 * plane..].iter().all(|&v| v > 0.9));
-    assert!(s.images.iter().all(|v| (0.0..=1.0).contains(v)));
+    let plane = 7 * 13;
+    assert!(jpeg.pixels[..2 * plane].iter().all(|&v| v < 26), "{jpeg:?}");
+    assert!(
+        jpeg.pixels[2 * plane..].iter().all(|&v| v > 229),
+        "{jpeg:?}"
+    );
     // read_folder picks the labeled layout.
-    assert_eq!(read_folder(d.path(), 16, 12).unwrap(), f);
+    assert_eq!(read_folder(d.path(), &side(12)).unwrap(), f);
+    // A storage side at least the shortest side of every image keeps every image as it is.
+    let big = read_labeled_folder(d.path(), &side(20)).unwrap();
+    assert_eq!(big.set.image(3).height, 20);
+    assert_eq!(big.set.image(3).width, 40);
+}
+
+#[test]
+fn folder_of_one_stored_size_is_uniform() {
+    let d = TempDir::new("folder_uniform");
+    // 30 x 60 and 20 x 40 are brought down to 10 x 20; 10 x 20 is kept.
+    write_png_rgb(&d.join("a.png"), 60, 30, [0, 128, 255]);
+    write_png_rgb(&d.join("b.png"), 40, 20, [7, 8, 9]);
+    write_png_rgb(&d.join("c.png"), 20, 10, [200, 100, 50]);
+    let f = read_unlabeled_folder(d.path(), &side(10)).unwrap();
+    let s = &f.set;
+    assert_eq!((s.n, s.channels), (3, 3));
+    assert_eq!(
+        s.sizes(),
+        &Sizes::Uniform {
+            height: 10,
+            width: 20
+        }
+    );
+    assert_eq!(s.uniform_size(), Some((10, 20)));
+    assert_eq!(s.side_range(), (10, 20));
+    assert_eq!(s.pixels().len(), 3 * 3 * 10 * 20);
+    assert_eq!(s.memory_bytes(), 3 * 3 * 10 * 20);
+    for (i, rgb) in [[0, 128, 255], [7, 8, 9], [200, 100, 50]]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!((s.image(i).height, s.image(i).width), (10, 20));
+        for (c, &v) in rgb.iter().enumerate() {
+            assert_plane(s.image(i), c, v, &format!("image {i}"));
+        }
+    }
+    // Values are byte / 255.
+    let v = s.image(0).to_f32();
+    assert_eq!((v[0], v[200], v[400]), (0.0, 128.0 / 255.0, 1.0));
 }
 
 #[test]
@@ -435,71 +552,158 @@ fn unlabeled_folder_recursive_and_grayscale() {
     let d = TempDir::new("folder_unlabeled");
     write_png_gray(&d.join("a.png"), 5, 9, 51);
     write_png_gray(&d.join("sub/b.png"), 30, 30, 102);
-    let f = read_unlabeled_folder(d.path(), 8, 8).unwrap();
+    let f = read_unlabeled_folder(d.path(), &side(8)).unwrap();
     assert_eq!(
         (f.set.n, f.set.channels),
         (2, 1),
         "all grayscale: one channel"
     );
     assert_eq!(f.set.labels, None);
-    assert!(f.set.image(0).iter().all(|&v| v == 0.2));
+    // 9 x 5 is kept, 30 x 30 is brought down to 8 x 8.
+    let (a, b) = (f.set.image(0), f.set.image(1));
+    assert_eq!((a.channels, a.height, a.width), (1, 9, 5));
+    assert_eq!((b.channels, b.height, b.width), (1, 8, 8));
+    assert_eq!(f.set.pixels().len(), 9 * 5 + 8 * 8);
+    assert!(a.pixels.iter().all(|&v| v == 51));
+    assert!(a.to_f32().iter().all(|&v| v == 0.2));
+    assert!(b.pixels.iter().all(|&v| v == 102));
     assert_eq!(f.class_names, None);
     assert_eq!(
-        read_folder(d.path(), 8, 8).unwrap(),
+        read_folder(d.path(), &side(8)).unwrap(),
         f,
         "images at the top: unlabeled"
     );
-    // One color image makes the whole set RGB.
+    // One color image makes the whole set RGB; the gray images get R = G = B.
     write_png_rgb(&d.join("c.png"), 4, 4, [0, 0, 0]);
-    let f = read_unlabeled_folder(d.path(), 8, 8).unwrap();
+    let f = read_unlabeled_folder(d.path(), &side(8)).unwrap();
     assert_eq!((f.set.n, f.set.channels), (3, 3));
-    assert!(f.set.image(0).iter().all(|&v| v == 0.2));
+    let files: Vec<_> = f.files.iter().map(|p| p.file_name().unwrap()).collect();
+    assert_eq!(files, ["a.png", "c.png", "b.png"]);
+    let a = f.set.image(0);
+    assert_eq!((a.channels, a.height, a.width), (3, 9, 5));
+    assert!(a.pixels.iter().all(|&v| v == 51));
+    assert!(f.set.image(1).pixels.iter().all(|&v| v == 0));
+    assert_eq!(f.set.image(2).pixels.len(), 3 * 8 * 8);
+    assert!(f.set.image(2).pixels.iter().all(|&v| v == 102));
 }
 
 #[test]
 fn folder_errors() {
     let d = TempDir::new("folder_bad");
+    let o = side(8);
     // Empty, and only unsupported files.
     assert_err(
-        read_unlabeled_folder(d.path(), 8, 8),
+        read_unlabeled_folder(d.path(), &o),
         "folder_bad",
         "empty folder",
     );
     assert_err(
-        read_labeled_folder(d.path(), 8, 8),
+        read_labeled_folder(d.path(), &o),
         "folder_bad",
         "empty folder",
     );
     std::fs::write(d.join("readme.txt"), "x").unwrap();
     std::fs::write(d.join("pic.gif"), "x").unwrap();
-    assert_err(read_folder(d.path(), 8, 8), "folder_bad", "empty folder");
+    assert_err(read_folder(d.path(), &o), "folder_bad", "empty folder");
     // A class folder without an image.
     write_png_rgb(&d.join("a/1.png"), 4, 4, [1, 2, 3]);
     std::fs::create_dir_all(d.join("b")).unwrap();
     std::fs::write(d.join("b/x.txt"), "x").unwrap();
-    assert_err(read_labeled_folder(d.path(), 8, 8), "b", "holds no image");
+    assert_err(read_labeled_folder(d.path(), &o), "b", "holds no image");
     // An undecodable image, named.
     std::fs::write(d.join("b/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     assert_err(
-        read_labeled_folder(d.path(), 8, 8),
+        read_labeled_folder(d.path(), &o),
         "broken.png",
         "undecodable",
     );
     std::fs::write(d.join("b/broken.png"), b"hello").unwrap();
     assert_err(
-        read_labeled_folder(d.path(), 8, 8),
+        read_labeled_folder(d.path(), &o),
         "broken.png",
         "undecodable",
     );
-    // A missing folder, a zero output size.
-    assert!(read_folder(&d.join("nope"), 8, 8)
+    // A missing folder; a storage side of 0 or above the decoder's limit.
+    assert!(read_folder(&d.join("nope"), &o)
         .unwrap_err()
         .to_string()
         .contains("nope"));
+    for bad in [0, MAX_SIDE as usize + 1] {
+        assert_err(
+            read_unlabeled_folder(&d.join("a"), &side(bad)),
+            "a",
+            &format!("storage side {bad} must be 1..=16384 pixels"),
+        );
+    }
+    read_unlabeled_folder(&d.join("a"), &side(MAX_SIDE as usize)).unwrap();
+}
+
+#[test]
+fn memory_limit_is_checked_from_the_headers_before_decoding() {
+    let d = TempDir::new("folder_memory");
+    // A 100 x 200 image kept and a 200 x 400 one brought down to 100 x 200 at side 100:
+    // 2 x 3 x 100 x 200 = 120,000 bytes.
+    write_png_rgb(&d.join("a.png"), 200, 100, [1, 2, 3]);
+    write_png_rgb(&d.join("b.png"), 400, 200, [4, 5, 6]);
+    let limit = |bytes: u64| FolderOptions {
+        storage_side: 100,
+        memory_limit: Some(bytes),
+    };
+    let f = read_unlabeled_folder(d.path(), &limit(120_000)).unwrap();
+    assert_eq!(f.set.memory_bytes(), 120_000);
+    let e = read_unlabeled_folder(d.path(), &limit(100_000))
+        .unwrap_err()
+        .to_string();
+    for want in ["folder_memory", "120 kB", "100 kB", "--image-size"] {
+        assert!(e.contains(want), "error does not say '{want}': {e}");
+    }
+    assert!(!e.contains('\n'), "{e}");
+    // A file whose header is whole but whose data is cut: past the limit the memory error
+    // comes first (nothing was decoded), within it the decoder finds the damage.
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(200, 100, |x, y| {
+        image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+    })
+    .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+    .unwrap();
+    std::fs::write(d.join("c.png"), &png[..png.len() / 2]).unwrap();
     assert_err(
-        read_unlabeled_folder(&d.join("a"), 0, 8),
-        "a",
-        "output size",
+        read_unlabeled_folder(d.path(), &limit(100_000)),
+        "folder_memory",
+        "--image-size",
+    );
+    assert_err(
+        read_unlabeled_folder(d.path(), &limit(1 << 30)),
+        "c.png",
+        "undecodable",
+    );
+}
+
+#[test]
+fn decode_image_stores_at_the_storage_side() {
+    let mut png = Vec::new();
+    solid_rgb(40, 20, [9, 99, 199])
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let d = decode_image(&png, Path::new("c.png"), 10).unwrap();
+    assert_eq!((d.height, d.width, d.grayscale), (10, 20, false));
+    assert_eq!(d.rgb, [9, 99, 199].repeat(10 * 20));
+    let d = decode_image(&png, Path::new("c.png"), 100).unwrap();
+    assert_eq!((d.height, d.width), (20, 40), "never stored larger");
+    let mut gray = Vec::new();
+    image::GrayImage::from_pixel(30, 30, image::Luma([77]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut gray),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let d = decode_image(&gray, Path::new("g.png"), 8).unwrap();
+    assert_eq!((d.height, d.width, d.grayscale), (8, 8, true));
+    assert_eq!(d.rgb, vec![77; 3 * 8 * 8], "gray spread to R = G = B");
+    assert_err(
+        decode_image(&png, Path::new("c.png"), 0),
+        "c.png",
+        "storage side 0 must be 1..=16384 pixels",
     );
 }
 
@@ -510,7 +714,7 @@ fn decode_image_limits_stop_a_png_bomb() {
     solid_rgb(1, 1, [1, 2, 3])
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
-    assert!(decode_image(&png, Path::new("ok.png"), 2, 2).is_ok());
+    assert!(decode_image(&png, Path::new("ok.png"), 2).is_ok());
     assert_eq!(&png[12..16], b"IHDR");
     png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
     png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
@@ -518,7 +722,7 @@ fn decode_image_limits_stop_a_png_bomb() {
     crc.update(&png[12..29]);
     png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
     let t = std::time::Instant::now();
-    let e = decode_image(&png, Path::new("bomb.png"), 8, 8)
+    let e = decode_image(&png, Path::new("bomb.png"), 8)
         .unwrap_err()
         .to_string();
     assert!(e.contains("bomb.png"), "{e}");
@@ -529,8 +733,84 @@ fn decode_image_limits_stop_a_png_bomb() {
     let mut crc = flate2::Crc::new();
     crc.update(&png[12..29]);
     png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
-    assert!(decode_image(&png, Path::new("wide.png"), 8, 8).is_err());
-    assert!(decode_image(&[], Path::new("empty.png"), 8, 8).is_err());
+    assert!(decode_image(&png, Path::new("wide.png"), 8).is_err());
+    assert!(decode_image(&[], Path::new("empty.png"), 8).is_err());
+}
+
+// ---------------------------------------------------------------- the image set
+
+#[test]
+fn bytes_are_values_over_255_and_to_byte_rounds_to_nearest() {
+    for v in 0..=255u8 {
+        let x = f32::from(v) / 255.0;
+        assert_eq!(BYTE_VALUES[v as usize], x);
+        assert_eq!(to_byte(x), v);
+        // A quarter of a step either side still rounds to v.
+        assert_eq!(to_byte((f32::from(v) + 0.25) / 255.0), v);
+        assert_eq!(to_byte((f32::from(v) - 0.25).max(0.0) / 255.0), v);
+        if v < 255 {
+            assert_eq!(to_byte((f32::from(v) + 0.75) / 255.0), v + 1);
+        }
+    }
+    assert_eq!((to_byte(-0.5), to_byte(1.5), to_byte(0.5)), (0, 255, 128));
+}
+
+#[test]
+fn image_set_varied_to_rgb_and_concat() {
+    // Two 1-channel images of their own sizes, 1 x 4 and 2 x 3 (10 bytes), the second one
+    // stored first.
+    let pixels: Vec<u8> = (0..10).collect();
+    let extents = vec![
+        Extent {
+            offset: 6,
+            height: 1,
+            width: 4,
+        },
+        Extent {
+            offset: 0,
+            height: 2,
+            width: 3,
+        },
+    ];
+    let s = ImageSet::varied(pixels, 1, extents).with_labels(vec![1, 0], 3);
+    assert_eq!((s.n, s.channels, s.uniform_size()), (2, 1, None));
+    let a = s.image(0);
+    assert_eq!((a.height, a.width, a.pixels), (1, 4, &[6, 7, 8, 9][..]));
+    let b = s.image(1);
+    assert_eq!(
+        (b.height, b.width, b.pixels),
+        (2, 3, &[0, 1, 2, 3, 4, 5][..])
+    );
+    assert_eq!(s.side_range(), (1, 4));
+    assert_eq!(s.label(0), Some(1));
+    // To RGB: every plane three times, the sizes kept.
+    let rgb = s.clone().to_rgb();
+    assert_eq!((rgb.n, rgb.channels), (2, 3));
+    assert_eq!(rgb.image(0).pixels, [6, 7, 8, 9].repeat(3));
+    assert_eq!(rgb.image(1).pixels, [0, 1, 2, 3, 4, 5].repeat(3));
+    assert_eq!((rgb.image(1).height, rgb.image(1).width), (2, 3));
+    assert_eq!(rgb.labels, s.labels);
+    assert_eq!(rgb.clone().to_rgb(), rgb, "already RGB: unchanged");
+    // A uniform set stays uniform.
+    let u = ImageSet::uniform(vec![5; 2 * 2 * 2], 2, 1, 2, 2).to_rgb();
+    assert_eq!((u.uniform_size(), u.pixels()), (Some((2, 2)), &[5; 24][..]));
+    // Concatenation: sets of one size stay uniform, of several sizes become varied; labels
+    // only when every set has them.
+    let one = ImageSet::uniform(vec![1; 4], 1, 1, 2, 2).with_labels(vec![2], 3);
+    let two = ImageSet::uniform(vec![2; 8], 2, 1, 2, 2).with_labels(vec![0, 1], 2);
+    let c = ImageSet::concat(vec![one.clone(), two.clone()]);
+    assert_eq!((c.n, c.uniform_size()), (3, Some((2, 2))));
+    assert_eq!(c.pixels(), [1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2]);
+    assert_eq!((c.labels, c.classes), (Some(vec![2, 0, 1]), Some(3)));
+    let c = ImageSet::concat(vec![one, s.clone()]);
+    assert_eq!((c.n, c.uniform_size()), (3, None));
+    assert_eq!(c.image(0).pixels, [1; 4]);
+    assert_eq!(c.image(1).pixels, s.image(0).pixels);
+    assert_eq!(c.image(2).pixels, s.image(1).pixels);
+    assert_eq!((c.image(2).height, c.image(2).width), (2, 3));
+    assert_eq!(c.labels, Some(vec![2, 1, 0]));
+    let c = ImageSet::concat(vec![two, ImageSet::uniform(vec![3; 4], 1, 1, 2, 2)]);
+    assert_eq!((c.n, c.labels), (3, None));
 }
 
 // ---------------------------------------------------------------- specs
@@ -651,11 +931,12 @@ fn spec_folder_with_and_without_splits() {
     write_png_rgb(&d.join("train/a/1.png"), 9, 9, [0, 0, 0]);
     write_png_rgb(&d.join("train/c/1.png"), 9, 9, [0, 0, 0]);
     // The test split lacks class a: its labels still index the train classes.
-    write_png_gray(&d.join("test/c/1.png"), 9, 9, 0);
-    write_png_gray(&d.join("test/b/1.png"), 9, 9, 0);
+    write_png_gray(&d.join("test/c/1.png"), 9, 9, 77);
+    write_png_gray(&d.join("test/b/1.png"), 9, 9, 77);
+    // Image size 5: stored with the shorter side at ceil(8 x 5 / 7) = 6.
     let opts = LoadOptions {
-        height: 6,
-        width: 5,
+        image_size: 5,
+        memory_limit: None,
     };
     let s = DataSpec::Folder(d.path().to_path_buf())
         .load(&opts)
@@ -665,10 +946,22 @@ fn spec_folder_with_and_without_splits() {
     let test = s.test.clone().unwrap();
     assert_eq!(test.labels, Some(vec![1, 2]));
     assert_eq!(test.classes, Some(3));
+    assert_eq!(s.train.uniform_size(), Some((6, 6)));
     assert_eq!(
-        (test.channels, test.height, test.width),
-        (3, 6, 5),
+        (test.channels, test.uniform_size()),
+        (3, Some((6, 6))),
         "gray test made RGB like train"
+    );
+    assert_eq!(test.pixels(), vec![77; 2 * 3 * 6 * 6], "R = G = B");
+    // The memory limit reaches the folder reader.
+    let small = LoadOptions {
+        memory_limit: Some(100),
+        ..opts
+    };
+    assert_err(
+        DataSpec::Folder(d.path().to_path_buf()).load(&small),
+        "train",
+        "--image-size",
     );
     // Pretraining gets no labels.
     let pre = without_labels(s.train);
@@ -725,8 +1018,8 @@ fn real_fashion_mnist_when_present() {
     let test = s.test.unwrap();
     assert_eq!((s.train.n, test.n), (60_000, 10_000));
     assert_eq!(
-        (s.train.channels, s.train.height, s.train.width),
-        (1, 28, 28)
+        (s.train.channels, s.train.uniform_size()),
+        (1, Some((28, 28)))
     );
     let mut counts = [0usize; 10];
     for &l in s.train.labels.as_ref().unwrap() {

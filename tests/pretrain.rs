@@ -133,7 +133,39 @@ fn bad_configurations_are_errors() {
     let mut c = config(ImageMethod::SimClr, 4, 0);
     c.model.in_channels = 1; // the data is RGB
     let e = Pretrainer::new(c, Arc::clone(&data)).unwrap_err();
-    assert!(e.to_string().contains("3x32x32"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the images have 3 channels, the model takes 1"),
+        "{e}"
+    );
+    // The views must have the model's size (the stored images need not).
+    let mut c = config(ImageMethod::SimClr, 4, 0);
+    c.augment = SimclrAugment::for_image(16, 3, 0.5);
+    let e = Pretrainer::new(c, Arc::clone(&data)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the augmentation makes 16x16 views, the model takes 32x32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn images_of_another_size_than_the_model_train_at_its_size() {
+    // 32 x 32 images, a model of 16 x 16 inputs: SimCLR crops its views to 16, RotNet
+    // rotates the evaluation views at 16.
+    let data = unlabeled(32, 6);
+    for method in [ImageMethod::SimClr, ImageMethod::RotNet] {
+        let mut c = config(method, 2, 0);
+        c.model.image_size = 16;
+        c.augment = SimclrAugment::for_image(16, 3, 0.5);
+        let mut t = Pretrainer::new(c, Arc::clone(&data)).unwrap();
+        let losses = train_to(&mut t, 2);
+        assert_eq!(losses.len(), 2, "{method:?}");
+        assert!(
+            losses.iter().all(|l| l.is_finite()),
+            "{method:?}: {losses:?}"
+        );
+    }
 }
 
 #[test]
