@@ -264,3 +264,29 @@ fn the_evaluation_view_matches_a_naive_resampler() {
     assert_eq!(eval_box(10, 15).left, 2); // 2.5 -> 2
     assert_eq!(eval_box(17, 10).top, 4); // 3.5 -> 4
 }
+
+#[test]
+fn the_train_and_test_splits_share_the_memory_limit() {
+    let d = TempDir::new("memory_splits");
+    let root = d.0.join("shared");
+    // Each split: 2 images stored at 50x100 (storage side 50 = 8/7 of 43, rounded up),
+    // 2 x 3 x 5,000 = 30,000 bytes.
+    for split in ["train", "test"] {
+        for k in 0..2 {
+            save(
+                image::RgbImage::from_pixel(200, 100, image::Rgb([9, 8, 7])),
+                &root.join(split).join(format!("{k}.png")),
+            );
+        }
+    }
+    assert_eq!(storage_side(43), 50);
+    let spec: selfsup::data::spec::DataSpec = format!("folder:{}", root.display()).parse().unwrap();
+    let opts = |limit| selfsup::data::spec::LoadOptions {
+        image_size: 43,
+        memory_limit: Some(limit),
+    };
+    assert!(spec.load(&opts(60_000)).is_ok());
+    // Either split alone fits 59,999 bytes; both together do not.
+    let e = spec.load(&opts(59_999)).unwrap_err().to_string();
+    assert!(e.contains("test") && e.contains("--image-size"), "{e}");
+}

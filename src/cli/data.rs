@@ -25,6 +25,7 @@ const FOLDER_MEMORY_SHARE: f64 = 0.7;
 /// of one size, else [`FOLDER_IMAGE_SIZE`] for a folder.
 pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usize)> {
     let parsed: DataSpec = spec.parse()?;
+    let folder = matches!(parsed, DataSpec::Folder(_));
     let (train, test) = match parsed {
         DataSpec::Builtin { side } => {
             let (train, test) = builtin_splits(&BuiltinConfig {
@@ -45,9 +46,12 @@ pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usi
         }
     };
     anyhow::ensure!(train.n > 0, "--data {spec}: the training split is empty");
-    let size = image_size
-        .or_else(|| train.uniform_size().map(|(h, w)| h.min(w)))
-        .unwrap_or(FOLDER_IMAGE_SIZE);
+    // A folder has no size of its own (even when its stored images happen to share one).
+    let own = train
+        .uniform_size()
+        .filter(|_| !folder)
+        .map(|(h, w)| h.min(w));
+    let size = image_size.or(own).unwrap_or(FOLDER_IMAGE_SIZE);
     Ok((Splits::new(train, test), size))
 }
 

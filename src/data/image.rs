@@ -20,7 +20,8 @@ const fn byte_values() -> [f32; 256] {
     t
 }
 
-/// The byte of a value in [0, 1] (rounded to nearest; values outside are clamped).
+/// The byte of a value in [0, 1]: `round(v * 255)` in f32 arithmetic (so a value within
+/// an f32 rounding of a midpoint may go either way); values outside are clamped.
 #[inline]
 pub fn to_byte(v: f32) -> u8 {
     (v.clamp(0.0, 1.0) * 255.0).round() as u8
@@ -226,6 +227,7 @@ impl ImageSet {
                 (*height.min(width), *height.max(width))
             }
             Sizes::Uniform { .. } => (0, 0),
+            Sizes::Varied(e) if e.is_empty() => (0, 0),
             Sizes::Varied(e) => e.iter().fold((usize::MAX, 0), |(lo, hi), e| {
                 let (a, b) = (
                     e.height.min(e.width) as usize,
@@ -297,7 +299,9 @@ impl ImageSet {
             .map(|s| s.labels.clone())
             .collect::<Option<Vec<_>>>()
             .map(|l| l.concat());
-        let classes = sets.iter().filter_map(|s| s.classes).max();
+        let classes = labels
+            .as_ref()
+            .and_then(|_| sets.iter().filter_map(|s| s.classes).max());
         let n: usize = sets.iter().map(|s| s.n).sum();
         let mut pixels = Vec::with_capacity(sets.iter().map(|s| s.pixels.len()).sum());
         let mut extents = Vec::new();

@@ -258,23 +258,30 @@ fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Splits, DataError> {
         storage_side: storage_side(opts.image_size),
         memory_limit: opts.memory_limit,
     };
-    let read = |d: &Path| -> Result<Folder, DataError> {
+    let read = |d: &Path, opts: &FolderOptions| -> Result<Folder, DataError> {
         if is_labeled_layout(d)? {
-            read_labeled_folder(d, &folder_opts)
+            read_labeled_folder(d, opts)
         } else {
-            read_unlabeled_folder(d, &folder_opts)
+            read_unlabeled_folder(d, opts)
         }
     };
     if !(tr.is_dir() && te.is_dir()) {
-        let f = read(dir)?;
+        let f = read(dir, &folder_opts)?;
         return Ok(Splits {
             train: f.set,
             test: None,
             class_names: f.class_names,
         });
     }
-    let train = read(&tr)?;
-    let mut test = read(&te)?;
+    let train = read(&tr, &folder_opts)?;
+    // The two splits share the memory limit.
+    let test_opts = FolderOptions {
+        memory_limit: folder_opts
+            .memory_limit
+            .map(|l| l.saturating_sub(train.set.memory_bytes() as u64)),
+        ..folder_opts
+    };
+    let mut test = read(&te, &test_opts)?;
     match (&train.class_names, &test.class_names) {
         (None, None) => {}
         (Some(names), Some(test_names)) => {
