@@ -14,7 +14,9 @@ use selfsup::train::embed::Embedder;
 use super::data::load_splits;
 use super::group;
 use super::pretrain::{pretrain, PretrainArgs};
-use super::probe::{encoder_features, print_table, probe_table, raw_features};
+use super::probe::{
+    encoder_features, print_table, probe_table, raw_features, LabelShare, ProbePlan,
+};
 use super::threads::set_threads;
 
 /// Options of the default run (`selfsup demo`; `selfsup` alone runs it with its defaults).
@@ -107,7 +109,9 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
         splits.test.as_ref().map_or(0, |t| t.n),
         t0.elapsed().as_secs_f64()
     );
-    let mut features = vec![raw_features(&splits, size)?];
+    let shares = [LabelShare::Fraction(0.01), LabelShare::Fraction(1.0)];
+    let plan = ProbePlan::new(&splits, &shares, demo.seed)?;
+    let mut features = vec![raw_features(&splits, &plan, size)?];
     let mut outcomes = Vec::new();
     for (method, minutes) in [
         ("simclr", demo.simclr_minutes),
@@ -123,7 +127,12 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
     }
     let model = &outcomes[0].1.model;
     let mut random = Embedder::new(model, 256, demo.seed)?;
-    features.push(encoder_features("random init", &mut random, &splits)?);
+    features.push(encoder_features(
+        "random init",
+        &mut random,
+        &splits,
+        &plan,
+    )?);
     for (method, o) in &outcomes {
         let ckpt = o
             .summary
@@ -135,10 +144,9 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
             "simclr" => "SimCLR",
             _ => "RotNet",
         };
-        features.push(encoder_features(name, &mut e, &splits)?);
+        features.push(encoder_features(name, &mut e, &splits, &plan)?);
     }
-    let shares = [0.01, 1.0];
-    let rows = probe_table(&splits, &features, &shares, demo.seed)?;
+    let rows = probe_table(&splits, &plan, &features)?;
     println!();
     print_table(
         "linear probe on the built-in dataset (test accuracy, 2,000 images, chance 10%)",

@@ -11,6 +11,7 @@ use selfsup::train::embed::{model_config, Embedder};
 use selfsup::train::text::{is_text_checkpoint, TextModel};
 
 use super::data::{load_splits, parse_image_size};
+use super::probe::resolve_checkpoint;
 use super::threads::set_threads;
 
 const EXAMPLES: &str = "\
@@ -39,7 +40,7 @@ pub enum SplitArg {
 #[derive(Debug, Clone, Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct EmbedArgs {
-    /// A checkpoint written by `selfsup pretrain`
+    /// A checkpoint written by `selfsup pretrain`, or its run folder (its newest checkpoint)
     #[arg(long, value_name = "CKPT")]
     pub checkpoint: PathBuf,
 
@@ -112,22 +113,23 @@ fn write_npy_streamed<T>(
 /// Runs `selfsup embed`.
 pub fn run(args: &EmbedArgs) -> Result<()> {
     set_threads(args.threads);
-    let text = is_text_checkpoint(&args.checkpoint)?;
+    let checkpoint = &resolve_checkpoint(&args.checkpoint)?;
+    let text = is_text_checkpoint(checkpoint)?;
     match (&args.sentences, text) {
         (Some(input), true) => {
-            return embed_sentences_file(&args.checkpoint, input, &args.out, args.batch as usize)
+            return embed_sentences_file(checkpoint, input, &args.out, args.batch as usize)
         }
         (Some(_), false) => anyhow::bail!(
             "{} is an image encoder's checkpoint: --sentences needs a Quick Thoughts checkpoint",
-            args.checkpoint.display()
+            checkpoint.display()
         ),
         (None, true) => anyhow::bail!(
             "{} is a Quick Thoughts checkpoint: pass --sentences FILE (one sentence per line)",
-            args.checkpoint.display()
+            checkpoint.display()
         ),
         (None, false) => {}
     }
-    let mut model = model_config(&args.checkpoint)?;
+    let mut model = model_config(checkpoint)?;
     model.image_size = args.image_size.unwrap_or(model.image_size);
     let (splits, _) = load_splits(&args.data, Some(model.image_size))?;
     let set = match args.split {
@@ -138,7 +140,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
             .with_context(|| format!("{} has no test split", args.data))?,
     };
     let batch = args.batch as usize;
-    let mut emb = Embedder::from_checkpoint(&model, batch, &args.checkpoint)?;
+    let mut emb = Embedder::from_checkpoint(&model, batch, checkpoint)?;
     let d = emb.dim();
     let idx: Vec<usize> = (0..set.n).collect();
     write_npy_streamed(&args.out, &idx, d, batch, |chunk, rows| {

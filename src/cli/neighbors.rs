@@ -10,6 +10,7 @@ use clap::Args;
 use selfsup::train::text::TextModel;
 
 use super::data::load_text;
+use super::probe::resolve_checkpoint;
 use super::threads::set_threads;
 
 const EXAMPLES: &str = "\
@@ -25,7 +26,8 @@ the cosine of the representations [f(s); g(s)].";
 #[derive(Debug, Clone, Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct NeighborsArgs {
-    /// A checkpoint written by `selfsup pretrain --method quickthought`
+    /// A checkpoint written by `selfsup pretrain --method quickthought`, or its run folder
+    /// (its newest checkpoint)
     #[arg(long, value_name = "CKPT")]
     pub checkpoint: PathBuf,
 
@@ -50,7 +52,7 @@ pub struct NeighborsArgs {
 pub fn run(args: &NeighborsArgs) -> Result<()> {
     set_threads(args.threads);
     neighbors(
-        &args.checkpoint,
+        &resolve_checkpoint(&args.checkpoint)?,
         args.data.as_deref(),
         &args.sentences,
         args.k as usize,

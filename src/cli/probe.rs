@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use selfsup::data::resize::eval_tensor;
+use selfsup::data::resize::{eval_tensor, eval_views};
 use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
 use selfsup::nn::ResNetConfig;
 use selfsup::text::read_text;
@@ -41,8 +41,8 @@ probe fitted on the others (penalty chosen on an inner split), as in SentEval.";
 #[derive(Debug, Clone, Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct ProbeArgs {
-    /// A checkpoint written by `selfsup pretrain` (repeat the flag to compare several in
-    /// one table)
+    /// A checkpoint written by `selfsup pretrain`, or its run folder (its newest
+    /// checkpoint); repeat the flag to compare several in one table
     #[arg(long, value_name = "CKPT", required = true)]
     pub checkpoint: Vec<PathBuf>,
 
@@ -70,12 +70,20 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=100))]
     pub folds: u64,
 
-    /// Shares of the training labels to probe with (comma-separated, e.g. 1%,10%,100%)
+    /// Shares of the training labels to probe with, comma-separated: percentages (1%,
+    /// 100%), fractions (0.01, 1.0) or counts of labeled images (600); a bare 1 is refused
+    /// as ambiguous
     #[arg(long, value_name = "P%", value_delimiter = ',', default_values_t = [String::from("1%"), String::from("100%")])]
     pub labels: Vec<String>,
 
-    /// Leave out the raw-pixel and random-init baselines
-    #[arg(long)]
+    /// Baseline rows: raw (the pixels), random (a randomly initialized encoder of the
+    /// first checkpoint's architecture), comma-separated, or none. With --tsv, any baseline
+    /// adds the random-init sentence encoders
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = [String::from("raw"), String::from("random")])]
+    pub baselines: Vec<String>,
+
+    /// The same as --baselines none
+    #[arg(long, hide = true, conflicts_with = "baselines")]
     pub no_baselines: bool,
 
     /// Seed of the label subsets and the random-init encoder
@@ -87,16 +95,68 @@ pub struct ProbeArgs {
     pub threads: Option<u64>,
 }
 
-/// Parses `1%`, `10%`, `100%` (or `0.01`) into a fraction in (0, 1].
-pub fn parse_fraction(s: &str) -> Result<f64> {
+/// A share of the training labels as `--labels` gives it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LabelShare {
+    /// A fraction in (0, 1] of each class's labels.
+    Fraction(f64),
+    /// About this many labels in all, class-balanced.
+    Count(usize),
+}
+
+impl LabelShare {
+    /// The fraction of a training set of `n` labels.
+    pub fn fraction(self, n: usize) -> f64 {
+        match self {
+            LabelShare::Fraction(f) => f,
+            LabelShare::Count(c) => (c as f64 / n.max(1) as f64).min(1.0),
+        }
+    }
+
+    /// The column title.
+    pub fn title(self) -> String {
+        match self {
+            LabelShare::Fraction(f) => format!("{}% labels", f * 100.0),
+            LabelShare::Count(c) => format!("{c} labels"),
+        }
+    }
+}
+
+/// Parses one `--labels` entry: `1%` (a percentage), `0.01` (a fraction, written with a
+/// point) or `600` (a count of labels). A bare `1` is refused as ambiguous.
+pub fn parse_share(s: &str) -> Result<LabelShare> {
     let t = s.trim();
-    let v = match t.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => t.parse::<f64>(),
-    };
-    match v {
-        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
-        _ => bail!("--labels: '{s}' is not a share in (0%, 100%]"),
+    let bad =
+        || anyhow::anyhow!("--labels: '{s}' is not a share: write 1%, 0.01 or a count such as 600");
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(v > 0.0 && v <= 100.0) {
+            bail!("--labels: '{s}' is not a percentage in (0%, 100%]");
+        }
+        return Ok(LabelShare::Fraction(v / 100.0));
+    }
+    if t.contains(['.', 'e', 'E']) {
+        let v: f64 = t.parse().map_err(|_| bad())?;
+        if !(v > 0.0 && v <= 1.0) {
+            bail!("--labels: '{s}' is not a fraction in (0, 1]");
+        }
+        return Ok(LabelShare::Fraction(v));
+    }
+    match t.parse::<usize>() {
+        Ok(1) => bail!(
+            "--labels: '1' is ambiguous: write 100% (or 1.0) for every label, or a count of at least 2"
+        ),
+        Ok(c) if c >= 2 => Ok(LabelShare::Count(c)),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses `1%`, `10%`, `100%` (or `0.01`) into a fraction in (0, 1] (the sentence probe's
+/// shares; a count is taken as a fraction of no set there, so it is refused).
+pub fn parse_fraction(s: &str) -> Result<f64> {
+    match parse_share(s)? {
+        LabelShare::Fraction(f) => Ok(f),
+        LabelShare::Count(_) => bail!("--labels: '{s}': give a share (1%, 0.01) with --tsv"),
     }
 }
 
@@ -109,12 +169,71 @@ pub struct ProbeRow {
     pub accuracy: Vec<f64>,
 }
 
-/// The probe table of `features` (each `(name, train features, test features, dim)`).
+/// Which training images each label share uses, and the rows the features are needed for
+/// (their union: only those are embedded).
+#[derive(Debug, Clone)]
+pub struct ProbePlan {
+    /// The shares, in column order.
+    pub shares: Vec<LabelShare>,
+    /// Per share, the labeled training images (class-balanced, seeded).
+    pub subsets: Vec<Vec<usize>>,
+    /// Every training image some share uses, sorted.
+    pub needed: Vec<usize>,
+    /// For each training image, its row among `needed` (`usize::MAX` when not needed).
+    row_of: Vec<usize>,
+}
+
+impl ProbePlan {
+    /// The plan of `shares` on `splits` (labeled, with a labeled test split).
+    ///
+    /// # Errors
+    /// Data without labels or a test split.
+    pub fn new(splits: &Splits, shares: &[LabelShare], seed: u64) -> Result<Self> {
+        let (Some(train_labels), Some(classes)) = (splits.train_labels.as_ref(), splits.classes)
+        else {
+            bail!("the probe needs labeled data with a test split");
+        };
+        anyhow::ensure!(
+            splits.test.as_ref().is_some_and(|t| t.labels.is_some()),
+            "the probe needs labeled data with a test split"
+        );
+        let n = train_labels.len();
+        let subsets = shares
+            .iter()
+            .map(|s| {
+                Ok(subsample_labels(
+                    train_labels,
+                    classes,
+                    s.fraction(n),
+                    seed,
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut needed: Vec<usize> = subsets.iter().flatten().copied().collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let mut row_of = vec![usize::MAX; n];
+        for (r, &i) in needed.iter().enumerate() {
+            row_of[i] = r;
+        }
+        Ok(Self {
+            shares: shares.to_vec(),
+            subsets,
+            needed,
+            row_of,
+        })
+    }
+}
+
+/// Features of one representation: its name, the rows of the plan's needed training
+/// images, the test images, and the width.
+pub type Features = (String, Vec<f32>, Vec<f32>, usize);
+
+/// The probe table of `features` on the plan's shares.
 pub fn probe_table(
     splits: &Splits,
-    features: &[(String, Vec<f32>, Vec<f32>, usize)],
-    shares: &[f64],
-    seed: u64,
+    plan: &ProbePlan,
+    features: &[Features],
 ) -> Result<Vec<ProbeRow>> {
     let (Some(train_labels), Some(test), Some(classes)) = (
         splits.train_labels.as_ref(),
@@ -130,14 +249,21 @@ pub fn probe_table(
     let mut rows = Vec::new();
     for (name, tr, te, d) in features {
         let mut acc = Vec::new();
-        for &share in shares {
-            let idx = subsample_labels(train_labels, classes, share, seed)?;
+        for (share, idx) in plan.shares.iter().zip(&plan.subsets) {
             let x: Vec<f32> = idx
                 .iter()
-                .flat_map(|&i| tr[i * d..(i + 1) * d].iter().copied())
+                .flat_map(|&i| {
+                    let r = plan.row_of[i];
+                    tr[r * d..(r + 1) * d].iter().copied()
+                })
                 .collect();
             let y: Vec<u32> = idx.iter().map(|&i| train_labels[i]).collect();
             let t0 = Instant::now();
+            eprintln!(
+                "  fitting {name} on {} ({} labeled images, {d} features)...",
+                share.title(),
+                idx.len()
+            );
             let report = linear_probe(
                 &x,
                 &y,
@@ -148,9 +274,8 @@ pub fn probe_table(
                 &ProbeConfig::default(),
             )?;
             eprintln!(
-                "  probe {name:<12} {:>5.1}% labels ({} images): {:.2}% in {:.1} s",
-                share * 100.0,
-                idx.len(),
+                "  {name}, {}: {:.2}% in {:.1} s",
+                share.title(),
                 report.accuracy * 100.0,
                 t0.elapsed().as_secs_f64()
             );
@@ -164,42 +289,50 @@ pub fn probe_table(
     Ok(rows)
 }
 
-/// The raw pixels as features: each image's evaluation view at `size x size` (for data of
-/// that size, the pixels themselves).
-pub fn raw_features(splits: &Splits, size: usize) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
+/// The raw pixels as features: each needed image's evaluation view at `size x size` (for
+/// data of that size, the pixels themselves).
+pub fn raw_features(splits: &Splits, plan: &ProbePlan, size: usize) -> Result<Features> {
     let test = splits
         .test
         .as_ref()
         .context("the probe needs a test split")?;
-    Ok((
-        "raw pixels".into(),
-        eval_tensor(&splits.train, size),
-        eval_tensor(test, size),
-        splits.train.channels * size * size,
-    ))
+    let d = splits.train.channels * size * size;
+    let mut tr = vec![0.0; plan.needed.len() * d];
+    eval_views(&splits.train, &plan.needed, size, &mut tr);
+    Ok(("raw pixels".into(), tr, eval_tensor(test, size), d))
 }
 
-/// The features of an encoder on both splits.
+/// The features of an encoder on the needed training images and the test split.
 pub fn encoder_features(
     name: &str,
     emb: &mut Embedder,
     splits: &Splits,
-) -> Result<(String, Vec<f32>, Vec<f32>, usize)> {
+    plan: &ProbePlan,
+) -> Result<Features> {
     let test = splits
         .test
         .as_ref()
         .context("the probe needs a test split")?;
-    let tr = emb.embed_all(&splits.train)?;
+    let t0 = Instant::now();
+    eprintln!(
+        "  embedding {} training and {} test images with {name}...",
+        plan.needed.len(),
+        test.n
+    );
+    let d = emb.dim();
+    let mut tr = vec![0.0; plan.needed.len() * d];
+    emb.embed(&splits.train, &plan.needed, &mut tr)?;
     let te = emb.embed_all(test)?;
-    Ok((name.into(), tr, te, emb.dim()))
+    eprintln!("  embedded in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok((name.into(), tr, te, d))
 }
 
 /// Prints the table.
-pub fn print_table(title: &str, shares: &[f64], rows: &[ProbeRow]) {
+pub fn print_table(title: &str, shares: &[LabelShare], rows: &[ProbeRow]) {
     println!("{title}");
     let mut head = format!("{:<24}", "representation");
     for s in shares {
-        head.push_str(&format!(" {:>10}", format!("{}% labels", s * 100.0)));
+        head.push_str(&format!(" {:>10}", s.title()));
     }
     println!("{head}");
     for r in rows {
@@ -226,6 +359,11 @@ pub fn checkpoint_label(path: &std::path::Path) -> String {
 /// Runs `selfsup probe`.
 pub fn run(args: &ProbeArgs) -> Result<()> {
     set_threads(args.threads);
+    let checkpoints: Vec<PathBuf> = args
+        .checkpoint
+        .iter()
+        .map(|c| resolve_checkpoint(c))
+        .collect::<Result<_>>()?;
     if let Some(tsv) = &args.tsv {
         let shares: Vec<f64> = args
             .labels
@@ -233,57 +371,132 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
             .map(|s| parse_fraction(s))
             .collect::<Result<_>>()?;
         return probe_sentences(
-            &args.checkpoint,
+            &checkpoints,
             tsv,
             &shares,
             args.folds as usize,
             args.seed,
-            !args.no_baselines,
+            baselines(args)?
+                != Baselines {
+                    raw: false,
+                    random: false,
+                },
         );
     }
-    if is_text_checkpoint(&args.checkpoint[0])? {
+    if is_text_checkpoint(&checkpoints[0])? {
         bail!(
             "{} is a Quick Thoughts checkpoint: probe it on labeled sentences with --tsv FILE (or --tsv builtin)",
-            args.checkpoint[0].display()
+            checkpoints[0].display()
         );
     }
-    let shares: Vec<f64> = args
+    let shares: Vec<LabelShare> = args
         .labels
         .iter()
-        .map(|s| parse_fraction(s))
+        .map(|s| parse_share(s))
         .collect::<Result<_>>()?;
-    let first: ResNetConfig = model_config(&args.checkpoint[0])?;
+    let baselines = baselines(args)?;
+    let first: ResNetConfig = model_config(&checkpoints[0])?;
     let (splits, size) = load_splits(
         &args.data,
         Some(args.image_size.unwrap_or(first.image_size)),
     )?;
+    let plan = ProbePlan::new(&splits, &shares, args.seed)?;
+    eprintln!(
+        "probe on {}: {} of {} training images labeled for the shares asked ({}), {} test images",
+        args.data,
+        plan.needed.len(),
+        splits.train.n,
+        shares
+            .iter()
+            .map(|s| s.title())
+            .collect::<Vec<_>>()
+            .join(", "),
+        splits.test.as_ref().map_or(0, |t| t.n)
+    );
     // Every encoder runs at the size given, else at the size it was trained at.
     let at_size = |m: ResNetConfig| ResNetConfig {
         image_size: args.image_size.unwrap_or(m.image_size),
         ..m
     };
     let mut features = Vec::new();
-    if !args.no_baselines {
-        features.push(raw_features(&splits, size)?);
-        let mut random = Embedder::new(&at_size(first.clone()), 256, args.seed)?;
-        features.push(encoder_features("random init", &mut random, &splits)?);
+    if baselines.raw {
+        eprintln!("  raw pixels at {size}x{size}...");
+        features.push(raw_features(&splits, &plan, size)?);
     }
-    for path in &args.checkpoint {
+    if baselines.random {
+        let mut random = Embedder::new(&at_size(first.clone()), 256, args.seed)?;
+        features.push(encoder_features(
+            "random init",
+            &mut random,
+            &splits,
+            &plan,
+        )?);
+    }
+    for path in &checkpoints {
         let model = at_size(model_config(path)?);
         let mut trained = Embedder::from_checkpoint(&model, 256, path)?;
         features.push(encoder_features(
             &checkpoint_label(path),
             &mut trained,
             &splits,
+            &plan,
         )?);
     }
-    let rows = probe_table(&splits, &features, &shares, args.seed)?;
+    let rows = probe_table(&splits, &plan, &features)?;
     print_table(
         &format!("linear probe on {} (test accuracy)", args.data),
         &shares,
         &rows,
     );
     Ok(())
+}
+
+/// Which baseline rows the probe adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baselines {
+    /// The raw pixels.
+    pub raw: bool,
+    /// A randomly initialized encoder of the first checkpoint's architecture.
+    pub random: bool,
+}
+
+/// `--baselines` (and the older `--no-baselines`).
+fn baselines(args: &ProbeArgs) -> Result<Baselines> {
+    if args.no_baselines {
+        return Ok(Baselines {
+            raw: false,
+            random: false,
+        });
+    }
+    let mut b = Baselines {
+        raw: false,
+        random: false,
+    };
+    for v in &args.baselines {
+        match v.trim() {
+            "raw" => b.raw = true,
+            "random" => b.random = true,
+            "none" if args.baselines.len() == 1 => {}
+            other => {
+                bail!("--baselines: '{other}' is not one of raw, random (comma-separated) or none")
+            }
+        }
+    }
+    Ok(b)
+}
+
+/// A checkpoint file, or a run folder meaning its newest checkpoint.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    match selfsup::train::RunDir::new(path).latest_checkpoint()? {
+        Some((_, ckpt)) => Ok(ckpt),
+        None => bail!(
+            "{}: a run folder without a checkpoint (ckpt-*.safetensors)",
+            path.display()
+        ),
+    }
 }
 
 /// A labeled sentence file: `label<TAB>sentence` per line (blank lines skipped). Returns
