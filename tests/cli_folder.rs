@@ -123,7 +123,7 @@ fn a_photo_folder_trains_probes_and_embeds_at_its_image_size() {
     resume.extend_from_slice(TINY);
     fails_with(&resume, "--image-size 24");
     // Resumed with the size left to its default: the recorded one is not the folder's
-    // default (64), so that is refused too.
+    // default (96), so that is refused too.
     let mut resume = vec!["pretrain", "--data", &data, "--steps", "3", "--out", run_s];
     resume.push("--resume");
     resume.extend_from_slice(TINY);
@@ -198,7 +198,7 @@ fn a_photo_folder_trains_probes_and_embeds_at_its_image_size() {
 }
 
 #[test]
-fn a_folder_defaults_to_64_pixels_and_builtin_to_its_own_size() {
+fn a_folder_defaults_to_96_pixels_and_builtin_to_its_own_size() {
     let d = TempDir::new("cli_folder_default");
     photo_folder(&d.0.join("photos"));
     let data = format!("folder:{}", d.0.join("photos").display());
@@ -207,8 +207,8 @@ fn a_folder_defaults_to_64_pixels_and_builtin_to_its_own_size() {
     args.extend_from_slice(&["--out", run.to_str().unwrap()]);
     args.extend_from_slice(TINY);
     let said = ok(&args);
-    assert!(said.contains("trained at 64x64"), "{said}");
-    assert_eq!(recorded_image_size(&run), 64);
+    assert!(said.contains("trained at 96x96"), "{said}");
+    assert_eq!(recorded_image_size(&run), 96);
 
     let run = d.0.join("builtin");
     let mut args = vec!["pretrain", "--data", "builtin:16", "--steps", "1"];

@@ -12,8 +12,8 @@ use selfsup::data::Splits;
 use selfsup::text::{read_corpus_report, TextData};
 
 /// The training size of a folder's images when `--image-size` is not given (a folder has no
-/// size of its own): measured speed against accuracy, docs/results.md.
-pub const FOLDER_IMAGE_SIZE: usize = 64;
+/// size of its own): speed against accuracy and detail, docs/folders.md.
+pub const FOLDER_IMAGE_SIZE: usize = 96;
 
 /// The share of the memory available when loading that a folder's images may take (the rest
 /// is the model's, the batches' and the system's).

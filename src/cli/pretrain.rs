@@ -87,7 +87,7 @@ pub struct PretrainArgs {
     pub data: String,
 
     /// Side of the square images the model takes, in pixels, 8 to 512 [default: the data's
-    /// own size; 64 for a folder]. Above 64 the encoder's stem has stride 2; from 64 up the
+    /// own size; 96 for a folder]. Above 64 the encoder's stem has stride 2; from 64 up the
     /// SimCLR views are blurred (kernel 10% of the side). A folder's images are stored with
     /// their shorter side at 8/7 of it, views cropped from them
     #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true)]

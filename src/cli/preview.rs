@@ -50,7 +50,7 @@ pub struct PreviewArgs {
     pub crop_min: f32,
 
     /// Side of the views, in pixels (as `pretrain --image-size`) [default: the data's own
-    /// size; 64 for a folder]
+    /// size; 96 for a folder]
     #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
 
