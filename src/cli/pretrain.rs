@@ -192,7 +192,7 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "W,W,W", value_delimiter = ',', default_values_t = [32usize, 64, 128])]
     pub widths: Vec<usize>,
 
-    /// No progress bar (one line per 50 steps on stderr instead)
+    /// No progress bar (a line every 5 seconds on stderr instead)
     #[arg(long)]
     pub quiet: bool,
 

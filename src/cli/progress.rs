@@ -1,10 +1,11 @@
 //! The progress a training run shows on stderr: an indicatif bar with the loss, learning
-//! rate and speed (smoothed) on a terminal; plain lines every 50 steps with `--quiet` or when
-//! stderr is not a terminal (a log file, a pipe, a scheduler's output); the monitor's results,
-//! the resume point and the closing line in either case.
+//! rate and speed (smoothed) on a terminal; plain lines every few seconds with `--quiet` or
+//! when stderr is not a terminal (a log file, a pipe, a scheduler's output); the monitor's
+//! results, the resume point and the closing line in either case.
 
 use std::io::IsTerminal;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -12,8 +13,8 @@ use selfsup::train::{FitSummary, MonitorKind, Observer, RunStart, StepStats, Uni
 
 use super::group;
 
-/// Steps between two plain progress lines.
-const LINE_EVERY: u64 = 50;
+/// Time between two plain progress lines (the first step's line comes at once).
+const LINE_EVERY: Duration = Duration::from_secs(5);
 
 /// The observer of `selfsup pretrain`.
 pub struct Progress {
@@ -23,6 +24,8 @@ pub struct Progress {
     unit: Unit,
     ema_rate: f64,
     ema_acc: f64,
+    /// When the last plain line was printed.
+    last_line: Option<Instant>,
 }
 
 impl Progress {
@@ -48,6 +51,7 @@ impl Progress {
             unit: Unit::Images,
             ema_rate: 0.0,
             ema_acc: f64::NAN,
+            last_line: None,
         }
     }
 
@@ -109,7 +113,9 @@ impl Observer for Progress {
         let done = stats.step + 1;
         self.bar.set_position(done);
         self.bar.set_message(self.figures(stats));
-        if self.plain && done.is_multiple_of(LINE_EVERY) {
+        let due = self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY);
+        if self.plain && (due || done == total_steps) {
+            self.last_line = Some(Instant::now());
             eprintln!("step {done}/{total_steps}  {}", self.figures(stats));
         }
     }

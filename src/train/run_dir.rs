@@ -21,6 +21,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The loss curve.
 pub const PLOT_FILE: &str = "loss.png";
+/// The metrics as one CSV table, rewritten from `metrics.jsonl` when a run ends.
+pub const METRICS_CSV_FILE: &str = "metrics.csv";
 
 /// NT-Xent's temperature when the settings name none (SimCLR's).
 pub const SIMCLR_TAU: f32 = 0.5;
@@ -411,11 +413,64 @@ impl MetricsLog {
         if self.path.as_os_str().is_empty() {
             return Ok(());
         }
+        let csv = self.dir.join(METRICS_CSV_FILE);
+        let table = metrics_csv(&self.path).map_err(|e| io_err(&self.path, "reading", e))?;
+        crate::io::atomic::write_atomically(&csv, |w| w.write_all(table.as_bytes()))
+            .map_err(|e| io_err(&csv, "writing", e))?;
         let png = self.dir.join(PLOT_FILE);
         let curve = read_loss_curve(&self.path).unwrap_or_default();
         crate::io::plot::line_chart(&png, &[&curve], 800, 400)
             .map_err(|e| io_err(&png, "writing", e))
     }
+}
+
+/// `metrics.jsonl` as one CSV table: a column per key (`step, epoch, loss, accuracy, lr`,
+/// then the others, such as the speed and the monitor, by name), a row per line,
+/// empty cells where a line has no value (a monitor line has no loss, a step line no kNN
+/// accuracy). Numbers are written as JSON writes them.
+fn metrics_csv(path: &Path) -> std::io::Result<String> {
+    let text = fs::read_to_string(path)?;
+    let mut keys: Vec<String> = Vec::new();
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str(line) else {
+            continue;
+        };
+        // Nested maps (the speed or the monitor under its own key) are flattened.
+        let mut flat = serde_json::Map::new();
+        for (k, v) in map {
+            match v {
+                serde_json::Value::Object(inner) => flat.extend(inner),
+                v => {
+                    flat.insert(k, v);
+                }
+            }
+        }
+        for k in flat.keys() {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+        rows.push(flat);
+    }
+    // The step's figures first, in this order; then the rest (speed, monitor) by name.
+    const FIRST: [&str; 5] = ["step", "epoch", "loss", "accuracy", "lr"];
+    keys.sort_by_key(|k| FIRST.iter().position(|f| f == k).unwrap_or(FIRST.len()));
+    let mut out = keys.join(",");
+    out.push('\n');
+    for r in &rows {
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| match r.get(k) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// `(step, loss)` of every step line of a `metrics.jsonl`.
