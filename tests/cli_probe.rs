@@ -125,6 +125,15 @@ fn shares_baselines_progress_and_run_folders() {
         &["probe", "--checkpoint", r, "--baselines", "none,raw"],
         "--baselines",
     );
+    // A text spec for images points to the method that takes it.
+    fails_with(
+        &["probe", "--checkpoint", r, "--data", "text:notes.txt"],
+        "--method quickthought",
+    );
+    fails_with(
+        &["pretrain", "--data", "text:notes.txt", "--out", r],
+        "--method quickthought",
+    );
     let empty = d.0.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     fails_with(

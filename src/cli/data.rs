@@ -24,7 +24,7 @@ const FOLDER_MEMORY_SHARE: f64 = 0.7;
 /// resolved: the flag, else the data's own size (the shorter side of its images) for data
 /// of one size, else [`FOLDER_IMAGE_SIZE`] for a folder.
 pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usize)> {
-    let parsed: DataSpec = spec.parse()?;
+    let parsed: DataSpec = spec.parse().map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let folder = matches!(parsed, DataSpec::Folder(_));
     let (train, test) = match parsed {
         DataSpec::Builtin { side } => {

@@ -91,6 +91,9 @@ pub enum SpecError {
     /// The kind takes no argument.
     #[error("data spec '{0}' takes no argument")]
     UnexpectedArg(String),
+    /// `text:PATH`, a spec of the text method, given for images.
+    #[error("'{0}' is text: it is the data of --method quickthought (and of `probe --tsv`, `embed --sentences`); images take {SPEC_KINDS}")]
+    Text(String),
     /// `builtin:S` with an `S` that is not a whole number from [`MIN_SIDE`] to [`MAX_SIDE`].
     #[error("{0}: the side must be a whole number of pixels from {MIN_SIDE} to {MAX_SIDE}")]
     BuiltinSide(String),
@@ -137,6 +140,7 @@ impl FromStr for DataSpec {
                     }
                 }
             },
+            "text" => Err(SpecError::Text(s.to_string())),
             _ => Err(SpecError::UnknownKind(s.to_string())),
         }
     }

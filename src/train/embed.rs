@@ -13,10 +13,7 @@ use crate::nn::{resnet_encoder, ResNetConfig};
 use crate::rng::mix;
 
 fn invalid(msg: String) -> Error {
-    Error::InvalidArgument {
-        op: "pretrain",
-        msg,
-    }
+    Error::InvalidArgument { op: "embed", msg }
 }
 
 /// The model configuration a checkpoint of an image run records (its header alone is read:
