@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use selfsup::data::builtin::{builtin_splits, BuiltinConfig};
+use selfsup::data::builtin::{builtin_splits, BuiltinConfig, CLASS_NAMES};
 use selfsup::data::spec::{DataSpec, LoadOptions};
 use selfsup::data::Splits;
 use selfsup::text::{read_corpus_report, TextData};
@@ -26,13 +26,14 @@ const FOLDER_MEMORY_SHARE: f64 = 0.7;
 pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usize)> {
     let parsed: DataSpec = spec.parse().map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let folder = matches!(parsed, DataSpec::Folder(_));
-    let (train, test) = match parsed {
+    let (train, test, sources) = match parsed {
         DataSpec::Builtin { side } => {
             let (train, test) = builtin_splits(&BuiltinConfig {
                 side,
                 ..BuiltinConfig::default()
             });
-            (train, Some(test))
+            let names = CLASS_NAMES.iter().map(|n| n.to_string()).collect();
+            (train, Some(test), (Some(names), None, None))
         }
         other => {
             let opts = LoadOptions {
@@ -42,7 +43,11 @@ pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usi
             let s = other
                 .load(&opts)
                 .with_context(|| format!("loading --data {spec}"))?;
-            (s.train, s.test)
+            (
+                s.train,
+                s.test,
+                (s.class_names, s.train_files, s.test_files),
+            )
         }
     };
     anyhow::ensure!(train.n > 0, "--data {spec}: the training split is empty");
@@ -52,7 +57,9 @@ pub fn load_splits(spec: &str, image_size: Option<usize>) -> Result<(Splits, usi
         .filter(|_| !folder)
         .map(|(h, w)| h.min(w));
     let size = image_size.or(own).unwrap_or(FOLDER_IMAGE_SIZE);
-    Ok((Splits::new(train, test), size))
+    let (names, train_files, test_files) = sources;
+    let splits = Splits::new(train, test).with_sources(names, train_files, test_files);
+    Ok((splits, size))
 }
 
 /// The smallest and largest `--image-size`.

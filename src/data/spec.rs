@@ -193,6 +193,10 @@ pub struct Splits {
     pub test: Option<ImageSet>,
     /// The class names in label order, when known.
     pub class_names: Option<Vec<String>>,
+    /// The file of each training image (folders), in the set's order.
+    pub train_files: Option<Vec<PathBuf>>,
+    /// The file of each test image (folders).
+    pub test_files: Option<Vec<PathBuf>>,
 }
 
 /// The set without its labels (and class count): what pretraining gets.
@@ -275,6 +279,8 @@ fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Splits, DataError> {
             train: f.set,
             test: None,
             class_names: f.class_names,
+            train_files: Some(f.files),
+            test_files: None,
         });
     }
     let train = read(&tr, &folder_opts)?;
@@ -331,6 +337,8 @@ fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Splits, DataError> {
         train: train_set,
         test: Some(test_set),
         class_names: train.class_names,
+        train_files: Some(train.files),
+        test_files: Some(test.files),
     })
 }
 
@@ -357,6 +365,8 @@ impl DataSpec {
                     train,
                     test: Some(test),
                     class_names: Some(names(&FASHION_MNIST_CLASSES)),
+                    train_files: None,
+                    test_files: None,
                 })
             }
             DataSpec::Idx(dir) => {
@@ -365,6 +375,8 @@ impl DataSpec {
                     train,
                     test: Some(test),
                     class_names: None,
+                    train_files: None,
+                    test_files: None,
                 })
             }
             DataSpec::Cifar10(dir) => {
@@ -373,6 +385,8 @@ impl DataSpec {
                     train,
                     test: Some(test),
                     class_names: Some(names(&CIFAR10_CLASSES)),
+                    train_files: None,
+                    test_files: None,
                 })
             }
             DataSpec::Cifar100(dir) => {
@@ -381,6 +395,8 @@ impl DataSpec {
                     train,
                     test: Some(test),
                     class_names: cifar100_class_names(dir),
+                    train_files: None,
+                    test_files: None,
                 })
             }
             DataSpec::Folder(dir) => load_folder(dir, opts),

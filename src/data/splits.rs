@@ -2,6 +2,7 @@
 //! (what pretraining reads), the labels kept apart for the monitors and probes, and the
 //! labeled test split.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::ImageSet;
@@ -17,6 +18,12 @@ pub struct Splits {
     pub test: Option<ImageSet>,
     /// Classes of the labels.
     pub classes: Option<usize>,
+    /// The class names in label order, when known.
+    pub class_names: Option<Vec<String>>,
+    /// The file of each training image (folders), in the set's order.
+    pub train_files: Option<Vec<PathBuf>>,
+    /// The file of each test image (folders).
+    pub test_files: Option<Vec<PathBuf>>,
 }
 
 impl Splits {
@@ -31,7 +38,24 @@ impl Splits {
             train_labels,
             test,
             classes,
+            class_names: None,
+            train_files: None,
+            test_files: None,
         }
+    }
+
+    /// The splits with what is known of their provenance: the class names and the image
+    /// files (for the tables and the row ids of `embed`).
+    pub fn with_sources(
+        mut self,
+        class_names: Option<Vec<String>>,
+        train_files: Option<Vec<PathBuf>>,
+        test_files: Option<Vec<PathBuf>>,
+    ) -> Self {
+        self.class_names = class_names;
+        self.train_files = train_files;
+        self.test_files = test_files;
+        self
     }
 
     /// The labeled training images and the labeled test split, when the dataset has both
