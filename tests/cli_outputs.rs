@@ -29,6 +29,14 @@ fn metrics_csv_holds_every_jsonl_line_and_progress_is_plain_when_piped() {
     assert!(err.contains("step 1/7  loss"), "{err}");
     assert!(err.contains("step 7/7  loss"), "{err}");
 
+    // loss.png: 900 x 600, with the loss (blue), the learning rate (orange) and the kNN
+    // monitor (green) drawn.
+    let png = image::open(run.join("loss.png")).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (900, 600));
+    for colour in [[31, 119, 180], [255, 127, 14], [44, 160, 44]] {
+        assert!(png.pixels().any(|p| p.0 == colour), "no {colour:?} in loss.png");
+    }
+
     let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let lines: Vec<serde_json::Value> = jsonl

@@ -1,187 +1,162 @@
-//! A small line chart as a PNG (the loss curve of a run): axes, five ticks a side with
-//! numeric labels in a built-in 3x5 pixel font (no font files, no system libraries), and
-//! one or more series, each a polyline in its own colour, with NaN points skipped.
+//! The run's chart as a PNG, drawn with plotters into a buffer that `image` encodes: the
+//! loss (left axis) and the learning rate (right axis) against the step, and below it the
+//! monitor's accuracy against the epoch when the run has one. Text is set in the bundled
+//! DejaVu Sans Mono (assets/fonts) through ab_glyph: no font file or library on the system.
 
-use image::{Rgb, RgbImage};
 use std::path::Path;
+use std::sync::Once;
 
-/// 3x5 glyphs, one row of three bits per line (most significant bit left).
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
-        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
-        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
-        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
-        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
-        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
-        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
-        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
-        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
-        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
-        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
-        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
-        'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
-        'k' => [0b100, 0b101, 0b110, 0b101, 0b101],
-        ' ' => [0; 5],
-        _ => return None,
-    })
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+/// The font every label is set in.
+const FONT: &str = "selfsup-mono";
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bundled file is a valid TrueType font; a failure would only leave labels out.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
+    });
 }
 
-const SCALE: u32 = 2;
+/// What a run's chart shows.
+#[derive(Clone, Debug, Default)]
+pub struct RunCurves {
+    /// `(step, loss)` of every step (NaN points are skipped).
+    pub loss: Vec<(f64, f64)>,
+    /// `(step, learning rate)` of every step.
+    pub lr: Vec<(f64, f64)>,
+    /// `(epoch, accuracy in [0, 1])` of every monitor run.
+    pub monitor: Vec<(f64, f64)>,
+    /// The monitor's name (`kNN accuracy`), the lower panel's axis title.
+    pub monitor_label: String,
+}
 
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, colour: Rgb<u8>) {
-    for (k, c) in s.chars().enumerate() {
-        let Some(g) = glyph(c) else { continue };
-        for (row, bits) in g.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (0b100 >> col) != 0 {
-                    for dy in 0..SCALE {
-                        for dx in 0..SCALE {
-                            put(
-                                img,
-                                x + (k as i64 * 4 + col) * SCALE as i64 + dx as i64,
-                                y + row as i64 * SCALE as i64 + dy as i64,
-                                colour,
-                            );
-                        }
-                    }
-                }
-            }
-        }
+/// `lo..hi` of the finite values, widened when empty or flat.
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
     }
-}
-
-fn text_width(s: &str) -> i64 {
-    (s.chars().count() as i64 * 4 - 1) * SCALE as i64
-}
-
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
+    if hi - lo < 1e-12 {
+        return (lo - 0.5 * lo.abs().max(1e-3), hi + 0.5 * hi.abs().max(1e-3));
     }
+    let pad = 0.05 * (hi - lo);
+    (lo - pad, hi + pad)
 }
 
-/// Bresenham's line.
-fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: Rgb<u8>) {
-    let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-    let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-    let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-    loop {
-        put(img, x, y, c);
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
+fn draw_err<E: std::error::Error>(e: E) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
-/// A tick label: short and readable (`1.5`, `0.02`, `12k`, `1e-5`).
-fn label(v: f64) -> String {
-    let a = v.abs();
-    if v == 0.0 {
-        "0".into()
-    } else if a >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .into()
-    } else if a >= 0.01 {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .into()
-    } else {
-        format!("{v:.0e}")
-    }
-}
-
-/// The series' colours, in order.
-const COLOURS: [Rgb<u8>; 4] = [
-    Rgb([31, 119, 180]),
-    Rgb([214, 39, 40]),
-    Rgb([44, 160, 44]),
-    Rgb([148, 103, 189]),
-];
-
-/// Draws the `series` (each a list of `(x, y)` points) into a `width x height` PNG at
-/// `path`. An empty chart (no finite point) still draws its axes.
+/// Draws `curves` as a `width x height` PNG at `path` (not atomically: the chart is
+/// redrawn from `metrics.jsonl` whenever a run ends).
 ///
 /// # Errors
-/// The image encoder's or the file system's.
-pub fn line_chart(
-    path: &Path,
-    series: &[&[(f64, f64)]],
-    width: u32,
-    height: u32,
-) -> image::ImageResult<()> {
-    let mut img = RgbImage::from_pixel(width.max(120), height.max(80), Rgb([255, 255, 255]));
-    let (w, h) = (i64::from(img.width()), i64::from(img.height()));
-    let (left, right, top, bottom) = (60i64, w - 15, 15i64, h - 30);
-    let finite = series
-        .iter()
-        .flat_map(|s| s.iter())
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in finite {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        (y0, y1) = (y0 - 0.5, y1 + 0.5);
-    }
-    let pad = (y1 - y0) * 0.05;
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let px = |x: f64| left + ((x - x0) / (x1 - x0) * (right - left) as f64).round() as i64;
-    let py = |y: f64| bottom - ((y - y0) / (y1 - y0) * (bottom - top) as f64).round() as i64;
-    let (axis, grid, ink) = (Rgb([0, 0, 0]), Rgb([225, 225, 225]), Rgb([60, 60, 60]));
-    for k in 0..=4 {
-        let f = f64::from(k) / 4.0;
-        let (gx, gy) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
-        line(&mut img, (px(gx), top), (px(gx), bottom), grid);
-        line(&mut img, (left, py(gy)), (right, py(gy)), grid);
-        let lx = label(gx);
-        text(&mut img, px(gx) - text_width(&lx) / 2, bottom + 8, &lx, ink);
-        let ly = label(gy);
-        text(&mut img, left - 6 - text_width(&ly), py(gy) - 5, &ly, ink);
-    }
-    line(&mut img, (left, top), (left, bottom), axis);
-    line(&mut img, (left, bottom), (right, bottom), axis);
-    for (s, colour) in series.iter().zip(COLOURS.iter().cycle()) {
-        let mut prev: Option<(i64, i64)> = None;
-        for &(x, y) in s.iter() {
-            if !(x.is_finite() && y.is_finite()) {
-                prev = None;
-                continue;
-            }
-            let p = (px(x), py(y));
-            match prev {
-                Some(q) => line(&mut img, q, p, *colour),
-                None => put(&mut img, p.0, p.1, *colour),
-            }
-            prev = Some(p);
+/// Drawing or writing the file failed.
+pub fn run_chart(path: &Path, curves: &RunCurves, width: u32, height: u32) -> std::io::Result<()> {
+    register_font();
+    let mut buf = vec![255u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let has_monitor = !curves.monitor.is_empty();
+        let (top, bottom) = if has_monitor {
+            root.split_vertically(height * 62 / 100)
+        } else {
+            (root.clone(), root.clone())
+        };
+        let steps = curves.loss.iter().map(|p| p.0).fold(1.0f64, f64::max);
+        let (lo, hi) = range(curves.loss.iter().map(|p| p.1));
+        let (_, lr_hi) = range(curves.lr.iter().map(|p| p.1).chain([0.0]));
+        let mut chart = ChartBuilder::on(&top)
+            .caption("training loss and learning rate", (FONT, 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .right_y_label_area_size(72)
+            .build_cartesian_2d(0.0..steps, lo..hi)
+            .map_err(draw_err)?
+            .set_secondary_coord(0.0..steps, 0.0..lr_hi);
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("loss")
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(draw_err)?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("learning rate")
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(draw_err)?;
+        let blue = RGBColor(31, 119, 180);
+        let orange = RGBColor(255, 127, 14);
+        let loss = curves.loss.iter().copied().filter(|p| p.1.is_finite());
+        chart
+            .draw_series(LineSeries::new(loss, blue.stroke_width(1)))
+            .map_err(draw_err)?
+            .label("loss")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], blue));
+        chart
+            .draw_secondary_series(LineSeries::new(curves.lr.iter().copied(), orange))
+            .map_err(draw_err)?
+            .label("learning rate")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], orange));
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(draw_err)?;
+        if has_monitor {
+            let epochs = curves.monitor.iter().map(|p| p.0).fold(1.0f64, f64::max);
+            let green = RGBColor(44, 160, 44);
+            let mut acc = ChartBuilder::on(&bottom)
+                .margin(12)
+                .margin_right(12 + 72)
+                .x_label_area_size(40)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0.0..epochs, 0.0..100.0)
+                .map_err(draw_err)?;
+            acc.configure_mesh()
+                .x_desc("epoch")
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .y_desc(format!("{} (%)", curves.monitor_label))
+                .label_style((FONT, 13))
+                .axis_desc_style((FONT, 14))
+                .draw()
+                .map_err(draw_err)?;
+            let points: Vec<(f64, f64)> = curves
+                .monitor
+                .iter()
+                .map(|&(e, a)| (e, 100.0 * a))
+                .collect();
+            acc.draw_series(LineSeries::new(
+                points.iter().copied(),
+                green.stroke_width(2),
+            ))
+            .map_err(draw_err)?;
+            acc.draw_series(points.iter().map(|&p| Circle::new(p, 3, green.filled())))
+                .map_err(draw_err)?;
         }
+        root.present().map_err(draw_err)?;
     }
+    let img = image::RgbImage::from_raw(width, height, buf)
+        .ok_or_else(|| std::io::Error::other("chart buffer of the wrong size"))?;
     img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -189,35 +164,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_short() {
-        assert_eq!(label(0.0), "0");
-        assert_eq!(label(1.5), "1.5");
-        assert_eq!(label(2.0), "2");
-        assert_eq!(label(0.25), "0.25");
-        assert_eq!(label(250.0), "250");
-        assert_eq!(label(12_000.0), "12k");
-        assert_eq!(label(0.00001), "1e-5");
-        for v in [0.0, 1.5, 0.25, 250.0, 12_000.0, 0.00001, -3.5] {
-            assert!(label(v).chars().all(|c| glyph(c).is_some()), "{v}");
-        }
-    }
-
-    #[test]
-    fn draws_a_curve_and_survives_degenerate_input() {
-        let dir = std::env::temp_dir().join(format!("selfsup-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.png");
-        let pts: Vec<(f64, f64)> = (0..100)
-            .map(|i| (f64::from(i), (-f64::from(i) / 30.0).exp()))
-            .collect();
-        line_chart(&p, &[&pts], 400, 250).unwrap();
-        let img = image::open(&p).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (400, 250));
-        // The series colour appears.
-        assert!(img.pixels().any(|px| *px == COLOURS[0]));
-        for s in [vec![], vec![(1.0, f64::NAN)], vec![(3.0, 2.0)]] {
-            line_chart(&p, &[&s], 50, 50).unwrap();
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn ranges_pad_and_survive_flat_or_empty_data() {
+        assert_eq!(range([].into_iter()), (0.0, 1.0));
+        assert_eq!(range([f64::NAN].into_iter()), (0.0, 1.0));
+        let (lo, hi) = range([2.0, 2.0].into_iter());
+        assert!(lo < 2.0 && hi > 2.0);
+        assert_eq!(range([0.0, 10.0, f64::INFINITY].into_iter()), (-0.5, 10.5));
     }
 }

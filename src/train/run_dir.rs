@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::checkpoint;
+use crate::io::plot::RunCurves;
 use crate::nn::{QtObjective, SentenceEncoderKind};
 use crate::train::method::StepStats;
 
@@ -418,9 +419,8 @@ impl MetricsLog {
         crate::io::atomic::write_atomically(&csv, |w| w.write_all(table.as_bytes()))
             .map_err(|e| io_err(&csv, "writing", e))?;
         let png = self.dir.join(PLOT_FILE);
-        let curve = read_loss_curve(&self.path).unwrap_or_default();
-        crate::io::plot::line_chart(&png, &[&curve], 800, 400)
-            .map_err(|e| io_err(&png, "writing", e))
+        let curves = read_curves(&self.path).unwrap_or_default();
+        crate::io::plot::run_chart(&png, &curves, 900, 600).map_err(|e| io_err(&png, "writing", e))
     }
 }
 
@@ -473,15 +473,29 @@ fn metrics_csv(path: &Path) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// `(step, loss)` of every step line of a `metrics.jsonl`.
-fn read_loss_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
+/// The chart's curves from a `metrics.jsonl`: loss and learning rate per step line, the
+/// monitor's value per monitor line (a line without a loss: `epoch`, `step` and the value
+/// under the monitor's key, which names it).
+fn read_curves(path: &Path) -> Option<RunCurves> {
     let text = fs::read_to_string(path).ok()?;
-    let mut out = Vec::new();
-    for line in text.lines() {
+    let mut c = RunCurves::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if let (Some(s), Some(l)) = (v.get("step"), v.get("loss")) {
-            out.push((s.as_f64()?, l.as_f64().unwrap_or(f64::NAN)));
+        let step = v.get("step").and_then(serde_json::Value::as_f64);
+        if let (Some(s), Some(l)) = (step, v.get("loss")) {
+            c.loss.push((s, l.as_f64().unwrap_or(f64::NAN)));
+            if let Some(lr) = v.get("lr").and_then(serde_json::Value::as_f64) {
+                c.lr.push((s, lr));
+            }
+        } else if let (Some(e), Some(m)) = (
+            v.get("epoch").and_then(serde_json::Value::as_f64),
+            v.as_object(),
+        ) {
+            if let Some((k, a)) = m.iter().find(|(k, _)| *k != "epoch" && *k != "step") {
+                c.monitor.push((e, a.as_f64().unwrap_or(f64::NAN)));
+                c.monitor_label = k.replace('_', " ").replace("knn", "kNN");
+            }
         }
     }
-    Some(out)
+    Some(c)
 }
