@@ -9,7 +9,7 @@ use selfsup::data::augment::{
     RotnetAugment, SimclrAugment,
 };
 use selfsup::data::resize::{eval_box, eval_tensor, eval_view, eval_views};
-use selfsup::data::{Extent, ImageSet};
+use selfsup::data::ImageSet;
 use selfsup::rng::SplitMix64;
 
 /// `len` values uniform in [0, 1], with exact 0s and 1s sprinkled in.
@@ -48,20 +48,8 @@ fn image_set(n: usize, c: usize, h: usize, w: usize, seed: u64) -> ImageSet {
 
 /// Random images of `c` channels and the given `(height, width)` sizes, stored back to back.
 fn varied_set(c: usize, sizes: &[(usize, usize)], seed: u64) -> ImageSet {
-    let mut offset = 0;
-    let extents: Vec<Extent> = sizes
-        .iter()
-        .map(|&(h, w)| {
-            let e = Extent {
-                offset,
-                height: h as u32,
-                width: w as u32,
-            };
-            offset += c * h * w;
-            e
-        })
-        .collect();
-    ImageSet::varied(bytes(offset, seed), c, extents)
+    let len: usize = sizes.iter().map(|&(h, w)| c * h * w).sum();
+    ImageSet::packed(bytes(len, seed), c, sizes)
 }
 
 fn assert_unit_range(v: &[f32], what: &str) {

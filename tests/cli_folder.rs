@@ -6,7 +6,7 @@
 use std::path::Path;
 
 mod common;
-use common::{newest_checkpoint, selfsup, TempDir};
+use common::{fails_with, newest_checkpoint, selfsup, TempDir};
 
 fn save(img: impl Into<image::DynamicImage>, p: &Path) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -56,16 +56,6 @@ fn ok(args: &[&str]) -> String {
     assert!(out.status.success(), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
     err + &String::from_utf8_lossy(&out.stdout)
-}
-
-fn fails_with(args: &[&str], want: &str) {
-    let out = selfsup(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
-    assert!(lines[0].contains(want), "{args:?}: '{want}' not in: {err}");
 }
 
 fn recorded_image_size(run: &Path) -> u64 {

@@ -34,7 +34,10 @@ fn metrics_csv_holds_every_jsonl_line_and_progress_is_plain_when_piped() {
     let png = image::open(run.join("loss.png")).unwrap().to_rgb8();
     assert_eq!(png.dimensions(), (900, 600));
     for colour in [[31, 119, 180], [255, 127, 14], [44, 160, 44]] {
-        assert!(png.pixels().any(|p| p.0 == colour), "no {colour:?} in loss.png");
+        assert!(
+            png.pixels().any(|p| p.0 == colour),
+            "no {colour:?} in loss.png"
+        );
     }
 
     let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

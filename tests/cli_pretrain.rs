@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{newest_checkpoint, selfsup};
+use common::{fails_with, newest_checkpoint, selfsup};
 
 /// A directory in the temp directory, unique to this process and tag; removed on drop.
 struct TempDir(PathBuf);
@@ -27,18 +27,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Asserts a failure with exit status 2 and one `error:` line on stderr containing `want`.
-fn fails_with(args: &[&str], want: &str) {
-    let out = selfsup(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
-    assert!(lines[0].contains(want), "{args:?}: '{want}' not in: {err}");
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
 }
 
 const TINY: &[&str] = &["--widths", "8,16", "--batch", "16", "--quiet"];

@@ -4,7 +4,7 @@
 #![cfg(feature = "cli")]
 
 mod common;
-use common::{selfsup, TempDir};
+use common::{fails_with, selfsup, TempDir};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = selfsup(args);
@@ -13,17 +13,6 @@ fn run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn fails_with(args: &[&str], want: &str) {
-    let (ok, _, err) = run(args);
-    assert!(!ok, "{args:?} succeeded");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(want),
-        "{args:?}: '{want}' not in: {err}"
-    );
 }
 
 #[test]

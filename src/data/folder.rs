@@ -32,7 +32,7 @@
 //! [`MAX_SIDE`] pixels a side and [`MAX_ALLOC`] bytes, so a small file that claims a huge
 //! image is an error, not an allocation.
 
-use super::{fmt_err, io_err, DataError, Extent, ImageSet};
+use super::{fmt_err, io_err, DataError, ImageSet};
 use image::{imageops::FilterType, ImageReader, Limits};
 use rayon::prelude::*;
 use std::io::Cursor;
@@ -337,22 +337,7 @@ fn read_images(dir: &Path, files: &[PathBuf], opts: &FolderOptions) -> Result<Im
         Some(&(h, w)) if sizes.iter().all(|&s| s == (h, w)) => {
             ImageSet::uniform(pixels, n, channels, h, w)
         }
-        _ => {
-            let mut offset = 0;
-            let extents = sizes
-                .iter()
-                .map(|&(h, w)| {
-                    let e = Extent {
-                        offset,
-                        height: h as u32,
-                        width: w as u32,
-                    };
-                    offset += channels * h * w;
-                    e
-                })
-                .collect();
-            ImageSet::varied(pixels, channels, extents)
-        }
+        _ => ImageSet::packed(pixels, channels, &sizes),
     })
 }
 

@@ -164,6 +164,30 @@ impl ImageSet {
         }
     }
 
+    /// Unlabeled images of the given `(height, width)` sizes stored back to back in
+    /// `pixels` (a [`Sizes::Varied`] set).
+    ///
+    /// # Panics
+    /// If the sizes do not add up to `pixels.len()` or one is empty.
+    #[track_caller]
+    pub fn packed(pixels: Vec<u8>, channels: usize, sizes: &[(usize, usize)]) -> Self {
+        let mut offset = 0;
+        let extents: Vec<Extent> = sizes
+            .iter()
+            .map(|&(h, w)| {
+                let e = Extent {
+                    offset,
+                    height: h as u32,
+                    width: w as u32,
+                };
+                offset += channels * h * w;
+                e
+            })
+            .collect();
+        assert_eq!(offset, pixels.len(), "ImageSet::packed: sizes and bytes");
+        Self::varied(pixels, channels, extents)
+    }
+
     /// The set with `labels` (one per image, each `< classes`).
     ///
     /// # Panics

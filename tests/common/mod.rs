@@ -84,3 +84,17 @@ pub fn newest_checkpoint(dir: impl AsRef<std::path::Path>) -> std::path::PathBuf
     c.sort();
     c.pop().expect("a checkpoint")
 }
+
+/// Asserts a failure with exit status 2 and one `error:` line on stderr containing `want`
+/// (and no panic).
+#[allow(dead_code)] // only the command-line tests check errors
+pub fn fails_with(args: &[&str], want: &str) {
+    let out = selfsup(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+    assert!(lines[0].contains(want), "{args:?}: '{want}' not in: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
