@@ -1,6 +1,9 @@
 //! The records of a graph's tensors as its plan lays them out: what a parameter is (its
 //! kind decides initialization, weight decay and LARS adaptation), and each parameter,
-//! buffer and activation's name, shape and range in its arena.
+//! buffer and activation's name, shape and range in its arena (an activation's with its
+//! lifetime).
+
+use super::liveness::Lifetime;
 
 /// What a parameter tensor is; decides its initialization and whether weight decay and LARS
 /// adaptation apply (only to convolution and linear weights, as in SimCLR).
@@ -54,11 +57,14 @@ pub struct BufferInfo {
 
 #[derive(Clone, Debug)]
 pub(crate) struct TensorInfo {
-    #[allow(dead_code)] // kept for debugging output
     pub(crate) name: String,
     pub(crate) shape: Vec<usize>,
-    /// Range in the activation arena.
+    /// Range of its value in the arena.
     pub(crate) act: std::ops::Range<usize>,
-    /// Range in the gradient arena (graph inputs have none).
+    /// Range of its gradient in the arena (graph inputs have none).
     pub(crate) grad: Option<std::ops::Range<usize>>,
+    /// The steps over which its value holds (see [`super::liveness`]).
+    pub(crate) life: Lifetime,
+    /// Whether its value and gradient stay readable after any pass.
+    pub(crate) kept: bool,
 }
