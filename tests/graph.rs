@@ -892,8 +892,8 @@ type Feed = Box<dyn Fn(&mut Graph)>;
 
 /// A graph built twice by `build`, sharing bytes between tensors whose lifetimes do not
 /// overlap and keeping every tensor apart ([`GraphBuilder::keep_all`]): three SGD steps give
-/// the same losses, parameters and running statistics to the bit, and the shared arena is
-/// the smaller. `build` returns the loss and what feeds a step.
+/// the same losses, parameters and running statistics to the bit, and so does an evaluation
+/// forward after them; the shared arena is the smaller. `build` returns the loss and what feeds a step.
 fn shared_and_unshared_agree(build: &dyn Fn(&mut GraphBuilder) -> (TensorId, Feed)) {
     let run = |keep_all: bool| {
         let mut b = GraphBuilder::new();
@@ -910,6 +910,9 @@ fn shared_and_unshared_agree(build: &dyn Fn(&mut GraphBuilder) -> (TensorId, Fee
             bits.push(g.loss(loss).to_bits());
             sgd(&mut g, 0.1);
         }
+        // The evaluation forward, on a plan of its own.
+        g.forward(Mode::Eval).unwrap();
+        bits.push(g.loss(loss).to_bits());
         bits.extend(g.params().iter().map(|v| v.to_bits()));
         bits.extend(g.buffers().iter().map(|v| v.to_bits()));
         (bits, g.activation_bytes(), g.unshared_activation_bytes())
@@ -1018,4 +1021,15 @@ fn kept_tensors_stay_readable() {
     );
     // Another backward needs another forward.
     assert!(g.backward().is_err());
+    // An evaluation forward leaves the kept gradients alone; its values are the unshared
+    // plan's.
+    let dm = g.grad(m).unwrap().to_vec();
+    g.forward(Mode::Eval).unwrap();
+    all.forward(Mode::Eval).unwrap();
+    assert_eq!(g.grad(m).unwrap(), &dm[..]);
+    assert_eq!(g.value(m), all.value(m));
+    assert_eq!(g.loss(loss), all.loss(loss));
+    assert!(!g.is_readable(a));
+    g.forward_to(a, Mode::Eval).unwrap();
+    assert_eq!(g.value(a), all.value(a));
 }

@@ -4,7 +4,7 @@
 //! (losses, accuracies).
 
 use super::ops::{Node, Op};
-use super::{err, BufferInfo, Graph, ParamInfo, TensorId};
+use super::{err, BufferInfo, Graph, Mode, ParamInfo, TensorId};
 use crate::error::Result;
 use crate::optim::ParamGroup;
 
@@ -51,11 +51,7 @@ impl Graph {
     }
     /// Bytes held by the graph's arenas.
     pub fn arena_bytes(&self) -> usize {
-        4 * (self.arena.len()
-            + self.param.len()
-            + self.param_grad.len()
-            + self.buffer.len()
-            + self.scratch.len())
+        4 * (self.arena.len() + self.param.len() + self.param_grad.len() + self.buffer.len())
     }
 
     /// Bytes the activations and their gradients would take without sharing (each value and
@@ -85,7 +81,10 @@ impl Graph {
     /// it and whose last node still needed it, for example a [`Graph::forward_to`] it).
     pub fn is_readable(&self, t: TensorId) -> bool {
         let info = &self.tensors[t.0];
-        info.kept || self.pass_end.is_some_and(|s| info.life.contains(s))
+        info.kept
+            || self
+                .pass_end
+                .is_some_and(|(mode, s)| info.life(mode).contains(s))
     }
 
     /// The value of a tensor after the last forward.
@@ -101,7 +100,9 @@ impl Graph {
              with GraphBuilder::keep",
             info.name
         );
-        &self.arena[info.act.clone()]
+        // A kept tensor's range is the same in both plans.
+        let mode = self.pass_end.map_or(Mode::Train, |(mode, _)| mode);
+        &self.arena[info.value(mode)]
     }
 
     /// The gradient of a tensor after the last backward (`None` for graph inputs).

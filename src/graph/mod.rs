@@ -73,15 +73,16 @@ pub struct Graph {
     param: Vec<f32>,
     param_grad: Vec<f32>,
     buffer: Vec<f32>,
-    scratch: Vec<f32>,
+    /// Per node: its backward's scratch in the arena (see [`Node::backward_scratch`]).
+    scratch: Vec<std::ops::Range<usize>>,
     /// Per tensor: whether its gradient has been written in the current backward.
     written: Vec<bool>,
     /// Per tensor: whether some node reads it.
     consumed: Vec<bool>,
     /// The mode and the number of nodes of the last forward, until a backward consumes it.
     forwarded: Option<(Mode, usize)>,
-    /// The last step (see [`liveness`]) of the last pass that completed.
-    pass_end: Option<usize>,
+    /// The plan and the last step (see [`liveness`]) of the last pass that completed.
+    pass_end: Option<(Mode, usize)>,
     /// Per node: a convolution whose output only feeds the BatchNorm right after it, which
     /// the evaluation forward folds into the convolution (see [`Graph::set_eval_fusion`]).
     fusable: Vec<bool>,
@@ -240,7 +241,7 @@ impl Graph {
             k += 1;
         }
         self.forwarded = Some((mode, count));
-        self.pass_end = Some(count - 1);
+        self.pass_end = Some((mode, count - 1));
         Ok(())
     }
 
@@ -256,8 +257,8 @@ impl Graph {
             gamma: p(bn.gamma),
             beta: p(bn.beta),
         };
-        let x_r = self.tensors[self.nodes[k].inputs[0].0].act.clone();
-        let y_r = self.tensors[self.nodes[k + 1].output.0].act.clone();
+        let x_r = self.tensors[self.nodes[k].inputs[0].0].act_eval.clone();
+        let y_r = self.tensors[self.nodes[k + 1].output.0].act_eval.clone();
         // The plan keeps the convolution's input alive over the BatchNorm's step.
         let [y, x] = self
             .arena
@@ -318,7 +319,7 @@ impl Graph {
                 &self.tensors,
                 &mut self.arena,
                 &mut self.written,
-                &mut self.scratch,
+                self.scratch[k].clone(),
                 &self.param,
                 &mut self.param_grad,
                 &self.params,
@@ -334,7 +335,7 @@ impl Graph {
                 p[k].1 += t0.elapsed().as_secs_f64();
             }
         }
-        self.pass_end = Some(2 * self.nodes.len() - 1);
+        self.pass_end = Some((Mode::Train, 2 * self.nodes.len() - 1));
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The buffer plan of a built graph and its initial parameters: one flat arena for the
 //! activations and their gradients, where tensors whose lifetimes do not overlap share bytes
-//! (the liveness plan of [`super::liveness`]), and one each for the parameters, the
+//! (the liveness plans of [`super::liveness`], one for training passes and one for
+//! evaluation forwards), and one each for the parameters, the
 //! parameter gradients and the non-trained buffers (BatchNorm running statistics), each
 //! tensor's range beside its name and shape; the convolutions the evaluation forward folds a
 //! BatchNorm into; parameters initialized from a seed as PyTorch does (Kaiming-uniform
@@ -9,10 +10,10 @@
 //! `beta = 0`, running mean 0 and variance 1, embeddings N(0, 1)).
 
 use super::builder::GraphBuilder;
-use super::liveness::{lifetimes, place, Lifetime};
+use super::liveness::{plan, Tensors};
 use super::ops::Op;
 use super::tensors::{BufferInfo, ParamInfo, ParamKind, TensorInfo};
-use super::{err, Graph};
+use super::{err, Graph, Mode};
 use crate::dist::Scratch;
 use crate::error::Result;
 use crate::optim::ParamGroup;
@@ -104,28 +105,15 @@ impl GraphBuilder {
             }
         }
         let has_grad: Vec<bool> = self.tensors.iter().map(|t| t.2).collect();
-        let lives = lifetimes(&self.nodes, &has_grad, &kept, &fusable);
-        // Items: every value, then every gradient.
         let lens: Vec<usize> = self.tensors.iter().map(|t| t.1.iter().product()).collect();
-        let mut items: Vec<(usize, Lifetime)> = lens
-            .iter()
-            .copied()
-            .zip(lives.value.iter().copied())
-            .collect();
-        let grad_item: Vec<Option<usize>> = lives
-            .grad
-            .iter()
-            .zip(&lens)
-            .map(|(g, &len)| {
-                g.map(|life| {
-                    items.push((len, life));
-                    items.len() - 1
-                })
-            })
-            .collect();
-        let (offsets, arena_len) = place(&items);
-        let range = |i: usize| offsets[i]..offsets[i] + items[i].0;
-        let scratch = lens.iter().copied().max().unwrap_or(0);
+        let sizes = Tensors {
+            lens: &lens,
+            has_grad: &has_grad,
+            kept: &kept,
+        };
+        let train = plan(&self.nodes, &sizes, &fusable, Mode::Train);
+        let eval = plan(&self.nodes, &sizes, &fusable, Mode::Eval);
+        let arena_len = train.len.max(eval.len);
         let tensors: Vec<TensorInfo> = self
             .tensors
             .into_iter()
@@ -133,9 +121,11 @@ impl GraphBuilder {
             .map(|(t, (name, shape, _))| TensorInfo {
                 name,
                 shape,
-                act: range(t),
-                grad: grad_item[t].map(range),
-                life: lives.value[t],
+                act: train.value[t].clone(),
+                act_eval: eval.value[t].clone(),
+                grad: train.grad[t].clone(),
+                life: train.life[t],
+                life_eval: eval.life[t],
                 kept: kept[t],
             })
             .collect();
@@ -149,7 +139,7 @@ impl GraphBuilder {
             param: vec![0.0; p_len],
             param_grad: vec![0.0; p_len],
             buffer: vec![0.0; b_len],
-            scratch: vec![0.0; scratch],
+            scratch: train.scratch,
             written: vec![false; n_tensors],
             consumed,
             forwarded: None,

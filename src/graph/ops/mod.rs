@@ -86,12 +86,64 @@ impl Op {
     }
 }
 
+/// A node: its operation, the tensors it takes (at most two) and the one it makes.
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) op: Op,
     pub(crate) inputs: Vec<TensorId>,
     pub(crate) output: TensorId,
+}
+
+impl Node {
+    /// The scratch the node's backward takes (elements): `len(t)` is a tensor's length,
+    /// `has_grad(t)` whether it has a gradient, `written(t)` whether a later node's backward
+    /// wrote its gradient already. As [`InputGrads::emit`], `elementwise::add_backward`
+    /// and `linear::backward` use it: a gradient added to one already written goes through
+    /// the scratch, as does BatchNorm's input gradient when the input has none (the kernel
+    /// computes it with the parameters' gradients), the residual join's gradient unless it
+    /// goes straight to its first input's buffer, and linear's ReLU-masked output gradient.
+    pub(crate) fn backward_scratch(
+        &self,
+        len: &dyn Fn(TensorId) -> usize,
+        has_grad: &dyn Fn(TensorId) -> bool,
+        written: &dyn Fn(TensorId) -> bool,
+    ) -> usize {
+        match &self.op {
+            Op::Input | Op::Embedding(_) => 0,
+            Op::Linear(l) => {
+                if l.relu {
+                    len(self.output)
+                } else {
+                    0
+                }
+            }
+            Op::Add { .. } => {
+                let a = self.inputs[0];
+                if has_grad(a) && !written(a) {
+                    0
+                } else {
+                    len(self.output)
+                }
+            }
+            op => {
+                let always = matches!(op, Op::BatchNorm(_));
+                let inputs = &self.inputs;
+                (0..inputs.len())
+                    .filter(|&i| {
+                        let t = inputs[i];
+                        if has_grad(t) {
+                            written(t) || inputs[..i].contains(&t)
+                        } else {
+                            always
+                        }
+                    })
+                    .map(|i| len(inputs[i]))
+                    .max()
+                    .unwrap_or(0)
+            }
+        }
+    }
 }
 
 /// An empty range, for a buffer a node does not use.
@@ -114,7 +166,8 @@ fn distinct_second(inputs: &[TensorId]) -> Option<TensorId> {
         .filter(|&t| Some(&t) != inputs.first())
 }
 
-/// Runs the forward of `node`: reads its inputs' values, writes its output's.
+/// Runs the forward of `node`: reads its inputs' values, writes its output's, at the
+/// ranges of `mode`'s plan.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_node(
     node: &mut Node,
@@ -130,10 +183,10 @@ pub(crate) fn forward_node(
     if matches!(node.op, Op::Input) {
         return Ok(());
     }
-    let act = |t: Option<TensorId>| t.map_or(NONE, |t| tensors[t.0].act.clone());
+    let act = |t: Option<TensorId>| t.map_or(NONE, |t| tensors[t.0].value(mode));
     let second = distinct_second(&node.inputs);
     let ranges = [
-        tensors[node.output.0].act.clone(),
+        tensors[node.output.0].value(mode),
         act(node.inputs.first().copied()),
         act(second),
     ];
@@ -179,7 +232,7 @@ pub(crate) fn backward_node(
     tensors: &[TensorInfo],
     arena: &mut [f32],
     written: &mut [bool],
-    scratch: &mut [f32],
+    scratch: Range<usize>,
     param: &[f32],
     param_grad: &mut [f32],
     params: &[ParamInfo],
@@ -204,8 +257,9 @@ pub(crate) fn backward_node(
         act(second),
         grad(first).unwrap_or(NONE),
         grad(second).unwrap_or(NONE),
+        scratch,
     ];
-    let [dy, y, x0, x1, g0, g1] = disjoint(arena, ranges);
+    let [dy, y, x0, x1, g0, g1, scratch] = disjoint(arena, ranges);
     let (dy, y, x0): (&[f32], &[f32], &[f32]) = (dy, y, x0);
     let xs = [x0, if second.is_some() { &*x1 } else { x0 }];
     let x_of = |i: usize| xs[i];
@@ -267,7 +321,7 @@ pub(crate) struct InputGrads<'a> {
     pub(crate) tensors: &'a [TensorInfo],
     /// Per tensor: whether its gradient has been written in the current backward.
     pub(crate) written: &'a mut [bool],
-    /// As long as the largest tensor.
+    /// The node's scratch, as long as [`Node::backward_scratch`] says.
     pub(crate) scratch: &'a mut [f32],
     /// The gradient buffers of the node's first and second input, in that order (`None`
     /// for an input without a gradient; for a second input that is the first again, whose
