@@ -1,8 +1,11 @@
 //! The static graph: whole-graph finite differences on a tiny encoder, overfitting a small
 //! batch, determinism across thread counts, shape errors at build time, modes.
 
-use selfsup::graph::{GraphBuilder, Mode};
-use selfsup::nn::{encoder_classifier, linear_probe, simclr, ResNetConfig};
+use selfsup::graph::{Graph, GraphBuilder, Mode, TensorId};
+use selfsup::kernels::contrastive::quickthought::qt_neighbor_targets;
+use selfsup::nn::{
+    encoder_classifier, linear_probe, projection_head, resnet_encoder, simclr, ResNetConfig,
+};
 use selfsup::Error;
 
 fn tiny() -> ResNetConfig {
@@ -882,4 +885,151 @@ fn eval_fusion_matches_the_unfused_evaluation() {
     for (a, b) in fused.iter().zip(&plain) {
         assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
     }
+}
+
+/// What feeds a step of a graph: its inputs, labels, tokens, targets.
+type Feed = Box<dyn Fn(&mut Graph)>;
+
+/// A graph built twice by `build`, sharing bytes between tensors whose lifetimes do not
+/// overlap and keeping every tensor apart ([`GraphBuilder::keep_all`]): three SGD steps give
+/// the same losses, parameters and running statistics to the bit, and so does an evaluation
+/// forward after them; the shared arena is the smaller. `build` returns the loss and what feeds a step.
+fn shared_and_unshared_agree(build: &dyn Fn(&mut GraphBuilder) -> (TensorId, Feed)) {
+    let run = |keep_all: bool| {
+        let mut b = GraphBuilder::new();
+        let (loss, feed) = build(&mut b);
+        if keep_all {
+            b.keep_all();
+        }
+        let mut g = b.build(9).unwrap();
+        feed(&mut g);
+        let mut bits = Vec::new();
+        for _ in 0..3 {
+            g.forward(Mode::Train).unwrap();
+            g.backward().unwrap();
+            bits.push(g.loss(loss).to_bits());
+            sgd(&mut g, 0.1);
+        }
+        // The evaluation forward, on a plan of its own.
+        g.forward(Mode::Eval).unwrap();
+        bits.push(g.loss(loss).to_bits());
+        bits.extend(g.params().iter().map(|v| v.to_bits()));
+        bits.extend(g.buffers().iter().map(|v| v.to_bits()));
+        (bits, g.activation_bytes(), g.unshared_activation_bytes())
+    };
+    let (shared, planned, unshared) = run(false);
+    let (alone, planned_alone, _) = run(true);
+    assert_eq!(shared, alone);
+    assert!(planned < unshared, "{planned} of {unshared} bytes");
+    assert!(planned_alone >= unshared);
+}
+
+#[test]
+fn sharing_bytes_changes_no_bit() {
+    let fill = |g: &mut Graph, x: TensorId, seed: u64| {
+        let len = g.shape(x).iter().product();
+        g.input_mut(x).unwrap().copy_from_slice(&values(len, seed));
+    };
+    // SimCLR: convolutions, BatchNorm, residual joins, pooling, the head, NT-Xent.
+    shared_and_unshared_agree(&|b| {
+        let enc = resnet_encoder(b, &tiny(), 6).unwrap();
+        let z = projection_head(b, enc.h, 8, 5).unwrap();
+        let loss = b.nt_xent("loss", z, 0.5, false).unwrap();
+        (loss, Box::new(move |g| fill(g, enc.input, 31)))
+    });
+    // A classifier on an encoder whose stages have two blocks.
+    shared_and_unshared_agree(&|b| {
+        let enc = resnet_encoder(b, &tiny(), 5).unwrap();
+        let logits = b.linear("fc", enc.h, 3, true, false).unwrap();
+        let loss = b.softmax_cross_entropy("loss", logits).unwrap();
+        (
+            loss,
+            Box::new(move |g| {
+                fill(g, enc.input, 32);
+                g.set_labels(loss, &[0, 2, 1, 1, 0]).unwrap();
+            }),
+        )
+    });
+    // Token embeddings, ReLU and linear with ReLU (backwards that read their output), max
+    // pooling, one tensor on both sides of Quick Thoughts' loss.
+    shared_and_unshared_agree(&|b| {
+        let e = b.embedding("emb", 6, 5, 11, 4, Some(0)).unwrap();
+        let y = b.conv2d_rect("conv", e, 7, (1, 3), (1, 1), (0, 1)).unwrap();
+        let y = b.relu("relu", y).unwrap();
+        let h = b.global_max_pool("max", y).unwrap();
+        let f = b.linear("f", h, 6, true, true).unwrap();
+        let f = b.linear("f2", f, 4, true, false).unwrap();
+        let loss = b.qt_in_batch("qt", f, f, 1.0, Some(0)).unwrap();
+        (
+            loss,
+            Box::new(move |g| {
+                let tokens: Vec<u32> = (0..30u32).map(|i| (i * 7 + i / 4) % 11).collect();
+                g.set_tokens(e, &tokens).unwrap();
+                let mut targets = Vec::new();
+                qt_neighbor_targets(6, 0, &[0, 3], &mut targets).unwrap();
+                g.set_targets(loss, &targets).unwrap();
+            }),
+        )
+    });
+}
+
+/// After a pass the kept tensors (inputs, outputs, those marked) are readable, an internal
+/// one only while its lifetime lasts, and reading it later is a clear panic; a kept
+/// tensor's value and gradient are those of the plan that shares nothing.
+#[test]
+fn kept_tensors_stay_readable() {
+    let build = |keep_all: bool| {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[4, 3]).unwrap();
+        // Read by the ReLU's forward only (its backward reads its own output).
+        let a = b.linear("a", x, 5, true, false).unwrap();
+        let r = b.relu("relu", a).unwrap();
+        let m = b.linear("m", r, 5, true, false).unwrap();
+        b.keep(m);
+        let r = b.relu("relu2", m).unwrap();
+        let logits = b.linear("out", r, 3, true, false).unwrap();
+        let loss = b.softmax_cross_entropy("loss", logits).unwrap();
+        if keep_all {
+            b.keep_all();
+        }
+        let mut g = b.build(4).unwrap();
+        g.input_mut(x).unwrap().copy_from_slice(&values(12, 40));
+        g.set_labels(loss, &[0, 1, 2, 0]).unwrap();
+        (g, [x, a, m, loss])
+    };
+    let (mut g, [x, a, m, loss]) = build(false);
+    g.forward_to(a, Mode::Train).unwrap();
+    assert!(g.is_readable(a));
+    g.forward(Mode::Train).unwrap();
+    g.backward().unwrap();
+    assert!(g.is_readable(x) && g.is_readable(m) && g.is_readable(loss));
+    assert!(!g.is_readable(a));
+    assert!(g.grad(x).is_none());
+    let (mut all, _) = build(true);
+    all.forward(Mode::Train).unwrap();
+    all.backward().unwrap();
+    assert!(all.is_readable(a));
+    assert_eq!(g.value(m), all.value(m));
+    assert_eq!(g.grad(m), all.grad(m));
+    assert_eq!(g.loss(loss), all.loss(loss));
+    let e =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.value(a).len())).unwrap_err();
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("'a'") && msg.contains("GraphBuilder::keep"),
+        "{msg}"
+    );
+    // Another backward needs another forward.
+    assert!(g.backward().is_err());
+    // An evaluation forward leaves the kept gradients alone; its values are the unshared
+    // plan's.
+    let dm = g.grad(m).unwrap().to_vec();
+    g.forward(Mode::Eval).unwrap();
+    all.forward(Mode::Eval).unwrap();
+    assert_eq!(g.grad(m).unwrap(), &dm[..]);
+    assert_eq!(g.value(m), all.value(m));
+    assert_eq!(g.loss(loss), all.loss(loss));
+    assert!(!g.is_readable(a));
+    g.forward_to(a, Mode::Eval).unwrap();
+    assert_eq!(g.value(a), all.value(a));
 }

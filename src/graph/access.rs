@@ -4,7 +4,7 @@
 //! (losses, accuracies).
 
 use super::ops::{Node, Op};
-use super::{err, BufferInfo, Graph, ParamInfo, TensorId};
+use super::{err, BufferInfo, Graph, Mode, ParamInfo, TensorId};
 use crate::error::Result;
 use crate::optim::ParamGroup;
 
@@ -51,25 +51,75 @@ impl Graph {
     }
     /// Bytes held by the graph's arenas.
     pub fn arena_bytes(&self) -> usize {
-        4 * (self.act.len()
-            + self.grad.len()
-            + self.param.len()
-            + self.param_grad.len()
-            + self.buffer.len()
-            + self.scratch.len())
+        4 * (self.arena.len() + self.param.len() + self.param_grad.len() + self.buffer.len())
+    }
+
+    /// Bytes the activations and their gradients would take without sharing (each value and
+    /// gradient in bytes of its own), against which the planned arena's
+    /// ([`Graph::activation_bytes`]) compares.
+    pub fn unshared_activation_bytes(&self) -> usize {
+        4 * self
+            .tensors
+            .iter()
+            .map(|t| t.act.len() + t.grad.as_ref().map_or(0, |g| g.len()))
+            .sum::<usize>()
+    }
+
+    /// Bytes of the arena of the activations and their gradients, as planned.
+    pub fn activation_bytes(&self) -> usize {
+        4 * self.arena.len()
     }
 
     /// The shape of a tensor.
     pub fn shape(&self, t: TensorId) -> &[usize] {
         &self.tensors[t.0].shape
     }
-    /// The value of a tensor after the last forward.
-    pub fn value(&self, t: TensorId) -> &[f32] {
-        &self.act[self.tensors[t.0].act.clone()]
+
+    /// Whether the value of `t` is readable now: always for a kept tensor (a graph input,
+    /// an output, one marked with [`GraphBuilder::keep`](super::GraphBuilder::keep)), else
+    /// while its lifetime lasts at the end of the last pass (after a forward that produced
+    /// it and whose last node still needed it, for example a [`Graph::forward_to`] it).
+    pub fn is_readable(&self, t: TensorId) -> bool {
+        let info = &self.tensors[t.0];
+        info.kept
+            || self
+                .pass_end
+                .is_some_and(|(mode, s)| info.life(mode).contains(s))
     }
+
+    /// The value of a tensor after the last forward.
+    ///
+    /// # Panics
+    /// When it is not readable ([`Graph::is_readable`]): its bytes may hold another tensor's
+    /// by now. Mark it with [`GraphBuilder::keep`](super::GraphBuilder::keep).
+    pub fn value(&self, t: TensorId) -> &[f32] {
+        let info = &self.tensors[t.0];
+        assert!(
+            self.is_readable(t),
+            "tensor '{}' is not readable after this pass (its bytes are shared): mark it \
+             with GraphBuilder::keep",
+            info.name
+        );
+        // A kept tensor's range is the same in both plans.
+        let mode = self.pass_end.map_or(Mode::Train, |(mode, _)| mode);
+        &self.arena[info.value(mode)]
+    }
+
     /// The gradient of a tensor after the last backward (`None` for graph inputs).
+    ///
+    /// # Panics
+    /// When the tensor is not kept: its gradient's bytes may hold another tensor's by now.
+    /// Mark it with [`GraphBuilder::keep`](super::GraphBuilder::keep).
     pub fn grad(&self, t: TensorId) -> Option<&[f32]> {
-        self.tensors[t.0].grad.clone().map(|r| &self.grad[r])
+        let info = &self.tensors[t.0];
+        let r = info.grad.clone()?;
+        assert!(
+            info.kept,
+            "the gradient of tensor '{}' is not kept (its bytes are shared): mark it with \
+             GraphBuilder::keep",
+            info.name
+        );
+        Some(&self.arena[r])
     }
     /// The buffer of a graph input, to fill before [`Graph::forward`].
     ///
@@ -80,7 +130,7 @@ impl Graph {
         if !matches!(node.op, Op::Input) {
             return Err(err(&node.name, "is not a graph input".into()));
         }
-        Ok(&mut self.act[self.tensors[t.0].act.clone()])
+        Ok(&mut self.arena[self.tensors[t.0].act.clone()])
     }
     /// Sets the `(anchor, candidate)` target pairs of a Quick Thoughts node (given by its
     /// output tensor); they are checked by the next forward (indices in range, no repeats,

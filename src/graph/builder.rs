@@ -1,7 +1,8 @@
 //! The graph builder: nodes added in execution order, each checking its input shapes as it
 //! is added and returning [`Error::Graph`] naming the node and the shapes; parameters and
-//! buffers named after their node (`name.weight`, `name.bias`, `name.running_mean`, ...).
-//! [`GraphBuilder::build`] (in the plan) lays out the arenas.
+//! buffers named after their node (`name.weight`, `name.bias`, `name.running_mean`, ...);
+//! the tensors to keep readable after any pass. [`GraphBuilder::build`] (in the plan) lays
+//! out the arenas.
 
 use super::ops::batchnorm::BatchNormNode;
 use super::ops::embedding::EmbeddingNode;
@@ -30,6 +31,10 @@ pub struct GraphBuilder {
     pub(crate) params: Vec<(String, Vec<usize>, ParamKind, usize)>,
     /// Name, shape, initial value.
     pub(crate) buffers: Vec<(String, Vec<usize>, f32)>,
+    /// Tensors marked with [`GraphBuilder::keep`].
+    pub(crate) kept: Vec<TensorId>,
+    /// Set by [`GraphBuilder::keep_all`].
+    pub(crate) keep_all: bool,
 }
 
 fn shape_str(s: &[usize]) -> String {
@@ -45,6 +50,23 @@ impl GraphBuilder {
     /// The shape of a tensor added so far.
     pub fn shape(&self, t: TensorId) -> &[usize] {
         &self.tensors[t.0].1
+    }
+
+    /// Keeps `t` readable after any pass: its value ([`Graph::value`]) and gradient
+    /// ([`Graph::grad`]) get bytes of their own, where otherwise the plan lets tensors whose
+    /// lifetimes do not overlap share bytes, so that a value only holds until its last
+    /// reader in the forward or backward. Graph inputs and the tensors no node reads (losses,
+    /// outputs) are always kept. Returns `t`.
+    pub fn keep(&mut self, t: TensorId) -> TensorId {
+        self.kept.push(t);
+        t
+    }
+
+    /// Keeps every tensor readable after any pass, as [`GraphBuilder::keep`] does one: no
+    /// bytes are shared, so the arena holds every value and every gradient at once (for
+    /// inspecting a whole pass, or comparing against the shared plan).
+    pub fn keep_all(&mut self) {
+        self.keep_all = true;
     }
 
     fn check_name(&self, name: &str) -> Result<()> {

@@ -5,12 +5,15 @@
 //!
 //! - `builder.rs`: [`GraphBuilder`] adds nodes in execution order. Every node checks its
 //!   input shapes as it is added and returns [`Error::Graph`] naming the node and the shapes.
-//! - `plan.rs`: [`GraphBuilder::build`] lays out one flat arena each for the activations,
-//!   the activation gradients, the parameters, the parameter gradients and the non-trained
-//!   buffers (BatchNorm running statistics), and initializes the parameters from a seed as
-//!   PyTorch does: Kaiming-uniform convolution and linear weights
+//! - `plan.rs`: [`GraphBuilder::build`] lays out one flat arena for the activations and
+//!   their gradients and one each for the parameters, the parameter gradients and the
+//!   non-trained buffers (BatchNorm running statistics), and initializes the parameters from
+//!   a seed as PyTorch does: Kaiming-uniform convolution and linear weights
 //!   (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, PyTorch's default `a = sqrt(5)`), linear biases
 //!   from the same range, BatchNorm `gamma = 1`, `beta = 0`, running mean 0 and variance 1.
+//! - `liveness.rs`: over which steps of a pass each value and gradient must hold, and the
+//!   offsets that let the ones whose lifetimes do not overlap share bytes of the arena (a
+//!   tensor marked with [`GraphBuilder::keep`], a graph input or output never shares).
 //! - `ops/`: one file per operation family, its forward directly above its backward, and
 //!   the dispatch from a node to its family.
 //! - `access.rs`: a built graph's arenas, what a step feeds in and what it reads out.
@@ -20,12 +23,16 @@
 //! by several nodes (a residual input) receives the sum of their gradients: the first
 //! backward to reach it overwrites its gradient, later ones accumulate. Parameter gradients
 //! are overwritten by every backward. Graph inputs get no gradient, so the stem convolution
-//! skips its input-gradient pass. Every kernel is bit-identical for any number of threads,
-//! so the graph is too.
+//! skips its input-gradient pass. Values and gradients share the arena's bytes wherever
+//! their lifetimes do not overlap, so after a pass only the kept tensors' (graph inputs,
+//! outputs, those marked with [`GraphBuilder::keep`]) are sure to be readable, and each
+//! backward needs a forward of its own. Every kernel is bit-identical for any number of
+//! threads, so the graph is too.
 
 mod access;
 mod builder;
 mod dist;
+mod liveness;
 mod ops;
 mod plan;
 mod tensors;
@@ -38,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::kernels::batchnorm::BnAffine;
 use crate::optim::ParamGroup;
 use dist::DistCtx;
-use ops::{backward_node, conv, forward_node, split_io, Node, Op};
+use ops::{backward_node, conv, forward_node, Node, Op};
 use tensors::TensorInfo;
 
 /// A tensor of the graph (an activation), returned by the builder's methods.
@@ -61,18 +68,21 @@ pub struct Graph {
     params: Vec<ParamInfo>,
     buffers: Vec<BufferInfo>,
     groups: Vec<ParamGroup>,
-    act: Vec<f32>,
-    grad: Vec<f32>,
+    /// The activations and their gradients, at the ranges of the liveness plan.
+    arena: Vec<f32>,
     param: Vec<f32>,
     param_grad: Vec<f32>,
     buffer: Vec<f32>,
-    scratch: Vec<f32>,
+    /// Per node: its backward's scratch in the arena (see [`Node::backward_scratch`]).
+    scratch: Vec<std::ops::Range<usize>>,
     /// Per tensor: whether its gradient has been written in the current backward.
     written: Vec<bool>,
     /// Per tensor: whether some node reads it.
     consumed: Vec<bool>,
-    /// The mode and the number of nodes of the last forward.
+    /// The mode and the number of nodes of the last forward, until a backward consumes it.
     forwarded: Option<(Mode, usize)>,
+    /// The plan and the last step (see [`liveness`]) of the last pass that completed.
+    pass_end: Option<(Mode, usize)>,
     /// Per node: a convolution whose output only feeds the BatchNorm right after it, which
     /// the evaluation forward folds into the convolution (see [`Graph::set_eval_fusion`]).
     fusable: Vec<bool>,
@@ -197,6 +207,7 @@ impl Graph {
 
     fn forward_nodes(&mut self, mode: Mode, count: usize, comm: &dyn Collectives) -> Result<()> {
         self.forwarded = None;
+        self.pass_end = None;
         let mut k = 0;
         while k < count {
             if mode == Mode::Eval && self.eval_fusion && self.fusable[k] && k + 1 < count {
@@ -211,7 +222,7 @@ impl Graph {
                 node,
                 mode,
                 &self.tensors,
-                &mut self.act,
+                &mut self.arena,
                 &self.param,
                 &self.params,
                 &mut self.buffer,
@@ -230,6 +241,7 @@ impl Graph {
             k += 1;
         }
         self.forwarded = Some((mode, count));
+        self.pass_end = Some((mode, count - 1));
         Ok(())
     }
 
@@ -245,16 +257,20 @@ impl Graph {
             gamma: p(bn.gamma),
             beta: p(bn.beta),
         };
-        let x_r = self.tensors[self.nodes[k].inputs[0].0].act.clone();
-        let y_r = self.tensors[self.nodes[k + 1].output.0].act.clone();
-        let (lo, y) = split_io(&mut self.act, &y_r);
+        let x_r = self.tensors[self.nodes[k].inputs[0].0].act_eval.clone();
+        let y_r = self.tensors[self.nodes[k + 1].output.0].act_eval.clone();
+        // The plan keeps the convolution's input alive over the BatchNorm's step.
+        let [y, x] = self
+            .arena
+            .get_disjoint_mut([y_r, x_r])
+            .expect("the plan keeps the buffers of one step apart");
         let fold = conv::Fold {
             w: &mut self.fold_w,
             scale: &mut self.fold_scale,
             shift: &mut self.fold_shift,
         };
         let (m, v) = (b(bn.mean), b(bn.var));
-        conv::forward_bn_folded(g, &lo[x_r], p(*w), &bn.bn, affine, m, v, bn.relu, fold, y)
+        conv::forward_bn_folded(g, x, p(*w), &bn.bn, affine, m, v, bn.relu, fold, y)
     }
 
     /// Runs every node's backward in reverse order, from a full training forward. The loss
@@ -279,6 +295,10 @@ impl Graph {
                 "backward needs a full forward in training mode first".into(),
             ));
         }
+        // The values the backward reads are overwritten as their lifetimes end, so another
+        // backward needs another forward.
+        self.forwarded = None;
+        self.pass_end = None;
         self.written.fill(false);
         // Tensors nothing reads: a loss gets d loss / d loss = 1, anything else 0.
         for (t, info) in self.tensors.iter().enumerate() {
@@ -287,7 +307,7 @@ impl Graph {
                     .nodes
                     .iter()
                     .any(|n| n.output.0 == t && n.op.loss64().is_some());
-                self.grad[r].fill(if is_loss { 1.0 } else { 0.0 });
+                self.arena[r].fill(if is_loss { 1.0 } else { 0.0 });
                 self.written[t] = true;
             }
         }
@@ -297,10 +317,9 @@ impl Graph {
             backward_node(
                 node,
                 &self.tensors,
-                &self.act,
-                &mut self.grad,
+                &mut self.arena,
                 &mut self.written,
-                &mut self.scratch,
+                self.scratch[k].clone(),
                 &self.param,
                 &mut self.param_grad,
                 &self.params,
@@ -316,6 +335,7 @@ impl Graph {
                 p[k].1 += t0.elapsed().as_secs_f64();
             }
         }
+        self.pass_end = Some((Mode::Train, 2 * self.nodes.len() - 1));
         Ok(())
     }
 }

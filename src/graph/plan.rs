@@ -1,16 +1,19 @@
-//! The buffer plan of a built graph and its initial parameters: one flat arena each for the
-//! activations, the activation gradients, the parameters, the parameter gradients and the
-//! non-trained buffers (BatchNorm running statistics), each tensor's range beside its name
-//! and shape; the convolutions the evaluation forward folds a BatchNorm into; parameters
-//! initialized from a seed as PyTorch does (Kaiming-uniform convolution and linear weights,
-//! `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` from PyTorch's default `a = sqrt(5)`, linear biases
-//! from the same range, BatchNorm `gamma = 1`, `beta = 0`, running mean 0 and variance 1,
-//! embeddings N(0, 1)).
+//! The buffer plan of a built graph and its initial parameters: one flat arena for the
+//! activations and their gradients, where tensors whose lifetimes do not overlap share bytes
+//! (the liveness plans of [`super::liveness`], one for training passes and one for
+//! evaluation forwards), and one each for the parameters, the
+//! parameter gradients and the non-trained buffers (BatchNorm running statistics), each
+//! tensor's range beside its name and shape; the convolutions the evaluation forward folds a
+//! BatchNorm into; parameters initialized from a seed as PyTorch does (Kaiming-uniform
+//! convolution and linear weights, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` from PyTorch's
+//! default `a = sqrt(5)`, linear biases from the same range, BatchNorm `gamma = 1`,
+//! `beta = 0`, running mean 0 and variance 1, embeddings N(0, 1)).
 
 use super::builder::GraphBuilder;
+use super::liveness::{plan, Tensors};
 use super::ops::Op;
 use super::tensors::{BufferInfo, ParamInfo, ParamKind, TensorInfo};
-use super::{err, Graph};
+use super::{err, Graph, Mode};
 use crate::dist::Scratch;
 use crate::error::Result;
 use crate::optim::ParamGroup;
@@ -24,27 +27,6 @@ impl GraphBuilder {
     pub fn build(self, seed: u64) -> Result<Graph> {
         if self.nodes.is_empty() {
             return Err(err("(graph)", "no nodes".into()));
-        }
-        let mut act_len = 0usize;
-        let mut grad_len = 0usize;
-        let mut scratch = 0usize;
-        let mut tensors = Vec::with_capacity(self.tensors.len());
-        for (name, shape, needs_grad) in self.tensors {
-            let len: usize = shape.iter().product();
-            let act = act_len..act_len + len;
-            act_len += len;
-            let grad = needs_grad.then(|| {
-                let r = grad_len..grad_len + len;
-                grad_len += len;
-                r
-            });
-            scratch = scratch.max(len);
-            tensors.push(TensorInfo {
-                name,
-                shape,
-                act,
-                grad,
-            });
         }
         let mut p_len = 0usize;
         let params: Vec<ParamInfo> = self
@@ -88,22 +70,17 @@ impl GraphBuilder {
                 adapt: p.kind.is_weight(),
             })
             .collect();
-        let n_tensors = tensors.len();
-        let mut consumed = vec![false; n_tensors];
-        for node in &self.nodes {
-            for t in &node.inputs {
-                consumed[t.0] = true;
-            }
-        }
-        // Conv followed by a BatchNorm that is the only reader of its output.
-        let mut fusable = vec![false; self.nodes.len()];
-        let (mut fold_w, mut fold_c) = (0usize, 0usize);
+        let n_tensors = self.tensors.len();
         let mut readers = vec![0usize; n_tensors];
         for node in &self.nodes {
             for t in &node.inputs {
                 readers[t.0] += 1;
             }
         }
+        let consumed: Vec<bool> = readers.iter().map(|&r| r > 0).collect();
+        // Conv followed by a BatchNorm that is the only reader of its output.
+        let mut fusable = vec![false; self.nodes.len()];
+        let (mut fold_w, mut fold_c) = (0usize, 0usize);
         #[allow(clippy::needless_range_loop)] // k and k + 1 index the same vector
         for k in 0..self.nodes.len().saturating_sub(1) {
             if let (Op::Conv { g, .. }, Op::BatchNorm { .. }) =
@@ -117,21 +94,56 @@ impl GraphBuilder {
                 }
             }
         }
+        // Inputs, outputs and the marked tensors stay readable.
+        let mut kept = vec![self.keep_all; n_tensors];
+        for t in &self.kept {
+            kept[t.0] = true;
+        }
+        for node in &self.nodes {
+            if matches!(node.op, Op::Input) || !consumed[node.output.0] {
+                kept[node.output.0] = true;
+            }
+        }
+        let has_grad: Vec<bool> = self.tensors.iter().map(|t| t.2).collect();
+        let lens: Vec<usize> = self.tensors.iter().map(|t| t.1.iter().product()).collect();
+        let sizes = Tensors {
+            lens: &lens,
+            has_grad: &has_grad,
+            kept: &kept,
+        };
+        let train = plan(&self.nodes, &sizes, &fusable, Mode::Train);
+        let eval = plan(&self.nodes, &sizes, &fusable, Mode::Eval);
+        let arena_len = train.len.max(eval.len);
+        let tensors: Vec<TensorInfo> = self
+            .tensors
+            .into_iter()
+            .enumerate()
+            .map(|(t, (name, shape, _))| TensorInfo {
+                name,
+                shape,
+                act: train.value[t].clone(),
+                act_eval: eval.value[t].clone(),
+                grad: train.grad[t].clone(),
+                life: train.life[t],
+                life_eval: eval.life[t],
+                kept: kept[t],
+            })
+            .collect();
         let mut g = Graph {
             nodes: self.nodes,
             tensors,
             params,
             buffers,
             groups,
-            act: vec![0.0; act_len],
-            grad: vec![0.0; grad_len],
+            arena: vec![0.0; arena_len],
             param: vec![0.0; p_len],
             param_grad: vec![0.0; p_len],
             buffer: vec![0.0; b_len],
-            scratch: vec![0.0; scratch],
+            scratch: train.scratch,
             written: vec![false; n_tensors],
             consumed,
             forwarded: None,
+            pass_end: None,
             fusable,
             eval_fusion: true,
             profile: None,

@@ -1,6 +1,12 @@
 //! The records of a graph's tensors as its plan lays them out: what a parameter is (its
 //! kind decides initialization, weight decay and LARS adaptation), and each parameter,
-//! buffer and activation's name, shape and range in its arena.
+//! buffer and activation's name, shape and range in its arena (an activation's in the
+//! training and the evaluation plan, with its lifetimes).
+
+use std::ops::Range;
+
+use super::liveness::Lifetime;
+use super::Mode;
 
 /// What a parameter tensor is; decides its initialization and whether weight decay and LARS
 /// adaptation apply (only to convolution and linear weights, as in SimCLR).
@@ -38,7 +44,7 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     pub kind: ParamKind,
     /// Where it lives in [`Graph::params`](super::Graph::params).
-    pub range: std::ops::Range<usize>,
+    pub range: Range<usize>,
     /// Fan-in for the initialization.
     pub(crate) fan_in: usize,
 }
@@ -48,17 +54,41 @@ pub struct ParamInfo {
 pub struct BufferInfo {
     pub name: String,
     pub shape: Vec<usize>,
-    pub range: std::ops::Range<usize>,
+    pub range: Range<usize>,
     pub(crate) init: f32,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct TensorInfo {
-    #[allow(dead_code)] // kept for debugging output
     pub(crate) name: String,
     pub(crate) shape: Vec<usize>,
-    /// Range in the activation arena.
-    pub(crate) act: std::ops::Range<usize>,
-    /// Range in the gradient arena (graph inputs have none).
-    pub(crate) grad: Option<std::ops::Range<usize>>,
+    /// Range of its value in the arena in a training pass, and the steps over which it
+    /// holds (see [`super::liveness`]).
+    pub(crate) act: Range<usize>,
+    pub(crate) life: Lifetime,
+    /// The same in an evaluation forward (the same range for a kept tensor).
+    pub(crate) act_eval: Range<usize>,
+    pub(crate) life_eval: Lifetime,
+    /// Range of its gradient in the arena (graph inputs have none).
+    pub(crate) grad: Option<Range<usize>>,
+    /// Whether its value and gradient stay readable after any pass.
+    pub(crate) kept: bool,
+}
+
+impl TensorInfo {
+    /// Range of its value in the arena in a pass of `mode`.
+    pub(crate) fn value(&self, mode: Mode) -> Range<usize> {
+        match mode {
+            Mode::Train => self.act.clone(),
+            Mode::Eval => self.act_eval.clone(),
+        }
+    }
+
+    /// The steps over which its value holds in a pass of `mode`.
+    pub(crate) fn life(&self, mode: Mode) -> Lifetime {
+        match mode {
+            Mode::Train => self.life,
+            Mode::Eval => self.life_eval,
+        }
+    }
 }

@@ -140,6 +140,7 @@ pub struct Encoder {
     pub stem: TensorId,
     /// The last stage's output, the maps the global average pool reduces to `h`.
     pub features: TensorId,
+    /// Kept readable after any pass ([`GraphBuilder::keep`]).
     pub h: TensorId,
 }
 
@@ -190,6 +191,8 @@ pub fn resnet_encoder(b: &mut GraphBuilder, cfg: &ResNetConfig, batch: usize) ->
         }
     }
     let h = b.global_avg_pool("pool", y)?;
+    // Read by the embedder after a pass.
+    b.keep(h);
     Ok(Encoder {
         input,
         stem,
@@ -377,6 +380,7 @@ impl SentenceEncoderConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct SentenceEncoder {
     pub tokens: TensorId,
+    /// Kept readable after any pass ([`GraphBuilder::keep`]).
     pub h: TensorId,
 }
 
@@ -396,6 +400,8 @@ pub fn sentence_encoder(
     let (len, vocab, dim) = (cfg.max_len, cfg.vocab, cfg.embed_dim);
     if cfg.kind == SentenceEncoderKind::Bow {
         let tokens = b.embedding_bag(&name, batch, len, vocab, dim, Some(0))?;
+        // Read by the embedder after a pass.
+        b.keep(tokens);
         return Ok(SentenceEncoder { tokens, h: tokens });
     }
     let tokens = b.embedding(&name, batch, len, vocab, dim, Some(0))?;
@@ -415,6 +421,8 @@ pub fn sentence_encoder(
         }
         SentenceEncoderKind::Bow => unreachable!("returned above"),
     };
+    // Read by the embedder after a pass.
+    b.keep(h);
     Ok(SentenceEncoder { tokens, h })
 }
 

@@ -38,7 +38,7 @@ pub(crate) fn add_forward(a: &[f32], b: &[f32], relu: bool, y: &mut [f32]) -> Re
 
 /// Both inputs get the same (masked) gradient: computed once into the first input's buffer
 /// when that is its first write (else into the scratch), then copied or added to the
-/// second's.
+/// second's. `y` is read only with `relu`.
 pub(crate) fn add_backward(
     relu: bool,
     y: &[f32],
@@ -48,16 +48,17 @@ pub(crate) fn add_backward(
     b: TensorId,
 ) -> Result<()> {
     let InputGrads {
-        tensors,
         written,
         scratch,
-        lo,
+        slots,
+        ..
     } = gx;
-    let ga = tensors[a.0].grad.clone();
-    let in_a = ga.as_ref().is_some_and(|_| !written[a.0]);
+    // The builder rejects a == b, so the slots are a's and b's, in that order.
+    let [(_, ga), (_, gb)] = slots;
+    let in_a = ga.is_some() && !written[a.0];
     {
-        let dst: &mut [f32] = match (&ga, in_a) {
-            (Some(r), true) => &mut lo[r.clone()],
+        let dst: &mut [f32] = match (ga.as_deref_mut(), in_a) {
+            (Some(g), true) => g,
             _ => &mut scratch[..dy.len()],
         };
         if relu {
@@ -66,27 +67,18 @@ pub(crate) fn add_backward(
             copy(dy, dst)?;
         }
     }
-    if let Some(r) = &ga {
+    if let Some(g) = ga.as_deref_mut() {
         if !in_a {
-            add_assign(&mut lo[r.clone()], &scratch[..dy.len()])?;
+            add_assign(g, &scratch[..dy.len()])?;
         }
         written[a.0] = true;
     }
-    if let Some(rb) = tensors[b.0].grad.clone() {
+    if let Some(dst) = gb.as_deref_mut() {
         let first = !written[b.0];
         written[b.0] = true;
-        let (src, dst): (&[f32], &mut [f32]) = match (&ga, in_a) {
-            (Some(ra), true) => {
-                // Disjoint ranges of the same arena.
-                if ra.start < rb.start {
-                    let (x, y) = lo.split_at_mut(rb.start);
-                    (&x[ra.clone()], &mut y[..rb.len()])
-                } else {
-                    let (x, y) = lo.split_at_mut(ra.start);
-                    (&y[..ra.len()], &mut x[rb])
-                }
-            }
-            _ => (&scratch[..dy.len()], &mut lo[rb]),
+        let src: &[f32] = match (ga.as_deref(), in_a) {
+            (Some(g), true) => g,
+            _ => &scratch[..dy.len()],
         };
         if first {
             copy(src, dst)?;

@@ -1,7 +1,7 @@
 //! Fully connected nodes `y = x W^T + b`, optionally followed by ReLU, forward and
 //! backward, on [`crate::kernels::linear`].
 
-use super::InputGrads;
+use super::{slot, InputGrads};
 use crate::error::Result;
 use crate::graph::tensors::ParamInfo;
 use crate::graph::TensorId;
@@ -35,7 +35,7 @@ pub(crate) fn forward(
 /// The weight and bias gradients (overwritten) and the input gradient of `x0`. A fused ReLU
 /// masks the output gradient first (into the front of the scratch; the input gradient then
 /// goes straight to its buffer, accumulating with beta = 1 when needed, so the rest of the
-/// scratch is not used).
+/// scratch is not used). `y` is read only with ReLU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     n: &LinearNode,
@@ -49,7 +49,13 @@ pub(crate) fn backward(
     x0: TensorId,
 ) -> Result<()> {
     let LinearNode { l, w, b, relu } = n;
-    let (masked, _) = gx.scratch.split_at_mut(if *relu { dy.len() } else { 0 });
+    let InputGrads {
+        written,
+        scratch,
+        slots,
+        ..
+    } = gx;
+    let (masked, _) = scratch.split_at_mut(if *relu { dy.len() } else { 0 });
     let dyv: &[f32] = if *relu {
         relu_backward(y, dy, masked)?;
         masked
@@ -62,10 +68,10 @@ pub(crate) fn backward(
         let br = params[*b].range.clone();
         linear_backward_bias(l, dyv, &mut param_grad[br], 0.0)?;
     }
-    if let Some(range) = gx.tensors[x0.0].grad.clone() {
-        let beta = if gx.written[x0.0] { 1.0 } else { 0.0 };
-        gx.written[x0.0] = true;
-        linear_backward_input(l, dyv, &param[wr], &mut gx.lo[range], beta)?;
+    if let Some(dx) = slot(slots, x0) {
+        let beta = if written[x0.0] { 1.0 } else { 0.0 };
+        written[x0.0] = true;
+        linear_backward_input(l, dyv, &param[wr], dx, beta)?;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use super::{Mode, TensorId};
 use crate::error::Result;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::{add_assign, copy, scale};
+use std::ops::Range;
 
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -61,8 +62,31 @@ impl Op {
             _ => None,
         }
     }
+
+    /// Which values of the forward the node's backward reads: `(its inputs', its
+    /// output's)`. The liveness plan keeps exactly these alive until the backward, and the
+    /// backward is handed only these (an empty slice for the others).
+    pub(crate) fn backward_reads(&self) -> (bool, bool) {
+        match self {
+            // The input for the weight gradient; BatchNorm's (fused ReLU's) mask is
+            // recomputed from the input and the saved statistics.
+            Op::Conv { .. } | Op::BatchNorm(_) | Op::GlobalMaxPool { .. } => (true, false),
+            Op::Relu => (false, true),
+            Op::Add { relu } => (false, *relu),
+            Op::Linear(l) => (true, l.relu),
+            // Shapes only, or the gradient saved by the loss's forward.
+            Op::Input
+            | Op::Embedding(_)
+            | Op::GlobalAvgPool { .. }
+            | Op::NtXent(_)
+            | Op::QtInBatch(_)
+            | Op::QtPairwise(_)
+            | Op::SoftmaxCe(_) => (false, false),
+        }
+    }
 }
 
+/// A node: its operation, the tensors it takes (at most two) and the one it makes.
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) name: String,
@@ -71,32 +95,105 @@ pub(crate) struct Node {
     pub(crate) output: TensorId,
 }
 
-/// `(inputs, output)` of a node: the output's range lies after every input's (tensors are
-/// laid out in creation order), so one split separates them.
-pub(crate) fn split_io<'a>(
-    buf: &'a mut [f32],
-    out: &std::ops::Range<usize>,
-) -> (&'a [f32], &'a mut [f32]) {
-    let (lo, hi) = buf.split_at_mut(out.start);
-    (lo, &mut hi[..out.len()])
+impl Node {
+    /// The scratch the node's backward takes (elements): `len(t)` is a tensor's length,
+    /// `has_grad(t)` whether it has a gradient, `written(t)` whether a later node's backward
+    /// wrote its gradient already. As [`InputGrads::emit`], `elementwise::add_backward`
+    /// and `linear::backward` use it: a gradient added to one already written goes through
+    /// the scratch, as does BatchNorm's input gradient when the input has none (the kernel
+    /// computes it with the parameters' gradients), the residual join's gradient unless it
+    /// goes straight to its first input's buffer, and linear's ReLU-masked output gradient.
+    pub(crate) fn backward_scratch(
+        &self,
+        len: &dyn Fn(TensorId) -> usize,
+        has_grad: &dyn Fn(TensorId) -> bool,
+        written: &dyn Fn(TensorId) -> bool,
+    ) -> usize {
+        match &self.op {
+            Op::Input | Op::Embedding(_) => 0,
+            Op::Linear(l) => {
+                if l.relu {
+                    len(self.output)
+                } else {
+                    0
+                }
+            }
+            Op::Add { .. } => {
+                let a = self.inputs[0];
+                if has_grad(a) && !written(a) {
+                    0
+                } else {
+                    len(self.output)
+                }
+            }
+            op => {
+                let always = matches!(op, Op::BatchNorm(_));
+                let inputs = &self.inputs;
+                (0..inputs.len())
+                    .filter(|&i| {
+                        let t = inputs[i];
+                        if has_grad(t) {
+                            written(t) || inputs[..i].contains(&t)
+                        } else {
+                            always
+                        }
+                    })
+                    .map(|i| len(inputs[i]))
+                    .max()
+                    .unwrap_or(0)
+            }
+        }
+    }
 }
 
-/// Runs the forward of `node`: reads its inputs' values, writes its output's.
+/// An empty range, for a buffer a node does not use.
+const NONE: Range<usize> = 0..0;
+
+/// The disjoint buffers `ranges` of the arena, at once. The liveness plan never places two
+/// buffers a node uses at one step in shared bytes; a failure is a planning bug.
+fn disjoint<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
+    arena
+        .get_disjoint_mut(ranges)
+        .expect("the plan keeps the buffers of one step apart")
+}
+
+/// The second input of a node, unless it is the first again (Quick Thoughts' losses may
+/// take one tensor on both sides): its buffers are then the first's.
+fn distinct_second(inputs: &[TensorId]) -> Option<TensorId> {
+    inputs
+        .get(1)
+        .copied()
+        .filter(|&t| Some(&t) != inputs.first())
+}
+
+/// Runs the forward of `node`: reads its inputs' values, writes its output's, at the
+/// ranges of `mode`'s plan.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_node(
     node: &mut Node,
     mode: Mode,
     tensors: &[TensorInfo],
-    act: &mut [f32],
+    arena: &mut [f32],
     param: &[f32],
     params: &[ParamInfo],
     buffer: &mut [f32],
     buffers: &[BufferInfo],
     dist: &mut DistCtx<'_>,
 ) -> Result<()> {
-    let out_r = tensors[node.output.0].act.clone();
-    let (lo, y) = split_io(act, &out_r);
-    let x_of = |i: usize| &lo[tensors[node.inputs[i].0].act.clone()];
+    if matches!(node.op, Op::Input) {
+        return Ok(());
+    }
+    let act = |t: Option<TensorId>| t.map_or(NONE, |t| tensors[t.0].value(mode));
+    let second = distinct_second(&node.inputs);
+    let ranges = [
+        tensors[node.output.0].value(mode),
+        act(node.inputs.first().copied()),
+        act(second),
+    ];
+    let [y, x0, x1] = disjoint(arena, ranges);
+    let x0: &[f32] = x0;
+    let xs = [x0, if second.is_some() { &*x1 } else { x0 }];
+    let x_of = |i: usize| xs[i];
     let shape = |i: usize| &tensors[node.inputs[i].0].shape[..];
     let p = |i: usize| &param[params[i].range.clone()];
     match &mut node.op {
@@ -133,10 +230,9 @@ pub(crate) fn forward_node(
 pub(crate) fn backward_node(
     node: &mut Node,
     tensors: &[TensorInfo],
-    act: &[f32],
-    grad: &mut [f32],
+    arena: &mut [f32],
     written: &mut [bool],
-    scratch: &mut [f32],
+    scratch: Range<usize>,
     param: &[f32],
     param_grad: &mut [f32],
     params: &[ParamInfo],
@@ -146,17 +242,37 @@ pub(crate) fn backward_node(
         return Ok(());
     }
     let out = &tensors[node.output.0];
-    let gout_r = out.grad.clone().expect("only inputs lack gradients");
-    let y = &act[out.act.clone()];
-    let x_of = |i: usize| &act[tensors[node.inputs[i].0].act.clone()];
+    let (reads_inputs, reads_output) = node.op.backward_reads();
+    let first = node.inputs.first().copied();
+    let second = distinct_second(&node.inputs);
+    let act = |t: Option<TensorId>| match t {
+        Some(t) if reads_inputs => tensors[t.0].act.clone(),
+        _ => NONE,
+    };
+    let grad = |t: Option<TensorId>| t.and_then(|t| tensors[t.0].grad.clone());
+    let ranges = [
+        out.grad.clone().expect("only inputs lack gradients"),
+        if reads_output { out.act.clone() } else { NONE },
+        act(first),
+        act(second),
+        grad(first).unwrap_or(NONE),
+        grad(second).unwrap_or(NONE),
+        scratch,
+    ];
+    let [dy, y, x0, x1, g0, g1, scratch] = disjoint(arena, ranges);
+    let (dy, y, x0): (&[f32], &[f32], &[f32]) = (dy, y, x0);
+    let xs = [x0, if second.is_some() { &*x1 } else { x0 }];
+    let x_of = |i: usize| xs[i];
     let p = |i: usize| &param[params[i].range.clone()];
-    let (lo, hi) = grad.split_at_mut(gout_r.start);
-    let dy = &hi[..gout_r.len()];
+    let none = TensorId(usize::MAX);
     let gx = &mut InputGrads {
         tensors,
         written,
         scratch,
-        lo,
+        slots: [
+            (first.unwrap_or(none), grad(first).map(|_| g0)),
+            (second.unwrap_or(none), grad(second).map(|_| g1)),
+        ],
     };
     let inputs = &node.inputs[..];
     match &mut node.op {
@@ -205,10 +321,23 @@ pub(crate) struct InputGrads<'a> {
     pub(crate) tensors: &'a [TensorInfo],
     /// Per tensor: whether its gradient has been written in the current backward.
     pub(crate) written: &'a mut [bool],
-    /// As long as the largest tensor.
+    /// The node's scratch, as long as [`Node::backward_scratch`] says.
     pub(crate) scratch: &'a mut [f32],
-    /// The gradient arena below the node's output (where every input's gradient lies).
-    pub(crate) lo: &'a mut [f32],
+    /// The gradient buffers of the node's first and second input, in that order (`None`
+    /// for an input without a gradient; for a second input that is the first again, whose
+    /// buffer is the first's; and past the node's inputs).
+    pub(crate) slots: [(TensorId, Option<&'a mut [f32]>); 2],
+}
+
+/// The gradient buffer of input `t` among `slots` (`None` for a graph input).
+pub(crate) fn slot<'s>(
+    slots: &'s mut [(TensorId, Option<&mut [f32]>); 2],
+    t: TensorId,
+) -> Option<&'s mut [f32]> {
+    slots
+        .iter_mut()
+        .find(|(id, g)| *id == t && g.is_some())
+        .and_then(|(_, g)| g.as_deref_mut())
 }
 
 impl InputGrads<'_> {
@@ -223,19 +352,20 @@ impl InputGrads<'_> {
         always: bool,
         f: &mut dyn FnMut(&mut [f32]) -> Result<()>,
     ) -> Result<()> {
-        let Some(range) = self.tensors[t.0].grad.clone() else {
+        let len = self.tensors[t.0].act.len();
+        let Some(dst) = slot(&mut self.slots, t) else {
             if always {
-                f(&mut self.scratch[..self.tensors[t.0].act.len()])?;
+                f(&mut self.scratch[..len])?;
             }
             return Ok(());
         };
         if self.written[t.0] {
-            let s = &mut self.scratch[..range.len()];
+            let s = &mut self.scratch[..len];
             f(s)?;
-            add_assign(&mut self.lo[range], s)?;
+            add_assign(dst, s)?;
         } else {
             self.written[t.0] = true;
-            f(&mut self.lo[range])?;
+            f(dst)?;
         }
         Ok(())
     }
