@@ -1,6 +1,6 @@
 //! The command line of the `selfsup` program (binary only: the library never prints or exits).
 //!
-//! Subcommands: `pretrain`, `probe`, `embed`, `neighbors`, `preview`, `bench`, and `demo`
+//! Subcommands: `pretrain`, `probe`, `embed`, `export`, `neighbors`, `preview`, `bench`, and `demo`
 //! (the default run: what `selfsup` without arguments does), each one module handling both
 //! images and text; the helpers they share (`data`, `group`, `progress`, `threads`) are
 //! modules of their own, never a sibling subcommand.
@@ -9,6 +9,7 @@ pub mod bench;
 mod data;
 mod default_run;
 mod embed;
+mod export;
 pub mod group;
 mod neighbors;
 mod pretrain;
@@ -43,6 +44,8 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// Write a checkpoint's features of a dataset (or of sentences) to a NumPy .npy file
     Embed(embed::EmbedArgs),
+    /// Write a checkpoint's frozen image encoder as an ONNX model file
+    Export(export::ExportArgs),
     /// The corpus sentences nearest to given sentences (Quick Thoughts checkpoints)
     Neighbors(neighbors::NeighborsArgs),
     /// A PNG grid of images and their augmented views
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         Command::Pretrain(args) => ok(pretrain::run(&args)),
         Command::Probe(args) => ok(probe::run(&args)),
         Command::Embed(args) => ok(embed::run(&args)),
+        Command::Export(args) => ok(export::run(&args)),
         Command::Neighbors(args) => ok(neighbors::run(&args)),
         Command::Preview(args) => ok(preview::run(&args)),
         Command::Demo(args) => ok(default_run::run(&args)),
