@@ -30,28 +30,7 @@ use super::{Mode, TensorId};
 /// line and an AVX-512 register).
 pub(crate) const ALIGN: usize = 16;
 
-/// The steps `first..=last` of a pass over which a buffer must hold its contents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Lifetime {
-    pub(crate) first: usize,
-    pub(crate) last: usize,
-}
-
-impl Lifetime {
-    /// Whether some step lies in both.
-    pub(crate) fn overlaps(self, other: Lifetime) -> bool {
-        self.first <= other.last && other.first <= self.last
-    }
-
-    /// Whether `step` lies in it.
-    pub(crate) fn contains(self, step: usize) -> bool {
-        (self.first..=self.last).contains(&step)
-    }
-
-    fn extend_to(&mut self, step: usize) {
-        self.last = self.last.max(step);
-    }
-}
+pub(crate) use super::tensors::Lifetime;
 
 /// The graph's tensors as the plan sees them, indexed like the graph's: length, whether
 /// each has a gradient, whether each is kept.

@@ -5,7 +5,6 @@
 
 use std::ops::Range;
 
-use super::liveness::Lifetime;
 use super::Mode;
 
 /// What a parameter tensor is; decides its initialization and whether weight decay and LARS
@@ -90,5 +89,28 @@ impl TensorInfo {
             Mode::Train => self.life,
             Mode::Eval => self.life_eval,
         }
+    }
+}
+
+/// The steps `first..=last` of a pass over which a buffer must hold its contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    pub(crate) first: usize,
+    pub(crate) last: usize,
+}
+
+impl Lifetime {
+    /// Whether some step lies in both.
+    pub(crate) fn overlaps(self, other: Lifetime) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    /// Whether `step` lies in it.
+    pub(crate) fn contains(self, step: usize) -> bool {
+        (self.first..=self.last).contains(&step)
+    }
+
+    pub(crate) fn extend_to(&mut self, step: usize) {
+        self.last = self.last.max(step);
     }
 }
