@@ -161,6 +161,7 @@ fn p_ranks_of_batch_b_train_as_one_process_of_batch_p_times_b() {
                 "ckpt-00000003.safetensors",
                 "config.json",
                 "loss.png",
+                "metrics.csv",
                 "metrics.jsonl"
             ],
             "P = {p}"
