@@ -43,14 +43,11 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-/// The encoder of the default run (both methods).
-const DEMO_WIDTHS: &str = "8,16,32";
-
 fn pretrain_args(method: &str, minutes: f64, out: PathBuf, demo: &DemoArgs) -> PretrainArgs {
     let minutes = minutes.to_string();
     let seed = demo.seed.to_string();
     let out_s = out.to_string_lossy().into_owned();
-    let mut argv = vec![
+    let argv = [
         "selfsup",
         "pretrain",
         "--method",
@@ -68,23 +65,7 @@ fn pretrain_args(method: &str, minutes: f64, out: PathBuf, demo: &DemoArgs) -> P
         "--checkpoint-every",
         "0",
     ];
-    // The recipe measured on this data (README, "The default run's recipe"): a small
-    // encoder, so that a few minutes hold thousands of steps, and for SimCLR small batches,
-    // LARS at a high learning rate, tau 0.2 and crops of at least 30% of the image.
-    argv.extend(["--widths", DEMO_WIDTHS, "--batch", "32"]);
-    match method {
-        "rotnet" => argv.extend(["--lr", "0.05"]),
-        _ => argv.extend([
-            "--optimizer",
-            "lars",
-            "--lr",
-            "2",
-            "--tau",
-            "0.2",
-            "--crop-min",
-            "0.3",
-        ]),
-    }
+    // Nothing else: the default run trains with `pretrain`'s defaults, the quick recipe.
     match super::Cli::parse_from(argv).command {
         Some(super::Command::Pretrain(a)) => a,
         _ => unreachable!("the argument list parses to `pretrain`"),
@@ -176,27 +157,29 @@ pub fn run(demo: &DemoArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::pretrain::{MethodArg, OptimizerArg};
+    use crate::cli::pretrain::{MethodArg, OptimizerArg, RecipeArg};
 
-    /// The default run pretrains with the measured recipe (README, "The default run's
-    /// recipe"), not with `pretrain`'s long-run defaults, and both methods on one encoder.
+    /// The default run pretrains with `pretrain`'s own defaults (the quick recipe), so
+    /// what it shows is what a user's first `pretrain` gets; both methods on one encoder.
     #[test]
-    fn the_default_run_uses_the_measured_recipe() {
+    fn the_default_run_uses_the_quick_recipe() {
         let demo = crate::cli::default_demo_args();
-        let s = pretrain_args("simclr", 2.5, "x".into(), &demo);
+        let s = pretrain_args("simclr", 2.5, "x".into(), &demo).resolved_image(32, true, 1);
         assert_eq!(s.method, MethodArg::Simclr);
-        assert_eq!(s.widths, [8, 16, 32]);
-        assert_eq!(s.batch, 32);
-        assert_eq!(s.optimizer(), OptimizerArg::Lars);
+        assert_eq!(s.recipe, Some(RecipeArg::Quick));
+        assert_eq!(s.widths, Some(vec![8, 16, 32]));
+        assert_eq!(s.batch, Some(32));
+        assert_eq!(s.optimizer, Some(OptimizerArg::Lars));
         assert_eq!(s.lr, Some(2.0));
         assert_eq!(s.tau, Some(0.2));
-        assert_eq!(s.crop_min, 0.3);
+        assert_eq!(s.crop_min, Some(0.3));
         assert_eq!(s.minutes, Some(2.5));
-        let r = pretrain_args("rotnet", 0.75, "y".into(), &demo);
+        let r = pretrain_args("rotnet", 0.75, "y".into(), &demo).resolved_image(32, true, 1);
         assert_eq!(r.method, MethodArg::Rotnet);
         assert_eq!(r.widths, s.widths);
-        assert_eq!(r.batch, 32);
-        assert_eq!(r.optimizer(), OptimizerArg::Sgd);
-        assert_eq!(r.lr, Some(0.05));
+        assert_eq!(r.batch, Some(32));
+        assert_eq!(r.optimizer, Some(OptimizerArg::Sgd));
+        assert_eq!(r.lr, Some(0.2));
+        assert_eq!(r.tau, None);
     }
 }

@@ -14,12 +14,14 @@ use selfsup::data::augment::{RotnetAugment, SimclrAugment};
 use selfsup::data::Splits;
 use selfsup::dist::Collectives;
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderConfig, SentenceEncoderKind};
-use selfsup::optim::{AdamWConfig, LarsConfig, OptimizerConfig, SgdConfig};
+use selfsup::optim::OptimizerConfig;
 use selfsup::text::{default_max_len, TokenizedCorpus, Vocab};
 use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
-use selfsup::train::run_dir::SIMCLR_TAU;
 use selfsup::train::text::{QtConfig, QtTrainer, TextRecord, QT_TEMPERATURE, VOCAB_FILE};
-use selfsup::train::{fit, FitConfig, FitSummary, Method, RunArgs, RunDir, RunLength, RunSettings};
+use selfsup::train::{
+    fit, FitConfig, FitSummary, Method, OptimizerKind, Recipe, RunArgs, RunDir, RunLength,
+    RunSettings,
+};
 
 use super::data::{load_splits, load_text, parse_image_size};
 use super::group;
@@ -29,22 +31,29 @@ use super::threads::set_threads;
 const EXAMPLES: &str = "\
 Examples:
   selfsup pretrain --data builtin --minutes 3 --out runs/simclr
-  selfsup pretrain --data fashion-mnist --minutes 10 --widths 16,32,128 --batch 32 \\
-      --optimizer lars --lr 2 --tau 0.2 --crop-min 0.3 --out runs/fmnist
+  selfsup pretrain --data fashion-mnist --minutes 10 --out runs/fmnist
+  selfsup pretrain --data folder:photos --image-size 128 --minutes 30 --out runs/photos
   selfsup pretrain --method rotnet --data fashion-mnist --epochs 20 --out runs/rot
-  selfsup pretrain --data cifar10:~/cifar --steps 5000 --optimizer lars --lr 1.2 --out runs/c10
+  selfsup pretrain --data cifar10:~/cifar --recipe paper --epochs 200 --out runs/c10
   selfsup pretrain --out runs/simclr --resume        continue from the newest checkpoint
   selfsup pretrain --method quickthought --minutes 2 --out runs/qt          built-in text corpus
   selfsup pretrain --method quickthought --data text:/usr/share/common-licenses --out runs/lic
 
-The defaults (SGD, lr 0.06 x batch/256, tau 0.5, batch 256) are SimCLR's recipe for runs
-of hundreds of epochs. For runs of minutes, the measured recipe of the second example
-(small batches, LARS at lr 2, tau 0.2, crops of at least 30%) learns far faster: see the
-README, \"The default run's recipe\".
+Defaults: --recipe quick, measured to learn fastest in a budget of minutes:
+SimCLR batch 32, LARS at lr 2, weight decay 1e-6, tau 0.2, crops of at least 30% of the
+image, colour strength 0.5; RotNet batch 32, SGD at lr 0.2 x batch/32, weight decay 5e-4;
+encoder widths 8,16,32 on the built-in data and 8,16,32,256 elsewhere. In a short run the
+number of steps matters most, so small batches and a narrow encoder win. --recipe paper
+takes the papers' settings for runs of hundreds of epochs: SimCLR batch 256, LARS at
+0.3 x batch/256, tau 0.5, crops down to 8%, colour strength 1.0 from 64 pixels up; RotNet
+batch 128, SGD at 0.1 x batch/128; widths 32,64,128. Any flag given overrides its recipe
+value; config.json records every value the run used. How the recipe was chosen: the
+README, \"The default recipe\".
 
 The run folder holds config.json, metrics.jsonl (one JSON object per step and per kNN
-evaluation), ckpt-<step>.safetensors (the newest two) and loss.png; a quickthought run
-also vocab.json, and its monitor is the held-out previous/next-sentence accuracy.";
+evaluation) and metrics.csv (the same as a table), ckpt-<step>.safetensors (the newest
+two) and loss.png; a quickthought run also vocab.json, and its monitor is the held-out
+previous/next-sentence accuracy.";
 
 /// The self-supervised method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -71,13 +80,57 @@ pub enum OptimizerArg {
     Adamw,
 }
 
-/// Options of `selfsup pretrain`.
+/// The set of defaults (`selfsup pretrain --help` lists both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipeArg {
+    /// Measured for runs of minutes: small batches, LARS at lr 2, narrow encoder
+    Quick,
+    /// The SimCLR and RotNet papers' settings for runs of hundreds of epochs
+    Paper,
+}
+
+impl RecipeArg {
+    fn recipe(self) -> Recipe {
+        match self {
+            RecipeArg::Quick => Recipe::Quick,
+            RecipeArg::Paper => Recipe::Paper,
+        }
+    }
+}
+
+impl OptimizerArg {
+    fn kind(self) -> OptimizerKind {
+        match self {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Lars => OptimizerKind::Lars,
+            OptimizerArg::Adamw => OptimizerKind::Adamw,
+        }
+    }
+
+    fn of(kind: OptimizerKind) -> Self {
+        match kind {
+            OptimizerKind::Sgd => OptimizerArg::Sgd,
+            OptimizerKind::Lars => OptimizerArg::Lars,
+            OptimizerKind::Adamw => OptimizerArg::Adamw,
+        }
+    }
+}
+
+/// Options of `selfsup pretrain`. The image methods' unset options are filled from the
+/// recipe ([`PretrainArgs::resolved`]) before training; `config.json` records the filled
+/// values (unset options that do not apply to the method are left out, never null).
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[command(after_long_help = EXAMPLES)]
 pub struct PretrainArgs {
     /// The method
     #[arg(long, value_enum, default_value_t = MethodArg::Simclr)]
     pub method: MethodArg,
+
+    /// The defaults of the image methods' other options [default: quick]
+    #[arg(long, value_enum)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<RecipeArg>,
 
     /// The data: builtin (32 x 32), builtin:S (the same images at S x S pixels, S from 8 to
     /// 512), fashion-mnist, idx:DIR, cifar10:DIR, cifar100:DIR, folder:DIR; for
@@ -91,32 +144,40 @@ pub struct PretrainArgs {
     /// SimCLR views are blurred (kernel 10% of the side). A folder's images are stored with
     /// their shorter side at 8/7 of it, views cropped from them
     #[arg(long, value_name = "S", value_parser = parse_image_size, allow_negative_numbers = true)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<usize>,
 
     /// Train for N epochs
     #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = clap::value_parser!(u64).range(1..))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
 
     /// Train for N steps
     #[arg(long, value_name = "N", conflicts_with = "minutes", value_parser = clap::value_parser!(u64).range(1..))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
 
     /// Train for a wall-clock budget of M minutes (the schedule is fitted to the measured speed)
     #[arg(long, value_name = "M", value_parser = positive_f64, allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minutes: Option<f64>,
 
-    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs);
-    /// contiguous sentences per step for quickthought (at least 4)
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = at_least_two)]
-    pub batch: usize,
+    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs)
+    /// [default: the recipe's, 32; paper 256, RotNet 128]; contiguous sentences per step
+    /// for quickthought (at least 4) [default: 256]
+    #[arg(long, value_name = "N", value_parser = at_least_two)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
 
-    /// Peak learning rate [default: sgd 0.06 (quickthought 0.1), lars 0.3, adamw 0.001,
-    /// each times batch/256]
+    /// Peak learning rate [default: the recipe's for its optimizer (quick: LARS 2, RotNet
+    /// SGD 0.2 x batch/32; paper: LARS 0.3 x batch/256, RotNet SGD 0.1 x batch/128); for
+    /// another optimizer sgd 0.06 (quickthought 0.1), lars 0.3, adamw 0.001, each times
+    /// batch/256]
     #[arg(long, value_name = "LR", value_parser = positive_f64, allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
 
-    /// Temperature: NT-Xent's tau [default 0.5]; quickthought (in-batch): the logits are
+    /// Temperature: NT-Xent's tau [default: quick 0.2, paper 0.5]; quickthought (in-batch): the logits are
     /// f(s).g(c) / tau [default 50]
     #[arg(
         long,
@@ -124,15 +185,19 @@ pub struct PretrainArgs {
         value_parser = positive_f32,
         allow_negative_numbers = true
     )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tau: Option<f32>,
 
-    /// The optimizer [default: sgd; adamw for quickthought]
+    /// The optimizer [default: the recipe's, lars for SimCLR and sgd for RotNet; adamw for
+    /// quickthought]
     #[arg(long, value_enum)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<OptimizerArg>,
 
-    /// Weight decay [default: sgd 5e-4, lars 1e-6, adamw 0.05; quickthought: 0 for sgd
+    /// Weight decay [default: lars 1e-6, sgd 5e-4, adamw 0.05; quickthought: 0 for sgd
     /// and adamw]
     #[arg(long, value_name = "WD", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f32>,
 
     /// Share of the steps spent in the linear warmup
@@ -145,26 +210,21 @@ pub struct PretrainArgs {
     )]
     pub warmup: f64,
 
-    /// Colour-jitter strength s (0.5 suits small images, 1.0 is SimCLR's ImageNet value)
-    #[arg(
-        long,
-        value_name = "S",
-        default_value_t = 0.5,
-        allow_negative_numbers = true
-    )]
-    pub strength: f32,
+    /// SimCLR's colour-jitter strength s, 0 to 2.5 [default: quick 0.5; paper 0.5 below 64
+    /// pixels, 1.0 (SimCLR's ImageNet value) from 64 up]
+    #[arg(long, value_name = "S", value_parser = parse_strength, allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f32>,
 
-    /// Smallest crop area of the random resized crop
-    #[arg(
-        long,
-        value_name = "FRACTION",
-        default_value_t = 0.08,
-        allow_negative_numbers = true
-    )]
-    pub crop_min: f32,
+    /// SimCLR's smallest crop, as a fraction of the image's area, above 0 and at most 1
+    /// [default: quick 0.3; paper 0.08]
+    #[arg(long, value_name = "FRACTION", value_parser = parse_crop_min, allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_min: Option<f32>,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
     #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u64>,
 
     /// Seed of the weights, the data order and the augmentations
@@ -188,9 +248,11 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub knn_every: u64,
 
-    /// Encoder widths per stage
-    #[arg(long, value_name = "W,W,W", value_delimiter = ',', default_values_t = [32usize, 64, 128])]
-    pub widths: Vec<usize>,
+    /// Encoder widths per stage, one residual block each [default: quick 8,16,32 on the
+    /// built-in data, 8,16,32,256 elsewhere; paper 32,64,128]
+    #[arg(long, value_name = "W,W,W", value_delimiter = ',', value_parser = width_8192)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<usize>>,
 
     /// No progress bar (a line every 5 seconds on stderr instead)
     #[arg(long)]
@@ -242,7 +304,7 @@ pub struct PretrainArgs {
     /// Tokens per sentence: longer sentences keep their first N (counted in config.json)
     /// [default: the 99th percentile of the training sentences' lengths, from 4 to 64]
     #[arg(long, value_name = "N", value_parser = width_1024, help_heading = "Quick Thoughts")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_len: Option<usize>,
 
     /// Words seen fewer times in the training text become the unknown token
@@ -319,12 +381,53 @@ fn vocab_size(s: &str) -> std::result::Result<usize, String> {
 }
 
 impl PretrainArgs {
-    /// The optimizer, its default resolved by the method.
+    /// The optimizer, its default resolved by the method (the quick recipe's for images).
     pub fn optimizer(&self) -> OptimizerArg {
         self.optimizer.unwrap_or(match self.method {
             MethodArg::Quickthought => OptimizerArg::Adamw,
-            _ => OptimizerArg::Sgd,
+            MethodArg::Simclr => OptimizerArg::Lars,
+            MethodArg::Rotnet => OptimizerArg::Sgd,
         })
+    }
+
+    /// The images per step (per process), the recipe's when unset.
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(match self.method {
+            MethodArg::Quickthought => 256,
+            _ => 32,
+        })
+    }
+
+    /// These options with every unset option of an image method filled from the recipe:
+    /// the run trains on `image_size`-pixel images of the built-in set (`builtin`) or other
+    /// data, its batch shared by `ranks` processes.
+    pub fn resolved_image(&self, image_size: usize, builtin: bool, ranks: usize) -> Self {
+        let method = match self.method {
+            MethodArg::Rotnet => ImageMethod::RotNet,
+            _ => ImageMethod::SimClr,
+        };
+        let recipe = self.recipe.unwrap_or(RecipeArg::Quick);
+        let d = recipe.recipe().image(method, image_size, builtin);
+        let batch = self.batch.unwrap_or(d.batch);
+        let optimizer = self.optimizer.map_or(d.optimizer, OptimizerArg::kind);
+        let (lr, wd) = recipe
+            .recipe()
+            .lr_and_decay(method, optimizer, batch.saturating_mul(ranks));
+        let simclr = method == ImageMethod::SimClr;
+        PretrainArgs {
+            recipe: Some(recipe),
+            image_size: Some(image_size),
+            batch: Some(batch),
+            optimizer: Some(OptimizerArg::of(optimizer)),
+            lr: Some(self.lr.unwrap_or(lr)),
+            weight_decay: Some(self.weight_decay.unwrap_or(wd)),
+            tau: self.tau.or(simclr.then_some(d.tau)),
+            crop_min: self.crop_min.or(simclr.then_some(d.crop_min)),
+            strength: self.strength.or(simclr.then_some(d.strength)),
+            widths: Some(self.widths.clone().unwrap_or(d.widths)),
+            threads: Some(rayon::current_num_threads() as u64),
+            ..self.clone()
+        }
     }
 }
 
@@ -332,6 +435,22 @@ fn at_least_two(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(v) if v >= 2 => Ok(v),
         _ => Err(format!("expected at least 2 images per step, got '{s}'")),
+    }
+}
+
+pub(super) fn parse_crop_min(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "expected a fraction of the image's area above 0 and at most 1, got '{s}'"
+        )),
+    }
+}
+
+pub(super) fn parse_strength(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=2.5).contains(&v) => Ok(v),
+        _ => Err(format!("expected a strength from 0 to 2.5, got '{s}'")),
     }
 }
 
@@ -380,11 +499,11 @@ impl RunArgs for PretrainArgs {
         RunSettings {
             method: self.method.name().into(),
             data: self.data.clone(),
-            batch: self.batch,
+            batch: self.batch(),
             seed: self.seed,
             optimizer,
             tau: self.tau,
-            widths: self.widths.clone(),
+            widths: self.widths.clone().unwrap_or_default(),
             encoder: self.encoder,
             objective: self.objective,
             max_len: self.max_len,
@@ -448,38 +567,23 @@ fn fit_run<M: Method>(method: &mut M, cfg: &FitConfig<PretrainArgs>) -> Result<F
     Ok(fit(method, cfg, &mut progress)?)
 }
 
-/// The optimizer, its learning rate and weight decay: the flags, else the method's
-/// defaults (each learning rate times the batch of a step of all `ranks` / 256).
+/// The optimizer, its learning rate and weight decay: the flags (an image run's filled from
+/// its recipe by [`PretrainArgs::resolved_image`]), else Quick Thoughts' defaults (SGD 0.1,
+/// LARS 0.3, AdamW 0.001, each times the batch of a step of all `ranks` / 256; no decay
+/// but LARS's 1e-6).
 fn optimizer(args: &PretrainArgs, ranks: usize) -> (OptimizerConfig, f64, f32) {
-    let scale = (args.batch * ranks) as f64 / 256.0;
-    let text = args.method == MethodArg::Quickthought;
-    let (lr, wd) = match (args.optimizer(), text) {
-        (OptimizerArg::Sgd, false) => (0.06, 5e-4),
-        (OptimizerArg::Sgd, true) => (0.1, 0.0),
-        (OptimizerArg::Lars, _) => (0.3, 1e-6),
-        (OptimizerArg::Adamw, false) => (1e-3, 0.05),
-        (OptimizerArg::Adamw, true) => (1e-3, 0.0),
+    let scale = (args.batch() * ranks) as f64 / 256.0;
+    let kind = args.optimizer().kind();
+    let (lr, wd) = match kind {
+        OptimizerKind::Sgd => (0.1, 0.0),
+        OptimizerKind::Lars => (0.3, 1e-6),
+        OptimizerKind::Adamw => (1e-3, 0.0),
     };
     let (lr, wd) = (
         args.lr.unwrap_or(lr * scale),
         args.weight_decay.unwrap_or(wd),
     );
-    let cfg = match args.optimizer() {
-        OptimizerArg::Sgd => OptimizerConfig::Sgd(SgdConfig {
-            momentum: 0.9,
-            weight_decay: wd,
-            ..SgdConfig::default()
-        }),
-        OptimizerArg::Lars => OptimizerConfig::Lars(LarsConfig {
-            weight_decay: wd,
-            ..LarsConfig::default()
-        }),
-        OptimizerArg::Adamw => OptimizerConfig::AdamW(AdamWConfig {
-            weight_decay: wd,
-            ..AdamWConfig::default()
-        }),
-    };
-    (cfg, lr, wd)
+    (kind.config(wd), lr, wd)
 }
 
 /// The process group, after checking that every rank of a data-parallel job was started
@@ -504,26 +608,24 @@ pub fn pretrain(
     splits: Arc<Splits>,
     image_size: usize,
 ) -> Result<PretrainOutcome> {
-    let args = &PretrainArgs {
-        image_size: Some(image_size),
-        ..args.clone()
-    };
+    let comm = joined_group(args)?;
+    let ranks = comm.size();
+    let builtin = args.data == "builtin" || args.data.starts_with("builtin:");
+    let args = &args.resolved_image(image_size, builtin, ranks);
     // The training images carry no labels (the loader keeps them apart).
     let train = Arc::clone(&splits.train);
     let model = ResNetConfig {
         in_channels: train.channels,
         image_size,
-        widths: args.widths.clone(),
-        blocks: vec![1; args.widths.len()],
+        widths: args.widths.clone().unwrap_or_default(),
+        blocks: vec![1; args.widths.as_ref().map_or(0, Vec::len)],
         ..ResNetConfig::default()
     };
-    let comm = joined_group(args)?;
-    let ranks = comm.size();
-    let global_batch = args.batch.saturating_mul(ranks);
+    let batch = args.batch();
+    let global_batch = batch.saturating_mul(ranks);
     if global_batch > train.n {
         bail!(
-            "--batch {} {}is larger than the training set ({} images)",
-            args.batch,
+            "--batch {batch} {}is larger than the training set ({} images)",
             if ranks > 1 {
                 format!("x {ranks} processes ")
             } else {
@@ -533,8 +635,11 @@ pub fn pretrain(
         );
     }
     let (optimizer, lr, wd) = optimizer(args, ranks);
-    let mut augment = SimclrAugment::for_image(image_size, train.channels, args.strength);
-    augment.crop_scale.0 = args.crop_min;
+    let strength = args.strength.unwrap_or(0.5);
+    let mut augment = SimclrAugment::for_image(image_size, train.channels, strength);
+    if let Some(c) = args.crop_min {
+        augment.crop_scale.0 = c;
+    }
     let method = match args.method {
         MethodArg::Simclr => ImageMethod::SimClr,
         MethodArg::Rotnet => ImageMethod::RotNet,
@@ -547,8 +652,8 @@ pub fn pretrain(
     let cfg = PretrainConfig {
         method,
         model: model.clone(),
-        batch: args.batch,
-        tau: args.tau.unwrap_or(SIMCLR_TAU),
+        batch,
+        tau: args.tau.unwrap_or(0.2),
         optimizer,
         schedule: fit_cfg.schedule(fit_cfg.total_steps(spe))?,
         augment,
@@ -576,6 +681,13 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     // Under mpirun every rank reads the corpus and builds the same vocabulary; rank 0 alone
     // writes the run folder and prints. A resumed data-parallel run needs the folder
     // (config.json, vocab.json) on every rank's machine.
+    if let Some(r) = args.recipe {
+        bail!(
+            "--recipe {} sets the image methods' defaults; quickthought has its own \
+             (AdamW at 0.001 x batch/256, batch 256): leave --recipe out",
+            r.recipe().name()
+        );
+    }
     let comm = joined_group(args)?;
     let ranks = comm.size();
     if comm.rank() == 0 {
@@ -613,7 +725,6 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         max_len,
     };
     let (optimizer, lr, wd) = optimizer(args, ranks);
-    let fit_cfg = fit_config(args, lr, wd);
     // The in-batch temperature: the flag, else a resumed run's own (runs of versions
     // before it trained with 1), else the default.
     let trained_with = old.as_ref().map(|o| o.temperature.unwrap_or(1.0));
@@ -626,9 +737,21 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         }
     }
     let temperature = args.tau.or(trained_with).unwrap_or(QT_TEMPERATURE);
+    // config.json records every value the run uses (the sentence length in the encoder's
+    // record).
+    let args = &PretrainArgs {
+        batch: Some(args.batch()),
+        optimizer: Some(args.optimizer()),
+        lr: Some(lr),
+        weight_decay: Some(wd),
+        tau: Some(temperature),
+        threads: Some(rayon::current_num_threads() as u64),
+        ..args.clone()
+    };
+    let fit_cfg = fit_config(args, lr, wd);
     let cfg = QtConfig {
         encoder,
-        batch: args.batch,
+        batch: args.batch(),
         objective: args.objective,
         temperature,
         optimizer,

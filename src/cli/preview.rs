@@ -11,6 +11,7 @@ use selfsup::data::augment::{augment_view, view_rng, AugmentScratch, SimclrAugme
 use selfsup::data::resize::eval_view;
 
 use super::data::{load_splits, parse_image_size};
+use super::pretrain::{parse_crop_min, parse_strength};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -41,12 +42,13 @@ pub struct PreviewArgs {
     #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub views: u64,
 
-    /// Colour-jitter strength s
-    #[arg(long, value_name = "S", default_value_t = 0.5)]
+    /// Colour-jitter strength s, 0 to 2.5 (pretrain's quick recipe: 0.5)
+    #[arg(long, value_name = "S", default_value_t = 0.5, value_parser = parse_strength, allow_negative_numbers = true)]
     pub strength: f32,
 
-    /// Smallest crop area of the random resized crop
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.08)]
+    /// Smallest crop, as a fraction of the image's area (pretrain's quick recipe: 0.3;
+    /// --recipe paper: 0.08)
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.3, value_parser = parse_crop_min, allow_negative_numbers = true)]
     pub crop_min: f32,
 
     /// Side of the views, in pixels (as `pretrain --image-size`) [default: the data's own
