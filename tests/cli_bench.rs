@@ -397,3 +397,27 @@ fn scaling_rejects_bad_thread_counts_and_conflicting_flags() {
         "memory probes",
     );
 }
+
+/// `--peak`: the FMA peak once, then each workload's share of it; the share is the
+/// workload's GFLOP/s over the peak (so a workload with counted flops and its rate agree).
+#[test]
+fn peak_reports_each_workloads_share_of_the_fma_peak() {
+    let out = selfsup(&[QUICK, &["--peak", "--json", "-"]].concat());
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_str(&text(&out.stdout)).expect("stdout is JSON");
+    let peak = v["peak_gflops"].as_f64().expect("peak_gflops");
+    assert!(peak > 0.1, "{v}");
+    let w = &v["workloads"]["sgemm_256"];
+    let share = w["peak_share"].as_f64().expect("peak_share");
+    let want = w["gflops"].as_f64().unwrap() / peak;
+    assert!((share - want).abs() <= 0.01 * want, "{share} vs {want}");
+    let table = text(&out.stderr);
+    assert!(
+        table.contains("FMA peak:") && table.contains("% of peak"),
+        "{table}"
+    );
+    // Without the flag, no peak anywhere.
+    let out = selfsup(&[QUICK, &["--json", "-"]].concat());
+    assert!(!text(&out.stdout).contains("peak"));
+    assert_one_line_error(&["bench", "--peak", "--scaling", "1,2"], "--peak");
+}

@@ -249,3 +249,20 @@ fn a_96_pixel_simclr_step_is_finite_and_the_same_with_1_and_2_threads() {
     let fresh = simclr(&sized(96), 2, 0.5, 0x96).unwrap();
     assert_ne!(fresh.graph.params(), &params1[..]);
 }
+
+/// The forward flops of ResNet-mini at 32 x 32, counted by hand: stem 3 -> 32 at 32x32
+/// (1,769,472), l1 two 32 -> 32 at 32x32 (37,748,736), l2 and l3 each a 3x3 of c -> 2c and
+/// one of 2c -> 2c at half the side plus the 1x1 shortcut (29,360,128 each), and the head
+/// 128 -> 128 -> 64 (49,152). At 96 x 96 the stride-2 stem makes every map 1.5x the side
+/// of 32 x 32's: 2.25x the flops.
+#[test]
+fn forward_flops_count_the_convolutions_and_the_head() {
+    let mini = ResNetConfig::default();
+    assert_eq!(mini.forward_flops(false), 98_238_464.0);
+    assert_eq!(mini.forward_flops(true), 98_287_616.0);
+    let mini96 = ResNetConfig {
+        image_size: 96,
+        ..ResNetConfig::default()
+    };
+    assert_eq!(mini96.forward_flops(false), 2.25 * 98_238_464.0);
+}

@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod linear;
+pub mod peak;
 pub mod pool;
 pub mod reduce;
 pub mod reference;

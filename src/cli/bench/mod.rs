@@ -64,6 +64,7 @@ Examples:
   selfsup bench --reference matrixmultiply --threads 2 --json mm.json
   selfsup bench --baseline main.json --tolerance 0.05   fail (exit 1) on a >5% slowdown
   selfsup bench --scaling 1,2 --reps 9 --only simclr_step_*   speed-up from 1 to 2 threads
+  selfsup bench --peak --only simclr_step_*,embed_*   each workload's share of the FMA peak
 
 Exit status: 0 on success, 1 when a workload is slower than --baseline allows,
 2 on any error (bad flag, unreadable or malformed file, failed run).
@@ -128,6 +129,13 @@ pub struct BenchArgs {
     /// Print the (selected) workloads, one per line: name, then what one operation is; exit
     #[arg(long)]
     pub list: bool,
+
+    /// Measure the pool's FMA peak first (every thread running register-only fused
+    /// multiply-adds on the kernels' ISA) and print each workload's share of it, in the
+    /// table and in the JSON (`peak_gflops`, per workload `peak_share`): the efficiency a
+    /// regression job can track across machines
+    #[arg(long, conflicts_with = "scaling")]
+    pub peak: bool,
 
     /// Images in the NT-Xent memory probe instead of 16384 (for quick tests)
     #[arg(long, value_name = "N", hide = true, value_parser = at_least_one)]
@@ -315,6 +323,17 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         args.reference.name(),
         plural(threads),
     )?;
+    let peak_gflops = args
+        .peak
+        .then(|| pool.install(selfsup::kernels::peak::fma_peak_gflops));
+    if let Some(p) = peak_gflops {
+        writeln!(
+            out,
+            "FMA peak: {p:.1} GFLOP/s on {threads} thread{} ({isa}); shares count each \
+             workload's convolution, GEMM and NT-Xent flops",
+            plural(threads)
+        )?;
+    }
     if !selected.workloads.is_empty() {
         writeln!(out, "{}", report::table_header(name_width))?;
     }
@@ -322,7 +341,7 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         let mut done = Vec::with_capacity(selected.workloads.len());
         for w in &selected.workloads {
             let m = measure(w, args.reference, args.warmup, args.reps)?;
-            writeln!(out, "{}", report::table_row(&m, name_width))?;
+            writeln!(out, "{}", report::table_row(&m, name_width, peak_gflops))?;
             done.push(m);
         }
         Ok(done)
@@ -357,6 +376,7 @@ pub fn run(args: &BenchArgs) -> Result<Status> {
         reps: args.reps,
         workloads: measurements,
         memory,
+        peak_gflops,
     };
     if let Some(path) = args.json.as_deref() {
         write_json(path, &report.to_json())?;

@@ -31,7 +31,11 @@ pub fn quickthought_workload(sentences: usize) -> Workload {
         about: format!(
             "Quick Thoughts step, {sentences} contiguous built-in sentences of 16 tokens, CNN              f and g (embedding 64, 256 channels, kernel 3), in-batch loss, backward, AdamW              (sentences/s = {sentences} / seconds)"
         ),
-        work: Work::Seconds,
+        // The two CNNs' convolutions (64 x 3 -> 256 at 16 positions), forward and both
+        // gradients; the embeddings and the in-batch scores are left out.
+        work: Work::Seconds {
+            flops: Some((sentences * 2 * 3 * 2 * 64 * 3 * 256 * 16) as f64),
+        },
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
             let docs: Vec<Vec<String>> = builtin_corpus(&CorpusConfig {
@@ -87,7 +91,10 @@ pub fn augment_workload(images: usize) -> Workload {
             "SimCLR augmentation, {images} images 3x32x32 -> 2 views (crop, flip, jitter s 0.5, \
              grayscale)"
         ),
-        work: Work::Images(images as f64),
+        work: Work::Images {
+            images: images as f64,
+            flops: None,
+        },
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
             let n = 4 * images;
@@ -165,7 +172,15 @@ fn simclr_step(name: &'static str, about: String, cfg: ResNetConfig, images: usi
     Workload {
         name,
         about,
-        work: Work::Images(images as f64),
+        // Forward and both gradients of encoder and head for the 2 views, and NT-Xent's
+        // three products of the 2N x head_out projections.
+        work: Work::Images {
+            images: images as f64,
+            flops: Some(
+                2.0 * images as f64 * 3.0 * cfg.forward_flops(true)
+                    + 3.0 * 2.0 * (2 * images * 2 * images * cfg.head_out) as f64,
+            ),
+        },
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
             let mut m = simclr(&cfg, images, 0.5, 0x5eed_0201)?;
@@ -229,7 +244,10 @@ fn embed(name: &'static str, about: String, cfg: ResNetConfig, images: usize) ->
     Workload {
         name,
         about,
-        work: Work::Images(images as f64),
+        work: Work::Images {
+            images: images as f64,
+            flops: Some(images as f64 * cfg.forward_flops(false)),
+        },
         references: &[Reference::Selfsup],
         setup: Box::new(move |_| {
             let mut b = GraphBuilder::new();

@@ -35,14 +35,20 @@ impl Measurement {
     pub fn figures(&self) -> Figures {
         let (gflops, images_per_s) = match self.work {
             Work::Flops(f) => (Some(f / self.seconds / 1e9), None),
-            Work::Images(n) => (None, Some(n / self.seconds)),
-            Work::Seconds => (None, None),
+            Work::Images { images, .. } => (None, Some(images / self.seconds)),
+            Work::Seconds { .. } => (None, None),
         };
         Figures {
             seconds: Some(self.seconds),
             gflops,
             images_per_s,
         }
+    }
+
+    /// The share of the FMA peak `peak_gflops` this workload's counted flops ran at.
+    pub fn peak_share(&self, peak_gflops: f64) -> Option<f64> {
+        let flops = self.work.flops()?;
+        Some(flops / self.seconds / 1e9 / peak_gflops)
     }
 }
 
@@ -105,6 +111,8 @@ pub struct Report {
     pub workloads: Vec<Measurement>,
     /// The memory probes that ran.
     pub memory: Vec<MemoryMeasurement>,
+    /// The pool's FMA peak, when measured (`--peak`).
+    pub peak_gflops: Option<f64>,
 }
 
 /// The serialized form of one workload entry.
@@ -118,6 +126,8 @@ struct Entry {
     min_seconds: f64,
     max_seconds: f64,
     ops_per_rep: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_share: Option<f64>,
 }
 
 /// Rounds to `digits` significant digits (keeps the JSON readable; timings are not exact).
@@ -129,8 +139,24 @@ fn sig(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
+/// The measurements of a report and the peak their shares are taken of.
+struct Workloads<'a> {
+    ms: &'a [Measurement],
+    peak_gflops: Option<f64>,
+}
+
 /// Serializes the measurements as a JSON object in run order (not sorted by name).
-fn ordered_workloads<S: Serializer>(ms: &[Measurement], s: S) -> Result<S::Ok, S::Error> {
+impl Serialize for Workloads<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ordered_workloads(self.ms, self.peak_gflops, s)
+    }
+}
+
+fn ordered_workloads<S: Serializer>(
+    ms: &[Measurement],
+    peak_gflops: Option<f64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(ms.len()))?;
     for m in ms {
         let f = m.figures();
@@ -141,6 +167,7 @@ fn ordered_workloads<S: Serializer>(ms: &[Measurement], s: S) -> Result<S::Ok, S
             min_seconds: sig(m.min_seconds, 6),
             max_seconds: sig(m.max_seconds, 6),
             ops_per_rep: m.ops_per_rep,
+            peak_share: peak_gflops.and_then(|p| m.peak_share(p)).map(|x| sig(x, 3)),
         };
         map.serialize_entry(&m.name, &entry)?;
     }
@@ -194,8 +221,9 @@ struct ReportJson<'a> {
     selfsup_version: &'a str,
     warmup: usize,
     reps: usize,
-    #[serde(serialize_with = "ordered_workloads")]
-    workloads: &'a [Measurement],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_gflops: Option<f64>,
+    workloads: Workloads<'a>,
     #[serde(
         serialize_with = "ordered_memory",
         skip_serializing_if = "<[_]>::is_empty"
@@ -213,7 +241,11 @@ impl Report {
             selfsup_version: self.version,
             warmup: self.warmup,
             reps: self.reps,
-            workloads: &self.workloads,
+            peak_gflops: self.peak_gflops.map(|p| sig(p, 4)),
+            workloads: Workloads {
+                ms: &self.workloads,
+                peak_gflops: self.peak_gflops,
+            },
             memory: &self.memory,
         };
         // Serializing plain structs, strings and finite-or-null floats cannot fail.
@@ -244,8 +276,9 @@ pub fn table_header(name_width: usize) -> String {
 }
 
 /// One row of the results table: median time, rate, and the min/max spread of the
-/// repetitions relative to the median.
-pub fn table_row(m: &Measurement, name_width: usize) -> String {
+/// repetitions relative to the median; with `peak_gflops`, the share of the peak the
+/// workload's counted flops ran at.
+pub fn table_row(m: &Measurement, name_width: usize, peak_gflops: Option<f64>) -> String {
     let rate = match m.figures().best_rate() {
         Some((r, k)) if k != RateKind::OpsPerS => format!("{r:.2} {}", k.unit()),
         _ => "-".to_string(),
@@ -256,8 +289,12 @@ pub fn table_row(m: &Measurement, name_width: usize) -> String {
         format!("{:+.1}%", pct(m.min_seconds)),
         format!("{:+.1}%", pct(m.max_seconds))
     );
+    let share = peak_gflops
+        .and_then(|p| m.peak_share(p))
+        .map(|s| format!("  {:>5.1}% of peak", 100.0 * s))
+        .unwrap_or_default();
     format!(
-        "{:<name_width$}  {:>10.3}  {rate:>18}  {spread}",
+        "{:<name_width$}  {:>10.3}  {rate:>18}  {spread}{share}",
         m.name,
         m.seconds * 1e3
     )
@@ -591,9 +628,11 @@ mod tests {
                 ops_per_rep: 30,
             }],
             memory: vec![],
+            peak_gflops: None,
         };
         let json = r.to_json();
         assert!(!json.contains("memory"), "{json}");
+        assert!(!json.contains("peak"), "{json}");
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["threads"], 2);
         assert_eq!(v["isa"], "avx2");
@@ -648,6 +687,7 @@ mod tests {
             reps: 5,
             workloads: vec![],
             memory: vec![mem.clone()],
+            peak_gflops: None,
         };
         let json = r.to_json();
         let v: Value = serde_json::from_str(&json).unwrap();
@@ -683,7 +723,35 @@ mod tests {
             max_seconds: 0.12,
             ops_per_rep: 1,
         };
-        let row = table_row(&m, 8);
+        let row = table_row(&m, 8, None);
+        assert!(!row.contains("peak"), "{row}");
+        // 10 GFLOP/s of a 40 GFLOP/s peak.
+        assert!(table_row(&m, 8, Some(40.0)).ends_with(" 25.0% of peak"));
+        let images = Measurement {
+            name: "img".into(),
+            work: Work::Images {
+                images: 4.0,
+                flops: None,
+            },
+            ..m.clone()
+        };
+        assert!(!table_row(&images, 8, Some(40.0)).contains("peak"));
+        let r = Report {
+            threads: 2,
+            isa: "avx2",
+            reference: "selfsup",
+            version: "0.1.0",
+            warmup: 2,
+            reps: 5,
+            workloads: vec![m.clone(), images],
+            memory: vec![],
+            peak_gflops: Some(40.0),
+        };
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["peak_gflops"], 40.0);
+        assert_eq!(v["workloads"]["w"]["peak_share"], 0.25);
+        assert!(v["workloads"]["w"].get("gflops").is_some());
+        let row = table_row(&m, 8, None);
         assert!(row.contains("100.000"), "{row}");
         assert!(row.contains("10.00 GFLOP/s"), "{row}");
         assert!(row.contains("-10.0% / +20.0%"), "{row}");

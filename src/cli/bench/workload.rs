@@ -33,10 +33,22 @@ type Setup = Box<dyn Fn(Reference) -> Result<Runnable> + Send + Sync>;
 pub enum Work {
     /// Floating-point operations per op, reported as `gflops`.
     Flops(f64),
-    /// Images per op, reported as `images_per_s` (training and inference workloads).
-    Images(f64),
-    /// No natural rate; only `seconds` is reported (NT-Xent loss, for example).
-    Seconds,
+    /// Images per op, reported as `images_per_s` (training and inference workloads), and
+    /// the op's flops when counted (for `--peak`'s share).
+    Images { images: f64, flops: Option<f64> },
+    /// No natural rate; only `seconds` is reported (NT-Xent loss, for example), and the
+    /// op's flops when counted.
+    Seconds { flops: Option<f64> },
+}
+
+impl Work {
+    /// The flops of one op, when counted.
+    pub fn flops(self) -> Option<f64> {
+        match self {
+            Work::Flops(f) => Some(f),
+            Work::Images { flops, .. } | Work::Seconds { flops } => flops,
+        }
+    }
 }
 
 /// One named benchmark workload.
