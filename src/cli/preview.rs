@@ -127,7 +127,7 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
             draw(&mut img, &view, c, side, side, zoom, x0, y0);
         }
     }
-    img.save_with_format(&args.out, image::ImageFormat::Png)
+    selfsup::io::plot::write_png(&args.out, &img)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "{}: {rows} images of {} with {} views each",

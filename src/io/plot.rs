@@ -155,8 +155,19 @@ pub fn run_chart(path: &Path, curves: &RunCurves, width: u32, height: u32) -> st
     }
     let img = image::RgbImage::from_raw(width, height, buf)
         .ok_or_else(|| std::io::Error::other("chart buffer of the wrong size"))?;
-    img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(std::io::Error::other)
+    write_png(path, &img)
+}
+
+/// Encodes `img` as PNG and writes it to `path` atomically (a temporary file renamed into
+/// place), so a full disk leaves the previous file whole.
+pub fn write_png(path: &Path, img: &image::RgbImage) -> std::io::Result<()> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(std::io::Error::other)?;
+    crate::io::atomic::write_atomically(path, |w| w.write_all(&png)).map_err(|e| match e {
+        crate::io::atomic::AtomicWriteError::Io { error, .. } => error,
+        other => std::io::Error::other(other),
+    })
 }
 
 #[cfg(test)]
