@@ -299,3 +299,33 @@ fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
         "{err}"
     );
 }
+
+/// Each flag's error names the flag and what it takes (no internal field names, no
+/// 18446744073709551615).
+#[test]
+fn flag_errors_say_what_is_allowed() {
+    for (args, want) in [
+        (
+            &["pretrain", "--weight-decay", "-1"][..],
+            "'--weight-decay <WD>': expected a finite number, 0 or more",
+        ),
+        (
+            &["pretrain", "--epochs", "0"],
+            "'--epochs <N>': expected a whole number of at least 1",
+        ),
+        (
+            &["pretrain", "--knn-every", "-1"],
+            "'--knn-every <N>': expected a whole number, 0 or more",
+        ),
+        (
+            &["pretrain", "--checkpoint-every", "x"],
+            "'--checkpoint-every <N>': expected a whole number, 0 or more",
+        ),
+        (
+            &["embed", "--checkpoint", "x", "--threads", "0"],
+            "'--threads <T>': expected a whole number of at least 1",
+        ),
+    ] {
+        fails_with(args, want);
+    }
+}

@@ -35,7 +35,7 @@ pub struct DemoArgs {
     pub out: PathBuf,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
-    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "T", value_parser = super::values::at_least_one)]
     pub threads: Option<u64>,
 
     /// The seed

@@ -17,6 +17,7 @@ mod preview;
 mod probe;
 mod progress;
 mod threads;
+mod values;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

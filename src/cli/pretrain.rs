@@ -148,12 +148,12 @@ pub struct PretrainArgs {
     pub image_size: Option<usize>,
 
     /// Train for N epochs
-    #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = super::values::at_least_one)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
 
     /// Train for N steps
-    #[arg(long, value_name = "N", conflicts_with = "minutes", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", conflicts_with = "minutes", value_parser = super::values::at_least_one)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
 
@@ -196,7 +196,7 @@ pub struct PretrainArgs {
 
     /// Weight decay [default: lars 1e-6, sgd 5e-4, adamw 0.05; quickthought: 0 for sgd
     /// and adamw]
-    #[arg(long, value_name = "WD", allow_negative_numbers = true)]
+    #[arg(long, value_name = "WD", value_parser = super::values::non_negative, allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f32>,
 
@@ -223,7 +223,7 @@ pub struct PretrainArgs {
     pub crop_min: Option<f32>,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
-    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "T", value_parser = super::values::at_least_one)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u64>,
 
@@ -239,13 +239,13 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub resume: bool,
 
-    /// Write a checkpoint every N steps (and at the end)
-    #[arg(long, value_name = "N", default_value_t = 500)]
+    /// Write a checkpoint every N steps, and at the end (0: only at the end)
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = super::values::whole, allow_negative_numbers = true)]
     pub checkpoint_every: u64,
 
     /// Run the kNN monitor every N epochs (0: only at the end); quickthought: the held-out
     /// previous/next accuracy, at most every 15 s
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = super::values::whole, allow_negative_numbers = true)]
     pub knn_every: u64,
 
     /// Encoder widths per stage, one residual block each [default: quick 8,16,32 on the
@@ -312,6 +312,7 @@ pub struct PretrainArgs {
         long,
         value_name = "N",
         default_value_t = 2,
+        value_parser = super::values::whole,
         help_heading = "Quick Thoughts"
     )]
     #[serde(default = "default_min_count")]
