@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use selfsup::data::builtin::{builtin_splits, BuiltinConfig};
 use selfsup::data::Splits;
-use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
-use selfsup::train::{fit, FitConfig, FitSummary, Observer, RunDir, RunLength, StepStats};
+use selfsup::train::image::{ImageMethod, Pretrainer};
+use selfsup::train::{fit, FitConfig, FitSummary, Observer, Recipe, RunDir, RunLength, StepStats};
 
 /// A line every 25 steps.
 struct Lines;
@@ -30,10 +30,10 @@ impl Observer for Lines {
 pub fn run(out: &Path, steps: u64) -> selfsup::Result<FitSummary> {
     let (train, test) = builtin_splits(&BuiltinConfig::default());
     let splits = Arc::new(Splits::new(train, Some(test)));
-    let mut cfg = PretrainConfig::for_images(ImageMethod::SimClr, 3, 32);
-    (cfg.batch, cfg.model.widths) = (32, vec![8, 16, 32]);
+    // `selfsup pretrain`'s defaults: the quick recipe (batch 32, LARS at lr 2, widths 8/16/32).
+    let (cfg, lr) = Recipe::Quick.pretrain_config(ImageMethod::SimClr, 3, 32, true);
     let mut trainer = Pretrainer::new(cfg.clone(), Arc::clone(&splits.train))?.with_monitor(splits);
-    let mut run = FitConfig::new(out, cfg.settings("builtin"), 0.06);
+    let mut run = FitConfig::new(out, cfg.settings("builtin"), lr);
     run.length = Some(RunLength::Steps(steps));
     run.checkpoint_every = steps.div_ceil(2);
     run.resume = RunDir::new(out).config_path().exists();

@@ -9,13 +9,14 @@
 //! use std::sync::Arc;
 //! use selfsup::data::{builtin::{builtin_splits, BuiltinConfig}, Splits};
 //! use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
-//! use selfsup::train::{fit, FitConfig, RunLength, Silent};
+//! use selfsup::train::{fit, FitConfig, Recipe, RunLength, Silent};
 //!
 //! let (train, test) = builtin_splits(&BuiltinConfig::default());
 //! let splits = Arc::new(Splits::new(train, Some(test)));
-//! let cfg = PretrainConfig::for_images(ImageMethod::SimClr, 3, 32);
+//! // The quick recipe (`selfsup pretrain`'s defaults) and its learning rate.
+//! let (cfg, lr) = Recipe::Quick.pretrain_config(ImageMethod::SimClr, 3, 32, true);
 //! let mut trainer = Pretrainer::new(cfg.clone(), Arc::clone(&splits.train))?.with_monitor(splits);
-//! let mut run = FitConfig::new("runs/lib", cfg.settings("builtin"), 0.06);
+//! let mut run = FitConfig::new("runs/lib", cfg.settings("builtin"), lr);
 //! run.length = Some(RunLength::Minutes(2.0));
 //! let summary = fit(&mut trainer, &run, &mut Silent)?;
 //! println!("{} steps, kNN accuracy {:?}", summary.steps, summary.monitor_value);

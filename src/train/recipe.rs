@@ -6,8 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::SimclrAugment;
+use crate::nn::ResNetConfig;
 use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, SgdConfig};
-use crate::train::image::ImageMethod;
+use crate::train::image::{ImageMethod, PretrainConfig};
 
 /// A named set of defaults for the image methods.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +142,38 @@ impl Recipe {
         }
     }
 
+    /// A whole pretraining configuration of this recipe for `method` on square images of
+    /// `channels x size x size` (`builtin`: the built-in set), and its peak learning rate
+    /// (for [`crate::train::FitConfig::new`]); one process. Set fields to change the rest.
+    pub fn pretrain_config(
+        self,
+        method: ImageMethod,
+        channels: usize,
+        size: usize,
+        builtin: bool,
+    ) -> (PretrainConfig, f64) {
+        let d = self.image(method, size, builtin);
+        let (lr, wd) = self.lr_and_decay(method, d.optimizer, d.batch);
+        let mut augment = SimclrAugment::for_image(size, channels, d.strength);
+        augment.crop_scale.0 = d.crop_min;
+        let blocks = vec![1; d.widths.len()];
+        let cfg = PretrainConfig {
+            model: ResNetConfig {
+                in_channels: channels,
+                image_size: size,
+                widths: d.widths,
+                blocks,
+                ..ResNetConfig::default()
+            },
+            batch: d.batch,
+            tau: d.tau,
+            optimizer: d.optimizer.config(wd),
+            augment,
+            ..PretrainConfig::for_images(method, channels, size)
+        };
+        (cfg, lr)
+    }
+
     /// The peak learning rate and weight decay for `optimizer` at `global_batch` images
     /// per step (all processes): the recipe's own when `optimizer` is the recipe's,
     /// else the optimizer's generic defaults ([`OptimizerKind`]).
@@ -165,6 +199,22 @@ impl Recipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_configuration_carries_the_recipe() {
+        let (c, lr) = Recipe::Quick.pretrain_config(ImageMethod::SimClr, 1, 28, false);
+        assert_eq!(lr, 2.0);
+        assert_eq!((c.batch, c.tau), (32, 0.2));
+        assert_eq!(c.model.widths, [8, 16, 32, 256]);
+        assert_eq!(c.model.blocks, [1, 1, 1, 1]);
+        assert_eq!((c.model.in_channels, c.model.image_size), (1, 28));
+        assert_eq!(c.augment.crop_scale.0, 0.3);
+        assert!(matches!(c.optimizer, OptimizerConfig::Lars(l) if l.weight_decay == 1e-6));
+        let (c, lr) = Recipe::Paper.pretrain_config(ImageMethod::RotNet, 3, 96, true);
+        assert_eq!((c.batch, lr), (128, 0.1));
+        assert_eq!(c.model.widths, [32, 64, 128]);
+        assert!(matches!(c.optimizer, OptimizerConfig::Sgd(s) if s.weight_decay == 5e-4));
+    }
 
     #[test]
     fn a_recipe_s_own_optimizer_takes_its_rate_and_another_takes_the_generic_one() {
