@@ -35,7 +35,7 @@ pub struct DemoArgs {
     pub out: PathBuf,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
-    #[arg(long, value_name = "T", value_parser = super::values::at_least_one)]
+    #[arg(long, value_name = "T", value_parser = super::values::at_least_one::<u64>)]
     pub threads: Option<u64>,
 
     /// The seed

@@ -17,7 +17,7 @@ mod preview;
 mod probe;
 mod progress;
 mod threads;
-mod values;
+pub(crate) mod values;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -148,12 +148,12 @@ pub struct PretrainArgs {
     pub image_size: Option<usize>,
 
     /// Train for N epochs
-    #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = super::values::at_least_one)]
+    #[arg(long, value_name = "N", conflicts_with_all = ["steps", "minutes"], value_parser = super::values::at_least_one::<u64>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
 
     /// Train for N steps
-    #[arg(long, value_name = "N", conflicts_with = "minutes", value_parser = super::values::at_least_one)]
+    #[arg(long, value_name = "N", conflicts_with = "minutes", value_parser = super::values::at_least_one::<u64>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
 
@@ -223,7 +223,7 @@ pub struct PretrainArgs {
     pub crop_min: Option<f32>,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
-    #[arg(long, value_name = "T", value_parser = super::values::at_least_one)]
+    #[arg(long, value_name = "T", value_parser = super::values::at_least_one::<u64>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u64>,
 

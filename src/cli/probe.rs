@@ -91,7 +91,7 @@ pub struct ProbeArgs {
     pub seed: u64,
 
     /// Worker threads for the kernels [default: the number of logical CPUs]
-    #[arg(long, value_name = "T", value_parser = super::values::at_least_one)]
+    #[arg(long, value_name = "T", value_parser = super::values::at_least_one::<u64>)]
     pub threads: Option<u64>,
 }
 

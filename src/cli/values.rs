@@ -1,10 +1,10 @@
 //! Value parsers shared by the commands' flags; each error says what is allowed (clap
 //! prefixes the flag: "invalid value '0' for '--epochs <N>': expected ...").
 
-/// A whole number of at least 1 (epochs, steps, threads).
-pub fn at_least_one(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(v) if v >= 1 => Ok(v),
+/// A whole number of at least 1 (epochs, steps, threads, repetitions).
+pub fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(v) if v >= T::from(1) => Ok(v),
         _ => Err(format!("expected a whole number of at least 1, got '{s}'")),
     }
 }
@@ -30,9 +30,11 @@ mod tests {
 
     #[test]
     fn parsers_take_their_range_and_refuse_the_rest() {
-        assert_eq!(at_least_one("1"), Ok(1));
-        assert!(at_least_one("0").unwrap_err().contains("at least 1"));
-        assert!(at_least_one("-3").is_err());
+        assert_eq!(at_least_one::<u64>("1"), Ok(1));
+        assert!(at_least_one::<usize>("0")
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(at_least_one::<u64>("-3").is_err());
         assert_eq!(whole("0"), Ok(0));
         assert!(whole("-1").unwrap_err().contains("0 or more"));
         assert!(whole("x").is_err());

@@ -143,11 +143,7 @@ pub struct BenchArgs {
 }
 
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("expected a positive whole number".into()),
-    }
+    super::values::at_least_one(s)
 }
 
 fn fraction(s: &str) -> std::result::Result<f64, String> {

@@ -610,15 +610,24 @@ mod tests {
         assert_eq!(rows[0].verdict, Verdict::Incomparable);
     }
 
-    #[test]
-    fn parses_our_report_and_foreign_ones() {
-        let r = Report {
+    /// A report of 2 avx2 threads with nothing in it.
+    fn report() -> Report {
+        Report {
             threads: 2,
             isa: "avx2",
             reference: "selfsup",
             version: "0.1.0",
             warmup: 2,
             reps: 5,
+            workloads: vec![],
+            memory: vec![],
+            peak_gflops: None,
+        }
+    }
+
+    #[test]
+    fn parses_our_report_and_foreign_ones() {
+        let r = Report {
             workloads: vec![Measurement {
                 name: "sgemm_256".into(),
                 work: Work::Flops(2.0 * 256f64.powi(3)),
@@ -627,8 +636,7 @@ mod tests {
                 max_seconds: 0.0011,
                 ops_per_rep: 30,
             }],
-            memory: vec![],
-            peak_gflops: None,
+            ..report()
         };
         let json = r.to_json();
         assert!(!json.contains("memory"), "{json}");
@@ -679,15 +687,8 @@ mod tests {
             loss: 10.4,
         };
         let r = Report {
-            threads: 2,
-            isa: "avx2",
-            reference: "selfsup",
-            version: "0.1.0",
-            warmup: 2,
-            reps: 5,
-            workloads: vec![],
             memory: vec![mem.clone()],
-            peak_gflops: None,
+            ..report()
         };
         let json = r.to_json();
         let v: Value = serde_json::from_str(&json).unwrap();
@@ -737,15 +738,9 @@ mod tests {
         };
         assert!(!table_row(&images, 8, Some(40.0)).contains("peak"));
         let r = Report {
-            threads: 2,
-            isa: "avx2",
-            reference: "selfsup",
-            version: "0.1.0",
-            warmup: 2,
-            reps: 5,
             workloads: vec![m.clone(), images],
-            memory: vec![],
             peak_gflops: Some(40.0),
+            ..report()
         };
         let v: Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["peak_gflops"], 40.0);
