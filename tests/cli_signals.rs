@@ -104,7 +104,15 @@ fn selfsup_cmd(args: &[String]) -> Command {
 /// The interrupted run's closing lines: the step it stopped at, its checkpoint (which must
 /// be at that step) and the resume command.
 fn stopped_at(dir: &Path, err: &str) -> (u64, String) {
-    assert!(!err.contains("error:") && !err.contains("panicked"), "{err}");
+    stopped_before(dir, err, STEPS)
+}
+
+/// [`stopped_at`] for a run of `total` steps.
+fn stopped_before(dir: &Path, err: &str, total: u64) -> (u64, String) {
+    assert!(
+        !err.contains("error:") && !err.contains("panicked"),
+        "{err}"
+    );
     let lines: Vec<&str> = err.lines().collect();
     let [.., first, second] = lines[..] else {
         panic!("too few lines: {err}");
@@ -114,10 +122,12 @@ fn stopped_at(dir: &Path, err: &str) -> (u64, String) {
         .unwrap_or_else(|| panic!("no 'interrupted' line: {err}"));
     let (step, path) = rest.split_once(": checkpoint ").expect("the checkpoint");
     let step: u64 = step.parse().expect("a step");
-    assert!(0 < step && step < STEPS, "stopped at {step}: {err}");
+    assert!(0 < step && step < total, "stopped at {step}: {err}");
     assert_eq!(Path::new(path), ckpt(dir, step), "{err}");
     assert!(Path::new(path).is_file(), "{path} missing");
-    let cmd = second.strip_prefix("resume with: ").expect("the resume line");
+    let cmd = second
+        .strip_prefix("resume with: ")
+        .expect("the resume line");
     assert!(
         cmd.ends_with(&format!("--out {} --resume", dir.display())),
         "{cmd}"
@@ -189,7 +199,10 @@ fn a_second_ctrl_c_exits_at_once_and_the_folder_still_resumes_to_the_same_bits()
     a.extend(["--checkpoint-every".into(), "1".into()]);
     let (code, err) = interrupt(selfsup_cmd(&a), "INT", 2);
     assert_eq!(code, Some(130), "SIGINT twice: {err}");
-    assert!(!err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert!(
+        !err.contains("error:") && !err.contains("panicked"),
+        "{err}"
+    );
 
     let mut resume = args(&dir);
     resume.push("--resume".into());
@@ -202,4 +215,51 @@ fn a_second_ctrl_c_exits_at_once_and_the_folder_still_resumes_to_the_same_bits()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.contains(".tmp.")), "{names:?}");
+}
+
+#[test]
+fn rotnet_and_quick_thoughts_stop_and_resume_the_same_way() {
+    for (name, method) in [
+        (
+            "rotnet",
+            &[
+                "--method",
+                "rotnet",
+                "--data",
+                "builtin:8",
+                "--widths",
+                "4,8",
+            ][..],
+        ),
+        (
+            "quickthought",
+            &[
+                "--method",
+                "quickthought",
+                "--channels",
+                "16",
+                "--embed-dim",
+                "8",
+            ],
+        ),
+    ] {
+        let d = TempDir::new(name);
+        let dir = d.join("run");
+        let mut a: Vec<String> = ["pretrain", "--steps", "100000", "--batch", "16"]
+            .iter()
+            .chain(["--knn-every", "0", "--threads", "1"].iter())
+            .chain(method)
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--out".into(), dir.to_str().unwrap().into()]);
+        let (code, err) = interrupt(selfsup_cmd(&a), "TERM", 1);
+        assert_eq!(code, Some(143), "{name}: {err}");
+        let (first, resume) = stopped_before(&dir, &err, 100_000);
+        // The printed command resumes where it stopped; Ctrl-C stops it again further on.
+        let (code, err) = interrupt(shell(&resume), "INT", 1);
+        assert_eq!(code, Some(130), "{name}: {err}");
+        assert!(err.contains(&format!("at step {first}")), "{name}: {err}");
+        let (second, _) = stopped_before(&dir, &err, 100_000);
+        assert!(second > first, "{name}: {first} then {second}");
+    }
 }

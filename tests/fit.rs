@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use selfsup::data::builtin::{builtin_splits, BuiltinConfig};
 use selfsup::data::Splits;
+use selfsup::dist::{Collectives, LocalGroup};
 use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
 use selfsup::text::{builtin_corpus, CorpusConfig, TokenizedCorpus, Vocab};
 use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
 use selfsup::train::text::{QtConfig, QtTrainer, TextModel};
-use selfsup::dist::{Collectives, LocalGroup};
 use selfsup::train::{
     fit, FitConfig, FitSummary, MonitorKind, Observer, RunLength, RunStart, Silent, StepStats,
     StopSignal,
@@ -349,7 +349,7 @@ fn a_stop_on_any_rank_stops_every_rank_at_the_same_step() {
     });
     let train = Arc::new(train);
     let mut cfg = PretrainConfig::for_images(ImageMethod::SimClr, 3, 32);
-    (cfg.batch, cfg.model.widths) = (8, vec![4, 8]);
+    (cfg.batch, cfg.model.widths, cfg.model.blocks) = (8, vec![4, 8], vec![1, 1]);
     // `stopper`: the rank whose own signal is given; `after`: once that many steps are
     // done (rank 0, through its observer), or before the first (0).
     let run = |stopper: usize, after: u64| {
@@ -376,7 +376,10 @@ fn a_stop_on_any_rank_stops_every_rank_at_the_same_step() {
     for s in &sums {
         assert_eq!((s.stopped_at, s.steps), (Some(2), 2));
     }
-    assert_eq!(sums[0].checkpoint.as_deref(), Some(ckpt(dir.path(), 2).as_path()));
+    assert_eq!(
+        sums[0].checkpoint.as_deref(),
+        Some(ckpt(dir.path(), 2).as_path())
+    );
     assert_eq!(sums[1].checkpoint, None, "rank 0 alone writes");
     // Rank 1 asks before the first step: rank 0 stops too, with nothing to save.
     let (sums, _dir) = run(1, 0);

@@ -112,10 +112,7 @@ pub fn report(step: u64, checkpoint: Option<&Path>, ranks: usize) -> [String; 2]
             let out = p.parent().unwrap_or(Path::new("."));
             [
                 format!("interrupted at step {step}: checkpoint {}", p.display()),
-                format!(
-                    "resume with: {}",
-                    command(&resume_args(&args, out), ranks)
-                ),
+                format!("resume with: {}", command(&resume_args(&args, out), ranks)),
             ]
         }
         None => [
@@ -147,7 +144,10 @@ fn resume_args(args: &[OsString], out: &Path) -> Vec<OsString> {
 
 /// A command line for a POSIX shell, under `mpirun -n P` for a job of several processes.
 fn command(args: &[OsString], ranks: usize) -> String {
-    let words: Vec<String> = args.iter().map(|a| shell_word(&a.to_string_lossy())).collect();
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| shell_word(&a.to_string_lossy()))
+        .collect();
     let line = words.join(" ");
     if ranks > 1 {
         format!("mpirun -n {ranks} {line}")
