@@ -1,7 +1,8 @@
 //! The `selfsup` command-line program. All printing and exiting lives here and in
 //! [`cli`]; the library only returns values and errors.
 //!
-//! Exit status: 0 on success, 1 when `bench --baseline` finds a regression, 2 on any error.
+//! Exit status: 0 on success, 1 when `bench --baseline` finds a regression, 2 on any error,
+//! 130 or 143 when Ctrl-C or SIGTERM stopped `pretrain` (after its checkpoint).
 //! Errors are one line on stderr, `error: ...` followed by their causes, never a panic.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -40,6 +41,11 @@ fn main() -> ExitCode {
         Ok(cli::Status::Success) => ExitCode::SUCCESS,
         Ok(cli::Status::Regression) => ExitCode::from(1),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if cli::interrupt::exit_code(&err).is_some() => {
+            // Every rank stopped at the same step: all end MPI normally.
+            cli::group::end(true);
+            return ExitCode::from(cli::interrupt::exit_code(&err).unwrap_or(130));
+        }
         Err(err) => {
             // `{:#}` joins the cause chain with ": "; keep it to one line whatever the causes say.
             let msg = format!("{err:#}").replace(['\n', '\r'], " ");

@@ -1,7 +1,8 @@
 //! The library's training loop, `train::fit`: the example program trains and resumes to the
 //! same bits, the observer hears every event, a run folder's recorded settings and
 //! checkpoints are guarded, a non-finite loss stops the run with the last checkpoint kept,
-//! and Quick Thoughts runs through the same loop.
+//! a stop signal saves at the step reached (agreed by every rank) and resumes to the same
+//! bits, and Quick Thoughts runs through the same loop.
 
 mod common;
 
@@ -13,13 +14,15 @@ use std::sync::Arc;
 
 use selfsup::data::builtin::{builtin_splits, BuiltinConfig};
 use selfsup::data::Splits;
+use selfsup::dist::{Collectives, LocalGroup};
 use selfsup::nn::{QtObjective, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::{AdamWConfig, LrSchedule, OptimizerConfig};
 use selfsup::text::{builtin_corpus, CorpusConfig, TokenizedCorpus, Vocab};
 use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
 use selfsup::train::text::{QtConfig, QtTrainer, TextModel};
 use selfsup::train::{
-    fit, FitConfig, FitSummary, MonitorKind, Observer, RunLength, RunStart, StepStats,
+    fit, FitConfig, FitSummary, MonitorKind, Observer, RunLength, RunStart, Silent, StepStats,
+    StopSignal,
 };
 
 use common::TempDir;
@@ -56,10 +59,12 @@ fn the_example_trains_and_a_resumed_run_ends_on_the_same_bits() {
     );
 }
 
-/// Everything an observer is told, in order.
+/// Everything an observer is told, in order; with `stop_after`, it gives the stop signal
+/// once that many steps are done.
 #[derive(Default)]
 struct Record {
     events: Vec<String>,
+    stop_after: Option<(u64, StopSignal)>,
 }
 
 impl Observer for Record {
@@ -75,6 +80,11 @@ impl Observer for Record {
     fn step(&mut self, s: &StepStats, total: u64, items_per_s: f64) {
         assert!(s.loss.is_finite() && items_per_s > 0.0);
         self.events.push(format!("step {} of {total}", s.step));
+        if let Some((n, stop)) = &self.stop_after {
+            if s.step + 1 == *n {
+                stop.stop();
+            }
+        }
     }
     fn monitor(&mut self, kind: &MonitorKind, epoch: u64, step: u64, _value: f64) {
         self.events
@@ -86,6 +96,10 @@ impl Observer for Record {
     }
     fn finished(&mut self, s: &FitSummary) {
         self.events.push(format!("finished {} steps", s.steps));
+    }
+    fn stopped(&mut self, step: u64, checkpoint: Option<&Path>) {
+        let name = checkpoint.map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
+        self.events.push(format!("stopped {step} {name:?}"));
     }
     fn failed(&mut self) {
         self.events.push("failed".into());
@@ -272,4 +286,104 @@ fn quick_thoughts_trains_through_the_same_loop() {
     let model = TextModel::open(&ckpt(dir.path(), 6), 8).expect("the checkpoint opens");
     assert_eq!(model.data.as_deref(), Some("builtin small"));
     assert_eq!(model.vocab, vocab);
+}
+
+#[test]
+fn a_stop_saves_at_the_step_reached_and_the_resumed_run_ends_on_the_same_bits() {
+    let (whole, a) = (TempDir::new("fit_stop_whole"), TempDir::new("fit_stop"));
+    let (mut t, mut cfg) = small_simclr(0.06);
+    (cfg.out, cfg.length, cfg.monitor_every) = (whole.0.clone(), Some(RunLength::Steps(8)), 0);
+    fit(&mut t, &cfg, &mut Silent).unwrap();
+
+    // Stopped once 3 steps are done: a checkpoint at step 3, no final monitor.
+    let (mut t, mut run) = small_simclr(0.06);
+    (run.out, run.length, run.monitor_every) = (a.0.clone(), Some(RunLength::Steps(8)), 0);
+    let mut rec = Record {
+        stop_after: Some((3, run.stop.clone())),
+        ..Record::default()
+    };
+    let s = fit(&mut t, &run, &mut rec).unwrap();
+    assert_eq!((s.stopped_at, s.steps), (Some(3), 3));
+    assert_eq!(s.checkpoint.as_deref(), Some(ckpt(a.path(), 3).as_path()));
+    assert_eq!(s.monitor_value, None);
+    assert_eq!(
+        rec.events[3..],
+        [
+            "step 2 of 8",
+            "checkpoint ckpt-00000003.safetensors",
+            "stopped 3 Some(\"ckpt-00000003.safetensors\")"
+        ]
+    );
+    assert!(a.join("loss.png").exists() && a.join("metrics.csv").exists());
+
+    // Resumed with the signal already given: no step, nothing written, the same checkpoint.
+    let (mut t, mut again) = small_simclr(0.06);
+    (again.out, again.resume) = (a.0.clone(), true);
+    again.stop.stop();
+    let mut rec = Record::default();
+    let s = fit(&mut t, &again, &mut rec).unwrap();
+    assert_eq!((s.stopped_at, s.steps), (Some(3), 0));
+    assert_eq!(
+        rec.events[2..],
+        ["stopped 3 Some(\"ckpt-00000003.safetensors\")"]
+    );
+
+    // Resumed to the end: the uninterrupted run's bits.
+    let (mut t, mut rest) = small_simclr(0.06);
+    (rest.out, rest.resume, rest.monitor_every) = (a.0.clone(), true, 0);
+    let s = fit(&mut t, &rest, &mut Silent).unwrap();
+    assert_eq!((s.stopped_at, s.steps), (None, 5));
+    assert_eq!(
+        std::fs::read(ckpt(whole.path(), 8)).unwrap(),
+        std::fs::read(ckpt(a.path(), 8)).unwrap(),
+        "a run stopped at step 3 and resumed ends on the uninterrupted run's bits"
+    );
+}
+
+#[test]
+fn a_stop_on_any_rank_stops_every_rank_at_the_same_step() {
+    let (train, _) = builtin_splits(&BuiltinConfig {
+        n_train: 128,
+        n_test: 16,
+        ..BuiltinConfig::default()
+    });
+    let train = Arc::new(train);
+    let mut cfg = PretrainConfig::for_images(ImageMethod::SimClr, 3, 32);
+    (cfg.batch, cfg.model.widths, cfg.model.blocks) = (8, vec![4, 8], vec![1, 1]);
+    // `stopper`: the rank whose own signal is given; `after`: once that many steps are
+    // done (rank 0, through its observer), or before the first (0).
+    let run = |stopper: usize, after: u64| {
+        let dir = TempDir::new("fit_stop_ranks");
+        let sums = LocalGroup::run(2, |c| {
+            let rank = c.rank();
+            let mut t = Pretrainer::in_group(cfg.clone(), Arc::clone(&train), Box::new(c)).unwrap();
+            let mut run = FitConfig::new(dir.path(), cfg.settings("builtin 128"), 0.06);
+            (run.length, run.monitor_every) = (Some(RunLength::Steps(8)), 0);
+            let mut rec = Record::default();
+            if rank == stopper {
+                if after == 0 {
+                    run.stop.stop();
+                } else {
+                    rec.stop_after = Some((after, run.stop.clone()));
+                }
+            }
+            fit(&mut t, &run, &mut rec).unwrap()
+        });
+        (sums, dir)
+    };
+    // Rank 0 asks after 2 steps: rank 1, whose own signal is never given, stops there too.
+    let (sums, dir) = run(0, 2);
+    for s in &sums {
+        assert_eq!((s.stopped_at, s.steps), (Some(2), 2));
+    }
+    assert_eq!(
+        sums[0].checkpoint.as_deref(),
+        Some(ckpt(dir.path(), 2).as_path())
+    );
+    assert_eq!(sums[1].checkpoint, None, "rank 0 alone writes");
+    // Rank 1 asks before the first step: rank 0 stops too, with nothing to save.
+    let (sums, _dir) = run(1, 0);
+    for s in &sums {
+        assert_eq!((s.stopped_at, s.steps, &s.checkpoint), (Some(0), 0, &None));
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `pretrain`, `probe`, `embed`, `export`, `neighbors`, `preview`, `bench`, and `demo`
 //! (the default run: what `selfsup` without arguments does), each one module handling both
-//! images and text; the helpers they share (`data`, `group`, `progress`, `threads`) are
+//! images and text; the helpers they share (`data`, `group`, `interrupt`, `progress`,
+//! `threads`) are
 //! modules of their own, never a sibling subcommand.
 
 pub mod bench;
@@ -11,6 +12,7 @@ mod default_run;
 mod embed;
 mod export;
 pub mod group;
+pub mod interrupt;
 mod neighbors;
 mod pretrain;
 mod preview;

@@ -25,6 +25,7 @@ use selfsup::train::{
 
 use super::data::{load_splits, load_text, parse_image_size};
 use super::group;
+use super::interrupt;
 use super::progress::Progress;
 use super::threads::set_threads;
 
@@ -53,7 +54,12 @@ README, \"The default recipe\".
 The run folder holds config.json, metrics.jsonl (one JSON object per step and per kNN
 evaluation) and metrics.csv (the same as a table), ckpt-<step>.safetensors (the newest
 two) and loss.png; a quickthought run also vocab.json, and its monitor is the held-out
-previous/next-sentence accuracy.";
+previous/next-sentence accuracy.
+
+Ctrl-C or SIGTERM stops training after the current step and saves a checkpoint there,
+prints where it is and the command that resumes it (this command line with --resume), and
+exits with 130 (SIGINT) or 143 (SIGTERM); the resumed run ends on the same bits as an
+uninterrupted one. A second Ctrl-C exits at once (the previous checkpoint stays whole).";
 
 /// The self-supervised method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -536,6 +542,7 @@ pub struct PretrainOutcome {
 /// Runs `selfsup pretrain`.
 pub fn run(args: &PretrainArgs) -> Result<()> {
     set_threads(args.threads);
+    interrupt::save_on_signal();
     if args.method == MethodArg::Quickthought {
         return pretrain_text(args);
     }
@@ -562,10 +569,15 @@ fn fit_config(args: &PretrainArgs, lr: f64, weight_decay: f32) -> FitConfig<Pret
     }
 }
 
-/// Trains `method` for the run `cfg`, with the progress bar (or lines) on rank 0.
+/// Trains `method` for the run `cfg`, with the progress bar (or lines) on rank 0; a run a
+/// signal stopped is an [`interrupt::Interrupted`] error (after its checkpoint).
 fn fit_run<M: Method>(method: &mut M, cfg: &FitConfig<PretrainArgs>) -> Result<FitSummary> {
     let mut progress = Progress::new(cfg.args.quiet);
-    Ok(fit(method, cfg, &mut progress)?)
+    let mut cfg = cfg.clone();
+    cfg.stop = interrupt::stop_signal()?;
+    let summary = fit(method, &cfg, &mut progress)?;
+    interrupt::check(&summary)?;
+    Ok(summary)
 }
 
 /// The optimizer, its learning rate and weight decay: the flags (an image run's filled from

@@ -1,7 +1,8 @@
 //! The progress a training run shows on stderr: an indicatif bar with the loss, learning
 //! rate and speed (smoothed) on a terminal; plain lines every few seconds with `--quiet` or
 //! when stderr is not a terminal (a log file, a pipe, a scheduler's output); the monitor's
-//! results, the resume point and the closing line in either case.
+//! results, the resume point and the closing line in either case; where an interrupted
+//! run's checkpoint is and how to resume it.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -12,6 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use selfsup::train::{FitSummary, MonitorKind, Observer, RunStart, StepStats, Unit};
 
 use super::group;
+use super::interrupt;
 
 /// Time between two plain progress lines (the first step's line comes at once).
 const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -26,6 +28,8 @@ pub struct Progress {
     ema_acc: f64,
     /// When the last plain line was printed.
     last_line: Option<Instant>,
+    /// The processes of the run.
+    ranks: usize,
 }
 
 impl Progress {
@@ -52,6 +56,7 @@ impl Progress {
             ema_rate: 0.0,
             ema_acc: f64::NAN,
             last_line: None,
+            ranks: 1,
         }
     }
 
@@ -92,6 +97,7 @@ impl Observer for Progress {
 
     fn started(&mut self, run: &RunStart<'_>) {
         self.unit = run.unit;
+        self.ranks = run.ranks;
         if let Some(d) = run.description {
             eprintln!("{d}");
         }
@@ -150,6 +156,13 @@ impl Observer for Progress {
                 .unwrap_or_default(),
             checkpoint.display()
         );
+    }
+
+    fn stopped(&mut self, step: u64, checkpoint: Option<&Path>) {
+        self.bar.finish_and_clear();
+        for line in interrupt::report(step, checkpoint, self.ranks) {
+            eprintln!("{line}");
+        }
     }
 
     fn failed(&mut self) {

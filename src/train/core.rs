@@ -77,6 +77,15 @@ impl Core {
         self.group.root_value(value)
     }
 
+    /// Whether `flag` is true on any rank, on every rank (a stop asked on one rank stops
+    /// all of them at the same step); `flag` itself in a single process.
+    ///
+    /// # Errors
+    /// A failed collective.
+    pub fn any_rank(&self, flag: bool) -> Result<bool> {
+        self.group.any_rank(flag)
+    }
+
     /// Steps taken so far (the next step's index).
     pub fn step(&self) -> u64 {
         self.step

@@ -2,8 +2,10 @@
 //! (steps, epochs, or a wall-clock budget fitted to the measured speed), the warmup and
 //! cosine schedule over it, checkpoints every N steps with the newest kept, resume checked
 //! against the run's recorded settings, the stop on a non-finite loss that keeps the last
-//! good checkpoint, the monitor every N epochs, `metrics.jsonl` and `loss.png`, and an
-//! [`Observer`] told of each event (burn-train's `Learner::fit`, llm.c's `main`).
+//! good checkpoint, the monitor every N epochs, `metrics.jsonl` and `loss.png`, the early
+//! stop a [`StopSignal`] asks for (a checkpoint at the step reached, agreed by every rank),
+//! and an [`Observer`] told of each event (burn-train's `Learner::fit` and its interrupter,
+//! llm.c's `main`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,6 +15,7 @@ use crate::optim::LrSchedule;
 use crate::train::method::Method;
 use crate::train::observer::{FitSummary, Observer, RunStart};
 use crate::train::run_dir::{MetricsLog, RunArgs, RunDir};
+use crate::train::stop::StopSignal;
 
 /// How long a run trains.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -58,6 +61,9 @@ pub struct FitConfig<A: RunArgs> {
     /// Continue the run in `out` from its newest checkpoint; without it, a folder that
     /// already holds checkpoints is refused.
     pub resume: bool,
+    /// Once given, the run stops before its next step and saves a checkpoint there (see
+    /// [`fit`]); a clone of it is the handle to stop the run with.
+    pub stop: StopSignal,
 }
 
 impl<A: RunArgs> FitConfig<A> {
@@ -74,6 +80,7 @@ impl<A: RunArgs> FitConfig<A> {
             checkpoint_every: 500,
             monitor_every: 1,
             resume: false,
+            stop: StopSignal::new(),
         }
     }
 
@@ -111,6 +118,13 @@ impl<A: RunArgs> FitConfig<A> {
 /// Trains `method` for the run `cfg` describes, reporting to `observer` (on rank 0), and
 /// returns the run's summary. Every rank of a data-parallel run calls it; rank 0 alone
 /// writes the run folder.
+///
+/// When `cfg.stop` is given (on any rank: the ranks agree before every step), the run
+/// stops before its next step: it saves a checkpoint at the step reached (unless no step
+/// was taken since the last one, or a wall-clock budget's length is not fitted yet),
+/// writes its metrics, tells [`Observer::stopped`] and returns a summary whose
+/// `stopped_at` is that step. Resuming from that checkpoint gives the same bits as the run
+/// that was not stopped.
 ///
 /// # Errors
 /// A run folder that cannot be written, or holds checkpoints without `resume`, or whose
@@ -185,6 +199,8 @@ pub fn fit<M: Method, A: RunArgs>(
     let mut train_seconds = 0.0;
     let mut last_monitor = Instant::now();
     let mut last_ckpt: Option<PathBuf> = None;
+    let mut saved_at = None;
+    let mut stopped_at = None;
     let mut monitor_last = None;
     let stopped = |e: Error, last: &Option<PathBuf>| {
         let kept = last
@@ -195,6 +211,12 @@ pub fn fit<M: Method, A: RunArgs>(
     };
     method.prepare(total)?;
     while method.step() < total {
+        // A stop asked since the last step, on any rank: every rank stops here (a single
+        // process reads its flag and nothing more).
+        if method.core().any_rank(cfg.stop.is_stopped())? {
+            stopped_at = Some(method.step());
+            break;
+        }
         let ts = Instant::now();
         let stats = match method.train_step() {
             Ok(s) => s,
@@ -225,6 +247,7 @@ pub fn fit<M: Method, A: RunArgs>(
         let step = method.step();
         if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) && step < total {
             last_ckpt = method.save_in(dir.path(), &meta, KEEP_CHECKPOINTS)?;
+            saved_at = Some(step);
             // Only rank 0 writes, so only rank 0 has a path to report.
             if let Some(p) = &last_ckpt {
                 observer.checkpoint(p);
@@ -247,9 +270,8 @@ pub fn fit<M: Method, A: RunArgs>(
         }
     }
     method.prepare(method.step())?;
-    let checkpoint = method.save_in(dir.path(), &meta, KEEP_CHECKPOINTS)?;
     let steps = method.step() - start_step;
-    let mut summary = FitSummary {
+    let summary = |checkpoint: Option<PathBuf>, stopped_at: Option<u64>| FitSummary {
         method: method.name(),
         checkpoint,
         steps,
@@ -258,8 +280,32 @@ pub fn fit<M: Method, A: RunArgs>(
         unit,
         ranks,
         monitor: monitor_kind,
-        monitor_value: None,
+        monitor_value: monitor_last,
+        stopped_at,
     };
+    if let Some(step) = stopped_at {
+        // A checkpoint at the step reached, unless it is the last one written, or no step
+        // was taken (the newest checkpoint stands), or a budget's length is not fitted yet
+        // (the steps' schedule was provisional, and a resumed run would keep it).
+        let checkpoint = if step > start_step && saved_at != Some(step) && !budget.unfitted() {
+            let written = method.save_in(dir.path(), &meta, KEEP_CHECKPOINTS)?;
+            if let Some(p) = &written {
+                observer.checkpoint(p);
+            }
+            written
+        } else if root {
+            dir.latest_checkpoint()?.map(|(_, p)| p)
+        } else {
+            None
+        };
+        log.finish()?;
+        if root {
+            observer.stopped(step, checkpoint.as_deref());
+        }
+        return Ok(summary(checkpoint, Some(step)));
+    }
+    let checkpoint = method.save_in(dir.path(), &meta, KEEP_CHECKPOINTS)?;
+    let mut summary = summary(checkpoint, None);
     if summary.checkpoint.is_none() {
         // Rank r > 0: rank 0 reports and holds the run.
         return Ok(summary);
@@ -326,6 +372,12 @@ impl BudgetFit {
             fits: 0,
             max_fits,
         }
+    }
+
+    /// Whether the run is on a budget whose length is not fitted yet (its schedule is
+    /// provisional).
+    pub(crate) fn unfitted(&self) -> bool {
+        self.budget.is_some() && self.fits == 0
     }
 
     /// The run's new length in steps, when `step` is the moment to (re)fit it.

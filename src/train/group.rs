@@ -128,6 +128,26 @@ impl Group {
         Ok(all[0])
     }
 
+    /// Whether `flag` is true on any rank, on every rank (one value gathered per rank;
+    /// nothing sent in a group of one).
+    pub(crate) fn any_rank(&self, flag: bool) -> Result<bool> {
+        let p = self.comm.size();
+        if p == 1 {
+            return Ok(flag);
+        }
+        // Called before every step: no allocation for groups of up to 64 ranks.
+        let mut small = [0u64; 64];
+        let mut large = Vec::new();
+        let all = if p <= small.len() {
+            &mut small[..p]
+        } else {
+            large.resize(p, 0);
+            &mut large[..]
+        };
+        self.comm.all_gather_u64(&[u64::from(flag)], all)?;
+        Ok(all.iter().any(|&v| v != 0))
+    }
+
     /// Rank 0's non-trained buffers (BatchNorm running statistics) to every rank.
     pub(crate) fn broadcast_buffers(&self, g: &mut Graph) -> Result<()> {
         if self.comm.size() > 1 {

@@ -1,6 +1,7 @@
 //! Training: the [`Method`] trait that SimCLR and RotNet ([`image`]) and Quick Thoughts
 //! ([`text`]) implement, the one loop [`fit()`] that runs any of them in any process group,
-//! the [`Observer`] it reports to, the run folder, and the training state on disk.
+//! the [`Observer`] it reports to, the [`StopSignal`] that ends a run early (with a checkpoint
+//! at the step it reached), the run folder, and the training state on disk.
 //!
 //! A run in a few lines (the whole program: `examples/pretrain_simclr.rs`):
 //!
@@ -34,6 +35,7 @@ pub mod observer;
 pub mod recipe;
 pub mod run_dir;
 pub mod state;
+pub mod stop;
 pub mod text;
 
 pub use self::core::Core;
@@ -43,3 +45,4 @@ pub use observer::{FitSummary, Observer, RunStart, Silent};
 pub use recipe::{OptimizerKind, Recipe};
 pub use run_dir::{RunArgs, RunDir, RunSettings};
 pub use state::{load, resume_latest, save, save_in, Metadata, OPTIMIZER_KEY, OPTIMIZER_STEPS_KEY};
+pub use stop::StopSignal;

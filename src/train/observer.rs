@@ -1,6 +1,7 @@
 //! What a training run reports as it goes: the `Observer` trait, whose methods
 //! [`crate::train::fit()`] calls on rank 0 (the start, every step, a changed run length,
-//! each monitor run and checkpoint, the end), and `Silent`, which ignores them all.
+//! each monitor run and checkpoint, the end or an early stop), and `Silent`, which ignores
+//! them all.
 
 use std::path::Path;
 
@@ -33,8 +34,12 @@ pub struct RunStart<'a> {
 pub struct FitSummary {
     /// The method's name.
     pub method: &'static str,
-    /// The final checkpoint (`None` on the ranks other than 0 of a data-parallel run).
+    /// The final checkpoint (`None` on the ranks other than 0 of a data-parallel run); for
+    /// a stopped run, the checkpoint to resume from (`None` if there is none yet).
     pub checkpoint: Option<std::path::PathBuf>,
+    /// The step a [`crate::train::StopSignal`] stopped the run at, before its end (`None`:
+    /// the run trained to its end).
+    pub stopped_at: Option<u64>,
     /// Steps taken by this call.
     pub steps: u64,
     /// Training seconds (data preparation and the monitor excluded).
@@ -90,6 +95,15 @@ pub trait Observer {
     /// The run ended (its final checkpoint written).
     fn finished(&mut self, summary: &FitSummary) {
         let _ = summary;
+    }
+
+    /// The run's [`crate::train::StopSignal`] stopped it before `step` (steps `0..step` are
+    /// done); `checkpoint` is the one to resume from: written at `step`, or an earlier one
+    /// when no step was taken since it, or `None` when there is none (nothing was trained,
+    /// or a run on a wall-clock budget stopped before its length was fitted: its schedule
+    /// was still provisional).
+    fn stopped(&mut self, step: u64, checkpoint: Option<&Path>) {
+        let _ = (step, checkpoint);
     }
 
     /// The run stopped with an error (a non-finite loss, a failed write).

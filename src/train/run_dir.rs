@@ -332,6 +332,9 @@ pub struct MetricsLog {
     path: PathBuf,
     /// `metrics.jsonl`, or a sink on the ranks other than 0 of a data-parallel run.
     file: Box<dyn Write + Send>,
+    /// The line being written: a line reaches the file's buffer whole, so the file only
+    /// ever ends between lines, even when the program is ended abruptly.
+    line: Vec<u8>,
 }
 
 impl std::fmt::Debug for MetricsLog {
@@ -354,6 +357,7 @@ impl MetricsLog {
                 dir: dir.path().to_path_buf(),
                 path: PathBuf::new(),
                 file: Box::new(std::io::sink()),
+                line: Vec::new(),
             });
         }
         let path = dir.path().join(METRICS_FILE);
@@ -366,13 +370,18 @@ impl MetricsLog {
             dir: dir.path().to_path_buf(),
             path,
             file: Box::new(BufWriter::new(file)),
+            line: Vec::new(),
         })
     }
 
     fn line(&mut self, value: &impl Serialize) -> Result<()> {
         let path = &self.path;
-        serde_json::to_writer(&mut self.file, value).map_err(|e| io_err(path, "writing", e))?;
-        writeln!(self.file).map_err(|e| io_err(path, "writing", e))
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value).map_err(|e| io_err(path, "writing", e))?;
+        self.line.push(b'\n');
+        self.file
+            .write_all(&self.line)
+            .map_err(|e| io_err(path, "writing", e))
     }
 
     /// One step's line: step, epoch, loss, accuracy, lr and the speed under `rate_key`
