@@ -11,6 +11,7 @@ mod default_run;
 mod embed;
 mod export;
 pub mod group;
+mod memory;
 mod neighbors;
 mod pretrain;
 mod preview;
