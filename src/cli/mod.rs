@@ -13,6 +13,7 @@ mod embed;
 mod export;
 pub mod group;
 pub mod interrupt;
+mod memory;
 mod neighbors;
 mod pretrain;
 mod preview;

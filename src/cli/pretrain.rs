@@ -26,6 +26,7 @@ use selfsup::train::{
 use super::data::{load_splits, load_text, parse_image_size};
 use super::group;
 use super::interrupt;
+use super::memory;
 use super::progress::Progress;
 use super::threads::set_threads;
 
@@ -50,6 +51,13 @@ takes the papers' settings for runs of hundreds of epochs: SimCLR batch 256, LAR
 batch 128, SGD at 0.1 x batch/128; widths 32,64,128. Any flag given overrides its recipe
 value; config.json records every value the run used. How the recipe was chosen: the
 README, \"The default recipe\".
+
+Memory: the activations and their gradients, most of a run's memory, grow linearly with
+the batch and with the pixels of an image (--image-size 64 takes 4x the memory of 32 at
+the same batch; SimCLR holds 2 views per image, RotNet 4 rotations); the parameters, their
+gradients and the optimizer's state grow with the square of --widths. Before allocating,
+pretrain estimates the run's memory from the graph's plan and refuses a run that does not
+fit in the memory available; --dry-run prints the estimate part by part.
 
 The run folder holds config.json, metrics.jsonl (one JSON object per step and per kNN
 evaluation) and metrics.csv (the same as a table), ckpt-<step>.safetensors (the newest
@@ -168,9 +176,10 @@ pub struct PretrainArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minutes: Option<f64>,
 
-    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs)
-    /// [default: the recipe's, 32; paper 256, RotNet 128]; contiguous sentences per step
-    /// for quickthought (at least 4) [default: 256]
+    /// Images per step (SimCLR: 2x as many views; RotNet: 4x as many rotated inputs; the
+    /// memory of the activations grows linearly with it) [default: the recipe's, 32; paper
+    /// 256, RotNet 128]; contiguous sentences per step for quickthought (at least 4)
+    /// [default: 256]
     #[arg(long, value_name = "N", value_parser = at_least_two)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<usize>,
@@ -263,6 +272,12 @@ pub struct PretrainArgs {
     /// No progress bar (a line every 5 seconds on stderr instead)
     #[arg(long)]
     pub quiet: bool,
+
+    /// Resolve every setting, print the run's description and its memory estimate part by
+    /// part, and exit without training or writing the run folder
+    #[arg(long)]
+    #[serde(skip)]
+    pub dry_run: bool,
 
     /// Under `mpirun -n P` (a build with `--features mpi`): normalize every BatchNorm with
     /// the statistics of all P ranks' batches (global BN, as SimCLR trains) instead of
@@ -547,7 +562,7 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         return pretrain_text(args);
     }
     let (splits, size) = load_splits(&args.data, args.image_size)?;
-    pretrain(args, Arc::new(splits), size).map(|_| ())
+    image_run(args, Arc::new(splits), size).map(|_| ())
 }
 
 /// The run's folder, length, schedule and cadence from the command line.
@@ -621,6 +636,18 @@ pub fn pretrain(
     splits: Arc<Splits>,
     image_size: usize,
 ) -> Result<PretrainOutcome> {
+    match image_run(args, splits, image_size)? {
+        Some(outcome) => Ok(outcome),
+        None => bail!("--dry-run: nothing was trained"),
+    }
+}
+
+/// [`pretrain`], or with `--dry-run` (`None`) the run's description and memory only.
+fn image_run(
+    args: &PretrainArgs,
+    splits: Arc<Splits>,
+    image_size: usize,
+) -> Result<Option<PretrainOutcome>> {
     let comm = joined_group(args)?;
     let ranks = comm.size();
     let builtin = args.data == "builtin" || args.data.starts_with("builtin:");
@@ -675,9 +702,42 @@ pub fn pretrain(
         sync_bn: args.sync_bn,
         local_negatives: args.local_negatives,
     };
+    let plan = Pretrainer::memory_plan(&cfg, &train, Some(&splits))?;
+    let w: Vec<String> = model.widths.iter().map(usize::to_string).collect();
+    let knobs = memory::Knobs {
+        at: format!(
+            "--batch {batch}, --widths {}, --image-size {image_size}",
+            w.join(",")
+        ),
+        lower: "--batch, --widths or --image-size",
+    };
+    if args.dry_run {
+        if comm.rank() == 0 {
+            let description = Pretrainer::description(&cfg, &train, spe);
+            memory::dry_run(&description, &settings_line(&fit_cfg, spe), &plan, &knobs);
+        }
+        return Ok(None);
+    }
+    memory::check(&plan, &knobs)?;
     let mut trainer = Pretrainer::in_group(cfg, train, comm)?.with_monitor(splits);
     let summary = fit_run(&mut trainer, &fit_cfg)?;
-    Ok(PretrainOutcome { summary, model })
+    Ok(Some(PretrainOutcome { summary, model }))
+}
+
+/// The optimizer, learning rate, weight decay, length and folder of a run, for `--dry-run`.
+fn settings_line(cfg: &FitConfig<PretrainArgs>, steps_per_epoch: u64) -> String {
+    let a = &cfg.args;
+    let length = match cfg.length {
+        Some(RunLength::Minutes(m)) => format!("as many steps as fit in {m} minutes"),
+        _ => format!("{} steps", cfg.total_steps(steps_per_epoch)),
+    };
+    format!(
+        "{} optimizer, lr {}, weight decay {}; {length}; run folder {}",
+        a.optimizer().kind().name(),
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.out.display()
+    )
 }
 
 /// What a resumed text run takes from its recorded run.
@@ -703,7 +763,7 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
     }
     let comm = joined_group(args)?;
     let ranks = comm.size();
-    if comm.rank() == 0 {
+    if comm.rank() == 0 && !args.dry_run {
         dir.create()?;
     }
     let old: Option<TextRecord> = if args.resume {
@@ -771,6 +831,36 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
         schedule: fit_cfg.schedule(1)?,
         seed: args.seed,
     };
+    let plan = QtTrainer::memory_plan(&cfg, &corpus, Some(&held_out))?;
+    let knobs = memory::Knobs {
+        at: format!(
+            "--batch {}, --embed-dim {}, --channels {}, --max-len {max_len}, {} words",
+            cfg.batch,
+            args.embed_dim,
+            args.channels,
+            vocab.len()
+        ),
+        lower: "--batch, --channels, --embed-dim, --max-len or --vocab-size",
+    };
+    if args.dry_run {
+        if comm.rank() == 0 {
+            let steps = (corpus.trainable_sentences() / (cfg.batch * ranks)).max(1) as u64;
+            let description = format!(
+                "quick thoughts ({:?} encoder, {:?} objective): {} training documents, {} \
+                 sentences ({} cut to {max_len} tokens), vocabulary {} words, batch {}",
+                args.encoder,
+                args.objective,
+                corpus.documents(),
+                corpus.sentences(),
+                corpus.truncated(),
+                vocab.len(),
+                cfg.batch
+            );
+            memory::dry_run(&description, &settings_line(&fit_cfg, steps), &plan, &knobs);
+        }
+        return Ok(());
+    }
+    memory::check(&plan, &knobs)?;
     let mut trainer = QtTrainer::in_group(cfg, corpus, comm)
         .with_context(|| format!("--data {}", args.data))?
         .with_monitor(held_out)

@@ -131,6 +131,12 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// The most batches a loader of `depth` holds at once: `depth` ready, one being filled
+    /// and one in the trainer's hands.
+    pub fn buffers(depth: usize) -> usize {
+        depth.max(1) + 2
+    }
+
     /// Starts the worker. `fill(step, batch)` writes the batch of `step` into `batch.data`
     /// (`data_len` values) and `batch.labels` (`labels_len`); an error ends the stream after
     /// it is delivered. `depth >= 1` batches are kept in flight.

@@ -35,6 +35,8 @@ pub struct GraphBuilder {
     pub(crate) kept: Vec<TensorId>,
     /// Set by [`GraphBuilder::keep_all`].
     pub(crate) keep_all: bool,
+    /// Set by [`GraphBuilder::eval_only`].
+    pub(crate) eval_only: bool,
 }
 
 fn shape_str(s: &[usize]) -> String {
@@ -67,6 +69,14 @@ impl GraphBuilder {
     /// inspecting a whole pass, or comparing against the shared plan).
     pub fn keep_all(&mut self) {
         self.keep_all = true;
+    }
+
+    /// Plans the evaluation forward only: the arena holds what an evaluation pass needs (no
+    /// gradients, no value waiting for a backward), and a training forward of the built
+    /// graph is an error. For an encoder that only embeds (a monitor, `embed`, a probe's
+    /// features), whose training plan would be several times larger and never used.
+    pub fn eval_only(&mut self) {
+        self.eval_only = true;
     }
 
     fn check_name(&self, name: &str) -> Result<()> {

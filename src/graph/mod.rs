@@ -38,6 +38,7 @@ mod plan;
 mod tensors;
 
 pub use builder::GraphBuilder;
+pub use plan::GraphMemory;
 pub use tensors::{BufferInfo, ParamInfo, ParamKind};
 
 use crate::dist::{Collectives, Scratch, SingleProcess};
@@ -75,6 +76,8 @@ pub struct Graph {
     buffer: Vec<f32>,
     /// Per node: its backward's scratch in the arena (see [`Node::backward_scratch`]).
     scratch: Vec<std::ops::Range<usize>>,
+    /// Planned for evaluation forwards only ([`GraphBuilder::eval_only`]).
+    eval_only: bool,
     /// Per tensor: whether its gradient has been written in the current backward.
     written: Vec<bool>,
     /// Per tensor: whether some node reads it.
@@ -206,6 +209,14 @@ impl Graph {
     }
 
     fn forward_nodes(&mut self, mode: Mode, count: usize, comm: &dyn Collectives) -> Result<()> {
+        if mode == Mode::Train && self.eval_only {
+            return Err(err(
+                "(graph)",
+                "built for evaluation only: a training forward needs a graph built without \
+                 eval_only"
+                    .into(),
+            ));
+        }
         self.forwarded = None;
         self.pass_end = None;
         let mut k = 0;

@@ -10,7 +10,7 @@
 //! `beta = 0`, running mean 0 and variance 1, embeddings N(0, 1)).
 
 use super::builder::GraphBuilder;
-use super::liveness::{plan, Tensors};
+use super::liveness::{plan, Plan, Tensors, ALIGN};
 use super::ops::Op;
 use super::tensors::{BufferInfo, ParamInfo, ParamKind, TensorInfo};
 use super::{err, Graph, Mode};
@@ -19,57 +19,161 @@ use crate::error::Result;
 use crate::optim::ParamGroup;
 use crate::rng::SplitMix64;
 
+/// Where everything of a graph goes, before any arena is allocated: the parameters' and
+/// buffers' ranges, the liveness plans of both passes and the lengths of the arenas.
+struct Layout {
+    params: Vec<ParamInfo>,
+    p_len: usize,
+    buffers: Vec<BufferInfo>,
+    b_len: usize,
+    consumed: Vec<bool>,
+    fusable: Vec<bool>,
+    kept: Vec<bool>,
+    fold_w: usize,
+    fold_c: usize,
+    /// The training plan (none for a graph built with [`GraphBuilder::eval_only`]).
+    train: Option<Plan>,
+    eval: Plan,
+    arena_len: usize,
+}
+
+/// The bytes a graph's arenas and buffers take, from its plan (what
+/// [`GraphBuilder::build`] allocates, and what its passes leave in the kernels'
+/// per-thread scratch), each saturating at `u64::MAX` rather than overflowing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphMemory {
+    /// The arena of the activations, their gradients and the backwards' scratch (the
+    /// larger of the training and the evaluation plan): grows with the batch and, for
+    /// images, with the pixels of an image.
+    pub activations: u64,
+    /// The parameters (and as much again for their gradients).
+    pub params: u64,
+    /// The non-trained buffers (BatchNorm running statistics), the evaluation's folded
+    /// convolution weights and the nodes' own buffers (a loss's saved gradient, token ids,
+    /// labels).
+    pub buffers: u64,
+    /// The per-thread scratch the kernels grow to over a training step and an evaluation
+    /// forward (an estimate from their blocking: see [`crate::kernels::conv::scratch_bytes`]).
+    pub workspace: u64,
+    /// The number of parameters (an optimizer keeps one or two values per parameter).
+    pub param_count: u64,
+}
+
+impl GraphMemory {
+    /// Everything the graph holds: activations, parameters and their gradients, buffers
+    /// and workspace.
+    pub fn total(&self) -> u64 {
+        self.activations
+            .saturating_add(self.params.saturating_mul(2))
+            .saturating_add(self.buffers)
+            .saturating_add(self.workspace)
+    }
+}
+
+/// `floats` as bytes, saturating.
+fn bytes(floats: usize) -> u64 {
+    (floats as u64).saturating_mul(4)
+}
+
+/// Everything the liveness plan can place, in `f32`s, if that fits in `usize`: each
+/// tensor's value and gradient apart, and each node's scratch as large as the largest
+/// tensor. The plan's offsets never pass it, so when it fits, none of them overflows.
+fn unshared_bound(lens: &[usize], nodes: usize) -> Option<usize> {
+    let aligned = |l: usize| l.div_ceil(ALIGN).checked_mul(ALIGN);
+    let largest = aligned(lens.iter().copied().max().unwrap_or(0))?;
+    let all = lens
+        .iter()
+        .try_fold(0usize, |a, &l| a.checked_add(aligned(l)?.checked_mul(2)?))?;
+    all.checked_add(largest.checked_mul(nodes)?)?
+        .checked_mul(4)
+        .map(|b| b / 4)
+}
+
 impl GraphBuilder {
-    /// Plans the buffers and initializes the parameters from `seed`.
+    /// The bytes the graph will take once built ([`GraphBuilder::build`]), from its plan,
+    /// without allocating any arena; the workspace for `threads` threads.
+    pub fn memory(&self, threads: usize) -> GraphMemory {
+        let (activations, p_len, b_len, fold) = match self.layout() {
+            Ok(l) => (
+                bytes(l.arena_len),
+                l.p_len,
+                l.b_len,
+                l.fold_w.saturating_add(l.fold_c.saturating_mul(2)),
+            ),
+            // Sizes that do not fit in the address space.
+            Err(_) => {
+                let sum = |it: &mut dyn Iterator<Item = usize>| {
+                    it.fold(0usize, |a, l| a.saturating_add(l))
+                };
+                let p = sum(&mut self.params.iter().map(|p| p.1.iter().product()));
+                let b = sum(&mut self.buffers.iter().map(|b| b.1.iter().product()));
+                (u64::MAX, p, b, 0)
+            }
+        };
+        let lens: Vec<usize> = self.tensors.iter().map(|t| t.1.iter().product()).collect();
+        let held = self
+            .nodes
+            .iter()
+            .fold(0u64, |a, n| a.saturating_add(n.held_bytes(&|t| lens[t.0])));
+        let workspace = self
+            .nodes
+            .iter()
+            .map(|n| n.op.workspace_bytes(threads))
+            .max()
+            .unwrap_or(0)
+            .saturating_add(crate::kernels::gemm::pack_bytes(threads));
+        GraphMemory {
+            activations,
+            params: bytes(p_len),
+            buffers: bytes(b_len)
+                .saturating_add(bytes(fold))
+                .saturating_add(held),
+            workspace: workspace as u64,
+            param_count: p_len as u64,
+        }
+    }
+
+    /// The plan of every buffer.
     ///
     /// # Errors
-    /// A graph without nodes.
-    pub fn build(self, seed: u64) -> Result<Graph> {
+    /// A graph without nodes, or buffers too large to be addressed.
+    fn layout(&self) -> Result<Layout> {
         if self.nodes.is_empty() {
             return Err(err("(graph)", "no nodes".into()));
         }
+        let too_large = || {
+            err(
+                "(graph)",
+                "its buffers are too large to be addressed".into(),
+            )
+        };
         let mut p_len = 0usize;
-        let params: Vec<ParamInfo> = self
-            .params
-            .into_iter()
-            .map(|(name, shape, kind, fan_in)| {
-                let len: usize = shape.iter().product();
-                let range = p_len..p_len + len;
-                p_len += len;
-                ParamInfo {
-                    name,
-                    shape,
-                    kind,
-                    range,
-                    fan_in,
-                }
-            })
-            .collect();
+        let mut params = Vec::with_capacity(self.params.len());
+        for (name, shape, kind, fan_in) in &self.params {
+            let len: usize = shape.iter().product();
+            let end = p_len.checked_add(len).ok_or_else(too_large)?;
+            params.push(ParamInfo {
+                name: name.clone(),
+                shape: shape.clone(),
+                kind: *kind,
+                range: p_len..end,
+                fan_in: *fan_in,
+            });
+            p_len = end;
+        }
         let mut b_len = 0usize;
-        let buffers: Vec<BufferInfo> = self
-            .buffers
-            .into_iter()
-            .map(|(name, shape, init)| {
-                let len: usize = shape.iter().product();
-                let range = b_len..b_len + len;
-                b_len += len;
-                BufferInfo {
-                    name,
-                    shape,
-                    range,
-                    init,
-                }
-            })
-            .collect();
-        let groups = params
-            .iter()
-            .map(|p| ParamGroup {
-                name: p.name.clone(),
-                range: p.range.clone(),
-                decay: p.kind.is_weight(),
-                adapt: p.kind.is_weight(),
-            })
-            .collect();
+        let mut buffers = Vec::with_capacity(self.buffers.len());
+        for (name, shape, init) in &self.buffers {
+            let len: usize = shape.iter().product();
+            let end = b_len.checked_add(len).ok_or_else(too_large)?;
+            buffers.push(BufferInfo {
+                name: name.clone(),
+                shape: shape.clone(),
+                range: b_len..end,
+                init: *init,
+            });
+            b_len = end;
+        }
         let n_tensors = self.tensors.len();
         let mut readers = vec![0usize; n_tensors];
         for node in &self.nodes {
@@ -106,14 +210,54 @@ impl GraphBuilder {
         }
         let has_grad: Vec<bool> = self.tensors.iter().map(|t| t.2).collect();
         let lens: Vec<usize> = self.tensors.iter().map(|t| t.1.iter().product()).collect();
+        // Every offset of the plans stays below this bound, so none overflows.
+        unshared_bound(&lens, self.nodes.len()).ok_or_else(too_large)?;
         let sizes = Tensors {
             lens: &lens,
             has_grad: &has_grad,
             kept: &kept,
         };
-        let train = plan(&self.nodes, &sizes, &fusable, Mode::Train);
+        let train = (!self.eval_only).then(|| plan(&self.nodes, &sizes, &fusable, Mode::Train));
         let eval = plan(&self.nodes, &sizes, &fusable, Mode::Eval);
-        let arena_len = train.len.max(eval.len);
+        let arena_len = train.as_ref().map_or(0, |t| t.len).max(eval.len);
+        Ok(Layout {
+            params,
+            p_len,
+            buffers,
+            b_len,
+            consumed,
+            fusable,
+            kept,
+            fold_w,
+            fold_c,
+            train,
+            eval,
+            arena_len,
+        })
+    }
+
+    /// Plans the buffers and initializes the parameters from `seed`.
+    ///
+    /// # Errors
+    /// A graph without nodes; buffers too large to be addressed or to be allocated (an
+    /// error, never an abort).
+    pub fn build(self, seed: u64) -> Result<Graph> {
+        let l = self.layout()?;
+        let groups = l
+            .params
+            .iter()
+            .map(|p| ParamGroup {
+                name: p.name.clone(),
+                range: p.range.clone(),
+                decay: p.kind.is_weight(),
+                adapt: p.kind.is_weight(),
+            })
+            .collect();
+        let n_tensors = self.tensors.len();
+        // An evaluation-only graph's training ranges are its evaluation ones (a training
+        // forward of it is refused).
+        let (eval, kept) = (&l.eval, &l.kept);
+        let train = l.train.as_ref().unwrap_or(eval);
         let tensors: Vec<TensorInfo> = self
             .tensors
             .into_iter()
@@ -129,27 +273,32 @@ impl GraphBuilder {
                 kept: kept[t],
             })
             .collect();
+        let scratch = match l.train {
+            Some(t) => t.scratch,
+            None => vec![0..0; self.nodes.len()],
+        };
         let mut g = Graph {
             nodes: self.nodes,
             tensors,
-            params,
-            buffers,
+            params: l.params,
+            buffers: l.buffers,
             groups,
-            arena: vec![0.0; arena_len],
-            param: vec![0.0; p_len],
-            param_grad: vec![0.0; p_len],
-            buffer: vec![0.0; b_len],
-            scratch: train.scratch,
+            arena: zeroed(l.arena_len, "activations")?,
+            param: zeroed(l.p_len, "parameters")?,
+            param_grad: zeroed(l.p_len, "parameter gradients")?,
+            buffer: zeroed(l.b_len, "buffers")?,
+            scratch,
+            eval_only: self.eval_only,
             written: vec![false; n_tensors],
-            consumed,
+            consumed: l.consumed,
             forwarded: None,
             pass_end: None,
-            fusable,
+            fusable: l.fusable,
             eval_fusion: true,
             profile: None,
-            fold_w: vec![0.0; fold_w],
-            fold_scale: vec![0.0; fold_c],
-            fold_shift: vec![0.0; fold_c],
+            fold_w: zeroed(l.fold_w, "folded weights")?,
+            fold_scale: vec![0.0; l.fold_c],
+            fold_shift: vec![0.0; l.fold_c],
             sync_bn: false,
             local_negatives: false,
             dist: Scratch::default(),
@@ -157,6 +306,23 @@ impl GraphBuilder {
         g.init_params(seed);
         Ok(g)
     }
+}
+
+/// `len` zeros, or an error naming `what` when the allocator refuses them. The size is
+/// asked for first, so that a refusal (more than the machine's memory and swap can give) is
+/// an error instead of an abort; the vector itself then comes zeroed from the allocator, its
+/// pages untouched until used, as `vec!` gives them.
+fn zeroed(len: usize, what: &str) -> Result<Vec<f32>> {
+    Vec::<f32>::new().try_reserve_exact(len).map_err(|_| {
+        err(
+            "(graph)",
+            format!(
+                "could not allocate {} for its {what}",
+                crate::data::folder::human_bytes(bytes(len))
+            ),
+        )
+    })?;
+    Ok(vec![0.0; len])
 }
 
 /// Uniform in `[-1, 1)` from 24 bits of the stream (the stream never changes between

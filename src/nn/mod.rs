@@ -9,7 +9,7 @@
 //! With more than one block per stage the blocks are `l1.0`, `l1.1`, ...
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, GraphBuilder, TensorId};
+use crate::graph::{Graph, GraphBuilder, GraphMemory, TensorId};
 
 /// The encoder's configuration. [`ResNetConfig::default`] is the canonical ResNet-mini
 /// (3 x 32 x 32 input, widths 32/64/128, one block per stage, head 128 -> 128 -> 64).
@@ -260,10 +260,7 @@ pub struct SimclrModel {
 /// # Errors
 /// An invalid configuration or temperature.
 pub fn simclr(cfg: &ResNetConfig, images: usize, tau: f32, seed: u64) -> Result<SimclrModel> {
-    let mut b = GraphBuilder::new();
-    let enc = resnet_encoder(&mut b, cfg, 2 * images)?;
-    let z = projection_head(&mut b, enc.h, cfg.head_hidden, cfg.head_out)?;
-    let loss = b.nt_xent("loss", z, tau, false)?;
+    let (b, enc, z, loss) = simclr_nodes(cfg, images, tau)?;
     Ok(SimclrModel {
         graph: b.build(seed)?,
         input: enc.input,
@@ -271,6 +268,50 @@ pub fn simclr(cfg: &ResNetConfig, images: usize, tau: f32, seed: u64) -> Result<
         z,
         loss,
     })
+}
+
+/// The memory [`simclr`] would take on `threads` threads, from its plan (nothing large is
+/// allocated).
+///
+/// # Errors
+/// As [`simclr`].
+pub fn simclr_memory(
+    cfg: &ResNetConfig,
+    images: usize,
+    tau: f32,
+    threads: usize,
+) -> Result<GraphMemory> {
+    Ok(simclr_nodes(cfg, images, tau)?.0.memory(threads))
+}
+
+fn simclr_nodes(
+    cfg: &ResNetConfig,
+    images: usize,
+    tau: f32,
+) -> Result<(GraphBuilder, Encoder, TensorId, TensorId)> {
+    let mut b = GraphBuilder::new();
+    let views = images
+        .checked_mul(2)
+        .ok_or_else(|| Error::InvalidArgument {
+            op: "simclr",
+            msg: format!("{images} images: twice as many views overflow"),
+        })?;
+    let enc = resnet_encoder(&mut b, cfg, views)?;
+    let z = projection_head(&mut b, enc.h, cfg.head_hidden, cfg.head_out)?;
+    let loss = b.nt_xent("loss", z, tau, false)?;
+    Ok((b, enc, z, loss))
+}
+
+/// The memory of an encoder alone for `batch` images, planned for evaluation only (an
+/// embedder's graph: [`GraphBuilder::eval_only`]) on `threads` threads.
+///
+/// # Errors
+/// As [`resnet_encoder`].
+pub fn encoder_memory(cfg: &ResNetConfig, batch: usize, threads: usize) -> Result<GraphMemory> {
+    let mut b = GraphBuilder::new();
+    resnet_encoder(&mut b, cfg, batch)?;
+    b.eval_only();
+    Ok(b.memory(threads))
 }
 
 /// An encoder with a classifier on `h` and softmax cross-entropy: RotNet's 4-way rotation
@@ -294,10 +335,7 @@ pub fn encoder_classifier(
     classes: usize,
     seed: u64,
 ) -> Result<ClassifierModel> {
-    let mut b = GraphBuilder::new();
-    let enc = resnet_encoder(&mut b, cfg, batch)?;
-    let logits = b.linear("classifier", enc.h, classes, true, false)?;
-    let loss = b.softmax_cross_entropy("loss", logits)?;
+    let (b, enc, logits, loss) = classifier_nodes(cfg, batch, classes)?;
     Ok(ClassifierModel {
         graph: b.build(seed)?,
         input: enc.input,
@@ -305,6 +343,31 @@ pub fn encoder_classifier(
         logits,
         loss,
     })
+}
+
+/// The memory [`encoder_classifier`] would take on `threads` threads, from its plan.
+///
+/// # Errors
+/// As [`encoder_classifier`].
+pub fn encoder_classifier_memory(
+    cfg: &ResNetConfig,
+    batch: usize,
+    classes: usize,
+    threads: usize,
+) -> Result<GraphMemory> {
+    Ok(classifier_nodes(cfg, batch, classes)?.0.memory(threads))
+}
+
+fn classifier_nodes(
+    cfg: &ResNetConfig,
+    batch: usize,
+    classes: usize,
+) -> Result<(GraphBuilder, Encoder, TensorId, TensorId)> {
+    let mut b = GraphBuilder::new();
+    let enc = resnet_encoder(&mut b, cfg, batch)?;
+    let logits = b.linear("classifier", enc.h, classes, true, false)?;
+    let loss = b.softmax_cross_entropy("loss", logits)?;
+    Ok((b, enc, logits, loss))
 }
 
 /// The linear probe: a linear layer and softmax cross-entropy on frozen features.
@@ -510,7 +573,37 @@ pub fn quick_thoughts(
             msg: format!("the temperature must be positive and finite, got {temperature}"),
         });
     }
-    build_quick_thoughts(cfg, batch, objective, objective, temperature, seed)
+    quick_thoughts_nodes(cfg, batch, objective, objective, temperature)?.build(seed)
+}
+
+/// The memory [`quick_thoughts`] would take on `threads` threads, from its plan (nothing
+/// large is allocated).
+///
+/// # Errors
+/// As [`quick_thoughts`].
+pub fn quick_thoughts_memory(
+    cfg: &SentenceEncoderConfig,
+    batch: usize,
+    objective: QtObjective,
+    threads: usize,
+) -> Result<GraphMemory> {
+    let nodes = quick_thoughts_nodes(cfg, batch, objective, objective, 1.0)?;
+    Ok(nodes.builder.memory(threads))
+}
+
+/// The memory [`quick_thoughts_in_batch_eval`] would take on `threads` threads.
+///
+/// # Errors
+/// As [`quick_thoughts_in_batch_eval`].
+pub fn quick_thoughts_in_batch_eval_memory(
+    cfg: &SentenceEncoderConfig,
+    batch: usize,
+    objective: QtObjective,
+    threads: usize,
+) -> Result<GraphMemory> {
+    let mut nodes = quick_thoughts_nodes(cfg, batch, objective, QtObjective::InBatch, 1.0)?;
+    nodes.builder.eval_only();
+    Ok(nodes.builder.memory(threads))
 }
 
 /// The encoders of `objective` with the in-batch loss over them (`f . g`, or `f . f` for
@@ -525,17 +618,37 @@ pub fn quick_thoughts_in_batch_eval(
     objective: QtObjective,
 ) -> Result<QuickThoughtsModel> {
     // Ranks do not depend on a positive scale of the scores.
-    build_quick_thoughts(cfg, batch, objective, QtObjective::InBatch, 1.0, 0)
+    let mut nodes = quick_thoughts_nodes(cfg, batch, objective, QtObjective::InBatch, 1.0)?;
+    nodes.builder.eval_only();
+    nodes.build(0)
 }
 
-fn build_quick_thoughts(
+/// A Quick Thoughts graph before it is built.
+struct QtNodes {
+    builder: GraphBuilder,
+    f: SentenceEncoder,
+    g: SentenceEncoder,
+    loss: TensorId,
+}
+
+impl QtNodes {
+    fn build(self, seed: u64) -> Result<QuickThoughtsModel> {
+        Ok(QuickThoughtsModel {
+            graph: self.builder.build(seed)?,
+            f: self.f,
+            g: self.g,
+            loss: self.loss,
+        })
+    }
+}
+
+fn quick_thoughts_nodes(
     cfg: &SentenceEncoderConfig,
     batch: usize,
     encoders: QtObjective,
     loss: QtObjective,
     temperature: f32,
-    seed: u64,
-) -> Result<QuickThoughtsModel> {
+) -> Result<QtNodes> {
     if batch < 2 {
         return Err(Error::InvalidArgument {
             op: "quick thoughts",
@@ -553,8 +666,8 @@ fn build_quick_thoughts(
         QtObjective::InBatch => b.qt_in_batch("loss", f.h, g.h, 1.0 / temperature, Some(0))?,
         QtObjective::Pairwise => b.qt_pairwise("loss", f.h, g.h)?,
     };
-    Ok(QuickThoughtsModel {
-        graph: b.build(seed)?,
+    Ok(QtNodes {
+        builder: b,
         f,
         g,
         loss,

@@ -63,6 +63,8 @@ impl Embedder {
     pub fn new(cfg: &ResNetConfig, batch: usize, seed: u64) -> Result<Self> {
         let mut b = GraphBuilder::new();
         let enc = resnet_encoder(&mut b, cfg, batch.max(1))?;
+        // It only embeds: no training plan.
+        b.eval_only();
         let graph = b.build(mix(seed, &[0]))?;
         Ok(Self {
             graph,

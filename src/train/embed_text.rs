@@ -72,6 +72,8 @@ impl SentenceEmbedder {
         } else {
             None
         };
+        // It only embeds: no training plan.
+        b.eval_only();
         let graph = b.build(mix(seed, &[0]))?;
         Ok(Self {
             graph,

@@ -22,12 +22,16 @@ use crate::error::{Error, Result};
 use crate::eval::knn::{knn_accuracy, KnnConfig};
 use crate::graph::{Graph, Mode, TensorId};
 use crate::nn::SimclrModel;
-use crate::nn::{encoder_classifier, simclr, ClassifierModel, ResNetConfig};
+use crate::nn::{
+    encoder_classifier, encoder_classifier_memory, encoder_memory, simclr, simclr_memory,
+    ClassifierModel, ResNetConfig,
+};
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig, SgdConfig};
 use crate::rng::mix;
 use crate::train::core::{at_step, non_finite, Core};
 pub use crate::train::embed::Embedder;
 use crate::train::group::{run_step, Group};
+use crate::train::memory::MemoryPlan;
 use crate::train::method::{Method, MonitorKind, StepStats, Unit};
 use crate::train::run_dir::RunSettings;
 use crate::train::state::Metadata;
@@ -241,6 +245,8 @@ const KNN_BANK: usize = 10_000;
 const KNN_QUERIES: usize = 2_000;
 /// Images per batch of the monitor's and the embedder's forward passes.
 const EMBED_BATCH: usize = 256;
+/// Batches the loader prepares ahead of the steps.
+const LOADER_DEPTH: usize = 3;
 
 impl Pretrainer {
     /// Builds the model, the optimizer and the sampler for `data` (its labels are never
@@ -320,6 +326,125 @@ impl Pretrainer {
     pub fn with_monitor(mut self, splits: Arc<Splits>) -> Self {
         self.monitor = Some(splits);
         self
+    }
+
+    /// The memory a run of `cfg` on `data` takes at its peak in this process, from the plan
+    /// of its graph, before anything large is allocated ([`Pretrainer::new`] allocates it):
+    /// the activations and their gradients (they grow with the batch and with the pixels of
+    /// an image), the parameters, their gradients and the optimizer's state (they grow with
+    /// the widths), the kernels' scratch, the loader's batches prepared ahead, with
+    /// `monitor` (the splits [`Pretrainer::with_monitor`] takes) the kNN monitor's encoder
+    /// and features, and the dataset, already loaded. Check it with [`MemoryPlan::check`]
+    /// against [`crate::train::memory::available_memory`].
+    ///
+    /// # Errors
+    /// An invalid configuration (as [`Pretrainer::new`]).
+    pub fn memory_plan(
+        cfg: &PretrainConfig,
+        data: &ImageSet,
+        monitor: Option<&Splits>,
+    ) -> Result<MemoryPlan> {
+        cfg.validate()?;
+        let m = &cfg.model;
+        let threads = rayon::current_num_threads();
+        let inputs = cfg.method.inputs_per_image();
+        let graph = match cfg.method {
+            ImageMethod::SimClr => simclr_memory(m, cfg.batch, cfg.tau, threads)?,
+            ImageMethod::RotNet => {
+                let batch = cfg
+                    .batch
+                    .checked_mul(4)
+                    .ok_or_else(|| invalid(format!("a batch of {} images overflows", cfg.batch)))?;
+                encoder_classifier_memory(m, batch, 4, threads)?
+            }
+        };
+        let (c, s) = (m.in_channels, m.image_size);
+        let what = match cfg.method {
+            ImageMethod::SimClr => "views",
+            ImageMethod::RotNet => "rotations",
+        };
+        let per_step = format!("{inputs} x {} {what} of {c} x {s} x {s}", cfg.batch);
+        let mut plan = MemoryPlan::default();
+        plan.add_graph(
+            "",
+            &graph,
+            &format!("grows with the batch and the pixels: {per_step}"),
+            true,
+        );
+        plan.add_optimizer(&cfg.optimizer, graph.param_count);
+        let input = (inputs as u64)
+            .saturating_mul(cfg.batch as u64)
+            .saturating_mul((c as u64).saturating_mul((s * s) as u64));
+        let batches = Loader::buffers(LOADER_DEPTH);
+        // RotNet's rotation labels.
+        let labels = match cfg.method {
+            ImageMethod::SimClr => 0,
+            ImageMethod::RotNet => 4 * cfg.batch,
+        };
+        plan.add(
+            "loader",
+            format!("{batches} batches of {per_step} prepared ahead"),
+            input
+                .saturating_add(labels as u64)
+                .saturating_mul(4 * batches as u64),
+        );
+        if let Some(l) = monitor.and_then(Splits::labeled) {
+            let enc = encoder_memory(m, EMBED_BATCH, threads)?;
+            let d = m.feature_dim() as u64;
+            let (bank, queries) = (l.train.n.min(KNN_BANK), l.test.n.min(KNN_QUERIES));
+            // The features, their normalized copies and a block of similarities.
+            let features = ((bank + queries) as u64)
+                .saturating_mul(d)
+                .saturating_mul(2 * 4)
+                .saturating_add(4 * (256 * bank) as u64);
+            plan.add(
+                "kNN monitor",
+                format!(
+                    "the encoder at {EMBED_BATCH} images, features of {bank} + {queries} images"
+                ),
+                enc.activations
+                    .saturating_add(enc.params)
+                    .saturating_add(enc.buffers)
+                    .saturating_add(features),
+            );
+        }
+        let mut stored = data.memory_bytes() as u64;
+        if let Some(sp) = monitor {
+            let labels = sp.train_labels.as_ref().map_or(0, Vec::len);
+            stored = stored.saturating_add(4 * labels as u64);
+            if let Some(t) = &sp.test {
+                let tl = t.labels.as_ref().map_or(0, Vec::len);
+                stored = stored
+                    .saturating_add(t.memory_bytes() as u64)
+                    .saturating_add(4 * tl as u64);
+            }
+        }
+        plan.add_loaded("dataset", format!("{} images", data.n), stored);
+        Ok(plan)
+    }
+
+    /// The line describing a run of `cfg` on `data` of `steps_per_epoch` steps an epoch
+    /// ([`Method::describe`]): the data as stored and trained, the encoder and the batch.
+    pub fn description(cfg: &PretrainConfig, data: &ImageSet, steps_per_epoch: u64) -> String {
+        let (m, d) = (&cfg.model, data);
+        let stored = match (d.uniform_size(), d.side_range()) {
+            (Some((h, w)), _) => format!("{h}x{w}"),
+            (None, (lo, hi)) => format!("{lo} to {hi} pixels a side"),
+        };
+        let widths: Vec<String> = m.widths.iter().map(|w| w.to_string()).collect();
+        let s = m.image_size;
+        format!(
+            "{}: {} images of {} channel(s) stored at {stored} ({} in memory), trained at \
+             {s}x{s}; encoder widths {}, stem stride {}; batch {}, {} steps per epoch",
+            cfg.method.name(),
+            d.n,
+            d.channels,
+            crate::data::folder::human_bytes(d.memory_bytes() as u64),
+            widths.join("/"),
+            m.stem_stride(),
+            cfg.batch,
+            steps_per_epoch
+        )
     }
 
     /// The configuration (its schedule is the one the run started with).
@@ -479,7 +604,7 @@ impl Method for Pretrainer {
         // The old loader stops before the new one starts (both would hold a batch's buffers).
         self.loader = None;
         if end > self.core.step() {
-            self.loader = Some(self.loader(end, 3));
+            self.loader = Some(self.loader(end, LOADER_DEPTH));
         }
         Ok(())
     }
@@ -536,24 +661,10 @@ impl Method for Pretrainer {
     }
 
     fn describe(&self) -> Option<String> {
-        let (m, d) = (&self.cfg.model, &self.data);
-        let stored = match (d.uniform_size(), d.side_range()) {
-            (Some((h, w)), _) => format!("{h}x{w}"),
-            (None, (lo, hi)) => format!("{lo} to {hi} pixels a side"),
-        };
-        let widths: Vec<String> = m.widths.iter().map(|w| w.to_string()).collect();
-        let s = m.image_size;
-        Some(format!(
-            "{}: {} images of {} channel(s) stored at {stored} ({} in memory), trained at \
-             {s}x{s}; encoder widths {}, stem stride {}; batch {}, {} steps per epoch",
-            self.cfg.method.name(),
-            d.n,
-            d.channels,
-            crate::data::folder::human_bytes(d.memory_bytes() as u64),
-            widths.join("/"),
-            m.stem_stride(),
-            self.cfg.batch,
-            self.sampler.steps_per_epoch()
+        Some(Pretrainer::description(
+            &self.cfg,
+            &self.data,
+            self.sampler.steps_per_epoch(),
         ))
     }
 

@@ -30,6 +30,7 @@ pub mod embed_text;
 pub mod fit;
 pub mod group;
 pub mod image;
+pub mod memory;
 pub mod method;
 pub mod observer;
 pub mod recipe;
@@ -40,6 +41,7 @@ pub mod text;
 
 pub use self::core::Core;
 pub use fit::{fit, FitConfig, RunLength};
+pub use memory::{available_memory, MemoryPlan};
 pub use method::{Method, MonitorKind, StepStats, Unit};
 pub use observer::{FitSummary, Observer, RunStart, Silent};
 pub use recipe::{OptimizerKind, Recipe};

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Mode};
 use crate::kernels::contrastive::quickthought::qt_neighbor_targets;
 use crate::nn::{
-    quick_thoughts, quick_thoughts_in_batch_eval, QtObjective, QuickThoughtsModel,
-    SentenceEncoderConfig,
+    quick_thoughts, quick_thoughts_in_batch_eval, quick_thoughts_in_batch_eval_memory,
+    quick_thoughts_memory, QtObjective, QuickThoughtsModel, SentenceEncoderConfig,
 };
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
 use crate::rng::{mix, shuffle, SplitMix64};
@@ -37,6 +37,7 @@ pub use crate::train::embed_text::{
     VOCAB_KEY,
 };
 use crate::train::group::{run_step, Group};
+use crate::train::memory::MemoryPlan;
 use crate::train::method::{Method, MonitorKind, StepStats, Unit};
 use crate::train::state::Metadata;
 
@@ -234,6 +235,77 @@ impl QtTrainer {
             docs,
             steps_per_epoch,
         })
+    }
+
+    /// The memory a run of `cfg` on `corpus` takes at its peak in this process, from the
+    /// plan of its graph, before anything large is allocated ([`QtTrainer::new`] allocates
+    /// it): the activations and their gradients (they grow with the batch and the sentence
+    /// length), the parameters (the vocabulary times the embedding width, and the
+    /// convolution), their gradients and the optimizer's state, the epoch's stream of
+    /// sentences, with `held_out` (what [`QtTrainer::with_monitor`] takes) the monitor's
+    /// evaluation graph, and the corpora, already loaded. Check it with
+    /// [`MemoryPlan::check`].
+    ///
+    /// # Errors
+    /// An invalid configuration (as [`QtTrainer::new`]).
+    pub fn memory_plan(
+        cfg: &QtConfig,
+        corpus: &TokenizedCorpus,
+        held_out: Option<&TokenizedCorpus>,
+    ) -> Result<MemoryPlan> {
+        cfg.encoder.validate()?;
+        let threads = rayon::current_num_threads();
+        let (b, e) = (cfg.batch, &cfg.encoder);
+        let graph = quick_thoughts_memory(e, b, cfg.objective, threads)?;
+        let mut plan = MemoryPlan::default();
+        plan.add_graph(
+            "",
+            &graph,
+            &format!(
+                "grows with the batch and the sentence length: {b} sentences of {} tokens",
+                e.max_len
+            ),
+            true,
+        );
+        plan.add_optimizer(&cfg.optimizer, graph.param_count);
+        // Each trainable sentence's index and whether it starts a document, the step's
+        // token rows and targets.
+        let trainable = corpus.trainable_sentences() as u64;
+        let step = (b as u64)
+            .saturating_mul(e.max_len as u64)
+            .saturating_add(6 * b as u64)
+            .saturating_mul(4);
+        plan.add(
+            "sentence stream",
+            format!("{trainable} sentences in epoch order"),
+            trainable.saturating_mul(9).saturating_add(step),
+        );
+        if let Some(h) = held_out.filter(|h| h.sentences() >= b) {
+            let eval = quick_thoughts_in_batch_eval_memory(e, b, cfg.objective, threads)?;
+            plan.add(
+                "held-out monitor",
+                format!("an evaluation graph of {b} sentences"),
+                eval.activations
+                    .saturating_add(eval.params)
+                    .saturating_add(eval.buffers)
+                    .saturating_add(4 * h.sentences() as u64),
+            );
+        }
+        let stored = |c: &TokenizedCorpus| {
+            (c.tokens().len() as u64)
+                .saturating_mul(4)
+                .saturating_add(8 * (c.documents() as u64 + 1))
+        };
+        let mut corpora = stored(corpus);
+        if let Some(h) = held_out {
+            corpora = corpora.saturating_add(stored(h));
+        }
+        plan.add_loaded(
+            "corpus",
+            format!("{} sentences", corpus.sentences()),
+            corpora,
+        );
+        Ok(plan)
     }
 
     /// The stream position of this rank's first sentence of step `step`.

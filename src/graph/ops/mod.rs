@@ -86,6 +86,17 @@ impl Op {
     }
 }
 
+impl Op {
+    /// Bytes of the per-thread scratch its kernels grow to on `threads` threads, where it
+    /// is sizable (the convolutions'; see [`crate::kernels::conv::scratch_bytes`]).
+    pub(crate) fn workspace_bytes(&self, threads: usize) -> usize {
+        match self {
+            Op::Conv { g, .. } => crate::kernels::conv::scratch_bytes(g, threads),
+            _ => 0,
+        }
+    }
+}
+
 /// A node: its operation, the tensors it takes (at most two) and the one it makes.
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -142,6 +153,28 @@ impl Node {
                     .max()
                     .unwrap_or(0)
             }
+        }
+    }
+}
+
+impl Node {
+    /// Bytes of the buffers the node holds itself (`len(t)` a tensor's length): a loss's
+    /// saved input gradient and its kernel's workspace (about as large again), token ids,
+    /// labels, BatchNorm's saved and synchronized statistics. A data-parallel loss's
+    /// gathered rows, which grow with the group, are not counted.
+    pub(crate) fn held_bytes(&self, len: &dyn Fn(TensorId) -> usize) -> u64 {
+        let inputs = |k: u64| {
+            self.inputs
+                .iter()
+                .fold(0u64, |a, &t| a.saturating_add(len(t) as u64))
+                .saturating_mul(k)
+        };
+        match &self.op {
+            Op::Embedding(e) => 4 * e.ids.len() as u64,
+            Op::BatchNorm(b) => 8 * b.sync.len() as u64 + 4 * 2 * b.saved.mean.len() as u64,
+            Op::NtXent(_) | Op::QtInBatch(_) | Op::QtPairwise(_) => inputs(2 * 4),
+            Op::SoftmaxCe(s) => inputs(4).saturating_add(4 * s.labels.len() as u64),
+            _ => 0,
         }
     }
 }

@@ -27,8 +27,10 @@ mod direct;
 mod flipped;
 mod geometry;
 mod im2col;
+mod scratch;
 
 pub use geometry::Conv2d;
+pub use scratch::scratch_bytes;
 
 use crate::error::{check_len, Result};
 use rayon::prelude::*;

@@ -75,6 +75,12 @@ thread_local! {
     static PACK_B: RefCell<AlignedBuf> = RefCell::default();
 }
 
+/// Bytes the packing buffers ([`PACK_A`], [`PACK_B`]) of `K`'s GEMMs grow to on one thread
+/// at most: an A block of `MC` rows and a B block of `NC` columns, each `1.25 KC` deep.
+pub(super) fn pack_bytes<K: MicroKernel>() -> usize {
+    4 * (K::MC + K::NC + 32) * (K::KC + K::KC / 4)
+}
+
 /// Runs `f` on an aligned slice of `len` floats from this thread's buffer `key`; reuses the
 /// buffer across calls (no allocation in steady state) and falls back to a fresh one when it
 /// is already in use (a GEMM nested inside another on the same thread).

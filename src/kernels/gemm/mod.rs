@@ -47,6 +47,19 @@ use crate::kernels::dispatch::{isa, Isa};
 use kernel::MicroKernel;
 use loops::Problem;
 
+/// Bytes the GEMMs' per-thread packing buffers grow to on a pool of `threads` threads at
+/// most, for this CPU's kernel (for a memory estimate).
+pub fn pack_bytes(threads: usize) -> usize {
+    let one = match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => loops::pack_bytes::<avx512::Avx512>(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => loops::pack_bytes::<avx2::Avx2Fma>(),
+        _ => loops::pack_bytes::<portable::Portable>(),
+    };
+    one.saturating_mul(threads.max(1))
+}
+
 /// Whether an operand enters the product as stored or transposed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Transpose {

@@ -19,10 +19,10 @@ thread_local! {
 
 /// Bytes of padded input per group: the group stays in L2 while every channel panel of
 /// the weights passes over it.
-const GROUP_BYTES: usize = 256 * 1024;
+pub(in crate::kernels::conv) const GROUP_BYTES: usize = 256 * 1024;
 /// The fewest groups (tasks) a batch is cut into when it has that many images, in the
 /// forward pass and, as chunks, in the weight gradient.
-const MIN_GROUPS: usize = 16;
+pub(in crate::kernels::conv) const MIN_GROUPS: usize = 16;
 pub(in crate::kernels::conv) fn forward<T: Tile>(
     g: &Conv2d,
     x: &[f32],

@@ -20,8 +20,8 @@ use std::cell::RefCell;
 mod forward;
 mod weight_grad;
 
-pub(super) use forward::forward;
-pub(super) use weight_grad::weight_grad;
+pub(super) use forward::{forward, GROUP_BYTES, MIN_GROUPS};
+pub(super) use weight_grad::{weight_grad, WGRAD_CHUNKS, WGRAD_GROUP_BYTES};
 
 /// The most rows, lanes and the largest tile of any [`Tile`].
 const MAX_R: usize = 8;

@@ -10,9 +10,9 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Padded input and transposed output gradient per group of the weight gradient.
-const WGRAD_GROUP_BYTES: usize = 1024 * 1024;
+pub(in crate::kernels::conv) const WGRAD_GROUP_BYTES: usize = 1024 * 1024;
 /// The most chunks (tasks, each with its own partial sum) of the weight gradient.
-const WGRAD_CHUNKS: usize = 16;
+pub(in crate::kernels::conv) const WGRAD_CHUNKS: usize = 16;
 
 thread_local! {
     static DYT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };

@@ -1,0 +1,157 @@
+//! How much per-thread scratch the convolution passes of a geometry grow to, for a memory
+//! estimate before a graph is built: the same sizes the strategies ask [`super::with_scratch`]
+//! for (`direct/forward.rs`, `direct/weight_grad.rs`, `im2col/forward.rs`, `flipped.rs`,
+//! `col2im.rs`), summed over the buffers of a forward, a weight gradient and an input
+//! gradient. Saturating, never overflowing.
+
+use super::{Conv2d, Conv2dImpl, InputGradImpl, GROUP_COLS};
+
+/// Scratch in `f32`s (or `usize`s counted as two): what the calling thread holds once, and
+/// what every thread of the pool may hold.
+#[derive(Clone, Copy, Default)]
+struct Floats {
+    once: usize,
+    per_thread: usize,
+}
+
+impl Floats {
+    fn plus(self, o: Floats) -> Floats {
+        Floats {
+            once: self.once.saturating_add(o.once),
+            per_thread: self.per_thread.saturating_add(o.per_thread),
+        }
+    }
+}
+
+/// Bytes of per-thread scratch a training step's passes of `g` (forward, weight gradient,
+/// input gradient) leave allocated on a pool of `threads` threads; an estimate (an upper
+/// bound per buffer: every worker is counted as holding the largest group). The buffers
+/// are reused from one convolution to the next, so a graph takes the largest geometry's.
+pub fn scratch_bytes(g: &Conv2d, threads: usize) -> usize {
+    let f = forward(g).plus(weight_grad(g)).plus(input_grad(g));
+    f.once
+        .saturating_add(f.per_thread.saturating_mul(threads.max(1)))
+        .saturating_mul(4)
+}
+
+/// Images per group of a pass whose groups take at most `bytes`, at least `min_groups`
+/// groups when the batch has the images.
+fn group(n: usize, bytes: usize, per_image: usize, min_groups: usize) -> usize {
+    (bytes / per_image.max(1))
+        .min(n.div_ceil(min_groups))
+        .clamp(1, n.max(1))
+}
+
+fn forward(g: &Conv2d) -> Floats {
+    let hw = g.out_h().saturating_mul(g.out_w());
+    match Conv2dImpl::choose(g) {
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx512 => direct_forward(g, 32),
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx2 => direct_forward(g, 16),
+        // A group's output goes through OUT (Cout x group*HoWo) when it has several images.
+        Conv2dImpl::Im2col => Floats {
+            once: 0,
+            per_thread: g
+                .c_out
+                .saturating_mul((GROUP_COLS / hw.max(1)).clamp(1, g.n.max(1)))
+                .saturating_mul(hw),
+        },
+    }
+}
+
+/// WPANELS (the weights in `l`-channel panels) and OFFSETS once; PADDED (a group's padded
+/// images) and FWD_PIXELS per thread.
+#[cfg(target_arch = "x86_64")]
+fn direct_forward(g: &Conv2d, l: usize) -> Floats {
+    use super::direct::{GROUP_BYTES, MIN_GROUPS};
+    let ps = padded_len(g);
+    let gn = group(g.n, GROUP_BYTES, ps.saturating_mul(4), MIN_GROUPS);
+    let npix = gn.saturating_mul(g.out_h() * g.out_w());
+    Floats {
+        once: g
+            .c_out
+            .div_ceil(l)
+            .saturating_mul(l)
+            .saturating_mul(g.depth())
+            .saturating_add(2 * g.depth()),
+        per_thread: gn.saturating_mul(ps).saturating_add(2 * npix),
+    }
+}
+
+/// Floats of one zero-padded input image.
+fn padded_len(g: &Conv2d) -> usize {
+    let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+    g.c_in.saturating_mul(hp).saturating_mul(wp)
+}
+
+fn weight_grad(g: &Conv2d) -> Floats {
+    match Conv2dImpl::choose(g) {
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx512 => direct_weight_grad(g, 8, 32),
+        #[cfg(target_arch = "x86_64")]
+        Conv2dImpl::DirectAvx2 => direct_weight_grad(g, 6, 16),
+        // One GEMM: its packing buffers only.
+        Conv2dImpl::Im2col => Floats::default(),
+    }
+}
+
+/// TILES (one partial `dW` per chunk) and OFFSETS once; PADDED, DYT (a group's `dY` in
+/// panels) and PIXELS per thread.
+#[cfg(target_arch = "x86_64")]
+fn direct_weight_grad(g: &Conv2d, r: usize, l: usize) -> Floats {
+    use super::direct::{WGRAD_CHUNKS, WGRAD_GROUP_BYTES};
+    let hw = g.out_h() * g.out_w();
+    let ps = padded_len(g);
+    let lanes = g.c_out.div_ceil(l).saturating_mul(l);
+    let per_image = ps
+        .saturating_add(lanes.saturating_mul(hw))
+        .saturating_mul(4);
+    let gn = group(g.n, WGRAD_GROUP_BYTES, per_image, WGRAD_CHUNKS);
+    let chunks = g.n.div_ceil(gn).min(WGRAD_CHUNKS);
+    let acc_len = g
+        .depth()
+        .div_ceil(r)
+        .saturating_mul(r)
+        .saturating_mul(lanes);
+    let npix = gn.saturating_mul(hw);
+    Floats {
+        once: chunks.saturating_mul(acc_len).saturating_add(2 * g.depth()),
+        per_thread: gn
+            .saturating_mul(ps)
+            .saturating_add(lanes.saturating_mul(npix))
+            .saturating_add(2 * npix),
+    }
+}
+
+fn input_grad(g: &Conv2d) -> Floats {
+    match InputGradImpl::choose(g) {
+        // FLIPPED (the flipped kernel) once, then the forward of the transposed geometry.
+        InputGradImpl::Flipped => {
+            let t = Conv2d {
+                n: g.n,
+                c_in: g.c_out,
+                h: g.out_h(),
+                w: g.out_w(),
+                c_out: g.c_in,
+                stride: (1, 1),
+                pad: (g.kh - 1 - g.pad.0, g.kw - 1 - g.pad.1),
+                ..*g
+            };
+            Floats {
+                once: g.w_len(),
+                per_thread: 0,
+            }
+            .plus(forward(&t))
+        }
+        // COLS: dcol of a group of about GROUP_COLS columns, per thread.
+        InputGradImpl::Col2im => {
+            let hw = g.out_h().saturating_mul(g.out_w());
+            let gn = (GROUP_COLS / hw.max(1)).clamp(1, g.n.max(1));
+            Floats {
+                once: 0,
+                per_thread: g.depth().saturating_mul(gn).saturating_mul(hw),
+            }
+        }
+    }
+}
