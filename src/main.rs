@@ -41,12 +41,13 @@ fn main() -> ExitCode {
         Ok(cli::Status::Success) => ExitCode::SUCCESS,
         Ok(cli::Status::Regression) => ExitCode::from(1),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) if cli::interrupt::exit_code(&err).is_some() => {
-            // Every rank stopped at the same step: all end MPI normally.
-            cli::group::end(true);
-            return ExitCode::from(cli::interrupt::exit_code(&err).unwrap_or(130));
-        }
         Err(err) => {
+            if let Some(code) = cli::interrupt::exit_code(&err) {
+                // A signal stopped the run after its checkpoint, and the progress observer
+                // said so; every rank stopped at the same step, so all end MPI normally.
+                cli::group::end(true);
+                return ExitCode::from(code);
+            }
             // `{:#}` joins the cause chain with ": "; keep it to one line whatever the causes say.
             let msg = format!("{err:#}").replace(['\n', '\r'], " ");
             eprintln!("error: {msg}");

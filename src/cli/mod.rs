@@ -3,8 +3,7 @@
 //! Subcommands: `pretrain`, `probe`, `embed`, `export`, `neighbors`, `preview`, `bench`, and `demo`
 //! (the default run: what `selfsup` without arguments does), each one module handling both
 //! images and text; the helpers they share (`data`, `group`, `interrupt`, `progress`,
-//! `threads`) are
-//! modules of their own, never a sibling subcommand.
+//! `threads`) are modules of their own, never a sibling subcommand.
 
 pub mod bench;
 mod data;
