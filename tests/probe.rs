@@ -204,7 +204,12 @@ fn the_probe_standardizes_unless_told_not_to() {
     let on = linear_probe(&x, &y, &x, &y, d, c, &fixed(true)).unwrap();
     assert_eq!(off.loss, raw.info.loss);
     assert_eq!(on.loss, scaled.info.loss);
-    assert!((off.loss - on.loss).abs() > 1e-3, "{} vs {}", off.loss, on.loss);
+    assert!(
+        (off.loss - on.loss).abs() > 1e-3,
+        "{} vs {}",
+        off.loss,
+        on.loss
+    );
 }
 
 #[test]
