@@ -182,6 +182,37 @@ fn standardizer_handles_constant_features() {
 }
 
 #[test]
+fn the_probe_standardizes_unless_told_not_to() {
+    // Features on very different scales, so standardizing changes the fit.
+    let (n, d, c) = (60, 4, 3);
+    let (mut x, y) = blobs(n, d, c, 0.9, 11);
+    for row in x.chunks_exact_mut(d) {
+        row[0] = 50.0 * row[0] + 7.0;
+        row[3] *= 0.01;
+    }
+    let fixed = |standardize| ProbeConfig {
+        lambda: 1e-2,
+        lambda_grid: vec![],
+        standardize,
+        ..ProbeConfig::default()
+    };
+    let raw = LogisticRegression::fit(&x, n, d, &y, c, &fixed(false)).unwrap();
+    let st = Standardizer::fit(&x, n, d).unwrap();
+    let sx = st.transform(&x, n).unwrap();
+    let scaled = LogisticRegression::fit(&sx, n, d, &y, c, &fixed(true)).unwrap();
+    let off = linear_probe(&x, &y, &x, &y, d, c, &fixed(false)).unwrap();
+    let on = linear_probe(&x, &y, &x, &y, d, c, &fixed(true)).unwrap();
+    assert_eq!(off.loss, raw.info.loss);
+    assert_eq!(on.loss, scaled.info.loss);
+    assert!(
+        (off.loss - on.loss).abs() > 1e-3,
+        "{} vs {}",
+        off.loss,
+        on.loss
+    );
+}
+
+#[test]
 fn select_lambda_walks_the_grid_from_the_largest() {
     // Labels independent of the features: the call succeeds, starts at the largest lambda and
     // picks a grid value.

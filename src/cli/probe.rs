@@ -1,5 +1,6 @@
 //! `selfsup probe`: the linear probe on frozen features, with the raw-pixel and
-//! random-init baselines in the same table.
+//! random-init baselines in the same table; `--tsv`, the sentence probe, is in
+//! [`text`] (tf-idf and random-init rows, k-fold and label draws).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,21 +11,24 @@ use clap::Args;
 use selfsup::data::resize::{eval_tensor, eval_views};
 use selfsup::eval::probe::{linear_probe, subsample_labels, ProbeConfig};
 use selfsup::nn::ResNetConfig;
-use selfsup::text::read_text;
 use selfsup::train::embed::{model_config, Embedder};
-use selfsup::train::text::{is_text_checkpoint, SentenceEmbedder, TextModel};
+use selfsup::train::text::is_text_checkpoint;
 
 use selfsup::data::Splits;
 
 use super::data::{load_splits, parse_image_size};
 use super::threads::set_threads;
 
+mod text;
+use text::{probe_sentences, SentenceProbe};
+
 const EXAMPLES: &str = "\
 Examples:
   selfsup probe --checkpoint runs/simclr/ckpt-2000.safetensors --data builtin
   selfsup probe --checkpoint runs/fm/ckpt-9000.safetensors --data fashion-mnist --labels 1%,10%,100%
   selfsup probe --checkpoint runs/qt/ckpt-3000.safetensors --checkpoint runs/bow/ckpt-9000.safetensors --tsv builtin
-  selfsup probe --checkpoint runs/qt/ckpt-3000.safetensors --tsv labeled.tsv --folds 10
+  selfsup probe --checkpoint runs/qt/ckpt-3000.safetensors --tsv mr.tsv --labels 1%,10%,100% --draws 10
+  selfsup probe --tsv mr.tsv --baselines tfidf     # the tf-idf row alone, no checkpoint
 
 Each row is one representation: raw pixels, a randomly initialized encoder of the same
 architecture (seed --seed), and the checkpoint's encoder (h, before the projection head).
@@ -32,18 +36,26 @@ Each column is the share of training labels the probe may use (class-balanced, s
 The probe: standardized features, L2-regularized multinomial logistic regression fitted
 by L-BFGS, its penalty chosen on a held-out fifth of the labeled training images.
 
-With --tsv (Quick Thoughts checkpoints), the rows are the sentence representations
-[f(s); g(s)] of each checkpoint and of randomly initialized encoders of the first one's
-architecture; the accuracy is the mean over --folds class-stratified folds, each fold's
-probe fitted on the others (penalty chosen on an inner split), as in SentEval.";
+With --tsv (Quick Thoughts checkpoints), the rows are: tf-idf (logistic regression on
+the sentences' tf-idf word counts: the tokens the encoders read, sublinear tf, smooth idf,
+unit-L2 rows; the columns are the --tfidf-words most frequent tokens of the whole file,
+whose sentences, without their labels, also give the idf; these rows are not
+standardized), randomly initialized encoders of the first checkpoint's architecture, and
+each checkpoint's sentence representation [f(s); g(s)]. At 100% of the labels a cell is
+the mean and std of --folds class-stratified folds, each fold's probe fitted on the others
+(penalty chosen on an inner split), as in SentEval; below 100%, of --draws label draws:
+each draw a class-balanced, seeded subset of that share of every label trains and all the
+other sentences test, the same draws for every row (a smaller share's subset is part of a
+larger one's).";
 
 /// Options of `selfsup probe`.
 #[derive(Debug, Clone, Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct ProbeArgs {
     /// A checkpoint written by `selfsup pretrain`, or its run folder (its newest
-    /// checkpoint); repeat the flag to compare several in one table
-    #[arg(long, value_name = "CKPT", required = true)]
+    /// checkpoint); repeat the flag to compare several in one table. With --tsv it may be
+    /// left out: the tf-idf row alone
+    #[arg(long, value_name = "CKPT", required_unless_present = "tsv")]
     pub checkpoint: Vec<PathBuf>,
 
     /// The side images are shown to the encoders at, in pixels [default: the size each
@@ -60,15 +72,24 @@ pub struct ProbeArgs {
     )]
     pub data: String,
 
-    /// Quick Thoughts checkpoints: labeled sentences, one `label<TAB>sentence` per line, or
-    /// `builtin` (the built-in corpus's held-out sentences and their topics); k-fold
-    /// logistic regression as in SentEval
+    /// Labeled sentences, one `label<TAB>sentence` per line, or `builtin` (the built-in
+    /// corpus's held-out sentences and their topics), for Quick Thoughts checkpoints and
+    /// the tf-idf baseline; k-fold logistic regression as in SentEval
     #[arg(long, value_name = "FILE")]
     pub tsv: Option<String>,
 
-    /// Folds of the k-fold probe (--tsv)
+    /// Folds of the k-fold probe (--tsv, 100% of the labels)
     #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=100))]
     pub folds: u64,
+
+    /// Label draws of each share below 100% (--tsv): each a class-balanced, seeded subset
+    /// that trains, the other sentences testing; the cell is their mean ± std [default: 10]
+    #[arg(long, value_name = "N", requires = "tsv", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub draws: Option<u64>,
+
+    /// Columns of the tf-idf row (--tsv): the most frequent tokens of the file
+    #[arg(long, value_name = "W", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub tfidf_words: u64,
 
     /// Shares of the training labels to probe with, comma-separated: percentages (1%,
     /// 100%), fractions (0.01, 1.0) or counts of labeled images (600); a bare 1 is refused
@@ -76,10 +97,11 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "P%", value_delimiter = ',', default_values_t = [String::from("1%"), String::from("100%")])]
     pub labels: Vec<String>,
 
-    /// Baseline rows: raw (the pixels), random (a randomly initialized encoder of the
-    /// first checkpoint's architecture), comma-separated, or none. With --tsv, any baseline
-    /// adds the random-init sentence encoders
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = [String::from("raw"), String::from("random")])]
+    /// Baseline rows, comma-separated, or none: raw (the pixels) and random (a randomly
+    /// initialized encoder of the first checkpoint's architecture) [default: raw,random];
+    /// with --tsv, tfidf (logistic regression on tf-idf word counts; `raw` means it there
+    /// too) and random (random-init sentence encoders) [default: tfidf,random]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub baselines: Vec<String>,
 
     /// The same as --baselines none
@@ -359,6 +381,7 @@ pub fn checkpoint_label(path: &std::path::Path) -> String {
 /// Runs `selfsup probe`.
 pub fn run(args: &ProbeArgs) -> Result<()> {
     set_threads(args.threads);
+    let b = baselines(args, args.tsv.is_some())?;
     let checkpoints: Vec<PathBuf> = args
         .checkpoint
         .iter()
@@ -370,18 +393,17 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
             .iter()
             .map(|s| parse_fraction(s))
             .collect::<Result<_>>()?;
-        return probe_sentences(
-            &checkpoints,
-            tsv,
-            &shares,
-            args.folds as usize,
-            args.seed,
-            baselines(args)?
-                != Baselines {
-                    raw: false,
-                    random: false,
-                },
-        );
+        let opts = SentenceProbe {
+            shares,
+            folds: args.folds as usize,
+            draws: args.draws.unwrap_or(10) as usize,
+            seed: args.seed,
+            tfidf: b.tfidf,
+            tfidf_words: args.tfidf_words as usize,
+            // The default asks for the random row only where a checkpoint gives its shape.
+            random: b.random && (!checkpoints.is_empty() || !args.baselines.is_empty()),
+        };
+        return probe_sentences(&checkpoints, tsv, &opts);
     }
     if is_text_checkpoint(&checkpoints[0])? {
         bail!(
@@ -394,7 +416,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         .iter()
         .map(|s| parse_share(s))
         .collect::<Result<_>>()?;
-    let baselines = baselines(args)?;
+    let baselines = b;
     let first: ResNetConfig = model_config(&checkpoints[0])?;
     let (splits, size) = load_splits(
         &args.data,
@@ -452,31 +474,40 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
 }
 
 /// Which baseline rows the probe adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Baselines {
     /// The raw pixels.
     pub raw: bool,
     /// A randomly initialized encoder of the first checkpoint's architecture.
     pub random: bool,
+    /// Tf-idf word counts (the sentence probe).
+    pub tfidf: bool,
 }
 
-/// `--baselines` (and the older `--no-baselines`).
-fn baselines(args: &ProbeArgs) -> Result<Baselines> {
+/// `--baselines` (and the older `--no-baselines`) of the image probe or, with `text`, of
+/// the sentence probe (where `raw` means the words themselves: tf-idf).
+fn baselines(args: &ProbeArgs, text: bool) -> Result<Baselines> {
     if args.no_baselines {
+        return Ok(Baselines::default());
+    }
+    if args.baselines.is_empty() {
         return Ok(Baselines {
-            raw: false,
-            random: false,
+            raw: !text,
+            random: true,
+            tfidf: text,
         });
     }
-    let mut b = Baselines {
-        raw: false,
-        random: false,
-    };
+    let mut b = Baselines::default();
     for v in &args.baselines {
         match v.trim() {
-            "raw" => b.raw = true,
+            "raw" if !text => b.raw = true,
+            "raw" | "tfidf" if text => b.tfidf = true,
             "random" => b.random = true,
+            "tfidf" => bail!("--baselines: tfidf is a row of the sentence probe (--tsv)"),
             "none" if args.baselines.len() == 1 => {}
+            other if text => bail!(
+                "--baselines: '{other}' is not one of tfidf, random (comma-separated) or none"
+            ),
             other => {
                 bail!("--baselines: '{other}' is not one of raw, random (comma-separated) or none")
             }
@@ -497,163 +528,4 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
             path.display()
         ),
     }
-}
-
-/// A labeled sentence file: `label<TAB>sentence` per line (blank lines skipped). Returns
-/// the sentences, their label ids and the label names (sorted).
-pub fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<u32>, Vec<String>)> {
-    let text = read_text(path)?;
-    let mut pairs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some((label, sentence)) = line.split_once('\t') else {
-            bail!(
-                "{}:{}: expected `label<TAB>sentence`, found no tab",
-                path.display(),
-                i + 1
-            );
-        };
-        let label = label.trim();
-        if label.is_empty() {
-            bail!("{}:{}: the label is empty", path.display(), i + 1);
-        }
-        pairs.push((label.to_string(), sentence.trim().to_string()));
-    }
-    let mut names: Vec<String> = pairs.iter().map(|(l, _)| l.clone()).collect();
-    names.sort();
-    names.dedup();
-    if names.len() < 2 {
-        bail!(
-            "{}: {} labeled sentences of {} label(s); a probe needs at least two labels",
-            path.display(),
-            pairs.len(),
-            names.len()
-        );
-    }
-    let labels = pairs
-        .iter()
-        .map(|(l, _)| names.binary_search(l).expect("a collected label") as u32)
-        .collect();
-    let sentences = pairs.into_iter().map(|(_, s)| s).collect();
-    Ok((sentences, labels, names))
-}
-
-/// The test accuracy of a probe on `x` at one label share: the mean and standard
-/// deviation over `folds` k-fold folds (share 1) or over `folds` draws of a
-/// class-balanced labeled subset of that share, tested on all the other sentences.
-fn sentence_probe(
-    x: &[f32],
-    dim: usize,
-    labels: &[u32],
-    classes: usize,
-    share: f64,
-    folds: usize,
-    seed: u64,
-) -> Result<(f64, f64)> {
-    let cfg = selfsup::eval::probe::ProbeConfig::default();
-    let accs = if share >= 1.0 {
-        selfsup::eval::probe::kfold_probe(x, labels.len(), dim, labels, classes, folds, seed, &cfg)?
-            .fold_accuracy
-    } else {
-        let mut accs = Vec::new();
-        for r in 0..folds as u64 {
-            let train = selfsup::eval::probe::subsample_labels(labels, classes, share, seed ^ r)?;
-            let mut is_train = vec![false; labels.len()];
-            train.iter().for_each(|&i| is_train[i] = true);
-            let test: Vec<usize> = (0..labels.len()).filter(|&i| !is_train[i]).collect();
-            if test.is_empty() {
-                bail!("a share of {share} leaves no sentence to test on");
-            }
-            let pick = |idx: &[usize]| -> Result<(Vec<f32>, Vec<u32>)> {
-                Ok((
-                    selfsup::eval::probe::select_rows(x, dim, idx)?,
-                    idx.iter().map(|&i| labels[i]).collect(),
-                ))
-            };
-            let (xtr, ytr) = pick(&train)?;
-            let (xte, yte) = pick(&test)?;
-            let report =
-                selfsup::eval::probe::linear_probe(&xtr, &ytr, &xte, &yte, dim, classes, &cfg)?;
-            accs.push(report.accuracy);
-        }
-        accs
-    };
-    let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
-    let var = accs.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / accs.len().max(1) as f64;
-    Ok((mean, var.sqrt()))
-}
-
-/// `selfsup probe --tsv`: logistic regression on the sentence representations of each
-/// checkpoint (and of random encoders of the first one's architecture), at each label
-/// share (100%: k-fold cross-validation as in SentEval; below: class-balanced labeled
-/// subsets, the rest for testing, `folds` draws).
-pub fn probe_sentences(
-    checkpoints: &[PathBuf],
-    tsv: &str,
-    shares: &[f64],
-    folds: usize,
-    seed: u64,
-    baselines: bool,
-) -> Result<()> {
-    let (sentences, labels, names) = if tsv == "builtin" {
-        selfsup::text::builtin_topic_sentences()
-    } else {
-        read_tsv(Path::new(tsv))?
-    };
-    let classes = names.len();
-    // (name, features, (mean, std) per share)
-    type Row = (String, usize, Vec<(f64, f64)>);
-    let mut rows: Vec<Row> = Vec::new();
-    let mut probe = |name: String, x: Vec<f32>, dim: usize| -> Result<()> {
-        let mut cells = Vec::new();
-        for &share in shares {
-            let t0 = Instant::now();
-            let (mean, std) = sentence_probe(&x, dim, &labels, classes, share, folds, seed)
-                .with_context(|| format!("probing {name}"))?;
-            eprintln!(
-                "  probe {name}, {}% labels: {:.2}% in {:.1} s",
-                100.0 * share,
-                100.0 * mean,
-                t0.elapsed().as_secs_f64()
-            );
-            cells.push((mean, std));
-        }
-        rows.push((name, dim, cells));
-        Ok(())
-    };
-    for (k, path) in checkpoints.iter().enumerate() {
-        let mut model = TextModel::open(path, 256)?;
-        if k == 0 && baselines {
-            let e = &model.embedder;
-            let mut random = SentenceEmbedder::new(e.config(), e.objective(), 256, seed)?;
-            let x = random.embed_sentences(&model.vocab, &sentences)?;
-            probe("random init".into(), x, random.dim())?;
-        }
-        let x = model.embedder.embed_sentences(&model.vocab, &sentences)?;
-        let kind = format!("{:?}", model.embedder.config().kind).to_lowercase();
-        probe(
-            format!("{} ({kind})", checkpoint_label(path)),
-            x,
-            model.embedder.dim(),
-        )?;
-    }
-    println!(
-        "linear probe on {tsv}: {} sentences, {classes} labels; test accuracy, mean and std over {folds} folds (100%) or {folds} labeled subsets",
-        sentences.len()
-    );
-    let mut head = format!("{:<40} {:>8}", "representation", "features");
-    for s in shares {
-        head.push_str(&format!(" {:>17}", format!("{}% labels", 100.0 * s)));
-    }
-    println!("{head}");
-    for (name, dim, cells) in &rows {
-        let mut line = format!("{name:<40} {dim:>8}");
-        for (mean, std) in cells {
-            line.push_str(&format!(" {:>9.2}% ± {:>4.2}", 100.0 * mean, 100.0 * std));
-        }
-        println!("{line}");
-    }
-    Ok(())
 }

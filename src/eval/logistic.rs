@@ -43,6 +43,11 @@ pub struct ProbeConfig {
     pub val_fraction: f64,
     /// The seed of the held-out split (default 0).
     pub seed: u64,
+    /// Whether [`linear_probe`](super::probe::linear_probe) standardizes the features with
+    /// statistics of the train features first (default true). Off for features that are
+    /// already on a common scale and sparse, such as L2-normalized tf-idf rows, where
+    /// standardizing would blow up the rarest words.
+    pub standardize: bool,
 }
 
 impl Default for ProbeConfig {
@@ -55,6 +60,7 @@ impl Default for ProbeConfig {
             lambda_grid: vec![1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
             val_fraction: 0.2,
             seed: 0,
+            standardize: true,
         }
     }
 }

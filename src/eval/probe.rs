@@ -3,8 +3,9 @@
 //! whole train set, top-1 test accuracy; label subsets and SentEval's k-fold setting.
 //!
 //! - [`linear_probe`] standardizes with statistics of the train features
-//!   ([`Standardizer`]), selects `lambda` ([`select_lambda`]), refits
-//!   ([`LogisticRegression::fit_warm`]) and reports the test accuracy.
+//!   ([`Standardizer`]; unless [`ProbeConfig::standardize`] is off), selects `lambda`
+//!   ([`select_lambda`]), refits ([`LogisticRegression::fit_warm`]) and reports the test
+//!   accuracy.
 //! - [`select_lambda`] picks `lambda` from a grid by accuracy on a stratified, seeded
 //!   held-out part of the train set (warm-starting each fit from the previous, larger
 //!   `lambda`; ties go to the lower held-out cross-entropy, from
@@ -37,6 +38,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::kernels::softmax::softmax_cross_entropy;
 use crate::rng::{mix, shuffle};
+use std::borrow::Cow;
 use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------
@@ -214,10 +216,11 @@ pub struct ProbeReport {
     pub seconds: f64,
 }
 
-/// The linear probe: standardizes with statistics of the train features, selects `lambda`
-/// on a held-out part of the train set ([`select_lambda`]; `cfg.lambda` with an empty grid),
-/// refits on the whole train set and measures top-1 accuracy on the test set. The numbers of
-/// examples come from the label slices; features are row-major with `dim` columns.
+/// The linear probe: standardizes with statistics of the train features (unless
+/// `cfg.standardize` is off), selects `lambda` on a held-out part of the train set
+/// ([`select_lambda`]; `cfg.lambda` with an empty grid), refits on the whole train set and
+/// measures top-1 accuracy on the test set. The numbers of examples come from the label
+/// slices; features are row-major with `dim` columns.
 ///
 /// # Errors
 /// As [`LogisticRegression::fit`], for the train and the test data.
@@ -236,9 +239,13 @@ pub fn linear_probe(
     check_problem(train_x, n_train, dim, train_labels, classes, None)?;
     check_features("probe test features", test_x, n_test, dim)?;
     check_labels("probe test labels", test_labels, n_test, classes)?;
-    let st = Standardizer::fit(train_x, n_train, dim)?;
-    let tx = st.transform(train_x, n_train)?;
-    let ex = st.transform(test_x, n_test)?;
+    let (tx, ex): (Cow<[f32]>, Cow<[f32]>) = if cfg.standardize {
+        let st = Standardizer::fit(train_x, n_train, dim)?;
+        let tx = st.transform(train_x, n_train)?;
+        (tx.into(), st.transform(test_x, n_test)?.into())
+    } else {
+        (train_x.into(), test_x.into())
+    };
     let choice = select_lambda(&tx, n_train, dim, train_labels, classes, cfg)?;
     let final_cfg = ProbeConfig {
         lambda: choice.lambda,
