@@ -10,6 +10,7 @@ use selfsup::data::builtin::{builtin_splits, BuiltinConfig, CLASS_NAMES};
 use selfsup::data::spec::{DataSpec, LoadOptions};
 use selfsup::data::Splits;
 use selfsup::text::{read_corpus_report, TextData};
+use selfsup::train::available_memory;
 
 /// The training size of a folder's images when `--image-size` is not given (a folder has no
 /// size of its own): speed against accuracy and detail, docs/folders.md.
@@ -74,15 +75,6 @@ pub fn parse_image_size(s: &str) -> std::result::Result<usize, String> {
             "expected a side from {lo} to {hi} pixels, got '{s}'"
         )),
     }
-}
-
-/// The memory the system says is available (`MemAvailable` of /proc/meminfo), in bytes;
-/// `None` where that cannot be read.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Loads the text method's `builtin` (the generated corpus) or `text:PATH` (a UTF-8 file or

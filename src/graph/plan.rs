@@ -370,3 +370,65 @@ impl Graph {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::graph::{GraphBuilder, Mode};
+    use crate::nn::{resnet_encoder, ResNetConfig};
+
+    fn encoder(eval_only: bool) -> GraphBuilder {
+        let mut b = GraphBuilder::new();
+        let cfg = ResNetConfig {
+            widths: vec![4, 8],
+            blocks: vec![1, 1],
+            image_size: 8,
+            ..ResNetConfig::default()
+        };
+        resnet_encoder(&mut b, &cfg, 3).unwrap();
+        if eval_only {
+            b.eval_only();
+        }
+        b
+    }
+
+    #[test]
+    fn the_estimate_is_what_build_allocates() {
+        for eval_only in [false, true] {
+            let b = encoder(eval_only);
+            let m = b.memory(2);
+            let g = b.build(1).unwrap();
+            assert_eq!(m.activations, g.activation_bytes() as u64);
+            assert_eq!(m.params, 4 * g.params().len() as u64);
+            assert_eq!(m.param_count, g.params().len() as u64);
+            assert!(m.workspace > 0 && m.buffers >= 4 * g.buffers().len() as u64);
+        }
+    }
+
+    #[test]
+    fn an_eval_only_graph_is_smaller_computes_the_same_and_refuses_training() {
+        let (full, eval) = (encoder(false), encoder(true));
+        assert!(eval.memory(1).activations * 2 < full.memory(1).activations);
+        let (mut full, mut eval) = (full.build(5).unwrap(), eval.build(5).unwrap());
+        for g in [&mut full, &mut eval] {
+            let x = g.input_mut(crate::graph::TensorId(0)).unwrap();
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (i % 7) as f32 / 7.0;
+            }
+            g.forward(Mode::Eval).unwrap();
+        }
+        let h = crate::graph::TensorId(full.tensors.len() - 1);
+        assert_eq!(full.value(h), eval.value(h));
+        let e = eval.forward(Mode::Train).unwrap_err().to_string();
+        assert!(e.contains("evaluation only"), "{e}");
+    }
+
+    #[test]
+    fn sizes_beyond_the_address_space_are_an_error_and_a_saturated_estimate() {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1 << 40, 1 << 22]).unwrap();
+        b.relu("r", x).unwrap();
+        assert_eq!(b.memory(1).activations, u64::MAX);
+        let e = b.build(0).unwrap_err().to_string();
+        assert!(e.contains("too large to be addressed"), "{e}");
+    }
+}

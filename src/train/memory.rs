@@ -85,7 +85,7 @@ impl MemoryPlan {
         self.add(&name("parameter gradients"), "", m.params);
         self.add(
             &name("buffers"),
-            "BatchNorm statistics, the loss's saved gradient",
+            "BatchNorm statistics, evaluation's folded weights, the loss's saved gradient",
             m.buffers,
         );
         if workspace {
