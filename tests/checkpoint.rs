@@ -277,6 +277,52 @@ fn file_is_standard_safetensors() {
         cursor = *end;
     }
     assert_eq!(cursor, p.data.len(), "no bytes after the last tensor");
+
+    // The `safetensors` crate reads it too, to the same tensors.
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), t.len());
+    for (name, shape, data) in &t {
+        let view = st.tensor(name).unwrap();
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        assert_eq!(view.shape(), &shape[..], "{name}");
+        assert_eq!(view.data(), &f32_bytes(data)[..], "{name}");
+    }
+}
+
+#[test]
+fn written_bytes_are_pinned() {
+    // The exact file for two tensors given out of name order: the header's keys sorted
+    // (metadata first, then the tensors by name, each entry's fields by name), no spaces,
+    // padded with spaces to a multiple of 8; the data in the order given. Checkpoints of a
+    // pinned run stay byte-identical only while this holds.
+    let dir = TempDir::new("pinned");
+    let path = dir.join("p.safetensors");
+    let mut meta = BTreeMap::new();
+    meta.insert(keys::STEP.to_string(), "3".to_string());
+    save(
+        &path,
+        &[
+            TensorView::new("w", &[2], &[1.0, -2.0]),
+            TensorView::new("b", &[], &[0.5]),
+        ],
+        &meta,
+    )
+    .unwrap();
+    let json = concat!(
+        r#"{"__metadata__":{"format_version":"1","step":"3"},"#,
+        r#""b":{"data_offsets":[8,12],"dtype":"F32","shape":[]},"#,
+        r#""w":{"data_offsets":[0,8],"dtype":"F32","shape":[2]}}"#
+    );
+    let padded = json.len().div_ceil(8) * 8;
+    let mut want = (padded as u64).to_le_bytes().to_vec();
+    want.extend_from_slice(json.as_bytes());
+    want.resize(8 + padded, b' ');
+    want.extend_from_slice(&[0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0, 0, 0, 0, 0x3f]);
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(&path).unwrap()),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(fs::read(&path).unwrap(), want);
 }
 
 #[test]
@@ -594,19 +640,24 @@ fn bad_headers_are_errors() {
         (
             r#"{"a":{"dtype":"F32","shape":[4]}}"#,
             &four,
-            "tensor 'a' has no data_offsets",
+            "tensor 'a': missing field `data_offsets`",
         ),
         (
             r#"{"a":{"dtype":"F32","data_offsets":[0,16]}}"#,
             &four,
-            "tensor 'a' has no shape",
+            "tensor 'a': missing field `shape`",
         ),
         (
             r#"{"a":{"shape":[4],"data_offsets":[0,16]}}"#,
             &four,
-            "tensor 'a' has no dtype",
+            "tensor 'a': missing field `dtype`",
         ),
         (r#"{"a":7}"#, &four, "bad header"),
+        (
+            r#"{"a":{"dtype":7,"shape":[4],"data_offsets":[0,16]}}"#,
+            &four,
+            "tensor 'a': dtype: invalid type: integer `7`, expected a string",
+        ),
         (
             r#"{"a":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}}"#,
             &four,
@@ -635,7 +686,7 @@ fn bad_headers_are_errors() {
         (
             r#"{"a":{"dtype":"F32","dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
             &four,
-            "dtype appears twice",
+            "tensor 'a': duplicate field `dtype`",
         ),
         (
             r#"{"a":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,4],"data_offsets":[0,16]}}"#,

@@ -33,13 +33,25 @@
 //!
 //! # Reading: untrusted input
 //! [`load`] treats the file as untrusted: a truncated file, a header length past the end of
-//! the file, a header that is not the expected JSON, offsets out of range, overlapping or
-//! leaving gaps, a size that does not match the shape, a dtype other than `F32`, a
-//! `format_version` this build does not know, a missing file, a directory, an unreadable
-//! file: each is a [`CheckpointError`] naming the file and the problem, never a panic.
-//! Every size read from the header is checked against the file's length before anything is
-//! allocated for it, and the header itself is capped at [`MAX_HEADER_LEN`] bytes, so memory
-//! stays within a small multiple of the file's size.
+//! the file, a header that is not the expected JSON, a repeated key, offsets out of range,
+//! overlapping or leaving gaps, a size that does not match the shape, a dtype other than
+//! `F32`, a `format_version` this build does not know, a missing file, a directory, an
+//! unreadable file: each is a [`CheckpointError`] naming the file and the problem, never a
+//! panic. Every size read from the header is checked against the file's length before
+//! anything is allocated for it, and the header itself is capped at [`MAX_HEADER_LEN`]
+//! bytes, so memory stays within a small multiple of the file's size.
+//!
+//! Each tensor's header entry is parsed by the [`safetensors` crate]'s own types
+//! (`TensorInfo`, `Dtype`), and its `Metadata::new` validates the layout before any data is
+//! read. This module adds what the crate leaves to its users: the file read with bounded
+//! allocations (the crate wants the whole file in memory), repeated keys refused (the
+//! crate keeps the last), errors that name the tensor and the numbers, F32 only, finite
+//! values only, the format version.
+//!
+//! The writer is this module's own: the crate's `serialize` orders the data by dtype and
+//! name, writes each entry's fields in another order and the metadata in hash order, so
+//! its files would differ from the ones written so far and from one save to the next. The
+//! bytes [`save`] writes are fixed: tensors' data in the order given, header keys sorted.
 //!
 //! **Non-finite values are errors**, on both sides: a training checkpoint never legitimately
 //! holds NaN or infinity (they mean the run diverged), so [`save`] refuses to write one
@@ -79,6 +91,7 @@
 //! ```
 //!
 //! [safetensors]: https://huggingface.co/docs/safetensors
+//! [`safetensors` crate]: https://docs.rs/safetensors
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -86,8 +99,11 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserializer as _;
+use safetensors::tensor::TensorInfo;
+use safetensors::Dtype;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::error::Shape;
 
@@ -530,7 +546,7 @@ fn read_header(path: &Path) -> Result<(File, u64, u64, RawHeader)> {
     // Both bounds hold, so these fit in usize.
     let mut header = vec![0u8; header_len as usize];
     read_exact(&mut file, &mut header, path, "the header")?;
-    let raw = parse_header(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
+    let raw = parse_header(path, &header)?;
     if let Some(v) = raw
         .metadata
         .as_ref()
@@ -565,51 +581,46 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let data_len = file_len - 8 - header_len;
     let metadata = raw.metadata.unwrap_or_default();
 
-    // Check every entry against the data section before allocating anything for it.
+    // Check every entry against the data section before allocating anything for it: the
+    // checks the `safetensors` crate makes below, done first to name the tensor and the
+    // numbers in the error.
     let mut entries = raw.tensors;
-    let mut seen = BTreeSet::new();
-    for e in &entries {
-        if !seen.insert(e.name.as_str()) {
-            return Err(corrupt(path, format!("tensor '{}' appears twice", e.name)));
-        }
-        if e.dtype != "F32" {
+    for (name, info) in &entries {
+        if info.dtype != Dtype::F32 {
             return Err(CheckpointError::UnsupportedDtype {
                 path: path.to_path_buf(),
-                name: e.name.clone(),
-                dtype: e.dtype.clone(),
+                name: name.clone(),
+                dtype: info.dtype.to_string(),
             });
         }
-        let [begin, end] = e.offsets;
-        if begin > end || end > data_len {
+        let (begin, end) = info.data_offsets;
+        if begin > end || end as u64 > data_len {
             return Err(corrupt(
                 path,
                 format!(
-                    "tensor '{}' has data_offsets [{begin}, {end}], outside the data section of {data_len} bytes",
-                    e.name
+                    "tensor '{name}' has data_offsets [{begin}, {end}], outside the data section of {data_len} bytes"
                 ),
             ));
         }
-        let bytes = numel(&e.shape).and_then(|n| n.checked_mul(F32_BYTES));
-        if bytes.map(|b| b as u64) != Some(end - begin) {
+        let bytes = numel(&info.shape).and_then(|n| n.checked_mul(F32_BYTES));
+        if bytes != Some(end - begin) {
             return Err(corrupt(
                 path,
                 format!(
-                    "tensor '{}' of shape {} needs {} bytes, its data_offsets [{begin}, {end}] span {}",
-                    e.name,
-                    Shape(e.shape.clone()),
+                    "tensor '{name}' of shape {} needs {} bytes, its data_offsets [{begin}, {end}] span {}",
+                    Shape(info.shape.clone()),
                     bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
                     end - begin
                 ),
             ));
         }
     }
-    drop(seen);
     // The tensors must tile the data section exactly: no overlap, no gap, nothing after.
-    entries.sort_by(|a, b| (a.offsets, &a.name).cmp(&(b.offsets, &b.name)));
-    let mut cursor = 0u64;
+    entries.sort_by(|(a, ia), (b, ib)| (ia.data_offsets, a).cmp(&(ib.data_offsets, b)));
+    let mut cursor = 0usize;
     let mut previous: Option<&str> = None;
-    for e in &entries {
-        let [begin, _] = e.offsets;
+    for (name, info) in &entries {
+        let (begin, end) = info.data_offsets;
         if begin != cursor {
             let what = if begin < cursor {
                 "overlaps"
@@ -623,31 +634,34 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
             return Err(corrupt(
                 path,
                 format!(
-                    "tensor '{}' at data_offsets [{begin}, {}] {what} {prev}, which ends at {cursor}",
-                    e.name, e.offsets[1]
+                    "tensor '{name}' at data_offsets [{begin}, {end}] {what} {prev}, which ends at {cursor}"
                 ),
             ));
         }
-        cursor = e.offsets[1];
-        previous = Some(&e.name);
+        cursor = end;
+        previous = Some(name);
     }
-    if cursor != data_len {
+    if cursor as u64 != data_len {
         return Err(corrupt(
             path,
             format!("the tensors cover {cursor} bytes of the {data_len}-byte data section"),
         ));
     }
+    // The crate's own validation of the layout (offsets in order and back to back, sizes
+    // from shape and dtype without overflow) has the last word.
+    safetensors::tensor::Metadata::new(None, entries.clone())
+        .map_err(|e| corrupt(path, format!("rejected by the safetensors crate: {e}")))?;
 
     // Read the data section in file order; every size was bounded by the file's length.
     let mut tensors = BTreeMap::new();
-    for e in entries {
-        let n = (e.offsets[1] - e.offsets[0]) as usize / F32_BYTES;
-        let mut data = vec![0f32; n];
+    for (name, info) in entries {
+        let (begin, end) = info.data_offsets;
+        let mut data = vec![0f32; (end - begin) / F32_BYTES];
         read_exact(
             &mut file,
             bytemuck::cast_slice_mut(&mut data),
             path,
-            &format!("tensor '{}'", e.name),
+            &format!("tensor '{name}'"),
         )?;
         if cfg!(target_endian = "big") {
             for x in &mut data {
@@ -657,15 +671,15 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
         if let Some((index, value)) = first_non_finite(&data) {
             return Err(CheckpointError::NonFinite {
                 path: path.to_path_buf(),
-                name: e.name,
+                name,
                 index,
                 value,
             });
         }
         tensors.insert(
-            e.name,
+            name,
             Tensor {
-                shape: e.shape,
+                shape: info.shape,
                 data,
             },
         );
@@ -688,157 +702,127 @@ fn read_exact(file: &mut File, buf: &mut [u8], path: &Path, what: &str) -> Resul
     })
 }
 
-/// The header as parsed, before any check against the data section.
+/// The header as parsed, before any check against the data section: the metadata, and each
+/// tensor's entry as the `safetensors` crate reads it, in the header's order.
 struct RawHeader {
     metadata: Option<BTreeMap<String, String>>,
-    tensors: Vec<RawTensor>,
+    tensors: Vec<(String, TensorInfo)>,
 }
 
-struct RawTensor {
-    name: String,
-    dtype: String,
-    shape: Vec<usize>,
-    offsets: [u64; 2],
-}
+/// Parses the JSON header: its top level as a list of keys with their values still raw (so
+/// that a repeated key is seen, where a map would keep the last one), then each value with
+/// the `safetensors` crate's own types ([`TensorInfo`], [`Dtype`]) or as the string
+/// metadata. No intermediate `serde_json::Value` (whose per-element overhead would let a
+/// small hostile header take much memory), and values that nobody reads are skipped
+/// without recursion.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<RawHeader> {
+    let bad = |what: String| corrupt(path, format!("bad header: {what}"));
+    let Entries(entries) = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let mut seen = BTreeSet::new();
+    for (key, _) in &entries {
+        if !seen.insert(key.as_str()) {
+            return Err(bad(if key == METADATA_KEY {
+                format!("{METADATA_KEY} appears twice")
+            } else {
+                format!("tensor '{key}' appears twice")
+            }));
+        }
+    }
+    drop(seen);
 
-/// Parses the JSON header straight into [`RawHeader`] (no intermediate `serde_json::Value`,
-/// whose per-element overhead would let a small hostile header take much memory).
-fn parse_header(bytes: &[u8]) -> Result<RawHeader, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let header = (&mut de).deserialize_map(HeaderVisitor)?;
-    de.end()?;
+    let mut header = RawHeader {
+        metadata: None,
+        tensors: Vec::with_capacity(entries.len()),
+    };
+    for (key, value) in entries {
+        if key == METADATA_KEY {
+            header.metadata = serde_json::from_str(value.get())
+                .map_err(|e| bad(format!("{METADATA_KEY}: {}", json_message(&e))))?;
+            continue;
+        }
+        let info: TensorInfo = match serde_json::from_str(value.get()) {
+            Ok(info) => info,
+            Err(e) => return Err(entry_error(path, key, value, &e)),
+        };
+        if info.shape.len() > MAX_RANK {
+            return Err(bad(format!(
+                "tensor '{key}' has a shape of more than {MAX_RANK} dimensions ({})",
+                info.shape.len()
+            )));
+        }
+        header.tensors.push((key, info));
+    }
     Ok(header)
 }
 
-struct HeaderVisitor;
-
-impl<'de> Visitor<'de> for HeaderVisitor {
-    type Value = RawHeader;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object of tensors")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
-        let mut header = RawHeader {
-            metadata: None,
-            tensors: Vec::new(),
-        };
-        let mut seen_metadata = false;
-        while let Some(key) = map.next_key::<String>()? {
-            if key == METADATA_KEY {
-                if seen_metadata {
-                    return Err(de::Error::custom("__metadata__ appears twice"));
-                }
-                seen_metadata = true;
-                header.metadata = map.next_value::<Option<BTreeMap<String, String>>>()?;
-            } else {
-                let tensor = map.next_value_seed(TensorSeed { name: key })?;
-                header.tensors.push(tensor);
-            }
-        }
-        Ok(header)
-    }
-}
-
-/// Parses one tensor's `{"dtype", "shape", "data_offsets"}` entry (other fields ignored).
-struct TensorSeed {
+/// The error for a tensor entry that does not parse as a [`TensorInfo`]: a `dtype` string
+/// the crate does not know is [`CheckpointError::UnsupportedDtype`], a `dtype` that is no
+/// string says so, anything else is the parser's message; all under the tensor's name.
+fn entry_error(
+    path: &Path,
     name: String,
-}
-
-impl<'de> DeserializeSeed<'de> for TensorSeed {
-    type Value = RawTensor;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawTensor, D::Error> {
-        d.deserialize_map(self)
+    value: &RawValue,
+    e: &serde_json::Error,
+) -> CheckpointError {
+    #[derive(Deserialize)]
+    struct DtypeOnly<'a> {
+        #[serde(borrow)]
+        dtype: &'a RawValue,
     }
-}
-
-impl<'de> Visitor<'de> for TensorSeed {
-    type Value = RawTensor;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "tensor '{}' as an object with dtype, shape and data_offsets",
-            self.name
-        )
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTensor, A::Error> {
-        let name = self.name;
-        let dup =
-            |field: &str| de::Error::custom(format!("tensor '{name}': {field} appears twice"));
-        let (mut dtype, mut shape, mut offsets) = (None, None, None);
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "dtype" => {
-                    if dtype.replace(map.next_value::<String>()?).is_some() {
-                        return Err(dup("dtype"));
-                    }
-                }
-                "shape" => {
-                    if shape.replace(map.next_value::<ShapeValue>()?.0).is_some() {
-                        return Err(dup("shape"));
-                    }
-                }
-                "data_offsets" => {
-                    let (begin, end) = map.next_value::<(u64, u64)>()?;
-                    if offsets.replace([begin, end]).is_some() {
-                        return Err(dup("data_offsets"));
-                    }
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
+    let mut message = json_message(e);
+    if let Ok(DtypeOnly { dtype }) = serde_json::from_str(value.get()) {
+        match serde_json::from_str::<String>(dtype.get()) {
+            Ok(dtype) => {
+                if serde_json::from_value::<Dtype>(serde_json::Value::String(dtype.clone()))
+                    .is_err()
+                {
+                    return CheckpointError::UnsupportedDtype {
+                        path: path.to_path_buf(),
+                        name,
+                        dtype,
+                    };
                 }
             }
+            Err(e) => message = format!("dtype: {}", json_message(&e)),
         }
-        let missing = |field: &str| de::Error::custom(format!("tensor '{name}' has no {field}"));
-        let Some(dtype) = dtype else {
-            return Err(missing("dtype"));
-        };
-        let Some(shape) = shape else {
-            return Err(missing("shape"));
-        };
-        let Some(offsets) = offsets else {
-            return Err(missing("data_offsets"));
-        };
-        Ok(RawTensor {
-            name,
-            dtype,
-            shape,
-            offsets,
-        })
+    }
+    corrupt(path, format!("bad header: tensor '{name}': {message}"))
+}
+
+/// A JSON error's message without its position (which counts within one value of the
+/// header, not within the header).
+fn json_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&position) {
+        Some(message) => message.to_string(),
+        None => full,
     }
 }
 
-/// A shape: a JSON array of at most [`MAX_RANK`] non-negative integers.
-struct ShapeValue(Vec<usize>);
+/// The header's top level: each key with its value unparsed (a slice of the header), in
+/// order, repeated keys included.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de> de::Deserialize<'de> for ShapeValue {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = ShapeValue;
+            type Value = Entries<'de>;
+
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a shape: an array of at most {MAX_RANK} dimensions")
+                f.write_str("a JSON object of tensors")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ShapeValue, A::Error> {
-                let mut dims = Vec::new();
-                while let Some(d) = seq.next_element::<u64>()? {
-                    if dims.len() == MAX_RANK {
-                        return Err(de::Error::custom(format!(
-                            "a shape of more than {MAX_RANK} dimensions"
-                        )));
-                    }
-                    let d = usize::try_from(d)
-                        .map_err(|_| de::Error::custom(format!("dimension {d} is too large")))?;
-                    dims.push(d);
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
                 }
-                Ok(ShapeValue(dims))
+                Ok(Entries(entries))
             }
         }
-        d.deserialize_seq(V)
+        d.deserialize_map(V)
     }
 }
 
