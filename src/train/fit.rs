@@ -351,16 +351,24 @@ fn start_or_resume<M: Method>(
     Ok(())
 }
 
+/// When the later fits of a budget are due, as shares of the budget: the first fit comes
+/// after four steps, the second at a tenth of the budget, the third at three tenths.
+const REFIT_AT: [f64; 2] = [0.1, 0.3];
+
 /// A wall-clock budget: the run's length fitted from the measured speed, after the first
-/// few steps and, with `max_fits` 2, once more when a tenth of the budget has passed (the
-/// first steps' speed is a rough guess: caches and the epoch's layout start cold). A
-/// resumed run keeps the length it recorded.
+/// few steps and then (up to `max_fits` in all) at the shares of [`REFIT_AT`]. The first
+/// steps' speed is a rough guess (caches start cold, a build beside the run may end): each
+/// later fit divides the budget still left by the speed measured since the fit before, so
+/// the run ends near its budget whatever the first steps measured. A resumed run keeps the
+/// length it recorded.
 pub(crate) struct BudgetFit {
     budget: Option<f64>,
     start_step: u64,
     t0: Instant,
     fits: u8,
     max_fits: u8,
+    /// The seconds and step of the last fit.
+    last: Option<(f64, u64)>,
 }
 
 impl BudgetFit {
@@ -371,6 +379,7 @@ impl BudgetFit {
             t0: Instant::now(),
             fits: 0,
             max_fits,
+            last: None,
         }
     }
 
@@ -387,14 +396,19 @@ impl BudgetFit {
         let due = match self.fits {
             _ if self.fits >= self.max_fits => false,
             0 => step >= self.start_step + 4,
-            _ => elapsed >= 0.1 * budget,
+            k => REFIT_AT
+                .get(usize::from(k) - 1)
+                .is_some_and(|&share| elapsed >= share * budget),
         };
-        if !due {
+        let (t_prev, s_prev) = self.last.unwrap_or((0.0, self.start_step));
+        if !due || step <= s_prev {
             return None;
         }
         self.fits += 1;
-        let per_step = elapsed / (step - self.start_step) as f64;
-        Some(((budget / per_step) as u64).max(step + 1))
+        self.last = Some((elapsed, step));
+        let per_step = (elapsed - t_prev) / (step - s_prev) as f64;
+        let left = ((budget - elapsed).max(0.0) / per_step) as u64;
+        Some(step.saturating_add(left).max(step + 1))
     }
 }
 
@@ -432,5 +446,31 @@ mod tests {
             None,
             "the second fit waits for a tenth of the budget"
         );
+    }
+
+    /// A slow start (a build beside the run, cold caches) does not shorten the run: the
+    /// later fits divide the budget left by the speed since the fit before, not by the
+    /// average since the start.
+    #[test]
+    fn later_fits_take_the_recent_speed_and_the_budget_left() {
+        let t0 = std::time::Instant::now();
+        // A budget of one second, its first four steps taking 50 ms.
+        let mut fit = BudgetFit::new(Some(1.0 / 60.0), false, 0, 3);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let first = fit.refit(4).unwrap();
+        assert!(first < 100, "{first}");
+        // Then 396 steps by a tenth of the budget: much faster.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let elapsed = t0.elapsed().as_secs_f64();
+        let second = fit.refit(400).expect("the second fit at a tenth");
+        let average = 400.0 / elapsed;
+        assert!(
+            second as f64 > 1.15 * average,
+            "{second} steps vs {average:.0} from the average speed"
+        );
+        assert_eq!(fit.refit(401), None, "the third waits for three tenths");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(fit.refit(402).is_some(), "the third fit");
+        assert_eq!(fit.refit(403), None, "three fits only");
     }
 }

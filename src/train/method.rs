@@ -128,10 +128,11 @@ pub trait Method {
     /// What [`Method::monitor`] measures.
     fn monitor_kind(&self) -> MonitorKind;
 
-    /// How many times a wall-clock budget refits the run's length (the first after four
-    /// steps, the second when a tenth of the budget has passed).
+    /// How many times a wall-clock budget fits the run's length: the first after four
+    /// steps, the second when a tenth of the budget has passed, the third at three tenths
+    /// (each later fit from the speed since the one before).
     fn budget_fits(&self) -> u8 {
-        1
+        3
     }
 
     /// A line describing the run's data and model, printed when training starts.
