@@ -103,67 +103,56 @@ fn a_run_too_large_for_memory_is_refused_in_one_line() {
     assert!(!out.exists(), "the refused run wrote its folder");
 }
 
-#[test]
-fn dry_run_prints_the_estimate_and_writes_nothing() {
+/// Runs `pretrain --dry-run` with `args` into a fresh folder: it must succeed, print every
+/// one of `parts` and leave the run folder unwritten.
+fn dry_run(args: &[&str], parts: &[&str]) {
     let d = TempDir::new("dry_run");
     let out = d.join("run");
-    let o = selfsup(&[
-        "pretrain",
-        "--dry-run",
-        "--batch",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let mut all = vec!["pretrain", "--dry-run", "--out", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = selfsup(&all);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    for part in [
-        "simclr: 20000 images",
-        "batch 64",
-        "lars optimizer",
-        "activations and gradients",
-        "parameters",
-        "parameter gradients",
-        "optimizer state",
-        "kernel workspaces",
-        "loader",
-        "kNN monitor",
-        "dataset",
-        "total",
-        "available",
-    ] {
+    for part in parts {
         assert!(text.contains(part), "'{part}' missing:\n{text}");
     }
     assert!(!out.exists(), "--dry-run wrote the run folder");
+}
 
-    // Quick Thoughts too, with its own parts.
-    let o = selfsup(&[
-        "pretrain",
-        "--method",
-        "quickthought",
-        "--dry-run",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
+#[test]
+fn dry_run_prints_the_estimate_and_writes_nothing() {
+    dry_run(
+        &["--batch", "64"],
+        &[
+            "simclr: 20000 images",
+            "batch 64",
+            "lars optimizer",
+            "activations and gradients",
+            "parameters",
+            "parameter gradients",
+            "optimizer state",
+            "kernel workspaces",
+            "loader",
+            "kNN monitor",
+            "dataset",
+            "total",
+            "available",
+        ],
     );
-    for part in [
-        "quick thoughts",
-        "activations and gradients",
-        "corpus",
-        "total",
-    ] {
-        assert!(text.contains(part), "'{part}' missing:\n{text}");
-    }
-    assert!(!out.exists(), "--dry-run wrote the run folder");
+    // Quick Thoughts too, with its own parts.
+    dry_run(
+        &["--method", "quickthought"],
+        &[
+            "quick thoughts",
+            "activations and gradients",
+            "corpus",
+            "total",
+        ],
+    );
 }
 
 #[test]
