@@ -887,6 +887,40 @@ fn eval_fusion_matches_the_unfused_evaluation() {
     }
 }
 
+/// The profile counts every node that runs: each convolution has forward time in training
+/// and in a fused evaluation (where the BatchNorm after it runs inside it and has none of its
+/// own), backward time only from training, and nothing at all once profiling is off.
+#[test]
+fn the_profile_times_every_node_that_runs() {
+    let mut m = simclr(&tiny(), 4, 0.5, 2).unwrap();
+    let x = values(m.graph.shape(m.input).iter().product(), 6);
+    m.graph.input_mut(m.input).unwrap().copy_from_slice(&x);
+    assert!(m.graph.profile().is_empty());
+    let convs = |g: &Graph| -> Vec<(String, f64, f64)> {
+        g.profile()
+            .into_iter()
+            .filter(|(n, _, _)| n.ends_with(".c1") || n.ends_with(".c2"))
+            .map(|(n, f, b)| (n.to_string(), f, b))
+            .collect()
+    };
+    m.graph.set_profiling(true);
+    m.graph.forward_to(m.h, Mode::Eval).unwrap();
+    let eval = convs(&m.graph);
+    assert!(eval.len() >= 2, "{eval:?}");
+    for (n, f, b) in &eval {
+        assert!(*f > 0.0 && *b == 0.0, "fused eval of {n}: fwd {f} bwd {b}");
+    }
+    m.graph.set_profiling(false);
+    m.graph.set_profiling(true);
+    m.graph.forward(Mode::Train).unwrap();
+    m.graph.backward().unwrap();
+    for (n, f, b) in convs(&m.graph) {
+        assert!(f > 0.0 && b > 0.0, "training of {n}: fwd {f} bwd {b}");
+    }
+    m.graph.set_profiling(false);
+    assert!(m.graph.profile().is_empty());
+}
+
 /// What feeds a step of a graph: its inputs, labels, tokens, targets.
 type Feed = Box<dyn Fn(&mut Graph)>;
 

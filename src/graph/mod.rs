@@ -221,13 +221,16 @@ impl Graph {
         self.pass_end = None;
         let mut k = 0;
         while k < count {
+            let t0 = self.profile.is_some().then(std::time::Instant::now);
             if mode == Mode::Eval && self.eval_fusion && self.fusable[k] && k + 1 < count {
                 self.forward_conv_bn_eval(k)
                     .map_err(|e| wrap(&self.nodes[k].name, e))?;
+                if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                    p[k].0 += t0.elapsed().as_secs_f64();
+                }
                 k += 2;
                 continue;
             }
-            let t0 = self.profile.is_some().then(std::time::Instant::now);
             let node = &mut self.nodes[k];
             forward_node(
                 node,
