@@ -352,8 +352,10 @@ fn start_or_resume<M: Method>(
 }
 
 /// When the later fits of a budget are due, as shares of the budget: the first fit comes
-/// after four steps, the second at a tenth of the budget, the third at three tenths.
-const REFIT_AT: [f64; 2] = [0.1, 0.3];
+/// after four steps, the later ones at every tenth of the budget up to nine tenths, so that
+/// a machine that speeds up or slows down halfway (another job starting or ending beside
+/// the run) moves the end by at most a tenth of the budget.
+const REFIT_AT: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
 /// A wall-clock budget: the run's length fitted from the measured speed, after the first
 /// few steps and then (up to `max_fits` in all) at the shares of [`REFIT_AT`]. The first
@@ -468,9 +470,37 @@ mod tests {
             second as f64 > 1.15 * average,
             "{second} steps vs {average:.0} from the average speed"
         );
-        assert_eq!(fit.refit(401), None, "the third waits for three tenths");
+        assert_eq!(fit.refit(401), None, "the third waits for two tenths");
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(fit.refit(402).is_some(), "the third fit");
         assert_eq!(fit.refit(403), None, "three fits only");
+    }
+
+    /// A machine that doubles its speed halfway through the budget (a job beside the run
+    /// ended) still ends the run near its budget: the fits at every tenth follow the speed.
+    /// With the fits at 10% and 30% only, the run ended at about 60% of its budget.
+    #[test]
+    fn a_run_that_speeds_up_halfway_still_fills_its_budget() {
+        use std::time::{Duration, Instant};
+        let budget = Duration::from_millis(1500);
+        let mut fit = BudgetFit::new(Some(budget.as_secs_f64() / 60.0), false, 0, 10);
+        let t0 = Instant::now();
+        let mut total = u64::MAX;
+        let mut step = 0u64;
+        while step < total {
+            // 4 ms a step for the first half of the budget, 2 ms after.
+            let slow = t0.elapsed() < budget / 2;
+            std::thread::sleep(Duration::from_millis(if slow { 4 } else { 2 }));
+            step += 1;
+            if let Some(t) = fit.refit(step) {
+                total = t;
+            }
+            assert!(t0.elapsed() < 3 * budget, "the run does not end");
+        }
+        let used = t0.elapsed().as_secs_f64() / budget.as_secs_f64();
+        assert!(
+            (0.85..1.2).contains(&used),
+            "the run took {used:.2} of its budget ({step} steps)"
+        );
     }
 }

@@ -129,10 +129,10 @@ pub trait Method {
     fn monitor_kind(&self) -> MonitorKind;
 
     /// How many times a wall-clock budget fits the run's length: the first after four
-    /// steps, the second when a tenth of the budget has passed, the third at three tenths
-    /// (each later fit from the speed since the one before).
+    /// steps, then at every tenth of the budget up to nine tenths (each later fit from the
+    /// speed since the one before).
     fn budget_fits(&self) -> u8 {
-        3
+        10
     }
 
     /// A line describing the run's data and model, printed when training starts.
