@@ -120,7 +120,10 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
             );
         }
         for j in n..ld {
-            prop_assert!(cbuf[i * ld + j].to_bits() == GUARD.to_bits(), "guard overwritten");
+            prop_assert!(
+                cbuf[i * ld + j].to_bits() == GUARD.to_bits(),
+                "guard overwritten"
+            );
         }
     }
     Ok(())
@@ -251,8 +254,8 @@ fn bad_shapes_and_buffers_are_errors() {
     let pa = pack_a(a, &mut pa).unwrap();
     let pb = pack_b(a, pb.get_mut(packed_b_len(4, 4))).unwrap();
     let mut w = vec![0.0f32; 64];
-    let err = gemm_prepacked(1.0, pa, pb, 0.0, MatMut::row_major(&mut w, 4, 5).unwrap())
-        .unwrap_err();
+    let err =
+        gemm_prepacked(1.0, pa, pb, 0.0, MatMut::row_major(&mut w, 4, 5).unwrap()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     assert!(PackedA::from_packed(&[0.0; 3], 4, 4).is_err());
 }
