@@ -21,7 +21,12 @@
 //! # How it is computed
 //! Rows are split into tiles of `T` rows (64, 128 or 256 depending on `m` only, never on
 //! the thread count). `S` is symmetric, so only tile pairs `(I, J)` with `I <= J` are
-//! computed, each by one GEMM `S_IJ = U_I U_J^T / tau`:
+//! computed, each by one GEMM `S_IJ = U_I U_J^T / tau`. Every tile's normalized rows are
+//! packed once per call into the GEMM kernel's micro-panels, in the three forms the tile
+//! GEMMs take them (`U_I` as a left operand, `U_J^T` and `U_J` as right operands), and the
+//! tile GEMMs run over those panels (`gemm_prepacked`): each row meets every other tile
+//! three or four times, and packing it inside each of those small GEMMs had cost about as
+//! much as the multiplications. Only the weight tile `W_IJ` is packed per pair.
 //!
 //! - **Forward.** Each row keeps a running maximum `m_i` and a running sum `r_i` of
 //!   `exp(s_ik - m_i)` over its *negatives* (the online log-sum-exp); the positive's score
@@ -35,7 +40,8 @@
 //!   symmetric, `dL/dU = W U / (M tau)` where M is the number the loss is averaged over. The
 //!   positive entries `P_i+ - 1 = -sigmoid(t_i)` are computed from `t_i`, not by
 //!   subtraction. Each tile pair recomputes `S_IJ`, forms `W_IJ` in place, and runs two
-//!   GEMMs: `dU_I += W_IJ U_J` and `dU_J += W_IJ^T U_I`. Then per row
+//!   GEMMs: `dU_I += W_IJ U_J` and `dU_J += W_IJ^T U_I` (the diagonal pair, each tile's
+//!   first update, writes `dU_I` instead of adding to it, so `dz` is never cleared). Then per row
 //!   `dz_i = (du_i - (du_i . u_i) u_i) / |z_i|` (or `du_i / eps` for a row whose norm is
 //!   below `eps`, as PyTorch differentiates `F.normalize`).
 //! - **Order.** The tile pairs are scheduled as a round-robin tournament (the circle
@@ -66,7 +72,10 @@
 //! owner of each row; the sum over processes equals the gradient of the global loss.
 
 use crate::error::{check_len, Error, Result};
-use crate::kernels::gemm::{gemm, GemmParams, MatMut, MatRef, Transpose};
+use crate::kernels::gemm::{
+    gemm_prepacked, pack_a, pack_b, packed_a_len, packed_b_len, MatMut, MatRef, PackedA, PackedB,
+    PanelBuf,
+};
 use crate::kernels::simd::{self, Simd, LANES};
 use crate::kernels::vmath;
 use rayon::prelude::*;
@@ -192,12 +201,18 @@ pub struct NtXentOutput {
     pub accuracy: f32,
 }
 
-/// A tile of rows.
+/// A tile of rows, and where its packed panels start in the workspace's panel buffers.
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     start: usize,
     end: usize,
     anchor: bool,
+    /// Offset of the rows as the left operand of the score GEMM (`h x d`) in `NtXent::lhs`,
+    /// of the rows transposed as its right operand (`d x h`) in `NtXent::rhs_t`, and of the
+    /// rows as the right operand of the gradient GEMMs (`h x d`) in `NtXent::rhs`.
+    lhs: usize,
+    rhs_t: usize,
+    rhs: usize,
 }
 
 impl Tile {
@@ -223,7 +238,14 @@ pub struct NtXent {
     lse: Vec<f32>,
     /// `1 - P_i+`, the weight of the positive in the gradient.
     sig: Vec<f32>,
+    /// With a fixed shift `c`: `exp(c - lse_i)` for anchors, 0 for the other rows.
+    gexp: Vec<f32>,
     tiles: Vec<Tile>,
+    /// Every tile's normalized rows, packed once per call in the three forms the tile
+    /// GEMMs take them (see [`Tile`]), so no tile GEMM packs its `U` operand.
+    lhs: PanelBuf,
+    rhs_t: PanelBuf,
+    rhs: PanelBuf,
 }
 
 /// Evaluates NT-Xent with a fresh workspace; see [`NtXent::forward_backward`].
@@ -324,41 +346,10 @@ impl NtXent {
             return Err(invalid("mean_over = 0".into()));
         }
 
-        // Normalize (and check) every row.
-        self.u.resize(len, 0.0);
-        self.inv.resize(m, 0.0);
-        self.clamped.resize(m, false);
-        let bad = self
-            .u
-            .par_chunks_mut(d)
-            .zip(z.par_chunks(d))
-            .zip(self.inv.par_iter_mut().zip(self.clamped.par_iter_mut()))
-            .enumerate()
-            .with_min_len(64)
-            .filter_map(|(i, ((u, z), (inv, clamped)))| {
-                let mut ss = 0.0f64;
-                for &x in z {
-                    if !x.is_finite() {
-                        return Some(i);
-                    }
-                    ss += f64::from(x) * f64::from(x);
-                }
-                let norm = ss.sqrt();
-                *clamped = norm < NORM_EPS;
-                *inv = 1.0 / norm.max(NORM_EPS);
-                for (u, &x) in u.iter_mut().zip(z) {
-                    *u = (f64::from(x) * *inv) as f32;
-                }
-                None
-            })
-            .min();
-        if let Some(i) = bad {
-            return Err(invalid(format!("row {i} of Z has a non-finite element")));
-        }
-
         // Tiles: anchor boundaries are tile boundaries.
         let t = tile_size(m);
         self.tiles.clear();
+        let (mut lhs, mut rhs_t, mut rhs) = (0, 0, 0);
         for seg in [0..anchors.start, anchors.clone(), anchors.end..m] {
             let anchor = seg == anchors;
             let mut s = seg.start;
@@ -368,16 +359,87 @@ impl NtXent {
                     start: s,
                     end: e,
                     anchor,
+                    lhs,
+                    rhs_t,
+                    rhs,
                 });
+                lhs += packed_a_len(e - s, d);
+                rhs_t += packed_b_len(d, e - s);
+                rhs += packed_b_len(e - s, d);
                 s = e;
             }
         }
+
+        // Normalize (and check) every row, then pack each tile's rows; one task per tile.
+        self.u.resize(len, 0.0);
+        self.inv.resize(m, 0.0);
+        self.clamped.resize(m, false);
+        self.lhs.reserve(lhs);
+        self.rhs_t.reserve(rhs_t);
+        self.rhs.reserve(rhs);
+        let tiles = &self.tiles[..];
+        let u = Shared::new(&mut self.u);
+        let inv = Shared::new(&mut self.inv);
+        let clamped = Shared::new(&mut self.clamped);
+        let packs = [
+            Shared::new(self.lhs.get_mut(lhs)),
+            Shared::new(self.rhs_t.get_mut(rhs_t)),
+            Shared::new(self.rhs.get_mut(rhs)),
+        ];
+        let bad = (0..tiles.len())
+            .into_par_iter()
+            .filter_map(|k| {
+                let tile = tiles[k];
+                let (r0, h) = (tile.start, tile.len());
+                // SAFETY: each task takes the rows of its own tile, and the tiles' packed
+                // regions (laid out one after another above) are disjoint.
+                let (u, inv, clamped) = unsafe {
+                    (
+                        u.slice(r0 * d..tile.end * d),
+                        inv.slice(r0..tile.end),
+                        clamped.slice(r0..tile.end),
+                    )
+                };
+                for (r, (u, z)) in u.chunks_mut(d).zip(z[r0 * d..].chunks(d)).enumerate() {
+                    // A non-finite element makes the sum non-finite (squares of finite f32
+                    // cannot overflow f64).
+                    let ss = dot_f64(z, z);
+                    if !ss.is_finite() {
+                        return Some(r0 + r);
+                    }
+                    let norm = ss.sqrt();
+                    clamped[r] = norm < NORM_EPS;
+                    inv[r] = 1.0 / norm.max(NORM_EPS);
+                    for (u, &x) in u.iter_mut().zip(z) {
+                        *u = (f64::from(x) * inv[r]) as f32;
+                    }
+                }
+                let rows = MatRef::row_major(u, h, d).expect("tile rows");
+                // SAFETY: as above.
+                let (a, bt, b) = unsafe {
+                    (
+                        packs[0].slice(tile.lhs..tile.lhs + packed_a_len(h, d)),
+                        packs[1].slice(tile.rhs_t..tile.rhs_t + packed_b_len(d, h)),
+                        packs[2].slice(tile.rhs..tile.rhs + packed_b_len(h, d)),
+                    )
+                };
+                pack_a(rows, a).expect("packed length");
+                pack_b(rows.t(), bt).expect("packed length");
+                pack_b(rows, b).expect("packed length");
+                None
+            })
+            .min();
+        if let Some(i) = bad {
+            return Err(invalid(format!("row {i} of Z has a non-finite element")));
+        }
+
         for v in [
             &mut self.rmax,
             &mut self.rsum,
             &mut self.pos,
             &mut self.lse,
             &mut self.sig,
+            &mut self.gexp,
         ] {
             v.resize(m, 0.0);
         }
@@ -385,6 +447,7 @@ impl NtXent {
         self.rsum.fill(0.0);
         self.pos.fill(0.0);
         self.lse.fill(0.0);
+        self.gexp.fill(0.0);
         Ok(Plan {
             m,
             d,
@@ -392,13 +455,30 @@ impl NtXent {
             pairing: cfg.pairing,
             anchors,
             mean_over,
+            panels: [lhs, rhs_t, rhs],
+            shift: (2.0 / f64::from(tau) <= FIXED_SHIFT_RANGE).then_some(1.0 / tau),
         })
     }
 
+    /// The packed panels of the last `prepare`.
+    fn panels(&self, plan: &Plan<'_>) -> Panels<'_> {
+        Panels {
+            lhs: self.lhs.get(plan.panels[0]),
+            rhs_t: self.rhs_t.get(plan.panels[1]),
+            rhs: self.rhs.get(plan.panels[2]),
+            d: plan.d,
+        }
+    }
+
     fn run_forward(&mut self, plan: &Plan<'_>) -> NtXentOutput {
-        let (m, d) = (plan.m, plan.d);
+        let m = plan.m;
         let tiles = &self.tiles;
-        let u = &self.u[..];
+        let panels = Panels {
+            lhs: self.lhs.get(plan.panels[0]),
+            rhs_t: self.rhs_t.get(plan.panels[1]),
+            rhs: self.rhs.get(plan.panels[2]),
+            d: plan.d,
+        };
         let rmax = Shared::new(&mut self.rmax);
         let rsum = Shared::new(&mut self.rsum);
         let pos = Shared::new(&mut self.pos);
@@ -412,7 +492,7 @@ impl NtXent {
             let ld = w.next_multiple_of(LANES);
             with_scratch(h * ld + 2 * ld, |buf| {
                 let (s, rest) = buf.split_at_mut(h * ld);
-                score_tile(u, d, ti_, tj_, alpha, s, ld);
+                score_tile(&panels, ti_, tj_, alpha, s, ld);
                 if ti == tj {
                     for r in 0..h {
                         s[r * ld + r] = MASK;
@@ -444,18 +524,33 @@ impl NtXent {
                         s[at] = MASK;
                     }
                 }
-                if ti_.anchor {
-                    row_stats(s, h, ld, mx_i, sm_i);
-                }
-                if tj_.anchor && ti != tj {
+                let cols = (tj_.anchor && ti != tj).then(|| {
                     // SAFETY: as above; `ti != tj`, so these rows differ from I's.
-                    let (mx_j, sm_j) = unsafe {
+                    unsafe {
                         (
                             rmax.slice(tj_.start..tj_.end),
                             rsum.slice(tj_.start..tj_.end),
                         )
-                    };
-                    col_stats(s, h, w, ld, mx_j, sm_j, rest);
+                    }
+                });
+                if let Some(c) = plan.shift {
+                    shifted_stats(
+                        s,
+                        h,
+                        w,
+                        ld,
+                        c,
+                        ti_.anchor.then_some((mx_i, sm_i)),
+                        cols,
+                        rest,
+                    );
+                } else {
+                    if ti_.anchor {
+                        row_stats(s, h, ld, mx_i, sm_i);
+                    }
+                    if let Some((mx_j, sm_j)) = cols {
+                        col_stats(s, h, w, ld, mx_j, sm_j, rest);
+                    }
                 }
             });
         });
@@ -475,10 +570,15 @@ impl NtXent {
                 correct += 1;
                 continue;
             }
-            let t = f64::from(mx) + f64::from(sum).ln() - f64::from(ps);
+            // The sum is of exp(s - shift): the running maximum, or the fixed shift.
+            let shift = plan.shift.unwrap_or(mx);
+            let t = f64::from(shift) + f64::from(sum).ln() - f64::from(ps);
             let sp = t.max(0.0) + (-t.abs()).exp().ln_1p();
             total += sp;
             self.lse[i] = (f64::from(ps) + sp) as f32;
+            if let Some(c) = plan.shift {
+                self.gexp[i] = (f64::from(c) - (f64::from(ps) + sp)).exp() as f32;
+            }
             self.sig[i] = if t >= 0.0 {
                 1.0 / (1.0 + (-t).exp())
             } else {
@@ -496,31 +596,50 @@ impl NtXent {
     fn run_backward(&mut self, plan: &Plan<'_>, dz: &mut [f32]) {
         let (m, d) = (plan.m, plan.d);
         let tiles = &self.tiles;
+        let panels = self.panels(plan);
         let u = &self.u[..];
-        let lse = &self.lse[..];
+        // With a fixed shift the weights take exp(c - lse) (zero off the anchors) where the
+        // general case takes lse.
+        let lse = if plan.shift.is_some() {
+            &self.gexp[..]
+        } else {
+            &self.lse[..]
+        };
         let sig = &self.sig[..];
-        dz.fill(0.0);
+        // dz is not cleared: each tile's first update (its diagonal pair, the first round of
+        // the tournament) overwrites its rows.
         let du = Shared::new(dz);
         let alpha = 1.0 / plan.tau;
         tournament(tiles.len(), |ti, tj| {
             let (ti_, tj_) = (tiles[ti], tiles[tj]);
             if !ti_.anchor && !tj_.anchor {
+                if ti == tj {
+                    // SAFETY: as below, no other task holds these rows.
+                    unsafe { du.slice(ti_.start * d..ti_.end * d) }.fill(0.0);
+                }
                 return;
             }
             let (h, w) = (ti_.len(), tj_.len());
             let ld = w.next_multiple_of(LANES);
-            with_scratch(h * ld + ld, |buf| {
-                let (s, lse_cols) = buf.split_at_mut(h * ld);
-                score_tile(u, d, ti_, tj_, alpha, s, ld);
+            let packed_w = packed_a_len(h, w).max(packed_a_len(w, h));
+            with_scratch(h * ld + ld + packed_w, |buf| {
+                let (s, rest) = buf.split_at_mut(h * ld);
+                let (lse_cols, packed_w) = rest.split_at_mut(ld);
+                score_tile(&panels, ti_, tj_, alpha, s, ld);
                 lse_cols[..w].copy_from_slice(&lse[tj_.start..tj_.end]);
                 lse_cols[w..].fill(0.0);
-                weight_tile(
-                    s,
-                    h,
-                    ld,
-                    ti_.anchor.then(|| &lse[ti_.start..ti_.end]),
-                    tj_.anchor.then_some(&*lse_cols),
-                );
+                if let Some(c) = plan.shift {
+                    // `lse` holds exp(c - lse), zero off the anchors.
+                    shifted_weight_tile(s, h, ld, c, &lse[ti_.start..ti_.end], lse_cols);
+                } else {
+                    weight_tile(
+                        s,
+                        h,
+                        ld,
+                        ti_.anchor.then(|| &lse[ti_.start..ti_.end]),
+                        tj_.anchor.then_some(&*lse_cols),
+                    );
+                }
                 if ti == tj {
                     for r in 0..h {
                         s[r * ld + r] = 0.0;
@@ -536,21 +655,31 @@ impl NtXent {
                         s[r * ld + p - tj_.start] = -(a + b);
                     }
                 }
+                // dU_I += W_IJ U_J and dU_J += W_IJ^T U_I: W is packed here (twice), the
+                // rows were packed once in `prepare`.
                 let wv = MatRef::new(s, h, w, ld, 1).expect("tile view");
-                let u_i = MatRef::row_major(&u[ti_.start * d..ti_.end * d], h, d).expect("rows");
-                let u_j = MatRef::row_major(&u[tj_.start * d..tj_.end * d], w, d).expect("rows");
-                let acc = GemmParams::default().beta(1.0).sequential();
                 // SAFETY: as in the forward pass, no other task holds these rows.
                 let du_i = unsafe { du.slice(ti_.start * d..ti_.end * d) };
-                gemm(&acc, wv, u_j, MatMut::row_major(du_i, h, d).expect("rows"))
-                    .expect("tile gemm");
+                let wa = pack_a(wv, &mut packed_w[..packed_a_len(h, w)]).expect("packed length");
+                let first = if ti == tj { 0.0 } else { 1.0 };
+                gemm_prepacked(
+                    1.0,
+                    wa,
+                    panels.rhs(tj_),
+                    first,
+                    MatMut::row_major(du_i, h, d).expect("rows"),
+                )
+                .expect("tile gemm");
                 if ti != tj {
                     // SAFETY: as above; `ti != tj`, so the rows differ.
                     let du_j = unsafe { du.slice(tj_.start * d..tj_.end * d) };
-                    gemm(
-                        &acc.trans_a(Transpose::Yes),
-                        wv,
-                        u_i,
+                    let wt =
+                        pack_a(wv.t(), &mut packed_w[..packed_a_len(w, h)]).expect("packed length");
+                    gemm_prepacked(
+                        1.0,
+                        wt,
+                        panels.rhs(ti_),
+                        1.0,
                         MatMut::row_major(du_j, w, d).expect("rows"),
                     )
                     .expect("tile gemm");
@@ -572,11 +701,7 @@ impl NtXent {
                         *g = (f64::from(*g) * scale) as f32;
                     }
                 } else {
-                    let dot: f64 = g
-                        .iter()
-                        .zip(u)
-                        .map(|(&g, &u)| f64::from(g) * f64::from(u))
-                        .sum();
+                    let dot = dot_f64(g, u);
                     for (g, &u) in g.iter_mut().zip(u) {
                         *g = ((f64::from(*g) - dot * f64::from(u)) * scale) as f32;
                     }
@@ -594,13 +719,57 @@ struct Plan<'a> {
     pairing: Pairing<'a>,
     anchors: Range<usize>,
     mean_over: usize,
+    /// The lengths of the three packed panel buffers (see [`Tile`]).
+    panels: [usize; 3],
+    /// `Some(1 / tau)` when every `exp(s - 1/tau)` is a normal float (see
+    /// [`FIXED_SHIFT_RANGE`]): the exponentials are then taken once against that fixed
+    /// shift instead of once per row and once per column against running maxima.
+    shift: Option<f32>,
 }
 
-/// The tile height, from the row count only (never the thread count).
+/// The largest score range `2 / tau` for which scores are shifted by the fixed `1 / tau`:
+/// then `exp(s - 1/tau) >= e^-80`-ish, far from `f32` underflow (`e^-87`), and
+/// `exp(1/tau - lse_i) <= e^80`, far from overflow, for every `|s| <= 1/tau` (up to the
+/// rounding of the unit rows' products). Holds for `tau >= 0.025`. With a fixed shift one
+/// exponential per score serves the row and the column of the symmetric tile (forward)
+/// and both halves of the weight `W_ik = e^(s_ik - c) (e^(c - lse_i) + e^(c - lse_k))`
+/// (backward), where running maxima need two.
+const FIXED_SHIFT_RANGE: f64 = 80.0;
+
+/// The tiles' packed rows (see [`Tile`]).
+struct Panels<'a> {
+    lhs: &'a [f32],
+    rhs_t: &'a [f32],
+    rhs: &'a [f32],
+    d: usize,
+}
+
+impl Panels<'_> {
+    /// Tile `t`'s rows as the left operand of a score GEMM (`h x d`).
+    fn lhs(&self, t: Tile) -> PackedA<'_> {
+        let len = packed_a_len(t.len(), self.d);
+        PackedA::from_packed(&self.lhs[t.lhs..t.lhs + len], t.len(), self.d).expect("panels")
+    }
+    /// Tile `t`'s rows transposed, as the right operand of a score GEMM (`d x h`).
+    fn rhs_t(&self, t: Tile) -> PackedB<'_> {
+        let len = packed_b_len(self.d, t.len());
+        PackedB::from_packed(&self.rhs_t[t.rhs_t..t.rhs_t + len], self.d, t.len()).expect("panels")
+    }
+    /// Tile `t`'s rows as the right operand of a gradient GEMM (`h x d`).
+    fn rhs(&self, t: Tile) -> PackedB<'_> {
+        let len = packed_b_len(t.len(), self.d);
+        PackedB::from_packed(&self.rhs[t.rhs..t.rhs + len], t.len(), self.d).expect("panels")
+    }
+}
+
+/// The tile height, from the row count only (never the thread count). 128 from 512 rows:
+/// with the AVX-512 kernel's 12-row panels a 64-row tile computes 72 rows, and twice the
+/// tiles means twice the tournament rounds (parallel regions); the larger diagonal tiles
+/// cost less than both.
 fn tile_size(m: usize) -> usize {
     if m >= 4096 {
         256
-    } else if m >= 1024 {
+    } else if m >= 512 {
         128
     } else {
         64
@@ -633,26 +802,34 @@ fn tournament(n: usize, f: impl Fn(usize, usize) + Sync) {
 
 /// `s[r * ld + c] = alpha * u_I[r] . u_J[c]` for the `h x w` tile, and `MASK` in the padding
 /// columns `w .. ld`.
-fn score_tile(u: &[f32], d: usize, ti: Tile, tj: Tile, alpha: f32, s: &mut [f32], ld: usize) {
+fn score_tile(p: &Panels<'_>, ti: Tile, tj: Tile, alpha: f32, s: &mut [f32], ld: usize) {
     let (h, w) = (ti.len(), tj.len());
-    let a = MatRef::row_major(&u[ti.start * d..ti.end * d], h, d).expect("rows");
-    let b = MatRef::row_major(&u[tj.start * d..tj.end * d], w, d).expect("rows");
     let c = MatMut::new(s, h, w, ld, 1).expect("tile view");
-    gemm(
-        &GemmParams::default()
-            .alpha(alpha)
-            .trans_b(Transpose::Yes)
-            .sequential(),
-        a,
-        b,
-        c,
-    )
-    .expect("tile gemm");
+    gemm_prepacked(alpha, p.lhs(ti), p.rhs_t(tj), 0.0, c).expect("tile gemm");
     if w < ld {
         for row in s.chunks_exact_mut(ld) {
             row[w..].fill(MASK);
         }
     }
+}
+
+/// `a . b` in `f64`, over eight partial sums (so that it vectorizes) added in a fixed tree.
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += f64::from(x[l]) * f64::from(y[l]);
+        }
+    }
+    let s4 = [0, 1, 2, 3].map(|l| acc[l] + acc[l + 4]);
+    ((s4[0] + s4[2]) + (s4[1] + s4[3])) + tail
 }
 
 /// Per-thread scratch of at least `len` floats, grown once.
@@ -819,6 +996,147 @@ fn col_stats_with<S: Simd>(
         if m_new[c] != MASK {
             sm[c] = sm[c] * (mx[c] - m_new[c]).exp() + acc[c];
             mx[c] = m_new[c];
+        }
+    }
+}
+
+/// The fixed-shift form of [`row_stats`] and [`col_stats`] in one pass: `e = exp(s - c)` once
+/// per score, added to the row's sum (`rows`) and to the column's (`cols`); the maxima are
+/// kept for the accuracy only. `scratch` holds at least `2 * ld` floats.
+#[allow(clippy::too_many_arguments)]
+fn shifted_stats(
+    s: &[f32],
+    h: usize,
+    w: usize,
+    ld: usize,
+    c: f32,
+    rows: Option<(&mut [f32], &mut [f32])>,
+    cols: Option<(&mut [f32], &mut [f32])>,
+    scratch: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = simd::avx2() {
+        // SAFETY: the token proves AVX2 and FMA.
+        unsafe { shifted_stats_avx2(t, s, h, w, ld, c, rows, cols, scratch) };
+        return;
+    }
+    shifted_stats_with(simd::Portable, s, h, w, ld, c, rows, cols, scratch);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn shifted_stats_avx2(
+    t: simd::Avx2,
+    s: &[f32],
+    h: usize,
+    w: usize,
+    ld: usize,
+    c: f32,
+    rows: Option<(&mut [f32], &mut [f32])>,
+    cols: Option<(&mut [f32], &mut [f32])>,
+    scratch: &mut [f32],
+) {
+    shifted_stats_with(t, s, h, w, ld, c, rows, cols, scratch);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn shifted_stats_with<S: Simd>(
+    t: S,
+    s: &[f32],
+    h: usize,
+    w: usize,
+    ld: usize,
+    c: f32,
+    mut rows: Option<(&mut [f32], &mut [f32])>,
+    cols: Option<(&mut [f32], &mut [f32])>,
+    scratch: &mut [f32],
+) {
+    let (cmax, cacc) = scratch[..2 * ld].split_at_mut(ld);
+    cmax.fill(MASK);
+    cacc.fill(0.0);
+    let vc = t.splat(c);
+    for r in 0..h {
+        let row = &s[r * ld..(r + 1) * ld];
+        let mut vmax = t.splat(MASK);
+        let mut acc = t.splat(0.0);
+        if cols.is_some() {
+            for ((x, mc), ac) in row
+                .chunks_exact(LANES)
+                .zip(cmax.chunks_exact_mut(LANES))
+                .zip(cacc.chunks_exact_mut(LANES))
+            {
+                let v = t.load(x);
+                let e = vmath::exp(t, t.sub(v, vc));
+                vmax = t.max(vmax, v);
+                acc = t.add(acc, e);
+                t.store(mc, t.max(t.load(mc), v));
+                t.store(ac, t.add(t.load(ac), e));
+            }
+        } else {
+            for x in row.chunks_exact(LANES) {
+                let v = t.load(x);
+                vmax = t.max(vmax, v);
+                acc = t.add(acc, vmath::exp(t, t.sub(v, vc)));
+            }
+        }
+        if let Some((mx, sm)) = rows.as_mut() {
+            mx[r] = mx[r].max(t.reduce_max(vmax));
+            sm[r] += t.reduce_add(acc);
+        }
+    }
+    if let Some((mx, sm)) = cols {
+        for k in 0..w {
+            mx[k] = mx[k].max(cmax[k]);
+            sm[k] += cacc[k];
+        }
+    }
+}
+
+/// The fixed-shift form of [`weight_tile`]: `W = exp(s - c) (g_row + g_col)` with
+/// `g = exp(c - lse)` (zero for rows that are not anchors); `g_cols` has `ld` entries.
+fn shifted_weight_tile(s: &mut [f32], h: usize, ld: usize, c: f32, g_rows: &[f32], g_cols: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = simd::avx2() {
+        // SAFETY: the token proves AVX2 and FMA.
+        unsafe { shifted_weight_tile_avx2(t, s, h, ld, c, g_rows, g_cols) };
+        return;
+    }
+    shifted_weight_tile_with(simd::Portable, s, h, ld, c, g_rows, g_cols);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn shifted_weight_tile_avx2(
+    t: simd::Avx2,
+    s: &mut [f32],
+    h: usize,
+    ld: usize,
+    c: f32,
+    g_rows: &[f32],
+    g_cols: &[f32],
+) {
+    shifted_weight_tile_with(t, s, h, ld, c, g_rows, g_cols);
+}
+
+#[inline(always)]
+fn shifted_weight_tile_with<S: Simd>(
+    t: S,
+    s: &mut [f32],
+    h: usize,
+    ld: usize,
+    c: f32,
+    g_rows: &[f32],
+    g_cols: &[f32],
+) {
+    let vc = t.splat(c);
+    for r in 0..h {
+        let row = &mut s[r * ld..(r + 1) * ld];
+        let vr = t.splat(g_rows[r]);
+        for (x, g) in row.chunks_exact_mut(LANES).zip(g_cols.chunks_exact(LANES)) {
+            let e = vmath::exp(t, t.sub(t.load(x), vc));
+            t.store(x, t.mul(e, t.add(vr, t.load(g))));
         }
     }
 }

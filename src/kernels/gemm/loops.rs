@@ -331,7 +331,7 @@ unsafe fn row_blocks<K: MicroKernel>(
 /// As [`MicroKernel::kernel`], with C valid for `h x w` only.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn tile<K: MicroKernel>(
+pub(super) unsafe fn tile<K: MicroKernel>(
     kc: usize,
     alpha: f32,
     a: *const f32,

@@ -25,7 +25,8 @@
 //! register-blocked microkernel chosen once at run time (AVX-512 12x32 or AVX2+FMA 6x16 on
 //! x86_64, a portable `wide` 6x8 elsewhere or with `SELFSUP_FORCE_PORTABLE=1`) computes
 //! each tile, and the rayon-parallel loop nest splits only independent output blocks, never
-//! the K reduction.
+//! the K reduction. Operands reused across many small products can be packed once
+//! ([`pack_a`], [`pack_b`]) and multiplied with [`gemm_prepacked`].
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
@@ -36,10 +37,14 @@ mod kernel;
 mod loops;
 mod pack;
 mod portable;
+mod prepacked;
 mod view;
 
 pub use epilogue::{Epilogue, Fused, Identity};
 pub use pack::{PackA, PackB};
+pub use prepacked::{
+    gemm_prepacked, pack_a, pack_b, packed_a_len, packed_b_len, PackedA, PackedB, PanelBuf,
+};
 pub use view::{MatMut, MatRef};
 
 use crate::error::{Error, Result};

@@ -48,6 +48,27 @@ fn zero_tail(last_panel: &mut [f32], width: usize, used: usize) {
     }
 }
 
+/// `dst[..src.len()] = src` for a run of at most `width` floats: a fixed-size copy, which the
+/// compiler inlines, for the full runs of the usual widths (a call to `memmove` for each
+/// 48- or 128-byte run cost more than the copy).
+#[inline(always)]
+fn copy_run(width: usize, dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const R: usize>(dst: &mut [f32], src: &[f32]) {
+        let s: &[f32; R] = src.try_into().expect("a full run");
+        let d: &mut [f32; R] = (&mut dst[..R]).try_into().expect("room for a run");
+        *d = *s;
+    }
+    match (width, src.len() == width) {
+        (6, true) => fixed::<6>(dst, src),
+        (8, true) => fixed::<8>(dst, src),
+        (12, true) => fixed::<12>(dst, src),
+        (16, true) => fixed::<16>(dst, src),
+        (32, true) => fixed::<32>(dst, src),
+        _ => dst[..src.len()].copy_from_slice(src),
+    }
+}
+
 /// `dst[p * R + i] = rows[i][p]`: R equally long rows interleaved k-major.
 #[inline]
 fn interleave_rows<const R: usize>(rows: [&[f32]; R], dst: &mut [f32]) {
@@ -106,7 +127,7 @@ impl PackA for MatRef<'_> {
             for p in 0..kc {
                 let col = &data[(p0 + p) * cs + i0..][..h];
                 for (q, seg) in col.chunks(mr).enumerate() {
-                    out[q * panel + p * mr..][..seg.len()].copy_from_slice(seg);
+                    copy_run(mr, &mut out[q * panel + p * mr..], seg);
                 }
             }
         } else if cs == 1 && mr == 6 {
@@ -150,7 +171,7 @@ impl PackB for MatRef<'_> {
             for p in 0..kc {
                 let row = &data[(p0 + p) * rs + j0..][..w];
                 for (q, seg) in row.chunks(nr).enumerate() {
-                    out[q * panel + p * nr..][..seg.len()].copy_from_slice(seg);
+                    copy_run(nr, &mut out[q * panel + p * nr..], seg);
                 }
             }
         } else {
