@@ -136,6 +136,11 @@ fn malformed_tsv_lines_name_the_file_and_the_line() {
         &["probe", "--tsv", one_label.to_str().unwrap()],
         "one.tsv: 2 labeled sentences of 1 label(s)",
     );
+    let blank = dir.write("blank.tsv", b"\n  \r\n");
+    fails_with(
+        &["probe", "--tsv", blank.to_str().unwrap()],
+        "blank.tsv: no labeled sentences",
+    );
     let missing = dir.join("missing.tsv");
     fails_with(
         &["probe", "--tsv", missing.to_str().unwrap()],

@@ -25,6 +25,16 @@ pub enum DataError {
         /// What is wrong.
         problem: String,
     },
+    /// One line of a text file is malformed.
+    #[error("{path}:{line}: {problem}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// A [`DataError::Format`] for `path`: the one constructor the readers use.

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use selfsup::data::DataError;
 use selfsup::eval::probe::{kfold_probe, linear_probe, select_rows, subsample_labels, ProbeConfig};
 use selfsup::rng::mix;
-use selfsup::text::{read_text, TfIdf};
+use selfsup::text::{read_labeled_tsv, TfIdf};
 use selfsup::train::text::{SentenceEmbedder, TextModel};
 
 use super::checkpoint_label;
@@ -35,63 +34,22 @@ pub struct SentenceProbe {
     pub random: bool,
 }
 
-/// A labeled sentence file: `label<TAB>sentence` per line (blank lines skipped). Returns
-/// the sentences, their label ids and the label names (sorted).
+/// The labeled sentence file `path` ([`read_labeled_tsv`]): the sentences, their label ids
+/// and the label names (sorted).
 ///
 /// # Errors
-/// One line naming the file and, for a malformed line, its number: a line without a tab,
-/// an empty label or sentence, bytes that are not UTF-8; fewer than two labels.
-pub fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<u32>, Vec<String>)> {
-    let text = match read_text(path) {
-        Ok(t) => t,
-        Err(DataError::Format { problem, .. }) if problem.starts_with("not UTF-8") => {
-            let line = std::fs::read(path).ok().and_then(|b| {
-                let at = std::str::from_utf8(&b).err()?.valid_up_to();
-                Some(b[..at].iter().filter(|&&c| c == b'\n').count() + 1)
-            });
-            match line {
-                Some(l) => bail!("{}:{l}: {problem}", path.display()),
-                None => bail!("{}: {problem}", path.display()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut pairs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some((label, sentence)) = line.split_once('\t') else {
-            bail!("{}: expected `label<TAB>sentence`, found no tab", at());
-        };
-        let label = label.trim();
-        if label.is_empty() {
-            bail!("{}: the label is empty", at());
-        }
-        let sentence = sentence.trim();
-        if sentence.is_empty() {
-            bail!("{}: the sentence after the label '{label}' is empty", at());
-        }
-        pairs.push((label.to_string(), sentence.to_string()));
-    }
-    let mut names: Vec<String> = pairs.iter().map(|(l, _)| l.clone()).collect();
-    names.sort();
-    names.dedup();
-    if names.len() < 2 {
+/// One line naming the file and, for a malformed line, its number; fewer than two labels.
+fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<u32>, Vec<String>)> {
+    let r = read_labeled_tsv(path)?;
+    if r.names.len() < 2 {
         bail!(
             "{}: {} labeled sentences of {} label(s); a probe needs at least two labels",
             path.display(),
-            pairs.len(),
-            names.len()
+            r.sentences.len(),
+            r.names.len()
         );
     }
-    let labels = pairs
-        .iter()
-        .map(|(l, _)| names.binary_search(l).expect("a collected label") as u32)
-        .collect();
-    let sentences = pairs.into_iter().map(|(_, s)| s).collect();
-    Ok((sentences, labels, names))
+    Ok((r.sentences, r.labels, r.names))
 }
 
 /// The seed of label draw `r` (the same for every share and every representation, so the
