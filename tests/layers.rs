@@ -32,20 +32,7 @@ use selfsup::Error;
 
 /// Deterministic values in [-1, 1) with some exact zeros and a few larger magnitudes.
 fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            match s % 17 {
-                0 => 0.0,
-                1 => (u - 0.5) * 16.0,
-                _ => u * 2.0 - 1.0,
-            }
-        })
-        .collect()
+    common::values_with_outliers(len, seed, 16.0)
 }
 
 /// Distinct values (a shuffled ramp), so max pooling has no ties and finite differences

@@ -9,6 +9,27 @@ pub fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// Deterministic values (xorshift from `seed`): mostly uniform in [-1, 1), one in 17 an
+/// exact zero and one in 17 in [-outlier / 2, outlier / 2), so that kernels meet zeros and
+/// larger magnitudes.
+#[allow(dead_code)] // not every test binary that shares this module fills buffers
+pub fn values_with_outliers(len: usize, seed: u64, outlier: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            match s % 17 {
+                0 => 0.0,
+                1 => (u - 0.5) * outlier,
+                _ => u * 2.0 - 1.0,
+            }
+        })
+        .collect()
+}
+
 /// Trains `t` from its current step to step `end` with its own loader; the step losses.
 #[allow(dead_code)] // not every test binary that shares this module trains
 pub fn train_to(t: &mut selfsup::train::image::Pretrainer, end: u64) -> Vec<f64> {
