@@ -14,6 +14,9 @@
 //! to the system's temp dir, one pair per fuzzing process.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -23,12 +26,7 @@ use selfsup::io::checkpoint::{self, keys, FORMAT_VERSION};
 fn paths() -> &'static (PathBuf, PathBuf) {
     static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PATHS.get_or_init(|| {
-        let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() {
-            shm
-        } else {
-            std::env::temp_dir()
-        };
+        let dir = scratch::dir();
         let pid = std::process::id();
         (
             dir.join(format!("selfsup-fuzz-ckpt-{pid}.safetensors")),

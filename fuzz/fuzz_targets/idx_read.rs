@@ -12,6 +12,9 @@
 //!    already gzip) bytes parses to the same thing.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -22,12 +25,7 @@ use selfsup::data::idx::{parse_idx_images, parse_idx_labels, read_idx_images, re
 fn file() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() {
-            shm
-        } else {
-            std::env::temp_dir()
-        };
+        let dir = scratch::dir();
         dir.join(format!("selfsup-fuzz-idx-{}", std::process::id()))
     })
 }

@@ -18,6 +18,9 @@
 //!    (kept, empty, short, not UTF-8) counted in name order.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -33,12 +36,7 @@ use selfsup::text::{
 fn scratch() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() {
-            shm
-        } else {
-            std::env::temp_dir()
-        };
+        let dir = scratch::dir();
         let p = dir.join(format!("selfsup-fuzz-text-{}", std::process::id()));
         std::fs::create_dir_all(p.join("folder")).expect("make the scratch folder");
         p

@@ -14,6 +14,9 @@
 //! 3. The bytes and the file give the same result.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -24,12 +27,7 @@ use selfsup::text::{parse_labeled_tsv, read_labeled_tsv, LabeledSentences};
 fn file() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() {
-            shm
-        } else {
-            std::env::temp_dir()
-        };
+        let dir = scratch::dir();
         dir.join(format!("selfsup-fuzz-tsv-{}.tsv", std::process::id()))
     })
 }
