@@ -60,7 +60,8 @@ fuzz_target!(|data: &[u8]| {
                     i.n.checked_mul(i.rows).and_then(|x| x.checked_mul(i.cols))
                 );
                 let set = i.to_image_set();
-                assert_eq!(set.images.len(), set.n * set.image_len());
+                assert_eq!(set.uniform_size(), Some((i.rows, i.cols)));
+                assert_eq!(set.pixels().len(), set.n * set.channels * i.rows * i.cols);
             }
             Err(e) => assert!(named(e, name), "{e}"),
         }
