@@ -319,6 +319,8 @@ fn run_in_pool(threads: usize, m: usize, n: usize, k: usize, beta: f32) -> Vec<u
 fn bit_identical_for_1_2_3_threads() {
     for (m, n, k) in [
         (300, 500, 600),
+        (256, 256, 256),
+        (100, 200, 400),
         (32, 5000, 300),
         (1000, 37, 520),
         (5, 4200, 27),

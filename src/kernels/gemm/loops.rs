@@ -19,7 +19,8 @@ const MAX_TILE: usize = 384;
 const MAX_NR: usize = 32;
 /// Problems with fewer multiply-adds than this run on the calling thread.
 const SEQUENTIAL_BELOW: usize = 1 << 20;
-/// Outputs smaller than this with more than two kc blocks take the one-region schedule.
+/// Outputs of at most this many elements with more than one kc block take the one-region
+/// schedule: each thread packs its own B, which costs less than two fork-joins per kc block.
 const SMALL_OUTPUT: usize = 1 << 16;
 /// B micro-panels packed per call (one parallel work item).
 const B_GROUP: usize = 8;
@@ -158,7 +159,7 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Problem<'_>) {
         let nc = K::NC.min(n - jc);
         let np = nc.div_ceil(nr);
         let (mut nb_i, nb_j) = split(mp, np, threads, mc_panels);
-        let small_deep = m * nc < SMALL_OUTPUT && kblocks > 2;
+        let small_deep = m * nc <= SMALL_OUTPUT && kblocks > 1;
         if small_deep && nb_j == 1 {
             // Each task packs its own B for every kc block: one task per thread keeps that
             // work from being repeated (its rows still go through A in mc blocks).
