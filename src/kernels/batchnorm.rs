@@ -11,13 +11,18 @@
 //!   `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `M = N * H * W`. With the fused ReLU
 //!   the mask `y > 0` is recomputed from `x` with the forward's exact arithmetic, so the
 //!   output is never read back (two passes over `dy` and `x`, one write of `dx`).
-//! - Parallelism: reductions over channels (each channel sequential, in a fixed order), the
-//!   element-wise passes over groups of whole planes; results are bit-identical for any
-//!   number of threads. Nothing is allocated.
+//! - Parallelism: every pass reads memory front to back, split over groups of whole planes.
+//!   The reductions write one partial result per block or plane into a scratch buffer, then
+//!   each channel merges its partials in index order (the order a sequential walk of the
+//!   channel would take), so results are bit-identical for any number of threads. Reading a
+//!   channel's planes one after another instead would start a new page at every plane
+//!   (a 32x32 plane is one 4 KiB page), where the hardware prefetchers stop. Nothing is
+//!   allocated in steady state (the scratch is a per-thread buffer that is reused).
 
 use crate::error::{Error, Result};
 use crate::kernels::elementwise::{check_len, CHUNK};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use wide::f32x8;
 
 /// The geometry and hyper-parameters of one BatchNorm2d: input `N x C x H x W`.
@@ -232,15 +237,73 @@ impl Moments {
     }
 }
 
-/// Moments of one channel of `x`: per block of at most 256 values (in L1 after its first
-/// touch) a corrected two-pass mean and M2, blocks merged in f64 in index order (Chan et al.).
-fn channel_moments(bn: &BatchNorm2d, x: &[f32], c: usize) -> Moments {
-    let (hw, plane_stride) = (bn.h * bn.w, bn.c * bn.h * bn.w);
+thread_local! {
+    /// The reductions' per-block or per-plane partial results (see [`with_partials`]).
+    static PARTIALS: RefCell<Vec<f64>> = RefCell::default();
+}
+
+/// Fills `width` values per plane of the input (`N * C` planes, index order) with
+/// `part(plane, out)`, parallel over groups of whole planes of about [`CHUNK`] elements, then
+/// returns `finish(partials)`. The partials live in this thread's reused buffer (a fresh one
+/// when that is in use further up the stack).
+fn with_partials<R>(
+    bn: &BatchNorm2d,
+    width: usize,
+    part: impl Fn(usize, &mut [f64]) + Sync,
+    finish: impl FnOnce(&[f64]) -> R,
+) -> R {
+    let len = bn.n * bn.c * width;
+    let run = |buf: &mut [f64]| {
+        if len > 0 {
+            let per = (CHUNK / (bn.h * bn.w).max(1)).max(1);
+            buf.par_chunks_mut(per * width)
+                .enumerate()
+                .for_each(|(g, chunk)| {
+                    for (k, out) in chunk.chunks_exact_mut(width).enumerate() {
+                        part(g * per + k, out);
+                    }
+                });
+        }
+        finish(buf)
+    };
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            run(&mut v[..len])
+        }
+        Err(_) => run(&mut vec![0.0; len]),
+    })
+}
+
+/// Runs `finish` on the moments of every block of at most [`STAT_BLOCK`] values of every
+/// plane of `x` (a corrected two-pass mean and M2 per block, while it sits in L1), taken in
+/// memory order; [`channel_moments`] merges one channel's.
+fn with_block_moments<R>(bn: &BatchNorm2d, x: &[f32], finish: impl FnOnce(&[f64]) -> R) -> R {
+    let hw = bn.h * bn.w;
+    let width = hw.div_ceil(STAT_BLOCK) * MOMENTS_PER_CHANNEL;
+    let part = |plane: usize, out: &mut [f64]| {
+        let xp = &x[plane * hw..(plane + 1) * hw];
+        for (block, o) in xp
+            .chunks(STAT_BLOCK)
+            .zip(out.chunks_exact_mut(MOMENTS_PER_CHANNEL))
+        {
+            o.copy_from_slice(&Moments::of_block(block).to_array());
+        }
+    };
+    with_partials(bn, width, part, finish)
+}
+
+/// Moments of channel `c` from the block moments of [`with_block_moments`]: merged in `f64`
+/// in index order (image by image, block by block; Chan et al.).
+fn channel_moments(bn: &BatchNorm2d, blocks: &[f64], c: usize) -> Moments {
+    let width = (bn.h * bn.w).div_ceil(STAT_BLOCK) * MOMENTS_PER_CHANNEL;
     let mut acc = Moments::default();
     for n in 0..bn.n {
-        let plane = &x[n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw];
-        for block in plane.chunks(STAT_BLOCK) {
-            acc = acc.merge(Moments::of_block(block));
+        let plane = &blocks[(n * bn.c + c) * width..][..width];
+        for b in 0..width / MOMENTS_PER_CHANNEL {
+            acc = acc.merge(Moments::of_channel(plane, b));
         }
     }
     acc
@@ -335,39 +398,45 @@ fn train_forward_impl(
     }
     let mom = f64::from(bn.momentum);
     let eps = f64::from(bn.eps);
-    let synced: Option<&[f64]> = match sync {
-        None => None,
-        Some(BnSync { buf, reduce, .. }) => {
-            check_len(OP, buf.len(), MOMENTS_PER_CHANNEL * bn.c)?;
-            buf.par_chunks_mut(MOMENTS_PER_CHANNEL)
-                .enumerate()
-                .for_each(|(c, o)| o.copy_from_slice(&channel_moments(bn, x, c).to_array()));
-            reduce(buf)?;
-            Some(buf)
-        }
-    };
-    saved
-        .mean
-        .par_iter_mut()
-        .zip(saved.inv_std.par_iter_mut())
-        .zip(running.mean.par_iter_mut())
-        .zip(running.var.par_iter_mut())
-        .enumerate()
-        .for_each(|(c, (((sm, si), rm), rv))| {
-            // The group's moments, or one read of this process's channel.
-            let acc = match synced {
-                Some(g) => Moments::of_channel(g, c),
-                None => channel_moments(bn, x, c),
-            };
-            let m = acc.n as usize;
-            let (mean, var) = (acc.mean, (acc.m2 / m as f64).max(0.0));
-            let mean32 = mean as f32;
-            *sm = mean32;
-            *si = (1.0 / (var + eps).sqrt()) as f32;
-            let unbiased = var * m as f64 / (m - 1) as f64;
-            *rm = ((1.0 - mom) * f64::from(*rm) + mom * mean) as f32;
-            *rv = ((1.0 - mom) * f64::from(*rv) + mom * unbiased) as f32;
-        });
+    // One read of x in memory order for the block moments, merged per channel.
+    with_block_moments(bn, x, |blocks| -> Result<()> {
+        let synced: Option<&[f64]> = match sync {
+            None => None,
+            Some(BnSync { buf, reduce, .. }) => {
+                check_len(OP, buf.len(), MOMENTS_PER_CHANNEL * bn.c)?;
+                buf.par_chunks_mut(MOMENTS_PER_CHANNEL)
+                    .enumerate()
+                    .for_each(|(c, o)| {
+                        o.copy_from_slice(&channel_moments(bn, blocks, c).to_array())
+                    });
+                reduce(buf)?;
+                Some(buf)
+            }
+        };
+        saved
+            .mean
+            .par_iter_mut()
+            .zip(saved.inv_std.par_iter_mut())
+            .zip(running.mean.par_iter_mut())
+            .zip(running.var.par_iter_mut())
+            .enumerate()
+            .for_each(|(c, (((sm, si), rm), rv))| {
+                // The group's moments, or this process's channel's.
+                let acc = match synced {
+                    Some(g) => Moments::of_channel(g, c),
+                    None => channel_moments(bn, blocks, c),
+                };
+                let m = acc.n as usize;
+                let (mean, var) = (acc.mean, (acc.m2 / m as f64).max(0.0));
+                let mean32 = mean as f32;
+                *sm = mean32;
+                *si = (1.0 / (var + eps).sqrt()) as f32;
+                let unbiased = var * m as f64 / (m - 1) as f64;
+                *rm = ((1.0 - mom) * f64::from(*rm) + mom * mean) as f32;
+                *rv = ((1.0 - mom) * f64::from(*rv) + mom * unbiased) as f32;
+            });
+        Ok(())
+    })?;
     let (gamma, beta) = (p.gamma, p.beta);
     let (mean, inv_std) = (&saved.mean, &saved.inv_std);
     for_planes(bn, x, y, |c, xp, yp, _| {
@@ -633,24 +702,31 @@ fn backward_impl(
             g.dbeta.len(),
         ],
     )?;
-    let (hw, plane_stride) = (bn.h * bn.w, bn.c * bn.h * bn.w);
-    // Per channel: dbeta = sum(dy), dgamma = sum(dy * xhat).
-    g.dgamma
-        .par_iter_mut()
-        .zip(g.dbeta.par_iter_mut())
-        .enumerate()
-        .for_each(|(c, (dg, db))| {
-            let mean = saved.mean[c];
-            let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
-            for n in 0..bn.n {
-                let r = n * plane_stride + c * hw..n * plane_stride + (c + 1) * hw;
-                let (a, b) = plane_grad_sums(&dy[r.clone()], &x[r], mask(c), mean);
-                s_dy += a;
-                s_dyx += b;
-            }
-            *db = s_dy as f32;
-            *dg = (s_dyx * f64::from(saved.inv_std[c])) as f32;
-        });
+    let hw = bn.h * bn.w;
+    // Per channel: dbeta = sum(dy), dgamma = sum(dy * xhat), from per-plane sums taken in
+    // memory order and added in image order.
+    let part = |plane: usize, out: &mut [f64]| {
+        let c = plane % bn.c;
+        let r = plane * hw..(plane + 1) * hw;
+        let (a, b) = plane_grad_sums(&dy[r.clone()], &x[r], mask(c), saved.mean[c]);
+        out.copy_from_slice(&[a, b]);
+    };
+    with_partials(bn, 2, part, |sums| {
+        g.dgamma
+            .par_iter_mut()
+            .zip(g.dbeta.par_iter_mut())
+            .enumerate()
+            .for_each(|(c, (dg, db))| {
+                let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
+                for n in 0..bn.n {
+                    let plane = n * bn.c + c;
+                    s_dy += sums[2 * plane];
+                    s_dyx += sums[2 * plane + 1];
+                }
+                *db = s_dy as f32;
+                *dg = (s_dyx * f64::from(saved.inv_std[c])) as f32;
+            });
+    });
     // dgamma and dbeta stay this process's (a data-parallel step sums the parameter
     // gradients afterwards); dx needs the sums over the whole group.
     let m = bn.per_channel() as f64;
