@@ -164,29 +164,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 
 /// Sizes that sit on the tile edges of the kernel in use, plus primes.
 fn edge_sizes() -> Vec<usize> {
-    let (mr, nr) = tile_shape();
-    let mut v = vec![
-        0,
-        1,
-        2,
-        mr - 1,
-        mr,
-        mr + 1,
-        nr - 1,
-        nr,
-        nr + 1,
-        2 * nr + 1,
-        7,
-        13,
-        31,
-        63,
-        65,
-        127,
-        257,
-    ];
-    v.sort_unstable();
-    v.dedup();
-    v
+    common::tile_edge_sizes(tile_shape(), &[7, 13, 31, 63, 65, 127, 257])
 }
 
 fn dim() -> impl Strategy<Value = usize> {

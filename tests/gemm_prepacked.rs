@@ -119,28 +119,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 /// Sizes on the tile edges of the kernel in use, primes, and depths that cross the depth
 /// blocks (above 240 the depth is cut in two).
 fn edge_sizes() -> Vec<usize> {
-    let (mr, nr) = tile_shape();
-    let mut v = vec![
-        0,
-        1,
-        2,
-        mr - 1,
-        mr,
-        mr + 1,
-        nr - 1,
-        nr,
-        nr + 1,
-        2 * nr + 1,
-        7,
-        63,
-        64,
-        65,
-        241,
-        257,
-    ];
-    v.sort_unstable();
-    v.dedup();
-    v
+    common::tile_edge_sizes(tile_shape(), &[7, 63, 64, 65, 241, 257])
 }
 
 fn dim() -> impl Strategy<Value = usize> {

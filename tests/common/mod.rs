@@ -30,6 +30,18 @@ pub fn values_with_outliers(len: usize, seed: u64, outlier: f32) -> Vec<f32> {
         .collect()
 }
 
+/// GEMM sizes for the property tests: the edges of an `mr x nr` register tile (0, 1, 2,
+/// one below, at and above each of `mr` and `nr`, `2 nr + 1`) and `extra`, sorted, without
+/// repeats.
+#[allow(dead_code)] // only the GEMM tests sweep sizes
+pub fn tile_edge_sizes((mr, nr): (usize, usize), extra: &[usize]) -> Vec<usize> {
+    let mut v = vec![0, 1, 2, mr - 1, mr, mr + 1, nr - 1, nr, nr + 1, 2 * nr + 1];
+    v.extend_from_slice(extra);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Trains `t` from its current step to step `end` with its own loader; the step losses.
 #[allow(dead_code)] // not every test binary that shares this module trains
 pub fn train_to(t: &mut selfsup::train::image::Pretrainer, end: u64) -> Vec<f64> {
