@@ -387,9 +387,22 @@ pub(super) fn forward<T: RowTile>(
                     // written R planes at a time (measured 2026-12-07, 2 threads: the
                     // 3-channel stem 92-122 GFLOP/s with the block loop innermost, 114-161
                     // this way; the 32-channel layer 173-202 and 182-209).
+                    //
+                    // Meanwhile the input of the group after this one (the next one this
+                    // thread takes, usually: the pool hands out runs of consecutive
+                    // groups) is fetched towards L2, a share per row of tiles; otherwise
+                    // its padded copy would wait for it (a batch of 32 x 32 images does
+                    // not fit in the caches).
+                    let at = (xg.as_ptr() as usize - x.as_ptr() as usize) / 4 + xg.len();
+                    let next = &x[at.min(x.len())..(at + xg.len()).min(x.len())];
+                    let rows = gn * blocks * ho;
                     for img in 0..gn {
                         for b in 0..blocks {
                             for oy in 0..ho {
+                                let row = (img * blocks + b) * ho + oy;
+                                prefetch(
+                                    &next[next.len() * row / rows..next.len() * (row + 1) / rows],
+                                );
                                 for x0 in (0..wo).step_by(width) {
                                     let xs = x0..wo.min(x0 + width);
                                     tiles.run::<T>(xq, yg, img, oy, xs, b);
@@ -460,5 +473,14 @@ impl Tiles<'_> {
                 &out,
             )
         };
+    }
+}
+
+/// Hints the caches to fetch `v` towards L2, a 64-byte line at a time.
+fn prefetch(v: &[f32]) {
+    for line in v.chunks(16) {
+        // SAFETY: a prefetch only hints the caches (SSE, always present on x86_64); the
+        // address is inside `v`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
     }
 }
