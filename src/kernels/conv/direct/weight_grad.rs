@@ -229,8 +229,11 @@ fn transpose_panel(plane: &[f32], hw: usize, c0: usize, c_out: usize, part: &mut
     assert!(plane.len() >= c_out * hw && part.len() >= hw * l);
     let whole = (c_out.saturating_sub(c0).min(l) / 8) * 8;
     let s_whole = (hw / 8) * 8;
-    for s0 in (0..s_whole).step_by(8) {
-        for j0 in (0..whole).step_by(8) {
+    // Eight channels at a time down their planes: their rows are HoWo floats apart (4 KiB
+    // at 32 x 32, one L1 set), so the eight lines in use stay while the next blocks read
+    // them on; all channels per block of pixels cycled 32 such lines through one set.
+    for j0 in (0..whole).step_by(8) {
+        for s0 in (0..s_whole).step_by(8) {
             // SAFETY: the Tile's caller checked AVX2 (hence AVX); rows `c0 + j0 .. + 8`
             // < c_out of `plane` hold pixels `s0 .. s0 + 8` <= hw, and `part` rows
             // `s0 .. s0 + 8` hold columns `j0 .. j0 + 8` <= l (asserted lengths).
