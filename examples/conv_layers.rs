@@ -47,6 +47,10 @@ fn main() -> selfsup::Result<()> {
         ("l1", Conv2d::new(n, 32, 32, 32, 32, 3, 1, 1)),
         ("l2", Conv2d::new(n, 64, 16, 16, 64, 3, 1, 1)),
         ("l3", Conv2d::new(n, 128, 8, 8, 128, 3, 1, 1)),
+        ("l2c1", Conv2d::new(n, 32, 32, 32, 64, 3, 2, 1)),
+        ("l1_96", Conv2d::new(n / 2, 32, 48, 48, 32, 3, 1, 1)),
+        ("l2_96", Conv2d::new(n / 2, 64, 24, 24, 64, 3, 1, 1)),
+        ("l2c1_96", Conv2d::new(n / 2, 32, 48, 48, 64, 3, 2, 1)),
     ];
     let names: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     println!(

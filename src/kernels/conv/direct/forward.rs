@@ -43,6 +43,7 @@ pub(in crate::kernels::conv) fn forward<T: Tile>(
     let group = (GROUP_BYTES / (4 * ps))
         .min(g.n.div_ceil(MIN_GROUPS))
         .clamp(1, g.n);
+    // Wide outputs: the row tiles, over the same groups.
     if rows::suits::<T::Rows>(g) {
         return rows::forward::<T::Rows>(g, x, w, bias, relu, y, group);
     }

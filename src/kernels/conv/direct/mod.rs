@@ -8,9 +8,14 @@
 //! weights are packed once per call into L-channel panels. The whole depth runs in one pass
 //! per tile, so every output is the same sequence of fused multiply-adds whatever the threads.
 //!
+//! Outputs at least 16 pixels wide take the row tiles of `rows.rs` in the forward pass
+//! instead: the same sums with the pixels in the lanes and the channels broadcast, written
+//! straight into NCHW rows (ResNet-mini's stem and its 32 x 32 and 16 x 16 layers, and
+//! their input gradients).
+//!
 //! This file holds the tiles and what both passes share: the zero-padded copy of a group of
-//! images and the tap and pixel offset tables. The forward pass is in `forward.rs`, the
-//! weight gradient in `weight_grad.rs`.
+//! images and the tap and pixel offset tables. The forward pass is in `forward.rs` (and
+//! `rows.rs`), the weight gradient in `weight_grad.rs`.
 
 use super::Conv2d;
 use crate::kernels::gemm::avx2::gather_tile_6x16;
