@@ -73,6 +73,50 @@ fn geometry() -> impl Strategy<Value = Conv2d> {
         )
 }
 
+/// Wide outputs for the row tiles of the direct forward pass (pixels in the lanes: 8 on
+/// AVX2, 16 on AVX-512, up to 2 or 3 vectors per tile): rows of whole and partial vectors,
+/// one or several tiles per row, horizontal strides 1 to 3 (column phases), channel counts
+/// off the row tiles' 6 or 8.
+fn wide_geometry() -> impl Strategy<Value = Conv2d> {
+    (
+        (
+            1usize..3,
+            1usize..5,
+            prop_oneof![1usize..10, 13usize..18, 31usize..34],
+        ),
+        (
+            1usize..5,
+            prop_oneof![
+                16usize..21,
+                30usize..36,
+                46usize..51,
+                63usize..68,
+                95usize..99
+            ],
+        ),
+        (1usize..4, 1usize..4),
+        (1usize..3, 1usize..4),
+        (0usize..3, 0usize..3),
+    )
+        .prop_filter_map(
+            "kernel must fit",
+            |((n, ci, co), (h, w), (kh, kw), (sh, sw), (ph, pw))| {
+                let g = Conv2d {
+                    n,
+                    c_in: ci,
+                    h,
+                    w,
+                    c_out: co,
+                    kh,
+                    kw,
+                    stride: (sh, sw),
+                    pad: (ph, pw),
+                };
+                g.validate().ok().map(|_| g)
+            },
+        )
+}
+
 fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
     let x = fill(g.x_len(), seed);
     let w = fill(g.w_len(), seed + 1);
@@ -111,6 +155,11 @@ proptest! {
     fn conv_matches_direct_f64(g in geometry(), seed in any::<u64>()) {
         check_all(&g, seed)?;
     }
+
+    #[test]
+    fn wide_conv_matches_direct_f64(g in wide_geometry(), seed in any::<u64>()) {
+        check_all(&g, seed)?;
+    }
 }
 
 #[test]
@@ -118,6 +167,8 @@ fn resnet_mini_layers_match_reference() {
     // The layer shapes of the benchmark model, at a small batch.
     for g in [
         Conv2d::new(2, 3, 32, 32, 32, 3, 1, 1),
+        Conv2d::new(2, 32, 32, 32, 32, 3, 1, 1),
+        Conv2d::new(2, 3, 96, 96, 32, 3, 2, 1),
         Conv2d::new(2, 32, 16, 16, 64, 3, 2, 1),
         Conv2d::new(2, 32, 16, 16, 64, 1, 2, 0),
         Conv2d::new(2, 64, 8, 8, 64, 3, 1, 1),
@@ -221,6 +272,10 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(40, 8, 16, 16, 16, 3, 2, 1),
         Conv2d::new(6, 16, 64, 64, 8, 3, 1, 1),
         Conv2d::new(36, 16, 48, 48, 8, 3, 1, 1),
+        // Wide rows (the row tiles of the forward pass), strides 1 and 2.
+        Conv2d::new(20, 3, 32, 32, 32, 3, 1, 1),
+        Conv2d::new(9, 3, 35, 37, 20, 3, 2, 1),
+        Conv2d::new(1, 5, 8, 70, 13, 3, 1, 1),
     ] {
         let one = run_all(&g, 1);
         for t in [2, 3] {

@@ -4,7 +4,7 @@
 //! channel with the bias and the ReLU.
 
 use super::{pad_into, pixel_positions, tap_offsets, Tile, MAX_L, MAX_R, MAX_TILE};
-use super::{OFFSETS, PADDED};
+use super::{rows, OFFSETS, PADDED};
 use crate::error::Result;
 use crate::kernels::conv::{for_each_group, with_scratch, Conv2d};
 use std::cell::RefCell;
@@ -43,6 +43,10 @@ pub(in crate::kernels::conv) fn forward<T: Tile>(
     let group = (GROUP_BYTES / (4 * ps))
         .min(g.n.div_ceil(MIN_GROUPS))
         .clamp(1, g.n);
+    // Wide outputs: the row tiles, over the same groups.
+    if rows::suits::<T::Rows>(g) {
+        return rows::forward::<T::Rows>(g, x, w, bias, relu, y, group);
+    }
     // Weights as W^T in L-channel panels: wp[q][p * L + j] = W[L q + j, p].
     with_scratch(&WPANELS, panels * depth * l, |wpan| {
         for (q, panel) in wpan.chunks_exact_mut(depth * l).enumerate() {

@@ -8,9 +8,14 @@
 //! weights are packed once per call into L-channel panels. The whole depth runs in one pass
 //! per tile, so every output is the same sequence of fused multiply-adds whatever the threads.
 //!
+//! Outputs at least 16 pixels wide take the row tiles of `rows.rs` in the forward pass
+//! instead: the same sums with the pixels in the lanes and the channels broadcast, written
+//! straight into NCHW rows (ResNet-mini's stem and its 32 x 32 and 16 x 16 layers, and
+//! their input gradients).
+//!
 //! This file holds the tiles and what both passes share: the zero-padded copy of a group of
-//! images and the tap and pixel offset tables. The forward pass is in `forward.rs`, the
-//! weight gradient in `weight_grad.rs`.
+//! images and the tap and pixel offset tables. The forward pass is in `forward.rs` (and
+//! `rows.rs`), the weight gradient in `weight_grad.rs`.
 
 use super::Conv2d;
 use crate::kernels::gemm::avx2::gather_tile_6x16;
@@ -18,6 +23,7 @@ use crate::kernels::gemm::avx512::gather_tile_8x32;
 use std::cell::RefCell;
 
 mod forward;
+mod rows;
 mod weight_grad;
 
 pub(super) use forward::{forward, GROUP_BYTES, MIN_GROUPS};
@@ -33,6 +39,8 @@ const MAX_TILE: usize = 256;
 pub(super) trait Tile {
     const R: usize;
     const L: usize;
+    /// The row tile of the same instruction set, for the forward pass of wide outputs.
+    type Rows: rows::RowTile;
     /// `out[L i + j] = sum_p bases[i][offs[p]] * b[L p + j]` for `i < R`, `j < L`.
     ///
     /// # Safety
@@ -51,13 +59,14 @@ pub(super) trait Tile {
 /// A [`Tile`] named `$name` of `$r` rows by `$l` lanes on the kernel `$kernel`, which
 /// takes `&[*const f32; $r]` bases and a `&mut [f32; $r * $l]` tile.
 macro_rules! tile {
-    ($(#[$doc:meta])* $name:ident, $r:literal, $l:literal, $kernel:ident) => {
+    ($(#[$doc:meta])* $name:ident, $r:literal, $l:literal, $kernel:ident, $rows:ty) => {
         $(#[$doc])*
         pub(super) struct $name;
 
         impl Tile for $name {
             const R: usize = $r;
             const L: usize = $l;
+            type Rows = $rows;
             unsafe fn run(
                 k: usize,
                 offs: *const usize,
@@ -77,11 +86,11 @@ macro_rules! tile {
 
 tile!(
     /// The AVX2+FMA 6x16 tile.
-    Avx2Tile, 6, 16, gather_tile_6x16
+    Avx2Tile, 6, 16, gather_tile_6x16, rows::Avx2Rows
 );
 tile!(
     /// The AVX-512 8x32 tile.
-    Avx512Tile, 8, 32, gather_tile_8x32
+    Avx512Tile, 8, 32, gather_tile_8x32, rows::Avx512Rows
 );
 
 /// Whether `c_out` output channels are too few for the AVX-512 tile: at most 16 fill
