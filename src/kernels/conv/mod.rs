@@ -9,7 +9,9 @@
 //!   group of images, then 6x16 (AVX2) or 8x32 (AVX-512) register tiles whose A values per
 //!   step are broadcast straight from the padded image at `pixel position + tap offset`
 //!   (pixels x taps for the forward pass, taps x pixels for the weight gradient, summed over
-//!   groups of images in a fixed order).
+//!   groups of images in a fixed order). Forward outputs at least 16 pixels wide run on the
+//!   row tiles instead (`direct/rows.rs`: pixels of a row in the lanes, output channels
+//!   broadcast, stored straight into NCHW), with the same bits.
 //! - Implicit im2col (`im2col/`, the portable path, and 1x1 stride-1 unpadded kernels on
 //!   every CPU): GEMM with implicit im2col (Chellapilla et al. 2006 for the lowering): the
 //!   GEMM's packers read panels straight from the image. Forward per group of small images

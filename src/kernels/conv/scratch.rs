@@ -79,9 +79,11 @@ fn direct_forward(g: &Conv2d, l: usize) -> Floats {
     }
 }
 
-/// Floats of one zero-padded input image.
+/// Floats of one zero-padded input image, its rows rounded up to whole column phases (the
+/// row tiles split a padded row of width `Wp` into `sx` phases of `ceil(Wp / sx)`).
 fn padded_len(g: &Conv2d) -> usize {
-    let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+    let hp = g.h + 2 * g.pad.0;
+    let wp = (g.w + 2 * g.pad.1).div_ceil(g.stride.1.max(1)) * g.stride.1.max(1);
     g.c_in.saturating_mul(hp).saturating_mul(wp)
 }
 
