@@ -3,7 +3,9 @@
 //! call into L-channel panels), staged per block of tiles and written out channel by
 //! channel with the bias and the ReLU.
 
-use super::{pad_into, pixel_positions, tap_offsets, Tile, MAX_L, MAX_R, MAX_TILE};
+use super::{
+    pack_weight_panels, pad_into, pixel_positions, tap_offsets, Tile, MAX_L, MAX_R, MAX_TILE,
+};
 use super::{rows, OFFSETS, PADDED};
 use crate::error::Result;
 use crate::kernels::conv::{for_each_group, with_scratch, Conv2d};
@@ -49,14 +51,7 @@ pub(in crate::kernels::conv) fn forward<T: Tile>(
     }
     // Weights as W^T in L-channel panels: wp[q][p * L + j] = W[L q + j, p].
     with_scratch(&WPANELS, panels * depth * l, |wpan| {
-        for (q, panel) in wpan.chunks_exact_mut(depth * l).enumerate() {
-            for (p, row) in panel.chunks_exact_mut(l).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    let co = l * q + j;
-                    *v = if co < g.c_out { w[co * depth + p] } else { 0.0 };
-                }
-            }
-        }
+        pack_weight_panels(g, w, l, wpan);
         let wpan: &[f32] = wpan;
         with_scratch(&OFFSETS, depth, |offs| {
             tap_offsets(g, offs);

@@ -151,3 +151,17 @@ fn pad_into(g: &Conv2d, xg: &[f32], xp: &mut [f32]) {
             }
         });
 }
+
+/// The weights as `W^T` in panels of `width` output channels:
+/// `out[q][p * width + j] = W[width * q + j, p]`, zero past the last channel.
+pub(super) fn pack_weight_panels(g: &Conv2d, w: &[f32], width: usize, out: &mut [f32]) {
+    let depth = g.depth();
+    for (q, panel) in out.chunks_exact_mut(depth * width).enumerate() {
+        for (p, row) in panel.chunks_exact_mut(width).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let co = width * q + j;
+                *v = if co < g.c_out { w[co * depth + p] } else { 0.0 };
+            }
+        }
+    }
+}

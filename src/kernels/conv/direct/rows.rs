@@ -357,14 +357,7 @@ pub(super) fn forward<T: RowTile>(
     let sx = g.stride.1;
     // Weights in R-channel panels: wpk[b][p * R + i] = W[R b + i, p].
     with_scratch(&RPANELS, blocks * depth * r, |wpk| {
-        for (b, panel) in wpk.chunks_exact_mut(depth * r).enumerate() {
-            for (p, row) in panel.chunks_exact_mut(r).enumerate() {
-                for (i, v) in row.iter_mut().enumerate() {
-                    let co = r * b + i;
-                    *v = if co < g.c_out { w[co * depth + p] } else { 0.0 };
-                }
-            }
-        }
+        super::pack_weight_panels(g, w, r, wpk);
         let wpk: &[f32] = wpk;
         with_scratch(&ROFFSETS, depth, |offs| {
             let taps = (0..g.c_in).flat_map(|ci| {
