@@ -10,6 +10,32 @@ use selfsup::kernels::conv::{
 };
 use selfsup::kernels::reference::conv as refc;
 
+/// Sizes as the strategies draw them, `((n, c_in, c_out), (h, w), (kh, kw), (sh, sw),
+/// (ph, pw))`.
+type Sizes = (
+    (usize, usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+);
+
+/// The geometry of drawn sizes, when the kernel fits the padded image.
+fn valid_geometry(((n, ci, co), (h, w), (kh, kw), (sh, sw), (ph, pw)): Sizes) -> Option<Conv2d> {
+    let g = Conv2d {
+        n,
+        c_in: ci,
+        h,
+        w,
+        c_out: co,
+        kh,
+        kw,
+        stride: (sh, sw),
+        pad: (ph, pw),
+    };
+    g.validate().ok().map(|_| g)
+}
+
 fn fill(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -54,23 +80,7 @@ fn geometry() -> impl Strategy<Value = Conv2d> {
         (1usize..4, 1usize..4),
         (0usize..3, 0usize..3),
     )
-        .prop_filter_map(
-            "kernel must fit",
-            |((n, ci, co), (h, w), (kh, kw), (sh, sw), (ph, pw))| {
-                let g = Conv2d {
-                    n,
-                    c_in: ci,
-                    h,
-                    w,
-                    c_out: co,
-                    kh,
-                    kw,
-                    stride: (sh, sw),
-                    pad: (ph, pw),
-                };
-                g.validate().ok().map(|_| g)
-            },
-        )
+        .prop_filter_map("kernel must fit", valid_geometry)
 }
 
 /// Wide outputs for the row tiles of the direct forward pass (pixels in the lanes: 8 on
@@ -98,23 +108,7 @@ fn wide_geometry() -> impl Strategy<Value = Conv2d> {
         (1usize..3, 1usize..4),
         (0usize..3, 0usize..3),
     )
-        .prop_filter_map(
-            "kernel must fit",
-            |((n, ci, co), (h, w), (kh, kw), (sh, sw), (ph, pw))| {
-                let g = Conv2d {
-                    n,
-                    c_in: ci,
-                    h,
-                    w,
-                    c_out: co,
-                    kh,
-                    kw,
-                    stride: (sh, sw),
-                    pad: (ph, pw),
-                };
-                g.validate().ok().map(|_| g)
-            },
-        )
+        .prop_filter_map("kernel must fit", valid_geometry)
 }
 
 fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
