@@ -111,6 +111,35 @@ fn wide_geometry() -> impl Strategy<Value = Conv2d> {
         .prop_filter_map("kernel must fit", valid_geometry)
 }
 
+/// 1x1 unpadded kernels with a stride above 1 (the ResNet shortcut projections): odd sizes,
+/// single-pixel outputs, pixel counts on and off the 8-lane vectors, channels across the
+/// weight-gradient tile (4 x 3) and the GEMM's row panels (6 and 12 rows).
+fn pointwise_strided() -> impl Strategy<Value = Conv2d> {
+    (
+        (
+            1usize..5,
+            prop_oneof![1usize..8, 30usize..35],
+            prop_oneof![1usize..9, 11usize..14, 23usize..26, 63usize..66],
+        ),
+        (1usize..20, 1usize..20),
+        (1usize..5, 1usize..5),
+    )
+        .prop_filter_map("a stride above 1", |((n, ci, co), (h, w), (sh, sw))| {
+            let g = Conv2d {
+                n,
+                c_in: ci,
+                h,
+                w,
+                c_out: co,
+                kh: 1,
+                kw: 1,
+                stride: (sh, sw),
+                pad: (0, 0),
+            };
+            (g.stride != (1, 1)).then_some(g)
+        })
+}
+
 fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
     let x = fill(g.x_len(), seed);
     let w = fill(g.w_len(), seed + 1);
@@ -154,6 +183,39 @@ proptest! {
     fn wide_conv_matches_direct_f64(g in wide_geometry(), seed in any::<u64>()) {
         check_all(&g, seed)?;
     }
+
+    #[test]
+    fn pointwise_strided_matches_direct_f64(g in pointwise_strided(), seed in any::<u64>()) {
+        check_all(&g, seed)?;
+    }
+}
+
+/// The pointwise strided weight gradient cuts the batch into blocks of whole images (about
+/// 256 output pixels) and the blocks into at most 16 chunks: one block, several blocks per
+/// chunk, a short last block, and more blocks than chunks.
+#[test]
+fn pointwise_strided_batches_match_reference() {
+    for g in [
+        // ResNet-mini's shortcuts at a small batch.
+        Conv2d::new(3, 32, 32, 32, 64, 1, 2, 0),
+        Conv2d::new(5, 64, 16, 16, 128, 1, 2, 0),
+        // 8 x 8 outputs: 4 images a block, 10 blocks of 4 and a last one of 1.
+        Conv2d::new(41, 8, 16, 16, 12, 1, 2, 0),
+        // 2 x 2 outputs (one padded vector): 32 images a block, 19 blocks in 16 chunks.
+        Conv2d::new(600, 3, 4, 4, 5, 1, 3, 0),
+        // Unequal strides, a single input column, a single output pixel.
+        Conv2d {
+            stride: (2, 3),
+            ..Conv2d::new(7, 6, 9, 10, 7, 1, 1, 0)
+        },
+        Conv2d {
+            stride: (3, 1),
+            ..Conv2d::new(2, 5, 7, 1, 9, 1, 1, 0)
+        },
+        Conv2d::new(1, 4, 1, 1, 3, 1, 2, 0),
+    ] {
+        check_all(&g, 17).unwrap();
+    }
 }
 
 #[test]
@@ -190,6 +252,7 @@ fn gradients_match_finite_differences() {
         Conv2d::new(2, 3, 7, 6, 4, 3, 1, 1),
         Conv2d::new(1, 2, 9, 9, 3, 3, 2, 2),
         Conv2d::new(2, 3, 5, 5, 2, 1, 1, 0),
+        Conv2d::new(2, 3, 5, 7, 4, 1, 2, 0),
     ] {
         let x = fill(g.x_len(), 1);
         let w = fill(g.w_len(), 2);
@@ -270,6 +333,11 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(20, 3, 32, 32, 32, 3, 1, 1),
         Conv2d::new(9, 3, 35, 37, 20, 3, 2, 1),
         Conv2d::new(1, 5, 8, 70, 13, 3, 1, 1),
+        // Pointwise strided: weight-gradient blocks in several chunks (whole and padded
+        // pixel vectors), and more blocks than chunks.
+        Conv2d::new(41, 32, 16, 16, 64, 1, 2, 0),
+        Conv2d::new(9, 7, 15, 13, 10, 1, 3, 0),
+        Conv2d::new(600, 3, 4, 4, 5, 1, 3, 0),
     ] {
         let one = run_all(&g, 1);
         for t in [2, 3] {
@@ -298,14 +366,18 @@ fn bad_geometry_and_lengths_are_errors() {
     let mut dw = vec![0.0f32; g.w_len() + 1];
     assert!(conv2d_backward_weight(&g, &x, &y, &mut dw, false).is_err());
     // An empty batch: nothing to compute, the weight gradient is zero (or left as is).
-    let e = Conv2d::new(0, 2, 8, 8, 3, 3, 1, 1);
-    conv2d_forward(&e, &[], &vec![1.0; e.w_len()], None, false, &mut []).unwrap();
-    conv2d_backward_input(&e, &[], &vec![1.0; e.w_len()], &mut []).unwrap();
-    let mut dw = vec![5.0f32; e.w_len()];
-    conv2d_backward_weight(&e, &[], &[], &mut dw, true).unwrap();
-    assert!(dw.iter().all(|&v| v == 5.0));
-    conv2d_backward_weight(&e, &[], &[], &mut dw, false).unwrap();
-    assert!(dw.iter().all(|&v| v == 0.0));
+    for e in [
+        Conv2d::new(0, 2, 8, 8, 3, 3, 1, 1),
+        Conv2d::new(0, 2, 8, 8, 3, 1, 2, 0),
+    ] {
+        conv2d_forward(&e, &[], &vec![1.0; e.w_len()], None, false, &mut []).unwrap();
+        conv2d_backward_input(&e, &[], &vec![1.0; e.w_len()], &mut []).unwrap();
+        let mut dw = vec![5.0f32; e.w_len()];
+        conv2d_backward_weight(&e, &[], &[], &mut dw, true).unwrap();
+        assert!(dw.iter().all(|&v| v == 5.0));
+        conv2d_backward_weight(&e, &[], &[], &mut dw, false).unwrap();
+        assert!(dw.iter().all(|&v| v == 0.0));
+    }
     let huge = Conv2d::new(usize::MAX / 4, 4, 8, 8, 2, 3, 1, 1);
     assert!(huge.validate().is_err());
 }

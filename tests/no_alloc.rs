@@ -83,6 +83,9 @@ fn gemm_and_conv_allocate_nothing_in_steady_state() {
         for g in [
             Conv2d::new(4, 8, 16, 16, 16, 3, 1, 1),
             Conv2d::new(40, 8, 8, 8, 16, 3, 2, 1),
+            // Pointwise strided (the ResNet shortcuts), with whole and padded pixel vectors.
+            Conv2d::new(40, 8, 16, 16, 16, 1, 2, 0),
+            Conv2d::new(40, 8, 7, 5, 16, 1, 3, 0),
         ] {
             let x = vec![0.1f32; g.x_len()];
             let w = vec![0.2f32; g.w_len()];

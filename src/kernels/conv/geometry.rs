@@ -111,4 +111,9 @@ impl Conv2d {
     pub(super) fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0)
     }
+
+    /// A 1x1 unpadded kernel with a stride above 1 in some direction (a ResNet shortcut).
+    pub(super) fn is_pointwise_strided(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride != (1, 1) && self.pad == (0, 0)
+    }
 }

@@ -4,24 +4,32 @@
 //! The strategy depends on the geometry and the CPU's instruction set only, never on the
 //! thread count (`Conv2dImpl::choose` and `InputGradImpl::choose` below):
 //!
-//! - Direct (`direct/`, x86_64 with AVX2 or AVX-512): the forward pass and the weight
-//!   gradient run a direct convolution on the gather microkernel: a zero-padded copy of a
-//!   group of images, then 6x16 (AVX2) or 8x32 (AVX-512) register tiles whose A values per
-//!   step are broadcast straight from the padded image at `pixel position + tap offset`
-//!   (pixels x taps for the forward pass, taps x pixels for the weight gradient, summed over
-//!   groups of images in a fixed order). Forward outputs at least 16 pixels wide run on the
-//!   row tiles instead (`direct/rows.rs`: pixels of a row in the lanes, output channels
-//!   broadcast, stored straight into NCHW), with the same bits.
-//! - Implicit im2col (`im2col/`, the portable path, and 1x1 stride-1 unpadded kernels on
-//!   every CPU): GEMM with implicit im2col (Chellapilla et al. 2006 for the lowering): the
-//!   GEMM's packers read panels straight from the image. Forward per group of small images
-//!   `Y = W * col(X)` (bias and ReLU in the epilogue); weight gradient one GEMM
-//!   `dW^T = col(X) * dY^T` over every pixel of the batch, so the sum over images is never
-//!   split across threads. 1x1, stride 1, no padding: the image itself is the GEMM operand.
+//! - Direct (`direct/`, x86_64 with AVX2 or AVX-512, every kernel but the 1x1 unpadded
+//!   ones): the forward pass and the weight gradient run a direct convolution on the gather
+//!   microkernel: a zero-padded copy of a group of images, then 6x16 (AVX2) or 8x32
+//!   (AVX-512) register tiles whose A values per step are broadcast straight from the padded
+//!   image at `pixel position + tap offset` (pixels x taps for the forward pass, taps x
+//!   pixels for the weight gradient, summed over groups of images in a fixed order). Forward
+//!   outputs at least 16 pixels wide run on the row tiles instead (`direct/rows.rs`: pixels
+//!   of a row in the lanes, output channels broadcast, stored straight into NCHW), with the
+//!   same bits.
+//! - Implicit im2col (`im2col/`, the portable path but for pointwise strided kernels, and
+//!   1x1 stride-1 unpadded kernels on every CPU): GEMM with implicit im2col (Chellapilla et
+//!   al. 2006 for the lowering): the GEMM's packers read panels straight from the image.
+//!   Forward per group of small images `Y = W * col(X)` (bias and ReLU in the epilogue);
+//!   weight gradient one GEMM `dW^T = col(X) * dY^T` over every pixel of the batch, so the
+//!   sum over images is never split across threads. 1x1, stride 1, no padding: the image
+//!   itself is the GEMM operand.
+//! - Pointwise strided (`pointwise_strided.rs`, every CPU: 1x1 unpadded kernels with a
+//!   stride above 1, the ResNet shortcut projections): all three passes on the subsampled
+//!   input `Xs`. Forward per image `Y = W * Xs` by GEMM; input gradient per image
+//!   `W^T * dY` by GEMM, spread over the strided pixels of `dX` (zero elsewhere); weight
+//!   gradient `dW = dY * Xs^T` as dot products along the pixels (no transposes), the batch
+//!   cut into a fixed number of chunks whose sums are added in chunk order.
 //! - Input gradient: for stride 1 (`flipped.rs`) a forward convolution of `dY` with the
 //!   flipped, transposed kernel (padding `K - 1 - p`), by the forward's strategy; for larger
 //!   strides (`col2im.rs`) `dcol = W^T * dY` per group of images into a per-thread scratch,
-//!   then col2im accumulation into `dX`.
+//!   then col2im accumulation into `dX` (pointwise strided kernels excepted, above).
 
 mod col2im;
 #[cfg(target_arch = "x86_64")]
@@ -29,6 +37,7 @@ mod direct;
 mod flipped;
 mod geometry;
 mod im2col;
+mod pointwise_strided;
 mod scratch;
 
 pub use geometry::Conv2d;
@@ -50,14 +59,20 @@ enum Conv2dImpl {
     DirectAvx2,
     /// GEMM with implicit im2col (`im2col/`).
     Im2col,
+    /// 1x1, unpadded, strided: GEMM over the subsampled input, dot-product tiles for the
+    /// weight gradient (`pointwise_strided.rs`).
+    PointwiseStrided,
 }
 
 impl Conv2dImpl {
-    /// Direct for any kernel but the pointwise one (1x1, stride 1, unpadded) on a batch of
-    /// images when the CPU has AVX2 or AVX-512 (the AVX2 tile for a narrow `Cout`, see
-    /// `direct::narrow`); implicit im2col otherwise.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    /// Pointwise strided for 1x1 unpadded kernels with a stride above 1 on every CPU;
+    /// direct for any other kernel but the pointwise one (1x1, stride 1, unpadded) on a
+    /// batch of images when the CPU has AVX2 or AVX-512 (the AVX2 tile for a narrow `Cout`,
+    /// see `direct::narrow`); implicit im2col otherwise.
     fn choose(g: &Conv2d) -> Self {
+        if g.is_pointwise_strided() && g.n > 0 {
+            return Self::PointwiseStrided;
+        }
         #[cfg(target_arch = "x86_64")]
         if !g.is_pointwise() && g.n > 0 {
             match crate::kernels::isa() {
@@ -81,12 +96,18 @@ enum InputGradImpl {
     Flipped,
     /// `dcol = W^T * dY`, then col2im (`col2im.rs`).
     Col2im,
+    /// 1x1, unpadded, strided: `W^T * dY` spread over the strided pixels
+    /// (`pointwise_strided.rs`).
+    PointwiseStrided,
 }
 
 impl InputGradImpl {
-    /// Flipped for stride 1 with padding below the kernel size; col2im otherwise.
+    /// Pointwise strided for 1x1 unpadded kernels with a stride above 1; flipped for
+    /// stride 1 with padding below the kernel size; col2im otherwise.
     fn choose(g: &Conv2d) -> Self {
-        if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
+        if g.is_pointwise_strided() {
+            Self::PointwiseStrided
+        } else if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
             Self::Flipped
         } else {
             Self::Col2im
@@ -123,6 +144,7 @@ pub fn conv2d_forward(
         #[cfg(target_arch = "x86_64")]
         Conv2dImpl::DirectAvx2 => direct::forward::<direct::Avx2Tile>(g, x, w, bias, relu, y),
         Conv2dImpl::Im2col => im2col::forward(g, x, w, bias, relu, y),
+        Conv2dImpl::PointwiseStrided => pointwise_strided::forward(g, x, w, bias, relu, y),
     }
 }
 
@@ -158,6 +180,10 @@ pub fn conv2d_backward_weight(
             Ok(())
         }
         Conv2dImpl::Im2col => im2col::weight_grad(g, x, dy, dw, accumulate),
+        Conv2dImpl::PointwiseStrided => {
+            pointwise_strided::weight_grad(g, x, dy, dw, accumulate);
+            Ok(())
+        }
     }
 }
 
@@ -176,6 +202,7 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     match InputGradImpl::choose(g) {
         InputGradImpl::Flipped => flipped::input_grad(g, dy, w, dx),
         InputGradImpl::Col2im => col2im::input_grad(g, dy, w, dx),
+        InputGradImpl::PointwiseStrided => pointwise_strided::input_grad(g, dy, w, dx),
     }
 }
 

@@ -1,8 +1,8 @@
 //! How much per-thread scratch the convolution passes of a geometry grow to, for a memory
 //! estimate before a graph is built: the same sizes the strategies ask [`super::with_scratch`]
 //! for (`direct/forward.rs`, `direct/weight_grad.rs`, `im2col/forward.rs`, `flipped.rs`,
-//! `col2im.rs`), summed over the buffers of a forward, a weight gradient and an input
-//! gradient. Saturating, never overflowing.
+//! `col2im.rs`, `pointwise_strided.rs`), summed over the buffers of a forward, a weight
+//! gradient and an input gradient. Saturating, never overflowing.
 
 use super::{Conv2d, Conv2dImpl, InputGradImpl, GROUP_COLS};
 
@@ -57,6 +57,16 @@ fn forward(g: &Conv2d) -> Floats {
                 .saturating_mul((GROUP_COLS / hw.max(1)).clamp(1, g.n.max(1)))
                 .saturating_mul(hw),
         },
+        Conv2dImpl::PointwiseStrided => pointwise_strided(g, 0),
+    }
+}
+
+/// Pass `pass` (forward, weight gradient, input gradient) of `pointwise_strided.rs`.
+fn pointwise_strided(g: &Conv2d, pass: usize) -> Floats {
+    let s = &super::pointwise_strided::scratch(g)[pass];
+    Floats {
+        once: s.once,
+        per_thread: s.per_thread,
     }
 }
 
@@ -95,6 +105,7 @@ fn weight_grad(g: &Conv2d) -> Floats {
         Conv2dImpl::DirectAvx2 => direct_weight_grad(g, 6, 16),
         // One GEMM: its packing buffers only.
         Conv2dImpl::Im2col => Floats::default(),
+        Conv2dImpl::PointwiseStrided => pointwise_strided(g, 1),
     }
 }
 
@@ -128,6 +139,7 @@ fn direct_weight_grad(g: &Conv2d, r: usize, l: usize) -> Floats {
 
 fn input_grad(g: &Conv2d) -> Floats {
     match InputGradImpl::choose(g) {
+        InputGradImpl::PointwiseStrided => pointwise_strided(g, 2),
         // FLIPPED (the flipped kernel) once, then the forward of the transposed geometry.
         InputGradImpl::Flipped => {
             let t = Conv2d {

@@ -90,8 +90,10 @@ impl Epilogue for Fused<'_> {
                 .for_each(|(x, b)| *x += b);
         }
         if self.relu {
-            // `x < 0` is false for NaN, so NaN propagates as in PyTorch.
-            row.iter_mut().filter(|x| **x < 0.0).for_each(|x| *x = 0.0);
+            // `x < 0` is false for NaN, so NaN propagates as in PyTorch. A select, not a
+            // branch: it vectorizes, and a branch on the sign mispredicts half the time.
+            row.iter_mut()
+                .for_each(|x| *x = if *x < 0.0 { 0.0 } else { *x });
         }
     }
 
