@@ -18,8 +18,12 @@
 //!   split across threads. 1x1, stride 1, no padding: the image itself is the GEMM operand.
 //! - Input gradient: for stride 1 (`flipped.rs`) a forward convolution of `dY` with the
 //!   flipped, transposed kernel (padding `K - 1 - p`), by the forward's strategy; for larger
-//!   strides (`col2im.rs`) `dcol = W^T * dY` per group of images into a per-thread scratch,
-//!   then col2im accumulation into `dX`.
+//!   strides (or padding of at least the kernel size) with AVX2 or AVX-512 (`polyphase.rs`)
+//!   one stride-1 correlation of `dY` per residue class of the input pixels, each with its
+//!   sub-kernel, on the direct convolution's gather tiles, staged per block of input rows
+//!   and written into `dX` once; for 1x1 kernels and on the portable path (`col2im.rs`)
+//!   `dcol = W^T * dY` per group of images into a per-thread scratch, then col2im
+//!   accumulation into `dX`.
 
 mod col2im;
 #[cfg(target_arch = "x86_64")]
@@ -27,6 +31,8 @@ mod direct;
 mod flipped;
 mod geometry;
 mod im2col;
+#[cfg(target_arch = "x86_64")]
+mod polyphase;
 mod scratch;
 
 pub use geometry::Conv2d;
@@ -77,18 +83,40 @@ impl Conv2dImpl {
 enum InputGradImpl {
     /// The transposed convolution as a forward convolution (`flipped.rs`).
     Flipped,
+    /// Polyphase decomposition on the AVX-512 8x32 gather tile (`polyphase.rs`).
+    #[cfg(target_arch = "x86_64")]
+    PolyphaseAvx512,
+    /// Polyphase decomposition on the AVX2+FMA 6x16 gather tile (`polyphase.rs`), also on
+    /// AVX-512 CPUs for at most 16 input channels (the lanes).
+    #[cfg(target_arch = "x86_64")]
+    PolyphaseAvx2,
     /// `dcol = W^T * dY`, then col2im (`col2im.rs`).
     Col2im,
 }
 
 impl InputGradImpl {
-    /// Flipped for stride 1 with padding below the kernel size; col2im otherwise.
+    /// Flipped for stride 1 with padding below the kernel size; otherwise (strides above 1,
+    /// or padding of at least the kernel size) polyphase for kernels larger than 1x1 when
+    /// the CPU has AVX2 or AVX-512 (its lanes are the input channels: the AVX2 tile for a
+    /// narrow `Cin`); col2im for 1x1 kernels and on the portable path. A strided 1x1 kernel
+    /// reaches one input pixel in `sh * sw`, so its input gradient is mostly zeros and
+    /// memory-bound, and polyphase did not win it clearly (measured 2026-12-07, one thread,
+    /// the ResNet shortcuts: col2im 19.8-20.6 ms against 23-31 ms at 32 -> 64 channels,
+    /// 48x48, 256 images; even at 24x24; polyphase a little faster at 32x32, 512 images).
     fn choose(g: &Conv2d) -> Self {
         if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
-            Self::Flipped
-        } else {
-            Self::Col2im
+            return Self::Flipped;
         }
+        #[cfg(target_arch = "x86_64")]
+        match crate::kernels::isa() {
+            _ if g.kh * g.kw == 1 => {}
+            crate::kernels::Isa::Avx512 if !direct::narrow(g.c_in) => return Self::PolyphaseAvx512,
+            crate::kernels::Isa::Avx512 | crate::kernels::Isa::Avx2Fma => {
+                return Self::PolyphaseAvx2
+            }
+            crate::kernels::Isa::Portable => {}
+        }
+        Self::Col2im
     }
 }
 
@@ -173,6 +201,10 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     }
     match InputGradImpl::choose(g) {
         InputGradImpl::Flipped => flipped::input_grad(g, dy, w, dx),
+        #[cfg(target_arch = "x86_64")]
+        InputGradImpl::PolyphaseAvx512 => polyphase::input_grad::<direct::Avx512Tile>(g, dy, w, dx),
+        #[cfg(target_arch = "x86_64")]
+        InputGradImpl::PolyphaseAvx2 => polyphase::input_grad::<direct::Avx2Tile>(g, dy, w, dx),
         InputGradImpl::Col2im => col2im::input_grad(g, dy, w, dx),
     }
 }
