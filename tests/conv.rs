@@ -171,6 +171,58 @@ fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Strided geometries for the input gradient (polyphase on AVX2/AVX-512, col2im on the
+/// portable path): 3x3 and 5x5 kernels (and mixed), strides 2 and 3, padding 0 to 2, odd and
+/// even sizes down to images smaller than the kernel, and input channels (the polyphase
+/// kernel's lanes) across the 16- and 32-lane panels.
+fn strided_geometry() -> impl Strategy<Value = Conv2d> {
+    (
+        (
+            1usize..4,
+            prop_oneof![1usize..9, 14usize..19, 30usize..35, 63usize..66],
+            1usize..20,
+        ),
+        (1usize..14, 1usize..14),
+        (
+            prop_oneof![Just(3usize), Just(5)],
+            prop_oneof![Just(3usize), Just(5)],
+        ),
+        (2usize..4, 1usize..4),
+        (0usize..3, 0usize..3),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "kernel must fit",
+            |((n, ci, co), (h, w), (kh, kw), (sh, sw), (ph, pw), swap)| {
+                // Either axis may be the strided one (the other's stride 1 to 3).
+                let stride = if swap { (sw, sh) } else { (sh, sw) };
+                let g = Conv2d {
+                    n,
+                    c_in: ci,
+                    h,
+                    w,
+                    c_out: co,
+                    kh,
+                    kw,
+                    stride,
+                    pad: (ph, pw),
+                };
+                g.validate().ok().map(|_| g)
+            },
+        )
+}
+
+/// The input gradient of `g` against the f64 reference; `dx` starts as NaN, so an element
+/// left unwritten fails.
+fn check_input_grad(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
+    let w = fill(g.w_len(), seed + 1);
+    let dy = fill(g.y_len(), seed + 3);
+    let mut dx = vec![f32::NAN; g.x_len()];
+    conv2d_backward_input(g, &dy, &w, &mut dx).unwrap();
+    let (want, mag) = refc::conv2d_backward_input(g, &dy, &w);
+    close("dx", &dx, &want, &mag, g.c_out * g.kh * g.kw)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
 
@@ -187,6 +239,11 @@ proptest! {
     #[test]
     fn pointwise_strided_matches_direct_f64(g in pointwise_strided(), seed in any::<u64>()) {
         check_all(&g, seed)?;
+    }
+
+    #[test]
+    fn strided_input_grad_matches_direct_f64(g in strided_geometry(), seed in any::<u64>()) {
+        check_input_grad(&g, seed)?;
     }
 }
 
@@ -215,6 +272,50 @@ fn pointwise_strided_batches_match_reference() {
         Conv2d::new(1, 4, 1, 1, 3, 1, 2, 0),
     ] {
         check_all(&g, 17).unwrap();
+    }
+}
+
+#[test]
+fn strided_input_grad_edges_match_reference() {
+    let g = |n, c_in, (h, w), c_out, k, s, p| Conv2d {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride: (s, s),
+        pad: (p, p),
+    };
+    for k in [3, 5] {
+        for s in [2, 3] {
+            for p in 0..3 {
+                for hw in [(1, 1), (2, 3), (4, 4), (5, 6), (7, 7), (8, 9), (12, 11)] {
+                    for (c_in, c_out) in [(1, 1), (3, 5), (17, 2), (33, 9), (64, 3)] {
+                        let g = g(1, c_in, hw, c_out, k, s, p);
+                        if g.validate().is_ok() {
+                            check_input_grad(&g, (k * 100 + s * 10 + p) as u64).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Pointwise strided (taps reach one pixel class of four), kernels smaller than the
+    // stride (rows and columns no tap reaches), padding of the kernel size (stride 1 too).
+    for g in [
+        Conv2d::new(2, 32, 16, 16, 64, 1, 2, 0),
+        Conv2d::new(3, 5, 9, 10, 4, 2, 3, 0),
+        Conv2d::new(2, 4, 7, 7, 3, 2, 3, 1),
+        Conv2d::new(2, 6, 5, 5, 3, 3, 1, 3),
+        Conv2d::new(2, 6, 5, 6, 3, 2, 2, 2),
+        // The ResNet stage entries at a small batch, and many groups of images.
+        Conv2d::new(3, 32, 32, 32, 64, 3, 2, 1),
+        Conv2d::new(3, 64, 16, 16, 128, 3, 2, 1),
+        Conv2d::new(40, 16, 8, 8, 24, 3, 2, 1),
+    ] {
+        check_input_grad(&g, 5).unwrap();
     }
 }
 
@@ -338,6 +439,12 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(41, 32, 16, 16, 64, 1, 2, 0),
         Conv2d::new(9, 7, 15, 13, 10, 1, 3, 0),
         Conv2d::new(600, 3, 4, 4, 5, 1, 3, 0),
+        // Strided input gradients (polyphase): both ResNet stage entries, many groups of
+        // images, a 5x5 stride-3 kernel, tiny images.
+        Conv2d::new(20, 32, 32, 32, 64, 3, 2, 1),
+        Conv2d::new(33, 64, 16, 16, 128, 3, 2, 1),
+        Conv2d::new(50, 33, 9, 11, 7, 5, 3, 2),
+        Conv2d::new(40, 17, 2, 3, 5, 3, 2, 1),
     ] {
         let one = run_all(&g, 1);
         for t in [2, 3] {

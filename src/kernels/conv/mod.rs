@@ -28,8 +28,12 @@
 //!   cut into a fixed number of chunks whose sums are added in chunk order.
 //! - Input gradient: for stride 1 (`flipped.rs`) a forward convolution of `dY` with the
 //!   flipped, transposed kernel (padding `K - 1 - p`), by the forward's strategy; for larger
-//!   strides (`col2im.rs`) `dcol = W^T * dY` per group of images into a per-thread scratch,
-//!   then col2im accumulation into `dX` (pointwise strided kernels excepted, above).
+//!   strides (or padding of at least the kernel size) with AVX2 or AVX-512 (`polyphase.rs`)
+//!   one stride-1 correlation of `dY` per residue class of the input pixels, each with its
+//!   sub-kernel, on the direct convolution's gather tiles, staged per block of input rows
+//!   and written into `dX` once; pointwise strided kernels by their own strategy (above);
+//!   other 1x1 kernels and the portable path (`col2im.rs`) `dcol = W^T * dY` per group of
+//!   images into a per-thread scratch, then col2im accumulation into `dX`.
 
 mod col2im;
 #[cfg(target_arch = "x86_64")]
@@ -38,6 +42,8 @@ mod flipped;
 mod geometry;
 mod im2col;
 mod pointwise_strided;
+#[cfg(target_arch = "x86_64")]
+mod polyphase;
 mod scratch;
 
 pub use geometry::Conv2d;
@@ -94,6 +100,13 @@ impl Conv2dImpl {
 enum InputGradImpl {
     /// The transposed convolution as a forward convolution (`flipped.rs`).
     Flipped,
+    /// Polyphase decomposition on the AVX-512 8x32 gather tile (`polyphase.rs`).
+    #[cfg(target_arch = "x86_64")]
+    PolyphaseAvx512,
+    /// Polyphase decomposition on the AVX2+FMA 6x16 gather tile (`polyphase.rs`), also on
+    /// AVX-512 CPUs for at most 16 input channels (the lanes).
+    #[cfg(target_arch = "x86_64")]
+    PolyphaseAvx2,
     /// `dcol = W^T * dY`, then col2im (`col2im.rs`).
     Col2im,
     /// 1x1, unpadded, strided: `W^T * dY` spread over the strided pixels
@@ -103,15 +116,27 @@ enum InputGradImpl {
 
 impl InputGradImpl {
     /// Pointwise strided for 1x1 unpadded kernels with a stride above 1; flipped for
-    /// stride 1 with padding below the kernel size; col2im otherwise.
+    /// stride 1 with padding below the kernel size; otherwise (strides above 1, or padding
+    /// of at least the kernel size) polyphase for kernels larger than 1x1 when the CPU has
+    /// AVX2 or AVX-512 (its lanes are the input channels: the AVX2 tile for a narrow
+    /// `Cin`); col2im for padded 1x1 kernels and on the portable path.
     fn choose(g: &Conv2d) -> Self {
         if g.is_pointwise_strided() {
-            Self::PointwiseStrided
-        } else if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
-            Self::Flipped
-        } else {
-            Self::Col2im
+            return Self::PointwiseStrided;
         }
+        if g.stride == (1, 1) && g.pad.0 < g.kh && g.pad.1 < g.kw {
+            return Self::Flipped;
+        }
+        #[cfg(target_arch = "x86_64")]
+        match crate::kernels::isa() {
+            _ if g.kh * g.kw == 1 => {}
+            crate::kernels::Isa::Avx512 if !direct::narrow(g.c_in) => return Self::PolyphaseAvx512,
+            crate::kernels::Isa::Avx512 | crate::kernels::Isa::Avx2Fma => {
+                return Self::PolyphaseAvx2
+            }
+            crate::kernels::Isa::Portable => {}
+        }
+        Self::Col2im
     }
 }
 
@@ -201,6 +226,10 @@ pub fn conv2d_backward_input(g: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     }
     match InputGradImpl::choose(g) {
         InputGradImpl::Flipped => flipped::input_grad(g, dy, w, dx),
+        #[cfg(target_arch = "x86_64")]
+        InputGradImpl::PolyphaseAvx512 => polyphase::input_grad::<direct::Avx512Tile>(g, dy, w, dx),
+        #[cfg(target_arch = "x86_64")]
+        InputGradImpl::PolyphaseAvx2 => polyphase::input_grad::<direct::Avx2Tile>(g, dy, w, dx),
         InputGradImpl::Col2im => col2im::input_grad(g, dy, w, dx),
         InputGradImpl::PointwiseStrided => pointwise_strided::input_grad(g, dy, w, dx),
     }

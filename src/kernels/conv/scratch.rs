@@ -1,8 +1,8 @@
 //! How much per-thread scratch the convolution passes of a geometry grow to, for a memory
 //! estimate before a graph is built: the same sizes the strategies ask [`super::with_scratch`]
 //! for (`direct/forward.rs`, `direct/weight_grad.rs`, `im2col/forward.rs`, `flipped.rs`,
-//! `col2im.rs`, `pointwise_strided.rs`), summed over the buffers of a forward, a weight
-//! gradient and an input gradient. Saturating, never overflowing.
+//! `polyphase.rs`, `col2im.rs`, `pointwise_strided.rs`), summed over the buffers of a
+//! forward, a weight gradient and an input gradient. Saturating, never overflowing.
 
 use super::{Conv2d, Conv2dImpl, InputGradImpl, GROUP_COLS};
 
@@ -158,6 +158,10 @@ fn input_grad(g: &Conv2d) -> Floats {
             }
             .plus(forward(&t))
         }
+        #[cfg(target_arch = "x86_64")]
+        InputGradImpl::PolyphaseAvx512 => polyphase_input_grad(g, 32),
+        #[cfg(target_arch = "x86_64")]
+        InputGradImpl::PolyphaseAvx2 => polyphase_input_grad(g, 16),
         // COLS: dcol of a group of about GROUP_COLS columns, per thread.
         InputGradImpl::Col2im => {
             let hw = g.out_h().saturating_mul(g.out_w());
@@ -167,5 +171,27 @@ fn input_grad(g: &Conv2d) -> Floats {
                 per_thread: g.depth().saturating_mul(gn).saturating_mul(hw),
             }
         }
+    }
+}
+
+/// PP_WEIGHTS (the weights in `l`-lane panels of input channels) and PP_OFFSETS once;
+/// PP_PADDED (a group's padded `dY`) and PP_STAGE (a block of rows, `l` channels) per thread.
+#[cfg(target_arch = "x86_64")]
+fn polyphase_input_grad(g: &Conv2d, l: usize) -> Floats {
+    use super::polyphase::{axes, block_rows, group_images};
+    let (ay, ax) = axes(g);
+    let taps = g.c_out.saturating_mul(g.kh * g.kw);
+    let ps = g.c_out.saturating_mul(ay.padded).saturating_mul(ax.padded);
+    let gn = group_images(g, ps);
+    Floats {
+        once: g
+            .c_in
+            .div_ceil(l)
+            .saturating_mul(l)
+            .saturating_mul(taps)
+            .saturating_add(2 * taps),
+        per_thread: gn
+            .saturating_mul(ps)
+            .saturating_add(l.saturating_mul(block_rows(g.w)).saturating_mul(g.w)),
     }
 }
