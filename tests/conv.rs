@@ -6,8 +6,9 @@ use common::cases;
 
 use proptest::prelude::*;
 use selfsup::kernels::conv::{
-    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d,
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, conv2d_forward_residual, Conv2d,
 };
+use selfsup::kernels::elementwise::{add, add_relu};
 use selfsup::kernels::reference::conv as refc;
 
 /// Sizes as the strategies draw them, `((n, c_in, c_out), (h, w), (kh, kw), (sh, sw),
@@ -140,6 +141,50 @@ fn pointwise_strided() -> impl Strategy<Value = Conv2d> {
         })
 }
 
+/// The forward pass with a residual is, bit for bit, the forward pass without ReLU followed
+/// by the residual join (`add`, or `add_relu`), whatever the strategy stores it.
+fn check_residual(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let r = fill(g.y_len(), seed + 4);
+    for (bias, relu) in [
+        (None, false),
+        (Some(b), true),
+        (None, true),
+        (Some(b), false),
+    ] {
+        let mut plain = vec![f32::NAN; g.y_len()];
+        conv2d_forward(g, x, w, bias, false, &mut plain).unwrap();
+        let mut want = vec![f32::NAN; g.y_len()];
+        if relu {
+            add_relu(&plain, &r, &mut want).unwrap();
+        } else {
+            add(&plain, &r, &mut want).unwrap();
+        }
+        let mut y = vec![f32::NAN; g.y_len()];
+        conv2d_forward_residual(g, x, w, bias, &r, relu, &mut y).unwrap();
+        for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+            prop_assert_eq!(
+                a.to_bits(),
+                e.to_bits(),
+                "residual forward at {}: {} vs {} (bias {}, relu {})",
+                i,
+                a,
+                e,
+                bias.is_some(),
+                relu
+            );
+        }
+    }
+    let mut y = vec![0.0; g.y_len()];
+    prop_assert!(conv2d_forward_residual(g, x, w, None, &r[1..], true, &mut y).is_err());
+    Ok(())
+}
+
 fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
     let x = fill(g.x_len(), seed);
     let w = fill(g.w_len(), seed + 1);
@@ -152,6 +197,7 @@ fn check_all(g: &Conv2d, seed: u64) -> Result<(), TestCaseError> {
         let mag = refc::conv2d_forward_magnitude(g, &x, &w);
         close("y", &y, &want, &mag, taps)?;
     }
+    check_residual(g, &x, &w, &b, seed)?;
     let dy = fill(g.y_len(), seed + 3);
     let mut dx = vec![f32::NAN; g.x_len()];
     conv2d_backward_input(g, &dy, &w, &mut dx).unwrap();

@@ -265,6 +265,17 @@ pub fn add_relu(a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// Fused residual add and ReLU in place: `y <- max(y + a, 0)`, the same bits as
+/// [`add_relu`] of `y` and `a`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the lengths differ.
+pub fn add_relu_assign(y: &mut [f32], a: &[f32]) -> Result<()> {
+    check_len("add_relu_assign (a vs y)", a.len(), y.len())?;
+    par_update2(a, y, |a, y| relu_v(y + a), |a, y| relu_s(y + a));
+    Ok(())
+}
+
 /// Backward of [`add_relu`]: `dx = y > 0 ? dy : 0`, the gradient of both addends.
 ///
 /// # Errors

@@ -153,6 +153,40 @@ pub fn conv2d_forward(
     relu: bool,
     y: &mut [f32],
 ) -> Result<()> {
+    forward_impl(g, x, w, bias, None, relu, y)
+}
+
+/// `Y = act(conv(X, W) (+ bias) + R)`: the forward pass with a residual `R` of `Y`'s shape
+/// added before the optional ReLU, a residual block's join fused into the convolution
+/// before it. The same bits as [`conv2d_forward`] without ReLU followed by
+/// [`add_relu`](crate::kernels::elementwise::add_relu) (or `add`) with `R`. The row tiles
+/// and the pointwise strided strategy add `R` in their store; the others run a pass over
+/// `Y` after the convolution.
+///
+/// # Errors
+/// As [`conv2d_forward`]; a residual whose length is not `Y`'s.
+pub fn conv2d_forward_residual(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_len("conv2d residual", residual.len(), y.len())?;
+    forward_impl(g, x, w, bias, Some(residual), relu, y)
+}
+
+fn forward_impl(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
     g.validate()?;
     check_len("conv2d input", x.len(), g.x_len())?;
     check_len("conv2d weight", w.len(), g.w_len())?;
@@ -163,13 +197,47 @@ pub fn conv2d_forward(
     if g.n == 0 {
         return Ok(());
     }
+    let out = Store {
+        bias,
+        residual,
+        relu,
+    };
     match Conv2dImpl::choose(g) {
         #[cfg(target_arch = "x86_64")]
-        Conv2dImpl::DirectAvx512 => direct::forward::<direct::Avx512Tile>(g, x, w, bias, relu, y),
+        Conv2dImpl::DirectAvx512 => direct::forward::<direct::Avx512Tile>(g, x, w, out, y),
         #[cfg(target_arch = "x86_64")]
-        Conv2dImpl::DirectAvx2 => direct::forward::<direct::Avx2Tile>(g, x, w, bias, relu, y),
-        Conv2dImpl::Im2col => im2col::forward(g, x, w, bias, relu, y),
-        Conv2dImpl::PointwiseStrided => pointwise_strided::forward(g, x, w, bias, relu, y),
+        Conv2dImpl::DirectAvx2 => direct::forward::<direct::Avx2Tile>(g, x, w, out, y),
+        Conv2dImpl::Im2col => out.after(y, |bias, relu, y| im2col::forward(g, x, w, bias, relu, y)),
+        Conv2dImpl::PointwiseStrided => pointwise_strided::forward(g, x, w, out, y),
+    }
+}
+
+/// What a forward pass applies to each output as it stores it: `act(v + bias + residual)`.
+#[derive(Clone, Copy)]
+struct Store<'a> {
+    bias: Option<&'a [f32]>,
+    /// Of the output's shape, added after the bias.
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl Store<'_> {
+    /// For a strategy that applies the bias and the ReLU only: `run(bias, relu, y)`, then
+    /// the residual and the ReLU in a pass over `y` (the same operations in the same order).
+    fn after(
+        self,
+        y: &mut [f32],
+        run: impl FnOnce(Option<&[f32]>, bool, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let Some(r) = self.residual else {
+            return run(self.bias, self.relu, y);
+        };
+        run(self.bias, false, y)?;
+        if self.relu {
+            crate::kernels::elementwise::add_relu_assign(y, r)
+        } else {
+            crate::kernels::elementwise::add_assign(y, r)
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //!
 //! - Forward, per image: `Xs` gathered into a per-thread scratch (`Cin x HoWo`), then
 //!   `Y = W * Xs` by GEMM over the weights packed once per call, into a per-thread scratch
-//!   of whole row panels (no edge tiles along `Cout`), which gets the bias and the ReLU and
-//!   is copied into place.
+//!   of whole row panels (no edge tiles along `Cout`), which gets the bias, a residual if
+//!   any, and the ReLU and is copied into place.
 //! - Input gradient, per image: `W^T * dY` by GEMM over `W^T` packed once per call into a
 //!   per-thread scratch (`Cin x HoWo`), then spread into `dX`: each element of `dX` is
 //!   written once, the product at the strided positions and zero elsewhere.
@@ -23,7 +23,7 @@
 //!   number of threads.
 
 use crate::error::Result;
-use crate::kernels::conv::{with_scratch, Conv2d};
+use crate::kernels::conv::{with_scratch, Conv2d, Store};
 use crate::kernels::gemm::{
     gemm_prepacked, pack_a, pack_b, packed_a_len, packed_b_len, tile_shape, MatMut, MatRef, PackedA,
 };
@@ -155,13 +155,13 @@ pub(super) fn forward(
     g: &Conv2d,
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
+    store: Store<'_>,
     y: &mut [f32],
 ) -> Result<()> {
     let hw = g.out_h() * g.out_w();
     let (xs, ys) = (g.c_in * g.h * g.w, g.c_out * hw);
     let rows = panel_rows(g.c_out);
+    let y0 = y.as_ptr() as usize;
     with_packed_weights(MatRef::row_major(w, g.c_out, g.c_in)?, |wa| {
         let task = |(xt, yt): (&[f32], &mut [f32])| -> Result<()> {
             with_scratch(&SUB, g.c_in * hw, |sub| {
@@ -173,14 +173,21 @@ pub(super) fn forward(
                             let b = pack_b(MatRef::row_major(sub, g.c_in, hw)?, bbuf)?;
                             gemm_prepacked(1.0, wa, b, 0.0, MatMut::row_major(out, rows, hw)?)
                         })?;
-                        // The bias and the ReLU, then the output rows into place.
+                        // The bias, the residual and the ReLU, then the output rows into
+                        // place.
                         let res = &mut out[..ys];
-                        if let Some(bias) = bias {
+                        if let Some(bias) = store.bias {
                             for (row, &b) in res.chunks_exact_mut(hw).zip(bias) {
                                 row.iter_mut().for_each(|v| *v += b);
                             }
                         }
-                        if relu {
+                        if let Some(r) = store.residual {
+                            let at = (yi.as_ptr() as usize - y0) / 4;
+                            res.iter_mut()
+                                .zip(&r[at..at + ys])
+                                .for_each(|(v, &r)| *v += r);
+                        }
+                        if store.relu {
                             // `v < 0` is false for NaN: NaN propagates, as in PyTorch.
                             res.iter_mut()
                                 .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });

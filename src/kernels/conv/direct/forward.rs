@@ -8,7 +8,7 @@ use super::{
 };
 use super::{rows, OFFSETS, PADDED};
 use crate::error::Result;
-use crate::kernels::conv::{for_each_group, with_scratch, Conv2d};
+use crate::kernels::conv::{for_each_group, with_scratch, Conv2d, Store};
 use std::cell::RefCell;
 
 /// Tiles of pixels the forward pass stages before writing them out per channel.
@@ -25,20 +25,18 @@ pub(in crate::kernels::conv) const GROUP_BYTES: usize = 256 * 1024;
 /// The fewest groups (tasks) a batch is cut into when it has that many images, in the
 /// forward pass and, as chunks, in the weight gradient.
 pub(in crate::kernels::conv) const MIN_GROUPS: usize = 16;
+
+/// `Y = act(conv(X, W) + bias + residual)`: the row tiles for wide outputs (residual in
+/// their store), the gather tiles otherwise.
 pub(in crate::kernels::conv) fn forward<T: Tile>(
     g: &Conv2d,
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
+    out: Store<'_>,
     y: &mut [f32],
 ) -> Result<()> {
-    let (ho, wo) = (g.out_h(), g.out_w());
     let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
-    let depth = g.depth();
-    let (xs, ys, ps) = (g.c_in * g.h * g.w, g.c_out * ho * wo, g.c_in * hp * wp);
-    let l = T::L;
-    let panels = g.c_out.div_ceil(l);
+    let ps = g.c_in * hp * wp;
     // At most GROUP_BYTES per group, and at least MIN_GROUPS groups: a batch of small
     // images (a sentence is 1 x L) would otherwise fit in two or three groups, which
     // two threads split unevenly. Every output is the same sums whatever the grouping.
@@ -47,8 +45,28 @@ pub(in crate::kernels::conv) fn forward<T: Tile>(
         .clamp(1, g.n);
     // Wide outputs: the row tiles, over the same groups.
     if rows::suits::<T::Rows>(g) {
-        return rows::forward::<T::Rows>(g, x, w, bias, relu, y, group);
+        return rows::forward::<T::Rows>(g, x, w, out, y, group);
     }
+    out.after(y, |bias, relu, y| {
+        gather_forward::<T>(g, x, w, bias, relu, y, group)
+    })
+}
+
+/// The gather tiles' forward pass over groups of `group` images.
+fn gather_forward<T: Tile>(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    group: usize,
+) -> Result<()> {
+    let (ho, wo) = (g.out_h(), g.out_w());
+    let depth = g.depth();
+    let (xs, ys) = (g.c_in * g.h * g.w, g.c_out * ho * wo);
+    let l = T::L;
+    let panels = g.c_out.div_ceil(l);
     // Weights as W^T in L-channel panels: wp[q][p * L + j] = W[L q + j, p].
     with_scratch(&WPANELS, panels * depth * l, |wpan| {
         pack_weight_panels(g, w, l, wpan);

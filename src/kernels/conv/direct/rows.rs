@@ -17,7 +17,7 @@
 
 use super::PADDED;
 use crate::error::Result;
-use crate::kernels::conv::{for_each_group, with_scratch, Conv2d};
+use crate::kernels::conv::{for_each_group, with_scratch, Conv2d, Store};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -28,13 +28,15 @@ thread_local! {
 
 /// Where a row tile goes and what is applied on the way: `rows` channels, each `stride`
 /// floats after the previous one from `y`, `n` pixels each; `bias` (null for none) holds
-/// `rows` values.
+/// `rows` values; `res` (null for none) is read at the same offsets as `y`.
 pub(in crate::kernels::conv) struct RowOut {
     pub y: *mut f32,
     pub stride: usize,
     pub rows: usize,
     pub n: usize,
     pub bias: *const f32,
+    /// Null for none; else laid out as `y`, added after the bias.
+    pub res: *const f32,
     pub relu: bool,
 }
 
@@ -43,14 +45,16 @@ pub(in crate::kernels::conv) trait RowTile {
     const R: usize;
     const LANES: usize;
     const VMAX: usize;
-    /// `y[r * stride + j] = act(sum_p x[offs[p] + j] * w[R p + r] (+ bias[r]))` for
-    /// `r < out.rows`, `j < out.n`, with `v = out.n.div_ceil(LANES)` vectors.
+    /// `y[r * stride + j] = act(sum_p x[offs[p] + j] * w[R p + r] (+ bias[r])
+    /// (+ res[r * stride + j]))` for `r < out.rows`, `j < out.n`, with
+    /// `v = out.n.div_ceil(LANES)` vectors.
     ///
     /// # Safety
     /// The kernel's CPU features must be present; `1 <= out.rows <= R`,
     /// `1 <= out.n <= LANES * VMAX`; `offs` valid for `k` reads; `x.add(o + j)` readable
     /// for every `o` in `offs[..k]` and `j < LANES * v`; `w` valid for `k * R` reads;
-    /// `y` valid for the writes above and `bias`, if not null, for `rows` reads.
+    /// `y` valid for the writes above, `res`, if not null, for the reads at the same
+    /// offsets, and `bias`, if not null, for `rows` reads.
     unsafe fn run(k: usize, offs: *const usize, x: *const f32, w: *const f32, out: &RowOut);
 }
 
@@ -146,15 +150,21 @@ unsafe fn rows_avx512<const V: usize>(
         if r >= out.rows {
             break;
         }
-        // SAFETY: `r < rows`; the caller guarantees `bias[r]` and `y[r * stride + j]`,
-        // j < n, are valid; the last vector's store is masked to the `last` pixels.
+        // SAFETY: `r < rows`; the caller guarantees `bias[r]`, `y[r * stride + j]` and
+        // `res[r * stride + j]`, j < n, are valid; the last vector's load and store are
+        // masked to the `last` pixels.
         unsafe {
             let b = (!out.bias.is_null()).then(|| _mm512_set1_ps(*out.bias.add(r)));
             let yr = out.y.add(r * out.stride);
+            let rr = (!out.res.is_null()).then(|| out.res.add(r * out.stride));
             for (i, &a) in row.iter().enumerate() {
                 let mut a = a;
                 if let Some(b) = b {
                     a = _mm512_add_ps(a, b);
+                }
+                if let Some(rr) = rr {
+                    let m = if i + 1 < V { 0xffff } else { mask };
+                    a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, rr.add(16 * i)));
                 }
                 if out.relu {
                     // max(0, a) returns `a` when it is NaN or -0, as `if a < 0 { 0 }`.
@@ -223,15 +233,25 @@ unsafe fn rows_avx2<const V: usize>(
         if r >= out.rows {
             break;
         }
-        // SAFETY: `r < rows`; the caller guarantees `bias[r]` and `y[r * stride + j]`,
-        // j < n, are valid; the last vector's store is masked to the `last` pixels.
+        // SAFETY: `r < rows`; the caller guarantees `bias[r]`, `y[r * stride + j]` and
+        // `res[r * stride + j]`, j < n, are valid; the last vector's load and store are
+        // masked to the `last` pixels.
         unsafe {
             let b = (!out.bias.is_null()).then(|| _mm256_set1_ps(*out.bias.add(r)));
             let yr = out.y.add(r * out.stride);
+            let rr = (!out.res.is_null()).then(|| out.res.add(r * out.stride));
             for (i, &a) in row.iter().enumerate() {
                 let mut a = a;
                 if let Some(b) = b {
                     a = _mm256_add_ps(a, b);
+                }
+                if let Some(rr) = rr {
+                    let v = if i + 1 < V || last == 8 {
+                        _mm256_loadu_ps(rr.add(8 * i))
+                    } else {
+                        _mm256_maskload_ps(rr.add(8 * i), mask)
+                    };
+                    a = _mm256_add_ps(a, v);
                 }
                 if out.relu {
                     // max(0, a) returns `a` when it is NaN or -0, as `if a < 0 { 0 }`.
@@ -337,14 +357,13 @@ pub(super) fn suits<T: RowTile>(g: &Conv2d) -> bool {
     wo >= MIN_WIDTH.max(T::LANES) && 8 * wo >= 7 * T::LANES * wo.div_ceil(T::LANES)
 }
 
-/// `Y = conv(X, W) (+ bias) (ReLU)` on the row tiles `T`, groups of `group` images at a
-/// time in parallel.
+/// `Y = act(conv(X, W) (+ bias) (+ residual))` on the row tiles `T`, groups of `group`
+/// images at a time in parallel.
 pub(super) fn forward<T: RowTile>(
     g: &Conv2d,
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
+    out: Store<'_>,
     y: &mut [f32],
     group: usize,
 ) -> Result<()> {
@@ -378,11 +397,15 @@ pub(super) fn forward<T: RowTile>(
                 lay,
                 offs,
                 wpk,
-                bias,
-                relu,
+                bias: out.bias,
+                relu: out.relu,
             };
+            let y0 = y.as_ptr() as usize;
             let one = |(xg, yg): (&[f32], &mut [f32])| {
                 let gn = xg.len() / xs;
+                // The group's part of the residual: at the offset of its output.
+                let at = (yg.as_ptr() as usize - y0) / 4;
+                let res = out.residual.map(|r| &r[at..at + yg.len()]);
                 // The tail lets the last tile's vectors run past the last pixel.
                 let len = gn * lay.ps + T::LANES * T::VMAX;
                 with_scratch(&PADDED, len, |xq| {
@@ -411,7 +434,7 @@ pub(super) fn forward<T: RowTile>(
                                 );
                                 for x0 in (0..wo).step_by(width) {
                                     let xs = x0..wo.min(x0 + width);
-                                    tiles.run::<T>(xq, yg, img, oy, xs, b);
+                                    tiles.run::<T>(xq, yg, res, img, oy, xs, b);
                                 }
                             }
                         }
@@ -438,11 +461,13 @@ struct Tiles<'a> {
 
 impl Tiles<'_> {
     /// The tile of channel block `b` over pixels `xs` of row `oy` of image `img` of the
-    /// group: padded input `xq`, output `yg`.
+    /// group: padded input `xq`, output `yg`, residual `res` (laid out as `yg`).
+    #[allow(clippy::too_many_arguments)]
     fn run<T: RowTile>(
         &self,
         xq: &[f32],
         yg: &mut [f32],
+        res: Option<&[f32]>,
         img: usize,
         oy: usize,
         xs: std::ops::Range<usize>,
@@ -464,12 +489,13 @@ impl Tiles<'_> {
             rows: T::R.min(g.c_out - co),
             n,
             bias: self.bias.map_or(std::ptr::null(), |b| b[co..].as_ptr()),
+            res: res.map_or(std::ptr::null(), |r| r[at..].as_ptr()),
             relu: self.relu,
         };
         // SAFETY: the caller checked the tile's CPU features; offsets grow with the tap, so
         // every read is below `end`, inside `xq` (asserted); the panel holds depth * R
         // floats; channel `co + i < Cout` of this image has its row's pixels `xs` in `yg`
-        // and its bias at `co + i`.
+        // (and in `res`, of `yg`'s length) and its bias at `co + i`.
         unsafe {
             T::run(
                 depth,
