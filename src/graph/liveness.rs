@@ -9,7 +9,8 @@
 //! (convolution, BatchNorm, max pooling, linear), the backward of its own node when that
 //! reads its output (ReLU, the residual join with ReLU, linear with ReLU); the evaluation
 //! forward that folds a BatchNorm into the convolution before it also reads the
-//! convolution's input at the BatchNorm's step. A gradient lives from the backward of the
+//! convolution's input at the BatchNorm's step (at the residual join's, when the join after
+//! the BatchNorm runs in the convolution's store too). A gradient lives from the backward of the
 //! last node taking the tensor (the first backward to write it: earlier nodes' backwards
 //! add to it, so no zeroing is needed) to its own node's backward, which reads it. A node's
 //! scratch (an input gradient on its way to being added, a masked output gradient) lives at
@@ -25,6 +26,27 @@ use std::ops::Range;
 
 use super::ops::Node;
 use super::{Mode, TensorId};
+
+/// What the evaluation forward runs together with node `k`, a convolution: nothing, the
+/// BatchNorm after it folded in, or that and the residual join after the BatchNorm (its
+/// other addend read in the convolution's store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fold {
+    None,
+    Bn,
+    BnJoin,
+}
+
+impl Fold {
+    /// The nodes after the convolution that run inside it.
+    pub(crate) fn extra(self) -> usize {
+        match self {
+            Fold::None => 0,
+            Fold::Bn => 1,
+            Fold::BnJoin => 2,
+        }
+    }
+}
 
 /// Offsets and lengths in the arena are multiples of this many `f32` (64 bytes, a cache
 /// line and an AVX-512 register).
@@ -55,10 +77,10 @@ pub(crate) struct Plan {
 }
 
 /// The plan of the passes of `mode` over `nodes` (in execution order, every tensor the
-/// output of exactly one of them; `folded[k]` whether node `k` is a convolution the
-/// evaluation forward folds into the BatchNorm after it): kept values first, in tensor
+/// output of exactly one of them; `folded[k]` what the evaluation forward runs together
+/// with node `k`): kept values first, in tensor
 /// order, then kept gradients, then every other buffer placed by [`place`].
-pub(crate) fn plan(nodes: &[Node], tensors: &Tensors<'_>, folded: &[bool], mode: Mode) -> Plan {
+pub(crate) fn plan(nodes: &[Node], tensors: &Tensors<'_>, folded: &[Fold], mode: Mode) -> Plan {
     let n = nodes.len();
     let train = mode == Mode::Train;
     let backward = |k: usize| 2 * n - 1 - k;
@@ -82,9 +104,7 @@ pub(crate) fn plan(nodes: &[Node], tensors: &Tensors<'_>, folded: &[bool], mode:
             if reads_inputs && train {
                 v.extend_to(backward(k));
             }
-            if folded[k] {
-                v.extend_to(k + 1);
-            }
+            v.extend_to(k + folded[k].extra());
             last_reader[t.0] = Some(k);
         }
         if reads_output && train {
@@ -292,9 +312,10 @@ mod tests {
                 read_by_some[t.0] = true;
             }
             // The evaluation forward of a folded pair reads the convolution's input while
-            // writing the BatchNorm's output.
-            if g.fusable[k] {
-                value[node.inputs[0].0].reads.push(k + 1);
+            // writing the BatchNorm's output (or, joined, the residual join's).
+            let extra = g.fusable[k].extra();
+            if extra > 0 {
+                value[node.inputs[0].0].reads.push(k + extra);
             }
         }
         if mode == Mode::Eval {

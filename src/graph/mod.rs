@@ -46,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::kernels::batchnorm::BnAffine;
 use crate::optim::ParamGroup;
 use dist::DistCtx;
+use liveness::Fold;
 use ops::{backward_node, conv, forward_node, Node, Op};
 use tensors::TensorInfo;
 
@@ -88,7 +89,7 @@ pub struct Graph {
     pass_end: Option<(Mode, usize)>,
     /// Per node: a convolution whose output only feeds the BatchNorm right after it, which
     /// the evaluation forward folds into the convolution (see [`Graph::set_eval_fusion`]).
-    fusable: Vec<bool>,
+    fusable: Vec<Fold>,
     eval_fusion: bool,
     /// Per node: accumulated forward and backward seconds, when profiling.
     profile: Option<Vec<(f64, f64)>>,
@@ -222,13 +223,19 @@ impl Graph {
         let mut k = 0;
         while k < count {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
-            if mode == Mode::Eval && self.eval_fusion && self.fusable[k] && k + 1 < count {
-                self.forward_conv_bn_eval(k)
+            // A folded group runs whole or not at all: a forward that stops inside it (at
+            // the BatchNorm) runs the BatchNorm on its own.
+            let fold = match self.fusable[k] {
+                Fold::BnJoin if k + 2 >= count => Fold::Bn,
+                f => f,
+            };
+            if mode == Mode::Eval && self.eval_fusion && fold != Fold::None && k + 1 < count {
+                self.forward_conv_bn_eval(k, fold == Fold::BnJoin)
                     .map_err(|e| wrap(&self.nodes[k].name, e))?;
                 if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
                     p[k].0 += t0.elapsed().as_secs_f64();
                 }
-                k += 2;
+                k += 1 + fold.extra();
                 continue;
             }
             let node = &mut self.nodes[k];
@@ -259,8 +266,10 @@ impl Graph {
         Ok(())
     }
 
-    /// Node `k` (a convolution) and node `k + 1` (BatchNorm in eval mode) as one convolution.
-    fn forward_conv_bn_eval(&mut self, k: usize) -> Result<()> {
+    /// Node `k` (a convolution) and node `k + 1` (BatchNorm in eval mode) as one convolution;
+    /// with `join`, node `k + 2` (the residual join of the BatchNorm's output and another
+    /// value) too, its other addend added in the convolution's store.
+    fn forward_conv_bn_eval(&mut self, k: usize, join: bool) -> Result<()> {
         let (Op::Conv { g, w }, Op::BatchNorm(bn)) = (&self.nodes[k].op, &self.nodes[k + 1].op)
         else {
             unreachable!("fusable marks conv + batchnorm pairs only");
@@ -271,12 +280,29 @@ impl Graph {
             gamma: p(bn.gamma),
             beta: p(bn.beta),
         };
-        let x_r = self.tensors[self.nodes[k].inputs[0].0].act_eval.clone();
-        let y_r = self.tensors[self.nodes[k + 1].output.0].act_eval.clone();
-        // The plan keeps the convolution's input alive over the BatchNorm's step.
-        let [y, x] = self
+        let range = |t: TensorId| self.tensors[t.0].act_eval.clone();
+        let x_r = range(self.nodes[k].inputs[0]);
+        let (y_r, res) = if join {
+            let j = &self.nodes[k + 2];
+            let Op::Add { relu } = j.op else {
+                unreachable!("a joined fold ends with a residual join");
+            };
+            let bn_out = self.nodes[k + 1].output;
+            let other = *j
+                .inputs
+                .iter()
+                .find(|&&t| t != bn_out)
+                .expect("two addends");
+            (range(j.output), Some((range(other), relu)))
+        } else {
+            (range(self.nodes[k + 1].output), None)
+        };
+        // The plan keeps the convolution's input (and the join's other addend) alive over
+        // the step of the last node of the group.
+        let res_r = res.as_ref().map_or(0..0, |(r, _)| r.clone());
+        let [y, x, other] = self
             .arena
-            .get_disjoint_mut([y_r, x_r])
+            .get_disjoint_mut([y_r, x_r, res_r])
             .expect("the plan keeps the buffers of one step apart");
         let fold = conv::Fold {
             w: &mut self.fold_w,
@@ -284,7 +310,11 @@ impl Graph {
             shift: &mut self.fold_shift,
         };
         let (m, v) = (b(bn.mean), b(bn.var));
-        conv::forward_bn_folded(g, x, p(*w), &bn.bn, affine, m, v, bn.relu, fold, y)
+        let (relu, res) = match res {
+            Some((_, relu)) => (relu, Some(&*other)),
+            None => (bn.relu, None),
+        };
+        conv::forward_bn_folded(g, x, p(*w), &bn.bn, affine, m, v, res, relu, fold, y)
     }
 
     /// Runs every node's backward in reverse order, from a full training forward. The loss

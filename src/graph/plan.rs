@@ -4,13 +4,13 @@
 //! evaluation forwards), and one each for the parameters, the
 //! parameter gradients and the non-trained buffers (BatchNorm running statistics), each
 //! tensor's range beside its name and shape; the convolutions the evaluation forward folds a
-//! BatchNorm into; parameters initialized from a seed as PyTorch does (Kaiming-uniform
+//! BatchNorm (and the residual join after it) into; parameters initialized from a seed as PyTorch does (Kaiming-uniform
 //! convolution and linear weights, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` from PyTorch's
 //! default `a = sqrt(5)`, linear biases from the same range, BatchNorm `gamma = 1`,
 //! `beta = 0`, running mean 0 and variance 1, embeddings N(0, 1)).
 
 use super::builder::GraphBuilder;
-use super::liveness::{plan, Plan, Tensors, ALIGN};
+use super::liveness::{plan, Fold, Plan, Tensors, ALIGN};
 use super::ops::Op;
 use super::tensors::{BufferInfo, ParamInfo, ParamKind, TensorInfo};
 use super::{err, Graph, Mode};
@@ -27,7 +27,7 @@ struct Layout {
     buffers: Vec<BufferInfo>,
     b_len: usize,
     consumed: Vec<bool>,
-    fusable: Vec<bool>,
+    fusable: Vec<Fold>,
     kept: Vec<bool>,
     fold_w: usize,
     fold_c: usize,
@@ -182,22 +182,6 @@ impl GraphBuilder {
             }
         }
         let consumed: Vec<bool> = readers.iter().map(|&r| r > 0).collect();
-        // Conv followed by a BatchNorm that is the only reader of its output.
-        let mut fusable = vec![false; self.nodes.len()];
-        let (mut fold_w, mut fold_c) = (0usize, 0usize);
-        #[allow(clippy::needless_range_loop)] // k and k + 1 index the same vector
-        for k in 0..self.nodes.len().saturating_sub(1) {
-            if let (Op::Conv { g, .. }, Op::BatchNorm { .. }) =
-                (&self.nodes[k].op, &self.nodes[k + 1].op)
-            {
-                let out = self.nodes[k].output;
-                if self.nodes[k + 1].inputs == [out] && readers[out.0] == 1 {
-                    fusable[k] = true;
-                    fold_w = fold_w.max(g.w_len());
-                    fold_c = fold_c.max(g.c_out);
-                }
-            }
-        }
         // Inputs, outputs and the marked tensors stay readable.
         let mut kept = vec![self.keep_all; n_tensors];
         for t in &self.kept {
@@ -207,6 +191,32 @@ impl GraphBuilder {
             if matches!(node.op, Op::Input) || !consumed[node.output.0] {
                 kept[node.output.0] = true;
             }
+        }
+        // Conv followed by a BatchNorm that is the only reader of its output; and, when that
+        // BatchNorm has no ReLU, the residual join right after it as the only reader of its
+        // output (which is then never written, so it must not be one that stays readable).
+        let mut fusable = vec![Fold::None; self.nodes.len()];
+        let (mut fold_w, mut fold_c) = (0usize, 0usize);
+        let nodes = &self.nodes;
+        for k in 0..nodes.len().saturating_sub(1) {
+            let (Op::Conv { g, .. }, Op::BatchNorm(bn)) = (&nodes[k].op, &nodes[k + 1].op) else {
+                continue;
+            };
+            let out = nodes[k].output;
+            if nodes[k + 1].inputs != [out] || readers[out.0] != 1 {
+                continue;
+            }
+            let bn_out = nodes[k + 1].output;
+            let joins = nodes.get(k + 2).is_some_and(|j| {
+                matches!(j.op, Op::Add { .. }) && j.inputs.contains(&bn_out) && !bn.relu
+            });
+            fusable[k] = if joins && readers[bn_out.0] == 1 && !kept[bn_out.0] {
+                Fold::BnJoin
+            } else {
+                Fold::Bn
+            };
+            fold_w = fold_w.max(g.w_len());
+            fold_c = fold_c.max(g.c_out);
         }
         let has_grad: Vec<bool> = self.tensors.iter().map(|t| t.2).collect();
         let lens: Vec<usize> = self.tensors.iter().map(|t| t.1.iter().product()).collect();

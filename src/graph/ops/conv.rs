@@ -1,12 +1,15 @@
 //! Convolution nodes (no bias; square or `KH x KW` kernels), forward and backward, on
 //! [`crate::kernels::conv`]; and the evaluation forward of a convolution with the BatchNorm
-//! after it folded in (`w' = w * scale[c]`, the shift as the convolution's bias).
+//! after it folded in (`w' = w * scale[c]`, the shift as the convolution's bias), and the
+//! residual join after that BatchNorm added in the convolution's store.
 
 use super::InputGrads;
 use crate::error::Result;
 use crate::graph::TensorId;
 use crate::kernels::batchnorm::{batchnorm_fold, BatchNorm2d, BnAffine};
-use crate::kernels::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2d};
+use crate::kernels::conv::{
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, conv2d_forward_residual, Conv2d,
+};
 use crate::kernels::elementwise::{copy, scale};
 
 // x [N, C_in, H, W], w [C_out, C_in, KH, KW] -> y [N, C_out, H_out, W_out]
@@ -43,7 +46,8 @@ pub(crate) struct Fold<'a> {
 
 /// A convolution and the evaluation BatchNorm after it (with its running statistics and
 /// fused ReLU) as one convolution: the BatchNorm's `scale` multiplies each output channel's
-/// weights and its `shift` becomes the bias.
+/// weights and its `shift` becomes the bias. With `residual`, the residual join after the
+/// BatchNorm too (`relu` then the join's).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_bn_folded(
     g: &Conv2d,
@@ -53,6 +57,7 @@ pub(crate) fn forward_bn_folded(
     affine: BnAffine<'_>,
     running_mean: &[f32],
     running_var: &[f32],
+    residual: Option<&[f32]>,
     relu: bool,
     fold: Fold<'_>,
     y: &mut [f32],
@@ -73,5 +78,8 @@ pub(crate) fn forward_bn_folded(
     for (dst, &s) in fw.chunks_exact_mut(per).zip(&*fold_scale) {
         scale(dst, s);
     }
-    conv2d_forward(g, x, fw, Some(fold_shift), relu, y)
+    match residual {
+        Some(r) => conv2d_forward_residual(g, x, fw, Some(fold_shift), r, relu, y),
+        None => conv2d_forward(g, x, fw, Some(fold_shift), relu, y),
+    }
 }
