@@ -82,9 +82,9 @@ impl Graph {
     pub fn is_readable(&self, t: TensorId) -> bool {
         let info = &self.tensors[t.0];
         info.kept
-            || self
-                .pass_end
-                .is_some_and(|(mode, s)| info.life(mode).contains(s))
+            || self.pass_end.is_some_and(|(mode, s)| {
+                info.life(mode).contains(s) && !self.train_fusion_skipped(t, mode, s)
+            })
     }
 
     /// The value of a tensor after the last forward.
