@@ -863,6 +863,64 @@ fn non_finite_inputs_stop_with_the_node_named() {
     assert!(e.contains("'loss'") && e.contains("non-finite"), "{e}");
 }
 
+/// Training passes fuse each BatchNorm without ReLU with the residual join after it; the
+/// losses, every parameter gradient, the parameters and running statistics after three SGD
+/// steps are those of the unfused passes to the bit, in pools of 1 and 2 threads, for the
+/// ResNet's joins (with ReLU, after identity and projection shortcuts) and one without ReLU.
+#[test]
+fn train_fusion_changes_no_bit() {
+    let resnet = || {
+        let m = simclr(&tiny(), 6, 0.2, 5).unwrap();
+        let x = values(m.graph.shape(m.input).iter().product(), 3);
+        let mut g = m.graph;
+        g.input_mut(m.input).unwrap().copy_from_slice(&x);
+        (g, m.loss)
+    };
+    let plain_join = || {
+        // conv -> BatchNorm -> add (no ReLU) with another branch, then a classifier.
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[3, 2, 5, 5]).unwrap();
+        let c = b.conv2d("c", x, 4, 3, 1, 1).unwrap();
+        let s = b.conv2d("s", x, 4, 1, 1, 0).unwrap();
+        let n = b.batchnorm("bn", c, false).unwrap();
+        let a = b.add("join", s, n, false).unwrap();
+        let p = b.global_avg_pool("pool", a).unwrap();
+        let logits = b.linear("fc", p, 3, true, false).unwrap();
+        let loss = b.softmax_cross_entropy("loss", logits).unwrap();
+        let mut g = b.build(8).unwrap();
+        g.input_mut(x).unwrap().copy_from_slice(&values(150, 12));
+        g.set_labels(loss, &[0, 2, 1]).unwrap();
+        (g, loss)
+    };
+    type Build = dyn Fn() -> (Graph, TensorId) + Sync;
+    let run = |build: &Build, threads: usize, fused: bool| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let (mut g, loss) = build();
+                g.set_train_fusion(fused);
+                let mut bits = Vec::new();
+                for _ in 0..3 {
+                    g.forward(Mode::Train).unwrap();
+                    g.backward().unwrap();
+                    bits.push(g.loss(loss).to_bits());
+                    bits.extend(g.param_grads().iter().map(|v| v.to_bits()));
+                    sgd(&mut g, 0.1);
+                }
+                bits.extend(g.params().iter().map(|v| v.to_bits()));
+                bits.extend(g.buffers().iter().map(|v| v.to_bits()));
+                bits
+            })
+    };
+    for build in [&resnet as &Build, &plain_join] {
+        let want = run(build, 1, false);
+        assert_eq!(want, run(build, 1, true));
+        assert_eq!(want, run(build, 2, true));
+    }
+}
+
 /// Eval mode folds each BatchNorm into the convolution before it; the result equals the
 /// unfused evaluation up to rounding, after training has moved the running statistics.
 #[test]
@@ -1066,4 +1124,40 @@ fn kept_tensors_stay_readable() {
     assert!(!g.is_readable(a));
     g.forward_to(a, Mode::Eval).unwrap();
     assert_eq!(g.value(a), all.value(a));
+}
+
+/// An evaluation forward folds a convolution, the BatchNorm after it and the residual join
+/// after that into one pass: the join's output matches the unfused evaluation, and the two
+/// values the folded group never writes are not readable (a forward that stops at the
+/// BatchNorm folds the pair only, and the BatchNorm's output is then readable).
+#[test]
+fn a_folded_join_leaves_its_inner_values_unreadable() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[3, 2, 5, 5]).unwrap();
+    let c = b.conv2d("c", x, 2, 3, 1, 1).unwrap();
+    let n = b.batchnorm("bn", c, false).unwrap();
+    let j = b.add("join", n, x, true).unwrap();
+    let h = b.global_avg_pool("pool", j).unwrap();
+    let mut g = b.build(9).unwrap();
+    g.input_mut(x).unwrap().copy_from_slice(&values(150, 41));
+    // Running statistics away from their initial values.
+    for (i, v) in g.buffers_mut().iter_mut().enumerate() {
+        *v = 0.5 + 0.25 * (i % 3) as f32;
+    }
+    g.forward_to(j, Mode::Eval).unwrap();
+    assert!(!g.is_readable(c) && !g.is_readable(n) && g.is_readable(j));
+    let fused = g.value(j).to_vec();
+    g.forward(Mode::Eval).unwrap();
+    assert!(g.is_readable(h));
+    g.set_eval_fusion(false);
+    g.forward_to(j, Mode::Eval).unwrap();
+    assert!(g.is_readable(n));
+    let scale = fused.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    assert!(scale > 0.0 && fused.contains(&0.0));
+    for (a, e) in fused.iter().zip(g.value(j)) {
+        assert!((a - e).abs() <= 1e-5 * scale, "{a} vs {e}");
+    }
+    g.set_eval_fusion(true);
+    g.forward_to(n, Mode::Eval).unwrap();
+    assert!(!g.is_readable(c) && g.is_readable(n));
 }

@@ -10,9 +10,10 @@ use common::cases;
 
 use proptest::prelude::*;
 use selfsup::kernels::batchnorm::{
-    batchnorm_backward, batchnorm_fold, batchnorm_forward_eval, batchnorm_forward_train,
-    batchnorm_relu_backward, batchnorm_relu_forward_eval, batchnorm_relu_forward_train,
-    BatchNorm2d, BnAffine, BnGrads, BnRunning, BnSaved,
+    batchnorm_add_backward, batchnorm_add_forward_train, batchnorm_backward, batchnorm_fold,
+    batchnorm_forward_eval, batchnorm_forward_train, batchnorm_relu_backward,
+    batchnorm_relu_forward_eval, batchnorm_relu_forward_train, BatchNorm2d, BnAffine, BnGrads,
+    BnRunning, BnSaved,
 };
 use selfsup::kernels::elementwise::{
     add, add_assign, add_relu, add_relu_backward, axpy, dot, relu, relu_backward,
@@ -392,6 +393,30 @@ fn dims(bn: &BatchNorm2d) -> (usize, usize, usize) {
     (bn.n, bn.c, bn.h * bn.w)
 }
 
+/// Absolute tolerances `(dx, dgamma)` of a BatchNorm backward against the f64 reference,
+/// for an output gradient no larger than `k.dy` element by element.
+fn bn_backward_tolerances(k: &BnCase, saved: &BnSaved) -> (f64, f64) {
+    let m = k.bn.per_channel() as f64;
+    let gmax = k
+        .gamma
+        .iter()
+        .fold(1.0f64, |a, &g| a.max(f64::from(g).abs()));
+    let invmax = saved
+        .inv_std
+        .iter()
+        .fold(1.0f64, |a, &v| a.max(f64::from(v)));
+    // The saved f32 mean is off by up to half an ulp of |x|; dgamma = sum(dy (x - mean))
+    // * inv_std inherits that times sum |dy| (PyTorch saves an f32 mean too).
+    let xmax = k.x.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+    let dysum: f64 = k.dy.iter().map(|&v| f64::from(v).abs()).sum();
+    let dg_tol = 1e-5 * m + f64::from(f32::EPSILON) * xmax * invmax * dysum;
+    // ... and shifts every xhat by e = delta * inv_std, which moves dx by at most
+    // gamma * inv_std * e * (|sum dy xhat| + max|xhat| |sum dy|) / M, |xhat| <= sqrt(M).
+    let e = f64::from(f32::EPSILON) * xmax * invmax;
+    let dx_tol = 1e-5 * gmax * invmax * 8.0 + gmax * invmax * e * 2.0 * m.sqrt() * dysum / m;
+    (dx_tol, dg_tol)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
 
@@ -448,18 +473,8 @@ proptest! {
         let (_, saved, _, _) = bn_train(&k, false);
         let (dx, dg, db) = bn_backward(&k, &saved, None);
         let (wdx, wdg, wdb) = r::batchnorm_backward_f64(dims(&k.bn), &k.x, &k.gamma, &k.dy, k.bn.eps);
+        let (dx_tol, dg_tol) = bn_backward_tolerances(&k, &saved);
         let m = k.bn.per_channel() as f64;
-        let gmax = k.gamma.iter().fold(1.0f64, |a, &g| a.max(f64::from(g).abs()));
-        let invmax = saved.inv_std.iter().fold(1.0f64, |a, &v| a.max(f64::from(v)));
-        // The saved f32 mean is off by up to half an ulp of |x|; dgamma = sum(dy (x - mean))
-        // * inv_std inherits that times sum |dy| (PyTorch saves an f32 mean too).
-        let xmax = k.x.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
-        let dysum: f64 = k.dy.iter().map(|&v| f64::from(v).abs()).sum();
-        let dg_tol = 1e-5 * m + f64::from(f32::EPSILON) * xmax * invmax * dysum;
-        // ... and shifts every xhat by e = delta * inv_std, which moves dx by at most
-        // gamma * inv_std * e * (|sum dy xhat| + max|xhat| |sum dy|) / M, |xhat| <= sqrt(M).
-        let e = f64::from(f32::EPSILON) * xmax * invmax;
-        let dx_tol = 1e-5 * gmax * invmax * 8.0 + gmax * invmax * e * 2.0 * m.sqrt() * dysum / m;
         close("bn dx", &dx, &wdx, 1e-3, dx_tol);
         close("bn dgamma", &dg, &wdg, 1e-4, dg_tol);
         close("bn dbeta", &db, &wdb, 1e-5, 1e-6 * m);
@@ -472,6 +487,64 @@ proptest! {
         close("bn+relu dx", &rdx, &wdx, 1e-3, dx_tol);
         close("bn+relu dgamma", &rdg, &wdg, 1e-4, dg_tol);
         close("bn+relu dbeta", &rdb, &wdb, 1e-5, 1e-6 * m);
+    }
+
+    /// BatchNorm fused with the residual join after it: the bits of the training forward
+    /// followed by `add` (`add_relu`), and of `add_relu_backward` (a copy) followed by the
+    /// backward, for any pool size; and the f64 references.
+    #[test]
+    fn batchnorm_add_matches_the_unfused_kernels_and_reference(
+        k in bn_strategy(),
+        relu in any::<bool>(),
+        threads in 1usize..4,
+    ) {
+        let (len, c) = (k.bn.len(), k.bn.c);
+        let addend: Vec<f32> = k.dy.iter().rev().map(|&v| v * 3.0).collect();
+        let p = BnAffine { gamma: &k.gamma, beta: &k.beta };
+        // Unfused.
+        let (y, saved, rm, rv) = bn_train(&k, false);
+        let mut want = vec![f32::NAN; len];
+        if relu { add_relu(&y, &addend, &mut want).unwrap() } else { add(&y, &addend, &mut want).unwrap() }
+        let mut g = k.dy.clone();
+        if relu { add_relu_backward(&want, &k.dy, &mut g).unwrap() }
+        let (dx, dg, db) = bn_backward(&BnCase { dy: g.clone(), ..k.clone() }, &saved, None);
+        // Fused, in a pool of `threads`.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let (out, fsaved, frm, frv, dadd, fdx, fdg, fdb) = pool.install(|| {
+            let (mut out, mut fsaved) = (vec![f32::NAN; len], BnSaved::new(c));
+            let (mut frm, mut frv) = (k.rm.clone(), k.rv.clone());
+            let run = BnRunning { mean: &mut frm, var: &mut frv };
+            batchnorm_add_forward_train(&k.bn, p, &k.x, &addend, run, &mut fsaved, relu, &mut out).unwrap();
+            let mut dadd = vec![f32::NAN; len];
+            let (mut fdx, mut fdg, mut fdb) = (vec![f32::NAN; len], vec![f32::NAN; c], vec![f32::NAN; c]);
+            let grads = BnGrads { dx: &mut fdx, dgamma: &mut fdg, dbeta: &mut fdb };
+            let ymask = relu.then_some(&out[..]);
+            batchnorm_add_backward(&k.bn, &k.gamma, &fsaved, &k.x, ymask, &k.dy, &mut dadd, grads).unwrap();
+            (out, fsaved, frm, frv, dadd, fdx, fdg, fdb)
+        });
+        prop_assert_eq!(bits(&out), bits(&want));
+        prop_assert_eq!(&fsaved, &saved);
+        prop_assert_eq!((bits(&frm), bits(&frv)), (bits(&rm), bits(&rv)));
+        prop_assert_eq!(bits(&dadd), bits(&g));
+        prop_assert_eq!((bits(&fdx), bits(&fdg), bits(&fdb)), (bits(&dx), bits(&dg), bits(&db)));
+        // The references: act(bn(x) + addend), and the BatchNorm backward of the masked
+        // gradient.
+        let (wy, _, _) = r::batchnorm_train_f64(dims(&k.bn), &k.x, &k.gamma, &k.beta, k.bn.eps);
+        let wout: Vec<f64> = wy.iter().zip(&addend).map(|(&v, &a)| {
+            let s = v + f64::from(a);
+            if relu { s.max(0.0) } else { s }
+        }).collect();
+        let xmax = k.x.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+        let amax = addend.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+        let gi = (0..c).fold(0.0f64, |a, ch| a.max(f64::from(k.gamma[ch]).abs() * f64::from(saved.inv_std[ch])));
+        let atol = 2e-5 + 2.0 * f64::from(f32::EPSILON) * (xmax * gi + amax);
+        close("bn+add y", &out, &wout, 1e-4, atol);
+        let (wdx, wdg, wdb) = r::batchnorm_backward_f64(dims(&k.bn), &k.x, &k.gamma, &g, k.bn.eps);
+        let (dx_tol, dg_tol) = bn_backward_tolerances(&k, &saved);
+        let m = k.bn.per_channel() as f64;
+        close("bn+add dx", &fdx, &wdx, 1e-3, dx_tol);
+        close("bn+add dgamma", &fdg, &wdg, 1e-4, dg_tol);
+        close("bn+add dbeta", &fdb, &wdb, 1e-5, 1e-6 * m);
     }
 }
 

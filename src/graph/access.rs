@@ -3,6 +3,7 @@
 //! Quick Thoughts targets and triplets, checked as they are set) and what it reads out
 //! (losses, accuracies).
 
+use super::liveness::Fold;
 use super::ops::{Node, Op};
 use super::{err, BufferInfo, Graph, Mode, ParamInfo, TensorId};
 use crate::error::Result;
@@ -82,9 +83,26 @@ impl Graph {
     pub fn is_readable(&self, t: TensorId) -> bool {
         let info = &self.tensors[t.0];
         info.kept
-            || self
-                .pass_end
-                .is_some_and(|(mode, s)| info.life(mode).contains(s))
+            || self.pass_end.is_some_and(|(mode, s)| {
+                info.life(mode).contains(s)
+                    && !self.train_fusion_skipped(t, mode, s)
+                    && !self.eval_fold_skipped(t, mode, s)
+            })
+    }
+
+    /// Whether the value of `t` was left unwritten by the last pass (of `mode`, ended at
+    /// step `s`) because a folded group ran whole: the convolution's output, and the
+    /// BatchNorm's when the residual join ran in the convolution too.
+    fn eval_fold_skipped(&self, t: TensorId, mode: Mode, s: usize) -> bool {
+        if mode != Mode::Eval || !self.eval_fused_pass {
+            return false;
+        }
+        let Some(k) = self.nodes.iter().position(|n| n.output == t) else {
+            return false;
+        };
+        let conv = self.fusable[k] != Fold::None && s > k;
+        let bn = k > 0 && self.fusable[k - 1] == Fold::BnJoin && s > k;
+        conv || bn
     }
 
     /// The value of a tensor after the last forward.

@@ -276,10 +276,11 @@ mod tests {
         kept: bool,
     }
 
-    /// Replays a pass of `mode` (a training forward and backward, or an evaluation forward
-    /// with its folding) over the node list, recording at which step each value, gradient
-    /// and scratch is written and read, from what the node families' forward and backward
-    /// (ops/*.rs) take: independent of `plan`.
+    /// Replays a pass of `mode` (a training forward and backward with the training fusion,
+    /// or an evaluation forward with its folding) over the node list, recording at which
+    /// step each value, gradient and scratch is written and read, from what the node
+    /// families' forward and backward (ops/*.rs, train_fusion.rs) take: independent of
+    /// `plan`. A buffer the pass never touches is left out.
     fn replay(g: &Graph, mode: Mode) -> Vec<Buffer> {
         let n = g.nodes.len();
         let back = |k: usize| 2 * n - 1 - k;
@@ -305,11 +306,24 @@ mod tests {
             .collect();
         let mut scratch = Vec::new();
         let mut read_by_some = vec![false; g.tensors.len()];
+        // A training BatchNorm fused with the join after it: its output is never written
+        // nor read, nor its gradient.
+        let train = mode == Mode::Train;
+        let skipped = |k: usize| train && g.train_fusable[k];
+        let joined = |k: usize| train && k > 0 && g.train_fusable[k - 1];
         for (k, node) in g.nodes.iter().enumerate() {
-            value[node.output.0].writes.push(k);
+            if !skipped(k) {
+                value[node.output.0].writes.push(k);
+            }
             for t in &node.inputs {
-                value[t.0].reads.push(k);
+                if !joined(k) || *t != g.nodes[k - 1].output {
+                    value[t.0].reads.push(k);
+                }
                 read_by_some[t.0] = true;
+            }
+            // The fused join reads the BatchNorm's input.
+            if joined(k) {
+                value[g.nodes[k - 1].inputs[0].0].reads.push(k);
             }
             // The evaluation forward of a folded pair reads the convolution's input while
             // writing the BatchNorm's output (or, joined, the residual join's).
@@ -333,7 +347,19 @@ mod tests {
                 continue;
             }
             if let Some(b) = grad[node.output.0].as_mut() {
-                b.reads.push(s);
+                if !skipped(k) {
+                    b.reads.push(s);
+                }
+            }
+            // The fused join's backward reads the BatchNorm's input and writes the other
+            // addend's gradient only; the BatchNorm's reads that gradient back.
+            if joined(k) {
+                value[g.nodes[k - 1].inputs[0].0].reads.push(s);
+            }
+            if skipped(k) {
+                let join = &g.nodes[k + 1];
+                let other = join.inputs.iter().find(|&&t| t != node.output).unwrap();
+                grad[other.0].as_mut().unwrap().reads.push(s);
             }
             let reads_x = matches!(
                 &node.op,
@@ -348,6 +374,9 @@ mod tests {
             for t in &node.inputs {
                 if reads_x {
                     value[t.0].reads.push(s);
+                }
+                if joined(k) && *t == g.nodes[k - 1].output {
+                    continue;
                 }
                 if let Some(b) = grad[t.0].as_mut() {
                     // Overwritten by the first, added to by later ones.
@@ -370,6 +399,7 @@ mod tests {
         }
         value.extend(grad.into_iter().flatten());
         value.extend(scratch);
+        value.retain(|b| !b.writes.is_empty() || !b.reads.is_empty());
         value
     }
 
@@ -429,7 +459,14 @@ mod tests {
 
     #[test]
     fn no_two_live_buffers_share_bytes() {
-        assert_sound(&simclr(&tiny(), 3, 0.5, 1).unwrap().graph);
+        let g = simclr(&tiny(), 3, 0.5, 1).unwrap().graph;
+        // Each residual block's last BatchNorm is fused with its join in training.
+        let fused: Vec<&str> = (0..g.nodes.len())
+            .filter(|&k| g.train_fusable[k])
+            .map(|k| g.nodes[k].name.as_str())
+            .collect();
+        assert_eq!(fused.len(), 3, "{fused:?}");
+        assert_sound(&g);
         assert_sound(
             &encoder_classifier(&ResNetConfig::default(), 4, 4, 1)
                 .unwrap()

@@ -18,6 +18,8 @@
 //!   the dispatch from a node to its family.
 //! - `access.rs`: a built graph's arenas, what a step feeds in and what it reads out.
 //! - `dist.rs`: the data-parallel context of a forward or backward.
+//! - `train_fusion.rs`: training passes of a BatchNorm fused with the residual join after
+//!   it.
 //!
 //! [`Graph::forward`] runs the nodes in order, [`Graph::backward`] in reverse. A tensor read
 //! by several nodes (a residual input) receives the sum of their gradients: the first
@@ -36,6 +38,7 @@ mod liveness;
 mod ops;
 mod plan;
 mod tensors;
+mod train_fusion;
 
 pub use builder::GraphBuilder;
 pub use plan::GraphMemory;
@@ -91,6 +94,14 @@ pub struct Graph {
     /// the evaluation forward folds into the convolution (see [`Graph::set_eval_fusion`]).
     fusable: Vec<Fold>,
     eval_fusion: bool,
+    /// Per node: a BatchNorm without ReLU that a training pass fuses with the residual join
+    /// right after it (see [`Graph::set_train_fusion`]).
+    train_fusable: Vec<bool>,
+    train_fusion: bool,
+    /// Whether the last forward fused the pairs of `train_fusable`.
+    train_fused_pass: bool,
+    /// Whether the last forward was an evaluation one with [`Graph::set_eval_fusion`] on.
+    eval_fused_pass: bool,
     /// Per node: accumulated forward and backward seconds, when profiling.
     profile: Option<Vec<(f64, f64)>>,
     fold_w: Vec<f32>,
@@ -187,6 +198,16 @@ impl Graph {
         self.eval_fusion = on;
     }
 
+    /// Whether training passes fuse each BatchNorm without ReLU with the residual join
+    /// after it, `act(bn(x) + other)` (on by default; see `train_fusion.rs`): the forward
+    /// normalizes and adds in one pass and never writes the BatchNorm's output, the backward
+    /// writes the join's gradient and sums it for the BatchNorm's in one pass. The results
+    /// are bit-identical to the unfused passes. Synchronized BatchNorm over several ranks
+    /// is never fused.
+    pub fn set_train_fusion(&mut self, on: bool) {
+        self.train_fusion = on;
+    }
+
     /// Starts (or, with `false`, stops and clears) accumulating the time each node spends
     /// in forward and backward; see [`Graph::profile`].
     pub fn set_profiling(&mut self, on: bool) {
@@ -195,7 +216,8 @@ impl Graph {
 
     /// Per node: name, accumulated forward seconds, accumulated backward seconds (empty when
     /// profiling is off). A node folded into the one before it in eval mode has its time
-    /// counted there.
+    /// counted there. A BatchNorm fused with the residual join after it in training counts
+    /// its statistics and `dx` passes, the join the fused passes.
     pub fn profile(&self) -> Vec<(&str, f64, f64)> {
         self.profile
             .as_ref()
@@ -220,46 +242,55 @@ impl Graph {
         }
         self.forwarded = None;
         self.pass_end = None;
+        let fuse = mode == Mode::Train && self.train_fusing(comm);
+        self.train_fused_pass = fuse;
+        self.eval_fused_pass = mode == Mode::Eval && self.eval_fusion;
         let mut k = 0;
         while k < count {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
-            // A folded group runs whole or not at all: a forward that stops inside it (at
-            // the BatchNorm) runs the BatchNorm on its own.
+            let fused_pair = k + 1 < count && self.train_fusable[k];
+            let fused_join = k > 0 && self.train_fusable[k - 1];
+            // A folded group runs whole or not at all: an evaluation forward that stops
+            // inside it (at the BatchNorm) runs the BatchNorm on its own.
             let fold = match self.fusable[k] {
                 Fold::BnJoin if k + 2 >= count => Fold::Bn,
                 f => f,
             };
-            if mode == Mode::Eval && self.eval_fusion && fold != Fold::None && k + 1 < count {
+            // The nodes the step ran.
+            let ran = if fuse && (fused_pair || fused_join) {
+                self.forward_fused(k)
+                    .map_err(|e| wrap(&self.nodes[k].name, e))?;
+                1
+            } else if mode == Mode::Eval && self.eval_fusion && fold != Fold::None && k + 1 < count
+            {
                 self.forward_conv_bn_eval(k, fold == Fold::BnJoin)
                     .map_err(|e| wrap(&self.nodes[k].name, e))?;
-                if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
-                    p[k].0 += t0.elapsed().as_secs_f64();
-                }
-                k += 1 + fold.extra();
-                continue;
-            }
-            let node = &mut self.nodes[k];
-            forward_node(
-                node,
-                mode,
-                &self.tensors,
-                &mut self.arena,
-                &self.param,
-                &self.params,
-                &mut self.buffer,
-                &self.buffers,
-                &mut DistCtx {
-                    comm,
-                    scratch: &mut self.dist,
-                    sync_bn: self.sync_bn,
-                    local_negatives: self.local_negatives,
-                },
-            )
-            .map_err(|e| wrap(&node.name, e))?;
+                1 + fold.extra()
+            } else {
+                let node = &mut self.nodes[k];
+                forward_node(
+                    node,
+                    mode,
+                    &self.tensors,
+                    &mut self.arena,
+                    &self.param,
+                    &self.params,
+                    &mut self.buffer,
+                    &self.buffers,
+                    &mut DistCtx {
+                        comm,
+                        scratch: &mut self.dist,
+                        sync_bn: self.sync_bn,
+                        local_negatives: self.local_negatives,
+                    },
+                )
+                .map_err(|e| wrap(&node.name, e))?;
+                1
+            };
             if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
                 p[k].0 += t0.elapsed().as_secs_f64();
             }
-            k += 1;
+            k += ran;
         }
         self.forwarded = Some((mode, count));
         self.pass_end = Some((mode, count - 1));
@@ -297,13 +328,22 @@ impl Graph {
         } else {
             (range(self.nodes[k + 1].output), None)
         };
-        // The plan keeps the convolution's input (and the join's other addend) alive over
-        // the step of the last node of the group.
-        let res_r = res.as_ref().map_or(0..0, |(r, _)| r.clone());
-        let [y, x, other] = self
-            .arena
-            .get_disjoint_mut([y_r, x_r, res_r])
-            .expect("the plan keeps the buffers of one step apart");
+        // The plan keeps the convolution's input (and the join's other addend, which may be
+        // that same input) alive over the step of the last node of the group.
+        let apart = "the plan keeps the buffers of one step apart";
+        let (y, x, other): (&mut [f32], &[f32], &[f32]) = match &res {
+            Some((r, _)) if *r != x_r => {
+                let [y, x, o] = self
+                    .arena
+                    .get_disjoint_mut([y_r, x_r, r.clone()])
+                    .expect(apart);
+                (y, x, o)
+            }
+            _ => {
+                let [y, x] = self.arena.get_disjoint_mut([y_r, x_r]).expect(apart);
+                (y, x, x)
+            }
+        };
         let fold = conv::Fold {
             w: &mut self.fold_w,
             scale: &mut self.fold_scale,
@@ -311,7 +351,7 @@ impl Graph {
         };
         let (m, v) = (b(bn.mean), b(bn.var));
         let (relu, res) = match res {
-            Some((_, relu)) => (relu, Some(&*other)),
+            Some((_, relu)) => (relu, Some(other)),
             None => (bn.relu, None),
         };
         conv::forward_bn_folded(g, x, p(*w), &bn.bn, affine, m, v, res, relu, fold, y)
@@ -355,26 +395,33 @@ impl Graph {
                 self.written[t] = true;
             }
         }
+        let fuse = self.train_fusing(comm);
         for k in (0..self.nodes.len()).rev() {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
-            let node = &mut self.nodes[k];
-            backward_node(
-                node,
-                &self.tensors,
-                &mut self.arena,
-                &mut self.written,
-                self.scratch[k].clone(),
-                &self.param,
-                &mut self.param_grad,
-                &self.params,
-                &mut DistCtx {
-                    comm,
-                    scratch: &mut self.dist,
-                    sync_bn: self.sync_bn,
-                    local_negatives: self.local_negatives,
-                },
-            )
-            .map_err(|e| wrap(&node.name, e))?;
+            let fused = self.train_fusable[k] || (k > 0 && self.train_fusable[k - 1]);
+            if fuse && fused {
+                self.backward_fused(k)
+                    .map_err(|e| wrap(&self.nodes[k].name, e))?;
+            } else {
+                let node = &mut self.nodes[k];
+                backward_node(
+                    node,
+                    &self.tensors,
+                    &mut self.arena,
+                    &mut self.written,
+                    self.scratch[k].clone(),
+                    &self.param,
+                    &mut self.param_grad,
+                    &self.params,
+                    &mut DistCtx {
+                        comm,
+                        scratch: &mut self.dist,
+                        sync_bn: self.sync_bn,
+                        local_negatives: self.local_negatives,
+                    },
+                )
+                .map_err(|e| wrap(&node.name, e))?;
+            }
             if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
                 p[k].1 += t0.elapsed().as_secs_f64();
             }

@@ -4,8 +4,9 @@
 //! evaluation forwards), and one each for the parameters, the
 //! parameter gradients and the non-trained buffers (BatchNorm running statistics), each
 //! tensor's range beside its name and shape; the convolutions the evaluation forward folds a
-//! BatchNorm (and the residual join after it) into; parameters initialized from a seed as PyTorch does (Kaiming-uniform
-//! convolution and linear weights, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` from PyTorch's
+//! BatchNorm (and the residual join after it) into, and the BatchNorms a training pass fuses
+//! with the residual join after them; parameters initialized from a seed as PyTorch does
+//! (Kaiming-uniform convolution and linear weights, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` from PyTorch's
 //! default `a = sqrt(5)`, linear biases from the same range, BatchNorm `gamma = 1`,
 //! `beta = 0`, running mean 0 and variance 1, embeddings N(0, 1)).
 
@@ -28,6 +29,7 @@ struct Layout {
     b_len: usize,
     consumed: Vec<bool>,
     fusable: Vec<Fold>,
+    train_fusable: Vec<bool>,
     kept: Vec<bool>,
     fold_w: usize,
     fold_c: usize,
@@ -219,6 +221,7 @@ impl GraphBuilder {
             fold_c = fold_c.max(g.c_out);
         }
         let has_grad: Vec<bool> = self.tensors.iter().map(|t| t.2).collect();
+        let train_fusable = self.train_fusable(&readers, &kept, &has_grad);
         let lens: Vec<usize> = self.tensors.iter().map(|t| t.1.iter().product()).collect();
         // Every offset of the plans stays below this bound, so none overflows.
         unshared_bound(&lens, self.nodes.len()).ok_or_else(too_large)?;
@@ -237,6 +240,7 @@ impl GraphBuilder {
             b_len,
             consumed,
             fusable,
+            train_fusable,
             kept,
             fold_w,
             fold_c,
@@ -244,6 +248,43 @@ impl GraphBuilder {
             eval,
             arena_len,
         })
+    }
+
+    /// Per node: whether it is a BatchNorm without ReLU that a training pass fuses with the
+    /// residual join after it (see [`Graph::set_train_fusion`]): the join is the only reader
+    /// of its output, which is not kept; the join's other input is not the BatchNorm's
+    /// input, has a gradient, and no later node reads it (so the join's backward writes
+    /// that gradient first, and it holds the BatchNorm's output gradient until the
+    /// BatchNorm's backward, the next step). The liveness plan needs nothing more: the
+    /// join's step already holds the BatchNorm's input (which its backward reads), and the
+    /// BatchNorm's output and its gradient stay planned, unused.
+    fn train_fusable(&self, readers: &[usize], kept: &[bool], has_grad: &[bool]) -> Vec<bool> {
+        let nodes = &self.nodes;
+        let mut last_reader = vec![0usize; readers.len()];
+        for (k, node) in nodes.iter().enumerate() {
+            for t in &node.inputs {
+                last_reader[t.0] = k;
+            }
+        }
+        (0..nodes.len())
+            .map(|k| {
+                let (Op::BatchNorm(bn), Some(join)) = (&nodes[k].op, nodes.get(k + 1)) else {
+                    return false;
+                };
+                let y = nodes[k].output;
+                let Some(other) = join.inputs.iter().copied().find(|&t| t != y) else {
+                    return false;
+                };
+                matches!(join.op, Op::Add { .. })
+                    && !bn.relu
+                    && join.inputs.contains(&y)
+                    && readers[y.0] == 1
+                    && !kept[y.0]
+                    && other != nodes[k].inputs[0]
+                    && has_grad[other.0]
+                    && last_reader[other.0] == k + 1
+            })
+            .collect()
     }
 
     /// Plans the buffers and initializes the parameters from `seed`.
@@ -305,6 +346,10 @@ impl GraphBuilder {
             pass_end: None,
             fusable: l.fusable,
             eval_fusion: true,
+            train_fusable: l.train_fusable,
+            train_fusion: true,
+            train_fused_pass: false,
+            eval_fused_pass: false,
             profile: None,
             fold_w: zeroed(l.fold_w, "folded weights")?,
             fold_scale: vec![0.0; l.fold_c],

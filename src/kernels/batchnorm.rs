@@ -1,6 +1,7 @@
 //! BatchNorm2d over NCHW (Ioffe & Szegedy 2015) with PyTorch semantics, optionally fused
 //! with ReLU: training forward (batch statistics), eval forward (running statistics),
-//! training backward, and the eval-mode fold into a per-channel scale and shift.
+//! training backward, and the eval-mode fold into a per-channel scale and shift; and a
+//! training BatchNorm fused with the residual join `act(bn(x) + addend)` after it.
 //!
 //! - Statistics: one read of each channel. Per block of at most 256 values, while it sits in
 //!   L1, a corrected two-pass mean and sum of squared deviations in `f32x8` lanes; the blocks
@@ -11,6 +12,11 @@
 //!   `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `M = N * H * W`. With the fused ReLU
 //!   the mask `y > 0` is recomputed from `x` with the forward's exact arithmetic, so the
 //!   output is never read back (two passes over `dy` and `x`, one write of `dx`).
+//! - Fused with the residual join: the forward normalizes and adds in one pass (the
+//!   BatchNorm's output is never written); the backward writes the join's gradient to the
+//!   addend's gradient and sums it for `dgamma`, `dbeta` plane by plane while the plane is
+//!   in L1, then reads it back once for `dx`. Same `f32` operations in the same order as
+//!   the unfused kernels, so the same bits.
 //! - Parallelism: every pass reads memory front to back, split over groups of whole planes.
 //!   The reductions write one partial result per block or plane into a scratch buffer, then
 //!   each channel merges its partials in index order (the order a sequential walk of the
@@ -145,12 +151,28 @@ where
 }
 
 /// `y = act((x - mean) * scale + beta)` over one plane (centred first: no cancellation
-/// when the values sit far from zero).
+/// when the values sit far from zero); with `addend`, `y = act(that + addend)` (the
+/// residual join after a BatchNorm, in the join's `f32` operations).
 #[inline]
-fn affine_plane(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32, relu: bool) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        let t = (v - mean) * scale + beta;
-        *o = if relu && t < 0.0 { 0.0 } else { t };
+fn affine_plane(
+    x: &[f32],
+    addend: Option<&[f32]>,
+    y: &mut [f32],
+    (mean, scale, beta): (f32, f32, f32),
+    relu: bool,
+) {
+    let act = |t: f32| if relu && t < 0.0 { 0.0 } else { t };
+    match addend {
+        None => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = act((v - mean) * scale + beta);
+            }
+        }
+        Some(a) => {
+            for ((o, &v), &r) in y.iter_mut().zip(x).zip(a) {
+                *o = act((v - mean) * scale + beta + r);
+            }
+        }
     }
 }
 
@@ -252,17 +274,42 @@ fn with_partials<R>(
     part: impl Fn(usize, &mut [f64]) + Sync,
     finish: impl FnOnce(&[f64]) -> R,
 ) -> R {
+    with_partials_writing(bn, width, &mut [], |plane, _, out| part(plane, out), finish)
+}
+
+/// [`with_partials`] whose `part(plane, t_plane, out)` also gets the plane of a tensor `t`
+/// (`N x C x H x W`, or empty: then every `t_plane` is empty) to write.
+fn with_partials_writing<R>(
+    bn: &BatchNorm2d,
+    width: usize,
+    t: &mut [f32],
+    part: impl Fn(usize, &mut [f32], &mut [f64]) + Sync,
+    finish: impl FnOnce(&[f64]) -> R,
+) -> R {
     let len = bn.n * bn.c * width;
+    let hw = bn.h * bn.w;
+    let per = (CHUNK / hw.max(1)).max(1);
+    let group = |g: usize, chunk: &mut [f64], tg: &mut [f32]| {
+        for (k, out) in chunk.chunks_exact_mut(width).enumerate() {
+            let tp = if tg.is_empty() {
+                &mut []
+            } else {
+                &mut tg[k * hw..(k + 1) * hw]
+            };
+            part(g * per + k, tp, out);
+        }
+    };
     let run = |buf: &mut [f64]| {
         if len > 0 {
-            let per = (CHUNK / (bn.h * bn.w).max(1)).max(1);
-            buf.par_chunks_mut(per * width)
-                .enumerate()
-                .for_each(|(g, chunk)| {
-                    for (k, out) in chunk.chunks_exact_mut(width).enumerate() {
-                        part(g * per + k, out);
-                    }
-                });
+            let chunks = buf.par_chunks_mut(per * width);
+            if t.is_empty() || hw == 0 {
+                chunks.enumerate().for_each(|(g, c)| group(g, c, &mut []));
+            } else {
+                chunks
+                    .zip(t.par_chunks_mut(per * hw))
+                    .enumerate()
+                    .for_each(|(g, (c, tg))| group(g, c, tg));
+            }
         }
         finish(buf)
     };
@@ -361,25 +408,47 @@ pub fn batchnorm_merge_moments(parts: &[f64], out: &mut [f64]) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_forward_impl(
+/// Checks the lengths of a training normalization (and `eps`).
+fn check_normalize(
+    op: &'static str,
     bn: &BatchNorm2d,
     p: BnAffine<'_>,
+    saved: &BnSaved,
     x: &[f32],
-    running: BnRunning<'_>,
-    saved: &mut BnSaved,
-    y: &mut [f32],
-    relu: bool,
-    sync: Option<BnSync<'_>>,
+    addend: Option<&[f32]>,
+    y: &[f32],
 ) -> Result<()> {
-    const OP: &str = "batchnorm_forward_train";
-    bn.check(OP, x.len(), y.len())?;
+    bn.check(op, x.len(), y.len())?;
+    if let Some(a) = addend {
+        check_len(op, a.len(), bn.len())?;
+    }
     check_channels(
-        OP,
+        op,
         bn.c,
         &[
             p.gamma.len(),
             p.beta.len(),
+            saved.mean.len(),
+            saved.inv_std.len(),
+        ],
+    )
+}
+
+/// The statistics half of the training forward: the batch moments (the group's through
+/// `sync`), saved for the backward, and the running statistics' update.
+fn train_statistics(
+    bn: &BatchNorm2d,
+    x: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    sync: Option<BnSync<'_>>,
+) -> Result<()> {
+    const OP: &str = "batchnorm_forward_train";
+    bn.check(OP, x.len(), x.len())?;
+    check_channels(
+        OP,
+        bn.c,
+        &[
             running.mean.len(),
             running.var.len(),
             saved.mean.len(),
@@ -436,12 +505,45 @@ fn train_forward_impl(
                 *rv = ((1.0 - mom) * f64::from(*rv) + mom * unbiased) as f32;
             });
         Ok(())
-    })?;
+    })
+}
+
+/// The normalizing half of the training forward, from the saved statistics:
+/// `y = act(gamma * (x - mean) * inv_std + beta [+ addend])`, lengths checked.
+fn normalize_train(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    saved: &BnSaved,
+    x: &[f32],
+    addend: Option<&[f32]>,
+    y: &mut [f32],
+    relu: bool,
+) {
     let (gamma, beta) = (p.gamma, p.beta);
     let (mean, inv_std) = (&saved.mean, &saved.inv_std);
-    for_planes(bn, x, y, |c, xp, yp, _| {
-        affine_plane(xp, yp, mean[c], gamma[c] * inv_std[c], beta[c], relu);
+    let hw = bn.h * bn.w;
+    for_planes(bn, x, y, |c, xp, yp, plane| {
+        let a = addend.map(|a| &a[plane * hw..(plane + 1) * hw]);
+        affine_plane(xp, a, yp, (mean[c], gamma[c] * inv_std[c], beta[c]), relu);
     });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_forward_impl(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    x: &[f32],
+    addend: Option<&[f32]>,
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    y: &mut [f32],
+    relu: bool,
+    sync: Option<BnSync<'_>>,
+) -> Result<()> {
+    // Every length is checked before the running statistics change.
+    check_normalize("batchnorm_forward_train", bn, p, saved, x, addend, y)?;
+    train_statistics(bn, x, running, saved, sync)?;
+    normalize_train(bn, p, saved, x, addend, y, relu);
     Ok(())
 }
 
@@ -460,7 +562,7 @@ pub fn batchnorm_forward_train(
     saved: &mut BnSaved,
     y: &mut [f32],
 ) -> Result<()> {
-    train_forward_impl(bn, p, x, running, saved, y, false, None)
+    train_forward_impl(bn, p, x, None, running, saved, y, false, None)
 }
 
 /// [`batchnorm_forward_train`] followed by ReLU, in one pass over the output.
@@ -475,7 +577,7 @@ pub fn batchnorm_relu_forward_train(
     saved: &mut BnSaved,
     y: &mut [f32],
 ) -> Result<()> {
-    train_forward_impl(bn, p, x, running, saved, y, true, None)
+    train_forward_impl(bn, p, x, None, running, saved, y, true, None)
 }
 
 /// The training forward of synchronized BatchNorm: as [`batchnorm_forward_train`] (with
@@ -495,7 +597,74 @@ pub fn batchnorm_forward_train_synced(
     relu: bool,
     sync: BnSync<'_>,
 ) -> Result<()> {
-    train_forward_impl(bn, p, x, running, saved, y, relu, Some(sync))
+    train_forward_impl(bn, p, x, None, running, saved, y, relu, Some(sync))
+}
+
+/// The statistics half of [`batchnorm_forward_train`]: the batch mean and `inv_std`
+/// saved for the backward, the running statistics updated, no output written (see
+/// [`batchnorm_add_normalize_train`]).
+///
+/// # Errors
+/// As [`batchnorm_forward_train`].
+pub fn batchnorm_statistics_train(
+    bn: &BatchNorm2d,
+    x: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+) -> Result<()> {
+    train_statistics(bn, x, running, saved, None)
+}
+
+/// The normalizing half of a training BatchNorm (without ReLU) fused with the residual
+/// join after it: `y = act(bn + addend)` with `bn = gamma * (x - mean) * inv_std + beta`
+/// from the statistics [`batchnorm_statistics_train`] saved, `act` ReLU with `relu`. One
+/// pass that never writes the BatchNorm's own output, computing the `f32` operations of
+/// [`batchnorm_forward_train`] followed by [`crate::kernels::elementwise::add`] (or
+/// [`add_relu`](crate::kernels::elementwise::add_relu)), so the bits are theirs.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on a wrong length; [`Error::InvalidArgument`] when `eps` is
+/// not positive.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_normalize_train(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    saved: &BnSaved,
+    x: &[f32],
+    addend: &[f32],
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_normalize(
+        "batchnorm_add_forward_train",
+        bn,
+        p,
+        saved,
+        x,
+        Some(addend),
+        y,
+    )?;
+    normalize_train(bn, p, saved, x, Some(addend), y, relu);
+    Ok(())
+}
+
+/// Training BatchNorm (without ReLU) and the residual join after it in one:
+/// [`batchnorm_statistics_train`] then [`batchnorm_add_normalize_train`].
+///
+/// # Errors
+/// As [`batchnorm_forward_train`]; an `addend` of another length.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_forward_train(
+    bn: &BatchNorm2d,
+    p: BnAffine<'_>,
+    x: &[f32],
+    addend: &[f32],
+    running: BnRunning<'_>,
+    saved: &mut BnSaved,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    train_forward_impl(bn, p, x, Some(addend), running, saved, y, relu, None)
 }
 
 /// Eval-mode fold: `scale = gamma / sqrt(running_var + eps)` and
@@ -575,7 +744,7 @@ fn eval_impl(
             running_var[c],
             bn.eps,
         );
-        affine_plane(xp, yp, running_mean[c], s, p.beta[c], relu);
+        affine_plane(xp, None, yp, (running_mean[c], s, p.beta[c]), relu);
     });
     Ok(())
 }
@@ -668,53 +837,73 @@ fn lanes(s: &[f32]) -> f32x8 {
     f32x8::from(a)
 }
 
+/// The fused ReLU's mask of channel `c`, with `relu_beta` (else none).
+fn relu_mask(
+    gamma: &[f32],
+    relu_beta: Option<&[f32]>,
+    saved: &BnSaved,
+    c: usize,
+) -> Option<ReluMask> {
+    relu_beta.map(|b| ReluMask {
+        scale: gamma[c] * saved.inv_std[c],
+        beta: b[c],
+    })
+}
+
+/// The gradient the residual join `y = act(bn + addend)` passes to both addends, over one
+/// plane: `y > 0 ? dy : 0` with the join's ReLU (`y` given), else `dy`; as
+/// [`crate::kernels::elementwise::add_relu_backward`] computes it.
+fn join_grad(y: Option<&[f32]>, dy: &[f32], g: &mut [f32]) {
+    match y {
+        Some(y) => {
+            for ((o, &d), &v) in g.iter_mut().zip(dy).zip(y) {
+                *o = if v > 0.0 { d } else { 0.0 };
+            }
+        }
+        None => g.copy_from_slice(dy),
+    }
+}
+
+/// Per channel `dbeta = sum(dy')`, `dgamma = sum(dy' * xhat)` from per-plane sums taken in
+/// memory order and added in image order; `dy'` is `dy` masked by the fused ReLU (with
+/// `relu_beta`). With `join = Some((y, g))`, `dy` is instead the gradient of a residual
+/// join after the BatchNorm (`y` its output with a ReLU): the gradient it passes on
+/// ([`join_grad`]) is written to `g` plane by plane and summed from there while the plane
+/// sits in L1.
 #[allow(clippy::too_many_arguments)]
-fn backward_impl(
+fn grad_sums(
     bn: &BatchNorm2d,
     gamma: &[f32],
     relu_beta: Option<&[f32]>,
     saved: &BnSaved,
     x: &[f32],
     dy: &[f32],
-    g: BnGrads<'_>,
-    sync: Option<BnSync<'_>>,
-) -> Result<()> {
-    const OP: &str = "batchnorm_backward";
-    bn.check(OP, x.len(), dy.len())?;
-    check_len(OP, g.dx.len(), bn.len())?;
-    if let Some(b) = relu_beta {
-        check_len(OP, b.len(), bn.c)?;
-    }
-    let mask = |c: usize| {
-        relu_beta.map(|b| ReluMask {
-            scale: gamma[c] * saved.inv_std[c],
-            beta: b[c],
-        })
-    };
-    check_channels(
-        OP,
-        bn.c,
-        &[
-            gamma.len(),
-            saved.mean.len(),
-            saved.inv_std.len(),
-            g.dgamma.len(),
-            g.dbeta.len(),
-        ],
-    )?;
+    join: Option<(Option<&[f32]>, &mut [f32])>,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
     let hw = bn.h * bn.w;
-    // Per channel: dbeta = sum(dy), dgamma = sum(dy * xhat), from per-plane sums taken in
-    // memory order and added in image order.
-    let part = |plane: usize, out: &mut [f64]| {
+    let (join_y, g) = match join {
+        Some((y, g)) => (y, g),
+        None => (None, &mut [][..]),
+    };
+    let part = |plane: usize, gp: &mut [f32], out: &mut [f64]| {
         let c = plane % bn.c;
         let r = plane * hw..(plane + 1) * hw;
-        let (a, b) = plane_grad_sums(&dy[r.clone()], &x[r], mask(c), saved.mean[c]);
+        let d: &[f32] = if gp.is_empty() {
+            &dy[r.clone()]
+        } else {
+            join_grad(join_y.map(|y| &y[r.clone()]), &dy[r.clone()], gp);
+            gp
+        };
+        let mask = relu_mask(gamma, relu_beta, saved, c);
+        let (a, b) = plane_grad_sums(d, &x[r], mask, saved.mean[c]);
         out.copy_from_slice(&[a, b]);
     };
-    with_partials(bn, 2, part, |sums| {
-        g.dgamma
+    with_partials_writing(bn, 2, g, part, |sums| {
+        dgamma
             .par_iter_mut()
-            .zip(g.dbeta.par_iter_mut())
+            .zip(dbeta.par_iter_mut())
             .enumerate()
             .for_each(|(c, (dg, db))| {
                 let (mut s_dy, mut s_dyx) = (0.0f64, 0.0f64);
@@ -727,6 +916,98 @@ fn backward_impl(
                 *dg = (s_dyx * f64::from(saved.inv_std[c])) as f32;
             });
     });
+}
+
+/// `dx` from `dy` (masked by the fused ReLU with `relu_beta`), `x` and the per-channel
+/// sums: `dbeta` and `dgamma` of [`grad_sums`], or the group's (`global`: per channel
+/// `sum(dy)`, `sum(dy * xhat)`, and the group's `M`).
+#[allow(clippy::too_many_arguments)]
+fn input_grad(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    relu_beta: Option<&[f32]>,
+    saved: &BnSaved,
+    x: &[f32],
+    dy: &[f32],
+    (dgamma, dbeta): (&[f32], &[f32]),
+    global: Option<(&[f64], f64)>,
+    dx: &mut [f32],
+) {
+    let hw = bn.h * bn.w;
+    let m = bn.per_channel() as f64;
+    for_planes(bn, dy, dx, |c, dyp, dxp, plane| {
+        let inv = f64::from(saved.inv_std[c]);
+        let a = f64::from(gamma[c]) * inv;
+        let (sum_dy, sum_dyxhat, m) = match global {
+            Some((sums, m)) => (sums[2 * c], sums[2 * c + 1], m),
+            None => (f64::from(dbeta[c]), f64::from(dgamma[c]), m),
+        };
+        // dx = a * dy - a * sum_dy / M - a * inv * sum_dyxhat / M * (x - mean)
+        let k = (-a * inv * sum_dyxhat / m) as f32;
+        let b = (-a * sum_dy / m) as f32;
+        let (a, mean) = (a as f32, saved.mean[c]);
+        let r = plane * hw..(plane + 1) * hw;
+        let xp = &x[r];
+        match relu_mask(gamma, relu_beta, saved, c) {
+            Some(m) => {
+                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
+                    let d = if m.keep(v, mean) { d } else { 0.0 };
+                    *o = a * d + k * (v - mean) + b;
+                }
+            }
+            None => {
+                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
+                    *o = a * d + k * (v - mean) + b;
+                }
+            }
+        }
+    });
+}
+
+/// Checks the lengths of a training backward.
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    op: &'static str,
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    dy: &[f32],
+    dgamma: usize,
+    dbeta: usize,
+) -> Result<()> {
+    bn.check(op, x.len(), dy.len())?;
+    check_channels(
+        op,
+        bn.c,
+        &[
+            gamma.len(),
+            saved.mean.len(),
+            saved.inv_std.len(),
+            dgamma,
+            dbeta,
+        ],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    relu_beta: Option<&[f32]>,
+    saved: &BnSaved,
+    x: &[f32],
+    dy: &[f32],
+    g: BnGrads<'_>,
+    sync: Option<BnSync<'_>>,
+) -> Result<()> {
+    const OP: &str = "batchnorm_backward";
+    check_backward(OP, bn, gamma, saved, x, dy, g.dgamma.len(), g.dbeta.len())?;
+    check_len(OP, g.dx.len(), bn.len())?;
+    if let Some(b) = relu_beta {
+        check_len(OP, b.len(), bn.c)?;
+    }
+    grad_sums(bn, gamma, relu_beta, saved, x, dy, None, g.dgamma, g.dbeta);
     // dgamma and dbeta stay this process's (a data-parallel step sums the parameter
     // gradients afterwards); dx needs the sums over the whole group.
     let m = bn.per_channel() as f64;
@@ -742,34 +1023,8 @@ fn backward_impl(
             Some((buf, m * ranks as f64))
         }
     };
-    let (dgamma, dbeta) = (&*g.dgamma, &*g.dbeta);
-    for_planes(bn, dy, g.dx, |c, dyp, dxp, plane| {
-        let inv = f64::from(saved.inv_std[c]);
-        let a = f64::from(gamma[c]) * inv;
-        let (sum_dy, sum_dyxhat, m) = match global {
-            Some((sums, m)) => (sums[2 * c], sums[2 * c + 1], m),
-            None => (f64::from(dbeta[c]), f64::from(dgamma[c]), m),
-        };
-        // dx = a * dy - a * sum_dy / M - a * inv * sum_dyxhat / M * (x - mean)
-        let k = (-a * inv * sum_dyxhat / m) as f32;
-        let b = (-a * sum_dy / m) as f32;
-        let (a, mean) = (a as f32, saved.mean[c]);
-        let r = plane * hw..(plane + 1) * hw;
-        let xp = &x[r];
-        match mask(c) {
-            Some(m) => {
-                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
-                    let d = if m.keep(v, mean) { d } else { 0.0 };
-                    *o = a * d + k * (v - mean) + b;
-                }
-            }
-            None => {
-                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
-                    *o = a * d + k * (v - mean) + b;
-                }
-            }
-        }
-    });
+    let sums = (&*g.dgamma, &*g.dbeta);
+    input_grad(bn, gamma, relu_beta, saved, x, dy, sums, global, g.dx);
     Ok(())
 }
 
@@ -826,4 +1081,81 @@ pub fn batchnorm_backward_synced(
 ) -> Result<()> {
     let relu_beta = relu.then_some(p.beta);
     backward_impl(bn, p.gamma, relu_beta, saved, x, dy, grads, Some(sync))
+}
+
+/// The first half of the backward of [`batchnorm_add_forward_train`]: from the join's
+/// output gradient `dy` (and its output `y` with `relu`), writes the gradient both addends
+/// receive, `g = y > 0 ? dy : 0` (`dy` without ReLU), to `g` (the addend's gradient, as
+/// [`crate::kernels::elementwise::add_relu_backward`] would), and `dgamma`, `dbeta` from
+/// `g` and `x` in the same pass (each plane of `g` summed while it sits in L1).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on a wrong length.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_backward_params(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    g: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batchnorm_add_backward";
+    check_backward(OP, bn, gamma, saved, x, dy, dgamma.len(), dbeta.len())?;
+    check_len(OP, g.len(), bn.len())?;
+    if let Some(y) = y {
+        check_len(OP, y.len(), bn.len())?;
+    }
+    grad_sums(bn, gamma, None, saved, x, dy, Some((y, g)), dgamma, dbeta);
+    Ok(())
+}
+
+/// The second half of the backward of [`batchnorm_add_forward_train`]: `dx` from `x`, the
+/// BatchNorm's output gradient `g` and the `dgamma`, `dbeta` that
+/// [`batchnorm_add_backward_params`] wrote (the operations of [`batchnorm_backward`]).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on a wrong length.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_backward_input(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    g: &[f32],
+    dgamma: &[f32],
+    dbeta: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batchnorm_add_backward";
+    check_backward(OP, bn, gamma, saved, x, g, dgamma.len(), dbeta.len())?;
+    check_len(OP, dx.len(), bn.len())?;
+    input_grad(bn, gamma, None, saved, x, g, (dgamma, dbeta), None, dx);
+    Ok(())
+}
+
+/// The backward of [`batchnorm_add_forward_train`]: the addend's gradient `dadd` (written)
+/// and the BatchNorm's `dx`, `dgamma`, `dbeta`, bit for bit those of
+/// [`crate::kernels::elementwise::add_relu_backward`] (or a copy of `dy` without ReLU)
+/// followed by [`batchnorm_backward`].
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on a wrong length.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_backward(
+    bn: &BatchNorm2d,
+    gamma: &[f32],
+    saved: &BnSaved,
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    dadd: &mut [f32],
+    grads: BnGrads<'_>,
+) -> Result<()> {
+    let BnGrads { dx, dgamma, dbeta } = grads;
+    batchnorm_add_backward_params(bn, gamma, saved, x, y, dy, dadd, dgamma, dbeta)?;
+    batchnorm_add_backward_input(bn, gamma, saved, x, dadd, dgamma, dbeta, dx)
 }
