@@ -112,6 +112,24 @@ fn wide_geometry() -> impl Strategy<Value = Conv2d> {
         .prop_filter_map("kernel must fit", valid_geometry)
 }
 
+/// 3x3, stride-1, pad-1 kernels with at least 64 input and output channels (Winograd
+/// F(2x2, 3x3) on AVX-512): odd sizes (cut last tiles), 1x1 and 2x2 images, tile rows on and
+/// off the 16 lanes, channel counts off the 8-row panels, batch 1.
+fn winograd_geometry() -> impl Strategy<Value = Conv2d> {
+    (
+        (
+            1usize..4,
+            prop_oneof![64usize..67, 71usize..74, 127usize..130],
+            prop_oneof![64usize..67, 69usize..73, 127usize..130],
+        ),
+        (
+            prop_oneof![1usize..10, 15usize..18],
+            prop_oneof![1usize..10, 31usize..35],
+        ),
+    )
+        .prop_map(|((n, ci, co), (h, w))| Conv2d::new(n, ci, h, w, co, 3, 1, 1))
+}
+
 /// 1x1 unpadded kernels with a stride above 1 (the ResNet shortcut projections): odd sizes,
 /// single-pixel outputs, pixel counts on and off the 8-lane vectors, channels across the
 /// weight-gradient tile (4 x 3) and the GEMM's row panels (6 and 12 rows).
@@ -288,6 +306,11 @@ proptest! {
     }
 
     #[test]
+    fn winograd_conv_matches_direct_f64(g in winograd_geometry(), seed in any::<u64>()) {
+        check_all(&g, seed)?;
+    }
+
+    #[test]
     fn strided_input_grad_matches_direct_f64(g in strided_geometry(), seed in any::<u64>()) {
         check_input_grad(&g, seed)?;
     }
@@ -392,6 +415,24 @@ fn resnet_mini_layers_match_reference() {
     }
 }
 
+/// The Winograd forward pass (and the input gradient through it) at its edges: 1x1, 2x2
+/// and odd images, a tile row of exactly 16 and of 17 tiles, groups of several images with
+/// a short last group, batch 1.
+#[test]
+fn winograd_edges_match_reference() {
+    for g in [
+        Conv2d::new(1, 64, 1, 1, 64, 3, 1, 1),
+        Conv2d::new(3, 64, 2, 2, 72, 3, 1, 1),
+        Conv2d::new(2, 65, 3, 5, 64, 3, 1, 1),
+        Conv2d::new(1, 64, 7, 32, 64, 3, 1, 1),
+        Conv2d::new(1, 64, 4, 33, 64, 3, 1, 1),
+        Conv2d::new(19, 64, 8, 8, 128, 3, 1, 1),
+        Conv2d::new(10, 128, 5, 5, 66, 3, 1, 1),
+    ] {
+        check_all(&g, 9).unwrap();
+    }
+}
+
 /// `d/dx sum(r * conv(x))` by central differences on the f32 forward, at sampled points.
 #[test]
 fn gradients_match_finite_differences() {
@@ -491,6 +532,11 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(33, 64, 16, 16, 128, 3, 2, 1),
         Conv2d::new(50, 33, 9, 11, 7, 5, 3, 2),
         Conv2d::new(40, 17, 2, 3, 5, 3, 2, 1),
+        // Winograd F(2x2, 3x3): many groups of images (the model's 8x8 and 16x16 layers),
+        // odd sizes, a short last group.
+        Conv2d::new(33, 128, 8, 8, 128, 3, 1, 1),
+        Conv2d::new(20, 64, 16, 16, 64, 3, 1, 1),
+        Conv2d::new(13, 64, 11, 7, 72, 3, 1, 1),
     ] {
         let one = run_all(&g, 1);
         for t in [2, 3] {

@@ -13,6 +13,13 @@
 //!   outputs at least 16 pixels wide run on the row tiles instead (`direct/rows.rs`: pixels
 //!   of a row in the lanes, output channels broadcast, stored straight into NCHW), with the
 //!   same bits.
+//! - Winograd (`winograd.rs`, AVX-512, 3x3 stride-1 pad-1 kernels with at least 64 input
+//!   and output channels: forward pass only, chosen before the direct strategy; the weight
+//!   gradient stays direct): F(2x2, 3x3) (Lavin & Gray 2016), 16 multiplications per 2x2
+//!   output tile instead of 36. Per group of images, the input tiles transformed into 16
+//!   matrices `V[k]`, multiplied by the transformed filters `U[k]` (8x32 register tiles),
+//!   the products transformed back into NCHW with the bias, residual and ReLU in the store.
+//!   The stride-1 input gradient of such a layer runs through it too (`flipped.rs`).
 //! - Implicit im2col (`im2col/`, the portable path but for pointwise strided kernels, and
 //!   1x1 stride-1 unpadded kernels on every CPU): GEMM with implicit im2col (Chellapilla et
 //!   al. 2006 for the lowering): the GEMM's packers read panels straight from the image.
@@ -45,6 +52,8 @@ mod pointwise_strided;
 #[cfg(target_arch = "x86_64")]
 mod polyphase;
 mod scratch;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 pub use geometry::Conv2d;
 pub use scratch::scratch_bytes;
@@ -202,6 +211,10 @@ fn forward_impl(
         residual,
         relu,
     };
+    #[cfg(target_arch = "x86_64")]
+    if winograd::applies(g) {
+        return winograd::forward(g, x, w, out, y);
+    }
     match Conv2dImpl::choose(g) {
         #[cfg(target_arch = "x86_64")]
         Conv2dImpl::DirectAvx512 => direct::forward::<direct::Avx512Tile>(g, x, w, out, y),

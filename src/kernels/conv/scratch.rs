@@ -1,8 +1,9 @@
 //! How much per-thread scratch the convolution passes of a geometry grow to, for a memory
 //! estimate before a graph is built: the same sizes the strategies ask [`super::with_scratch`]
 //! for (`direct/forward.rs`, `direct/weight_grad.rs`, `im2col/forward.rs`, `flipped.rs`,
-//! `polyphase.rs`, `col2im.rs`, `pointwise_strided.rs`), summed over the buffers of a
-//! forward, a weight gradient and an input gradient. Saturating, never overflowing.
+//! `polyphase.rs`, `col2im.rs`, `pointwise_strided.rs`, `winograd.rs`), summed over the
+//! buffers of a forward, a weight gradient and an input gradient. Saturating, never
+//! overflowing.
 
 use super::{Conv2d, Conv2dImpl, InputGradImpl, GROUP_COLS};
 
@@ -43,6 +44,19 @@ fn group(n: usize, bytes: usize, per_image: usize, min_groups: usize) -> usize {
 }
 
 fn forward(g: &Conv2d) -> Floats {
+    #[cfg(target_arch = "x86_64")]
+    if super::winograd::applies(g) {
+        // WU (the transformed weights) once; WV, WM (a group's transformed input and
+        // products) and WEO per thread.
+        let lay = super::winograd::Layout::of(g);
+        return Floats {
+            once: lay.u_len(g),
+            per_thread: lay
+                .v_len(g)
+                .saturating_add(lay.m_len())
+                .saturating_add(lay.eo_len),
+        };
+    }
     let hw = g.out_h().saturating_mul(g.out_w());
     match Conv2dImpl::choose(g) {
         #[cfg(target_arch = "x86_64")]
