@@ -14,7 +14,21 @@ pub(crate) struct DistCtx<'a> {
     pub(crate) local_negatives: bool,
 }
 
-impl DistCtx<'_> {
+impl<'a> DistCtx<'a> {
+    pub(crate) fn new(
+        comm: &'a dyn Collectives,
+        scratch: &'a mut Scratch,
+        sync_bn: bool,
+        local_negatives: bool,
+    ) -> Self {
+        DistCtx {
+            comm,
+            scratch,
+            sync_bn,
+            local_negatives,
+        }
+    }
+
     /// Whether this pass spans several ranks.
     pub(crate) fn spans(&self) -> bool {
         self.comm.size() > 1

@@ -277,12 +277,7 @@ impl Graph {
                     &self.params,
                     &mut self.buffer,
                     &self.buffers,
-                    &mut DistCtx {
-                        comm,
-                        scratch: &mut self.dist,
-                        sync_bn: self.sync_bn,
-                        local_negatives: self.local_negatives,
-                    },
+                    &mut DistCtx::new(comm, &mut self.dist, self.sync_bn, self.local_negatives),
                 )
                 .map_err(|e| wrap(&node.name, e))?;
                 1
@@ -413,12 +408,7 @@ impl Graph {
                     &self.param,
                     &mut self.param_grad,
                     &self.params,
-                    &mut DistCtx {
-                        comm,
-                        scratch: &mut self.dist,
-                        sync_bn: self.sync_bn,
-                        local_negatives: self.local_negatives,
-                    },
+                    &mut DistCtx::new(comm, &mut self.dist, self.sync_bn, self.local_negatives),
                 )
                 .map_err(|e| wrap(&node.name, e))?;
             }
