@@ -94,7 +94,7 @@ impl Graph {
     /// step `s`) because a folded group ran whole: the convolution's output, and the
     /// BatchNorm's when the residual join ran in the convolution too.
     fn eval_fold_skipped(&self, t: TensorId, mode: Mode, s: usize) -> bool {
-        if mode != Mode::Eval || !self.eval_fused_pass {
+        if mode != Mode::Eval || !self.fused_pass {
             return false;
         }
         let Some(k) = self.nodes.iter().position(|n| n.output == t) else {

@@ -98,10 +98,9 @@ pub struct Graph {
     /// right after it (see [`Graph::set_train_fusion`]).
     train_fusable: Vec<bool>,
     train_fusion: bool,
-    /// Whether the last forward fused the pairs of `train_fusable`.
-    train_fused_pass: bool,
-    /// Whether the last forward was an evaluation one with [`Graph::set_eval_fusion`] on.
-    eval_fused_pass: bool,
+    /// Whether the last forward ran its mode's fusions (the pairs of `train_fusable` in
+    /// training, the folds of `fusable` in evaluation).
+    fused_pass: bool,
     /// Per node: accumulated forward and backward seconds, when profiling.
     profile: Option<Vec<(f64, f64)>>,
     fold_w: Vec<f32>,
@@ -243,8 +242,7 @@ impl Graph {
         self.forwarded = None;
         self.pass_end = None;
         let fuse = mode == Mode::Train && self.train_fusing(comm);
-        self.train_fused_pass = fuse;
-        self.eval_fused_pass = mode == Mode::Eval && self.eval_fusion;
+        self.fused_pass = fuse || (mode == Mode::Eval && self.eval_fusion);
         let mut k = 0;
         while k < count {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
@@ -390,7 +388,8 @@ impl Graph {
                 self.written[t] = true;
             }
         }
-        let fuse = self.train_fusing(comm);
+        // The backward fuses what the forward fused.
+        let fuse = self.fused_pass;
         for k in (0..self.nodes.len()).rev() {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
             let fused = self.train_fusable[k] || (k > 0 && self.train_fusable[k - 1]);

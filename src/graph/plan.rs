@@ -194,25 +194,20 @@ impl GraphBuilder {
                 kept[node.output.0] = true;
             }
         }
-        // Conv followed by a BatchNorm that is the only reader of its output; and, when that
-        // BatchNorm has no ReLU, the residual join right after it as the only reader of its
-        // output (which is then never written, so it must not be one that stays readable).
+        // Conv followed by a BatchNorm that is the only reader of its output; and the residual
+        // join after that BatchNorm when they pair up (`joins_next`).
         let mut fusable = vec![Fold::None; self.nodes.len()];
         let (mut fold_w, mut fold_c) = (0usize, 0usize);
         let nodes = &self.nodes;
         for k in 0..nodes.len().saturating_sub(1) {
-            let (Op::Conv { g, .. }, Op::BatchNorm(bn)) = (&nodes[k].op, &nodes[k + 1].op) else {
+            let (Op::Conv { g, .. }, Op::BatchNorm(_)) = (&nodes[k].op, &nodes[k + 1].op) else {
                 continue;
             };
             let out = nodes[k].output;
             if nodes[k + 1].inputs != [out] || readers[out.0] != 1 {
                 continue;
             }
-            let bn_out = nodes[k + 1].output;
-            let joins = nodes.get(k + 2).is_some_and(|j| {
-                matches!(j.op, Op::Add { .. }) && j.inputs.contains(&bn_out) && !bn.relu
-            });
-            fusable[k] = if joins && readers[bn_out.0] == 1 && !kept[bn_out.0] {
+            fusable[k] = if self.joins_next(k + 1, &readers, &kept) {
                 Fold::BnJoin
             } else {
                 Fold::Bn
@@ -250,12 +245,27 @@ impl GraphBuilder {
         })
     }
 
+    /// Whether node `k` is a BatchNorm without ReLU whose output only the residual join at
+    /// `k + 1` reads and that does not stay readable (a fused pass never writes it): the
+    /// pair both fusions run as one, the evaluation's inside the convolution before it.
+    fn joins_next(&self, k: usize, readers: &[usize], kept: &[bool]) -> bool {
+        let (Op::BatchNorm(bn), Some(join)) = (&self.nodes[k].op, self.nodes.get(k + 1)) else {
+            return false;
+        };
+        let y = self.nodes[k].output;
+        !bn.relu
+            && matches!(join.op, Op::Add { .. })
+            && join.inputs.contains(&y)
+            && readers[y.0] == 1
+            && !kept[y.0]
+    }
+
     /// Per node: whether it is a BatchNorm without ReLU that a training pass fuses with the
-    /// residual join after it (see [`Graph::set_train_fusion`]): the join is the only reader
-    /// of its output, which is not kept; the join's other input is not the BatchNorm's
-    /// input, has a gradient, and no later node reads it (so the join's backward writes
-    /// that gradient first, and it holds the BatchNorm's output gradient until the
-    /// BatchNorm's backward, the next step). The liveness plan needs nothing more: the
+    /// residual join after it (see [`Graph::set_train_fusion`]): the pair of
+    /// [`Self::joins_next`]; the join's other input is not the BatchNorm's input, has a
+    /// gradient, and no later node reads it (so the join's backward writes that gradient
+    /// first, and it holds the BatchNorm's output gradient until the BatchNorm's backward,
+    /// the next step). The liveness plan needs nothing more: the
     /// join's step already holds the BatchNorm's input (which its backward reads), and the
     /// BatchNorm's output and its gradient stay planned, unused.
     fn train_fusable(&self, readers: &[usize], kept: &[bool], has_grad: &[bool]) -> Vec<bool> {
@@ -268,21 +278,14 @@ impl GraphBuilder {
         }
         (0..nodes.len())
             .map(|k| {
-                let (Op::BatchNorm(bn), Some(join)) = (&nodes[k].op, nodes.get(k + 1)) else {
+                if !self.joins_next(k, readers, kept) {
                     return false;
-                };
+                }
                 let y = nodes[k].output;
-                let Some(other) = join.inputs.iter().copied().find(|&t| t != y) else {
+                let Some(other) = nodes[k + 1].inputs.iter().copied().find(|&t| t != y) else {
                     return false;
                 };
-                matches!(join.op, Op::Add { .. })
-                    && !bn.relu
-                    && join.inputs.contains(&y)
-                    && readers[y.0] == 1
-                    && !kept[y.0]
-                    && other != nodes[k].inputs[0]
-                    && has_grad[other.0]
-                    && last_reader[other.0] == k + 1
+                other != nodes[k].inputs[0] && has_grad[other.0] && last_reader[other.0] == k + 1
             })
             .collect()
     }
@@ -348,8 +351,7 @@ impl GraphBuilder {
             eval_fusion: true,
             train_fusable: l.train_fusable,
             train_fusion: true,
-            train_fused_pass: false,
-            eval_fused_pass: false,
+            fused_pass: false,
             profile: None,
             fold_w: zeroed(l.fold_w, "folded weights")?,
             fold_scale: vec![0.0; l.fold_c],

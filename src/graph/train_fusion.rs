@@ -31,7 +31,7 @@ impl Graph {
     /// step `s`): the output of a fused BatchNorm whose join ran.
     pub(super) fn train_fusion_skipped(&self, t: TensorId, mode: Mode, s: usize) -> bool {
         mode == Mode::Train
-            && self.train_fused_pass
+            && self.fused_pass
             && self
                 .nodes
                 .iter()
