@@ -10,11 +10,11 @@
 //! reads its output (ReLU, the residual join with ReLU, linear with ReLU); the evaluation
 //! forward that folds a BatchNorm into the convolution before it also reads the
 //! convolution's input at the BatchNorm's step (at the residual join's, when the join after
-//! the BatchNorm runs in the convolution's store too). A gradient lives from the backward of the
-//! last node taking the tensor (the first backward to write it: earlier nodes' backwards
-//! add to it, so no zeroing is needed) to its own node's backward, which reads it. A node's
-//! scratch (an input gradient on its way to being added, a masked output gradient) lives at
-//! its backward's step only.
+//! the BatchNorm runs in the convolution's store too). A gradient lives from the backward of
+//! the last node taking the tensor (the first backward to write it: earlier nodes'
+//! backwards add to it, so no zeroing is needed) to its own node's backward, which reads
+//! it. A node's scratch (an input gradient on its way to being added, a masked output
+//! gradient) lives at its backward's step only.
 //!
 //! An evaluation forward has a plan of its own over the same arena, with the forward's
 //! readers only: no value waits for a backward. A kept tensor (a graph input, one no node
@@ -78,8 +78,8 @@ pub(crate) struct Plan {
 
 /// The plan of the passes of `mode` over `nodes` (in execution order, every tensor the
 /// output of exactly one of them; `folded[k]` what the evaluation forward runs together
-/// with node `k`): kept values first, in tensor
-/// order, then kept gradients, then every other buffer placed by [`place`].
+/// with node `k`): kept values first, in tensor order, then kept gradients, then every
+/// other buffer placed by [`place`].
 pub(crate) fn plan(nodes: &[Node], tensors: &Tensors<'_>, folded: &[Fold], mode: Mode) -> Plan {
     let n = nodes.len();
     let train = mode == Mode::Train;

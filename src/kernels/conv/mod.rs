@@ -341,6 +341,16 @@ fn with_scratch<T: Clone + Default, R>(
     })
 }
 
+/// Images per group of a pass over groups of whole images: as many as fit `bytes` at
+/// `per_image` bytes each, but at least `min_groups` groups when the batch has the images
+/// (two or three large groups would split unevenly over two threads); from the shapes only,
+/// never from the thread count.
+fn images_per_group(n: usize, bytes: usize, per_image: usize, min_groups: usize) -> usize {
+    (bytes / per_image.max(1))
+        .min(n.div_ceil(min_groups))
+        .clamp(1, n.max(1))
+}
+
 /// Runs `f` on the matching groups of `a` (chunks of `a_group`) and `b` (chunks of
 /// `b_group`): in parallel when there is more than one group, else once on the calling thread
 /// (where `f`'s GEMMs may use the pool themselves).

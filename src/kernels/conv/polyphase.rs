@@ -21,7 +21,7 @@
 //! kernel smaller than the stride, as zeros).
 
 use super::direct::{Tile, GROUP_BYTES, MIN_GROUPS};
-use super::{for_each_group, with_scratch, Conv2d};
+use super::{for_each_group, images_per_group, with_scratch, Conv2d};
 use crate::error::Result;
 use std::cell::RefCell;
 
@@ -126,9 +126,7 @@ pub(super) fn block_rows(w: usize) -> usize {
 /// Images per group: at most `GROUP_BYTES` of padded `dY`, at least `MIN_GROUPS` groups
 /// when the batch has the images.
 pub(super) fn group_images(g: &Conv2d, padded_image: usize) -> usize {
-    (GROUP_BYTES / (4 * padded_image).max(1))
-        .min(g.n.div_ceil(MIN_GROUPS))
-        .clamp(1, g.n.max(1))
+    images_per_group(g.n, GROUP_BYTES, 4 * padded_image, MIN_GROUPS)
 }
 
 /// The taps before class `(ry, rx)` in the class order (rows of classes, then columns).

@@ -5,7 +5,7 @@
 //! buffers of a forward, a weight gradient and an input gradient. Saturating, never
 //! overflowing.
 
-use super::{Conv2d, Conv2dImpl, InputGradImpl, GROUP_COLS};
+use super::{images_per_group, Conv2d, Conv2dImpl, InputGradImpl, GROUP_COLS};
 
 /// Scratch in `f32`s (or `usize`s counted as two): what the calling thread holds once, and
 /// what every thread of the pool may hold.
@@ -33,14 +33,6 @@ pub fn scratch_bytes(g: &Conv2d, threads: usize) -> usize {
     f.once
         .saturating_add(f.per_thread.saturating_mul(threads.max(1)))
         .saturating_mul(4)
-}
-
-/// Images per group of a pass whose groups take at most `bytes`, at least `min_groups`
-/// groups when the batch has the images.
-fn group(n: usize, bytes: usize, per_image: usize, min_groups: usize) -> usize {
-    (bytes / per_image.max(1))
-        .min(n.div_ceil(min_groups))
-        .clamp(1, n.max(1))
 }
 
 fn forward(g: &Conv2d) -> Floats {
@@ -90,7 +82,7 @@ fn pointwise_strided(g: &Conv2d, pass: usize) -> Floats {
 fn direct_forward(g: &Conv2d, l: usize) -> Floats {
     use super::direct::{GROUP_BYTES, MIN_GROUPS};
     let ps = padded_len(g);
-    let gn = group(g.n, GROUP_BYTES, ps.saturating_mul(4), MIN_GROUPS);
+    let gn = images_per_group(g.n, GROUP_BYTES, ps.saturating_mul(4), MIN_GROUPS);
     let npix = gn.saturating_mul(g.out_h() * g.out_w());
     Floats {
         once: g
@@ -134,7 +126,7 @@ fn direct_weight_grad(g: &Conv2d, r: usize, l: usize) -> Floats {
     let per_image = ps
         .saturating_add(lanes.saturating_mul(hw))
         .saturating_mul(4);
-    let gn = group(g.n, WGRAD_GROUP_BYTES, per_image, WGRAD_CHUNKS);
+    let gn = images_per_group(g.n, WGRAD_GROUP_BYTES, per_image, WGRAD_CHUNKS);
     let chunks = g.n.div_ceil(gn).min(WGRAD_CHUNKS);
     let acc_len = g
         .depth()

@@ -27,7 +27,7 @@
 //! the direct sum's.
 
 use crate::error::Result;
-use crate::kernels::conv::{with_scratch, Conv2d, Store};
+use crate::kernels::conv::{images_per_group, with_scratch, Conv2d, Store};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -87,9 +87,7 @@ impl Layout {
         let tiles = th * tw;
         let coutp = g.c_out.div_ceil(ROWS) * ROWS;
         let per_image = 16 * (g.c_in + coutp) * tiles * 4;
-        let images = (GROUP_BYTES / per_image.max(1))
-            .min(g.n.div_ceil(MIN_GROUPS))
-            .clamp(1, g.n.max(1));
+        let images = images_per_group(g.n, GROUP_BYTES, per_image, MIN_GROUPS);
         let eo_stride = tw + 1;
         Self {
             th,

@@ -8,7 +8,7 @@ use super::{
 };
 use super::{rows, OFFSETS, PADDED};
 use crate::error::Result;
-use crate::kernels::conv::{for_each_group, with_scratch, Conv2d, Store};
+use crate::kernels::conv::{for_each_group, images_per_group, with_scratch, Conv2d, Store};
 use std::cell::RefCell;
 
 /// Tiles of pixels the forward pass stages before writing them out per channel.
@@ -40,9 +40,7 @@ pub(in crate::kernels::conv) fn forward<T: Tile>(
     // At most GROUP_BYTES per group, and at least MIN_GROUPS groups: a batch of small
     // images (a sentence is 1 x L) would otherwise fit in two or three groups, which
     // two threads split unevenly. Every output is the same sums whatever the grouping.
-    let group = (GROUP_BYTES / (4 * ps))
-        .min(g.n.div_ceil(MIN_GROUPS))
-        .clamp(1, g.n);
+    let group = images_per_group(g.n, GROUP_BYTES, 4 * ps, MIN_GROUPS);
     // Wide outputs: the row tiles, over the same groups.
     if rows::suits::<T::Rows>(g) {
         return rows::forward::<T::Rows>(g, x, w, out, y, group);

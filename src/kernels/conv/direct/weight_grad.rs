@@ -5,7 +5,7 @@
 
 use super::{pad_into, pixel_positions, tap_offsets, Tile, MAX_R, MAX_TILE};
 use super::{OFFSETS, PADDED};
-use crate::kernels::conv::{with_scratch, Conv2d};
+use crate::kernels::conv::{images_per_group, with_scratch, Conv2d};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -83,9 +83,7 @@ pub(in crate::kernels::conv) fn weight_grad<T: Tile>(
     // As many chunks as WGRAD_CHUNKS allows when the batch has the images (a group per
     // chunk for small images, which would otherwise make two or three chunks that two
     // threads split unevenly); from the shapes only, so the sums keep their order.
-    let group = (WGRAD_GROUP_BYTES / per_image)
-        .min(g.n.div_ceil(WGRAD_CHUNKS))
-        .clamp(1, g.n);
+    let group = images_per_group(g.n, WGRAD_GROUP_BYTES, per_image, WGRAD_CHUNKS);
     let groups = g.n.div_ceil(group);
     let chunks = groups.min(WGRAD_CHUNKS);
     with_scratch(&OFFSETS, depth, |offs| {
