@@ -1161,3 +1161,25 @@ fn a_folded_join_leaves_its_inner_values_unreadable() {
     g.forward_to(n, Mode::Eval).unwrap();
     assert!(!g.is_readable(c) && g.is_readable(n));
 }
+
+/// A training pass that fuses a BatchNorm with the residual join after it never writes the
+/// BatchNorm's output, which is then not readable; without the fusion it is.
+#[test]
+fn a_fused_training_join_leaves_the_batchnorm_output_unreadable() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[3, 2, 5, 5]).unwrap();
+    let a = b.conv2d("a", x, 2, 3, 1, 1).unwrap();
+    let r = b.relu("r", a).unwrap();
+    let c = b.conv2d("c", r, 2, 3, 1, 1).unwrap();
+    let n = b.batchnorm("bn", c, false).unwrap();
+    let j = b.add("join", n, r, true).unwrap();
+    let mut g = b.build(9).unwrap();
+    g.input_mut(x).unwrap().copy_from_slice(&values(150, 42));
+    g.forward_to(j, Mode::Train).unwrap();
+    assert!(!g.is_readable(n) && g.is_readable(j));
+    let fused = g.value(j).to_vec();
+    g.set_train_fusion(false);
+    g.forward_to(j, Mode::Train).unwrap();
+    assert!(g.is_readable(n));
+    assert_eq!(g.value(j), &fused[..]);
+}

@@ -84,25 +84,25 @@ impl Graph {
         let info = &self.tensors[t.0];
         info.kept
             || self.pass_end.is_some_and(|(mode, s)| {
-                info.life(mode).contains(s)
-                    && !self.train_fusion_skipped(t, mode, s)
-                    && !self.eval_fold_skipped(t, mode, s)
+                info.life(mode).contains(s) && !self.fused_away(t, mode, s)
             })
     }
 
     /// Whether the value of `t` was left unwritten by the last pass (of `mode`, ended at
-    /// step `s`) because a folded group ran whole: the convolution's output, and the
-    /// BatchNorm's when the residual join ran in the convolution too.
-    fn eval_fold_skipped(&self, t: TensorId, mode: Mode, s: usize) -> bool {
-        if mode != Mode::Eval || !self.fused_pass {
-            return false;
-        }
+    /// step `s`, past `t`'s node) because its fusions ran: in training the output of a
+    /// BatchNorm fused with its join; in evaluation the output of a folded convolution, and
+    /// the BatchNorm's when the residual join ran in the convolution too.
+    fn fused_away(&self, t: TensorId, mode: Mode, s: usize) -> bool {
         let Some(k) = self.nodes.iter().position(|n| n.output == t) else {
             return false;
         };
-        let conv = self.fusable[k] != Fold::None && s > k;
-        let bn = k > 0 && self.fusable[k - 1] == Fold::BnJoin && s > k;
-        conv || bn
+        let skipped = match mode {
+            Mode::Train => self.train_fusable[k],
+            Mode::Eval => {
+                self.fusable[k] != Fold::None || (k > 0 && self.fusable[k - 1] == Fold::BnJoin)
+            }
+        };
+        self.fused_pass && skipped && s > k
     }
 
     /// The value of a tensor after the last forward.

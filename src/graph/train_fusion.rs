@@ -16,7 +16,7 @@
 //! ranks is not fused (its statistics need collectives between the passes).
 
 use super::ops::{batchnorm, InputGrads, Op};
-use super::{Graph, Mode, TensorId};
+use super::{Graph, TensorId};
 use crate::dist::Collectives;
 use crate::error::Result;
 
@@ -25,18 +25,6 @@ impl Graph {
     /// `train_fusable`.
     pub(super) fn train_fusing(&self, comm: &dyn Collectives) -> bool {
         self.train_fusion && !(self.sync_bn && comm.size() > 1)
-    }
-
-    /// Whether the value of `t` was left unwritten by the last pass (of `mode`, ended at
-    /// step `s`): the output of a fused BatchNorm whose join ran.
-    pub(super) fn train_fusion_skipped(&self, t: TensorId, mode: Mode, s: usize) -> bool {
-        mode == Mode::Train
-            && self.fused_pass
-            && self
-                .nodes
-                .iter()
-                .position(|n| n.output == t)
-                .is_some_and(|k| self.train_fusable[k] && s > k)
     }
 
     /// The fused pair whose BatchNorm is node `k`: the BatchNorm's input, the join's other
