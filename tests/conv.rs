@@ -112,15 +112,16 @@ fn wide_geometry() -> impl Strategy<Value = Conv2d> {
         .prop_filter_map("kernel must fit", valid_geometry)
 }
 
-/// 3x3, stride-1, pad-1 kernels with at least 64 input and output channels (Winograd
+/// 3x3, stride-1, pad-1 kernels with at least 32 input and output channels (Winograd
 /// F(2x2, 3x3) on AVX-512): odd sizes (cut last tiles), 1x1 and 2x2 images, tile rows on and
-/// off the 16 lanes, channel counts off the 8-row panels, batch 1.
+/// off the 16 lanes, channel counts off the 8-row panels, batch 1, images cut into blocks of
+/// tile rows (32 channels, 31-35 pixels wide).
 fn winograd_geometry() -> impl Strategy<Value = Conv2d> {
     (
         (
             1usize..4,
-            prop_oneof![64usize..67, 71usize..74, 127usize..130],
-            prop_oneof![64usize..67, 69usize..73, 127usize..130],
+            prop_oneof![32usize..35, 64usize..67, 71usize..74, 127usize..130],
+            prop_oneof![32usize..35, 64usize..67, 69usize..73, 127usize..130],
         ),
         (
             prop_oneof![1usize..10, 15usize..18],
@@ -417,7 +418,8 @@ fn resnet_mini_layers_match_reference() {
 
 /// The Winograd forward pass (and the input gradient through it) at its edges: 1x1, 2x2
 /// and odd images, a tile row of exactly 16 and of 17 tiles, groups of several images with
-/// a short last group, batch 1.
+/// a short last group, batch 1, images cut into blocks of tile rows (a short last block; a
+/// tile row of 9; the benchmark model's 32 x 32 layer at 32 channels).
 #[test]
 fn winograd_edges_match_reference() {
     for g in [
@@ -428,6 +430,9 @@ fn winograd_edges_match_reference() {
         Conv2d::new(1, 64, 4, 33, 64, 3, 1, 1),
         Conv2d::new(19, 64, 8, 8, 128, 3, 1, 1),
         Conv2d::new(10, 128, 5, 5, 66, 3, 1, 1),
+        Conv2d::new(1, 32, 34, 34, 32, 3, 1, 1),
+        Conv2d::new(2, 32, 35, 18, 40, 3, 1, 1),
+        Conv2d::new(3, 32, 32, 32, 32, 3, 1, 1),
     ] {
         check_all(&g, 9).unwrap();
     }

@@ -44,7 +44,7 @@ fn forward(g: &Conv2d) -> Floats {
         return Floats {
             once: lay.u_len(g),
             per_thread: lay
-                .v_len(g)
+                .v_len()
                 .saturating_add(lay.m_len())
                 .saturating_add(lay.eo_len),
         };

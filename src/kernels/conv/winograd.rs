@@ -11,10 +11,12 @@
 //! - filter transform, once per call: `U = G g G^T` of every `(co, ci)` kernel, stored as
 //!   16 matrices `U[k]` (`Cout x Cin`, `Cout` rounded up to [`ROWS`]) in [`ROWS`]-row panels;
 //! - per group of whole images (the group's size from the shapes only, so that its
-//!   transformed tiles stay in L2), the input transform `V = B^T d B` of every 4x4 patch into
-//!   16 matrices `V[k]` (`Cin x T`, the group's `T` tiles rounded up to 16 lanes), computed
-//!   16 tiles of a tile row at a time (the lanes): the plane is first split into its even
-//!   and odd columns so that every patch column is a contiguous vector;
+//!   transformed tiles stay in L2; an image too large for that is taken a block of tile rows
+//!   at a time), the input transform `V = B^T d B` of every 4x4 patch into 16 matrices
+//!   `V[k]` (`Cin x T`, the group's `T` tiles rounded up to 16 lanes), computed 16 tiles of
+//!   a tile row at a time (the lanes): the plane is first split into its even and odd
+//!   columns (two permutes per 32 floats) so that every patch column is a contiguous
+//!   vector, and each vector's masks and offsets are worked out once for all 16 loads;
 //! - the 16 independent products `M[k] = U[k] * V[k]` on an 8x32 register tile (8 output
 //!   channels broadcast, 32 tiles in two vectors), each output one chain of fused
 //!   multiply-adds in input-channel order;
@@ -51,16 +53,16 @@ thread_local! {
 }
 
 /// Whether the forward pass of `g` runs here: 3x3, stride 1, padding 1, on AVX-512, at least
-/// 64 input and output channels (2026-12-08, AMD EPYC KVM, 2 threads: 1.2-1.9x the direct
-/// convolution at 64 and 128 channels; at 32 channels the transforms cost more than the
-/// multiplications saved, 0.65-0.75x).
+/// 32 input and output channels (2026-12-08, AMD EPYC KVM, 2 threads, the benchmark
+/// model's layers: 1.27x the direct convolution at 32 channels, 32 x 32 pixels; 1.2-1.9x at
+/// 64 and 128).
 pub(super) fn applies(g: &Conv2d) -> bool {
     g.n > 0
         && (g.kh, g.kw) == (3, 3)
         && g.stride == (1, 1)
         && g.pad == (1, 1)
-        && g.c_in >= 64
-        && g.c_out >= 64
+        && g.c_in >= 32
+        && g.c_out >= 32
         && crate::kernels::isa() == crate::kernels::Isa::Avx512
 }
 
@@ -72,10 +74,18 @@ pub(super) struct Layout {
     tw: usize,
     /// Images per group.
     pub images: usize,
+    /// Tile rows per block: a group is processed a block of tile rows of its images at a
+    /// time (all the rows, unless one image's transforms exceed [`GROUP_BYTES`]).
+    block_rows: usize,
     /// Tiles of a full group, rounded up to 16 (the row stride of `V` and `M`).
     pub tp: usize,
     /// `Cout` rounded up to [`ROWS`].
     pub coutp: usize,
+    /// Floats from `V[k]` to `V[k + 1]` and from `M[k]` to `M[k + 1]`: the matrices' sizes
+    /// plus one cache line, so that the 16 rows one tile's transform reads or writes do not
+    /// all fall in one set of the L1 cache (the sizes are multiples of 4 KiB).
+    vks: usize,
+    mks: usize,
     /// Row stride of the even/odd column planes, and their length (both planes).
     eo_stride: usize,
     pub eo_len: usize,
@@ -86,15 +96,26 @@ impl Layout {
         let (th, tw) = (g.h.div_ceil(2), g.w.div_ceil(2));
         let tiles = th * tw;
         let coutp = g.c_out.div_ceil(ROWS) * ROWS;
-        let per_image = 16 * (g.c_in + coutp) * tiles * 4;
-        let images = images_per_group(g.n, GROUP_BYTES, per_image, MIN_GROUPS);
+        let per_tile = 16 * (g.c_in + coutp) * 4;
+        let images = images_per_group(g.n, GROUP_BYTES, per_tile * tiles, MIN_GROUPS);
+        // An image whose V and M exceed the budget is cut into blocks of whole tile rows
+        // (when its tile rows are vectors of their own, tw > 8).
+        let block_rows = if images == 1 && tw > 8 && per_tile * tiles > GROUP_BYTES {
+            (GROUP_BYTES / (per_tile * tw)).clamp(1, th)
+        } else {
+            th
+        };
         let eo_stride = tw + 1;
+        let tp = (images * block_rows * tw).next_multiple_of(16);
         Self {
             th,
             tw,
             images,
-            tp: (images * tiles).next_multiple_of(16),
+            block_rows,
+            tp,
             coutp,
+            vks: g.c_in * tp + 16,
+            mks: coutp * tp + 16,
             eo_stride,
             eo_len: 2 * (2 * th + 2) * eo_stride,
         }
@@ -103,11 +124,11 @@ impl Layout {
     pub fn u_len(&self, g: &Conv2d) -> usize {
         16 * self.coutp * g.c_in
     }
-    pub fn v_len(&self, g: &Conv2d) -> usize {
-        16 * g.c_in * self.tp
+    pub fn v_len(&self) -> usize {
+        16 * self.vks
     }
     pub fn m_len(&self) -> usize {
-        16 * self.coutp * self.tp
+        16 * self.mks
     }
     /// The vectors of an image's tiles in order: whole tile rows, as many as fit the 16
     /// lanes, when a row has at most 8 tiles; else runs of at most 16 tiles of one row.
@@ -188,7 +209,7 @@ pub(super) fn forward(
         filter_transform(g, &lay, w, u);
         let u = &*u;
         let task = |(gi, (xg, yg)): (usize, (&[f32], &mut [f32]))| {
-            with_scratch(&WV, lay.v_len(g), |v| {
+            with_scratch(&WV, lay.v_len(), |v| {
                 with_scratch(&WM, lay.m_len(), |m| {
                     with_scratch(&WEO, lay.eo_len, |eo| {
                         let images = xg.len() / xs;
@@ -272,15 +293,47 @@ unsafe fn group(
     res: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    let mut r0 = 0;
+    while r0 < lay.th {
+        let r1 = (r0 + lay.block_rows).min(lay.th);
+        // SAFETY: the caller's contract.
+        unsafe { block(g, lay, u, x, v, m, eo, store, res, y, (r0, r1)) };
+        r0 = r1;
+    }
+}
+
+/// Tile rows `rows.0..rows.1` of every image of a group: the input transform, the 16
+/// products, the output transform.
+///
+/// # Safety
+/// As [`group`].
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    g: &Conv2d,
+    lay: &Layout,
+    u: &[f32],
+    x: &[f32],
+    v: &mut [f32],
+    m: &mut [f32],
+    eo: &mut [f32],
+    store: Store<'_>,
+    res: Option<&[f32]>,
+    y: &mut [f32],
+    (r0, r1): (usize, usize),
+) {
     let (th, tw, tp) = (lay.th, lay.tw, lay.tp);
     let plane = g.h * g.w;
     let images = x.len() / (g.c_in * plane);
-    let tiles = th * tw;
+    // The block's tiles per image; tile `t` of the image is column `img * tiles + t - first`.
+    let (tiles, first) = ((r1 - r0) * tw, r0 * tw);
     let used = images * tiles;
     // The lanes past the group's tiles: zero (their products are never read).
     if used < tp {
-        for row in v.chunks_exact_mut(tp) {
-            row[used..].fill(0.0);
+        for vk in v.chunks_exact_mut(lay.vks) {
+            for row in vk[..g.c_in * tp].chunks_exact_mut(tp) {
+                row[used..].fill(0.0);
+            }
         }
     }
     // Input transform.
@@ -290,7 +343,7 @@ unsafe fn group(
     for (img, xi) in x.chunks_exact(g.c_in * plane).enumerate() {
         for (ci, xp) in xi.chunks_exact(plane).enumerate() {
             // ev[yp][j] = x[yp - 1][2j - 1], od[yp][j] = x[yp - 1][2j] (zero outside).
-            for yp in 0..hp {
+            for yp in 2 * r0..hp.min(2 * r1 + 2) {
                 let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
                 if yp == 0 || yp > g.h {
                     er.fill(0.0);
@@ -298,16 +351,21 @@ unsafe fn group(
                     continue;
                 }
                 let row = &xp[(yp - 1) * g.w..][..g.w];
-                er[0] = 0.0;
-                for (j, e) in er.iter_mut().enumerate().skip(1) {
-                    *e = row.get(2 * j - 1).copied().unwrap_or(0.0);
-                }
-                for (j, o) in or.iter_mut().enumerate() {
-                    *o = row.get(2 * j).copied().unwrap_or(0.0);
-                }
+                // SAFETY: AVX-512F (the caller's contract); `row`, `er`, `or` as sliced.
+                unsafe { split_row(row, er, or) };
             }
-            for vec in lay.vectors() {
+            for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
                 let k = mask(vec.lanes);
+                // Each run of the vector: the offset of its lane 0 in the planes' rows (the
+                // row of the patch's top, wrapping: lane0 may exceed 2 ty s + tx0) and its
+                // lanes.
+                let mut runs = [(0usize, 0 as __mmask16); 16];
+                let mut nr = 0;
+                for sg in vec.segments() {
+                    runs[nr] = ((2 * sg.ty * s + sg.tx0).wrapping_sub(sg.lane0), sg.mask());
+                    nr += 1;
+                }
+                let runs = &runs[..nr];
                 let mut d = [[_mm512_setzero_ps(); 4]; 4];
                 for (i, di) in d.iter_mut().enumerate() {
                     for (c, dc) in di.iter_mut().enumerate() {
@@ -318,16 +376,15 @@ unsafe fn group(
                             _ => (&*od, 1),
                         };
                         let mut val = _mm512_setzero_ps();
-                        for sg in vec.segments() {
-                            let at = (2 * sg.ty + i) * s + sg.tx0 + off;
-                            debug_assert!(at + sg.n <= src.len());
-                            // SAFETY: lanes `lane0..lane0 + n` read `src[at..at + n]`, inside
-                            // a row of `s = tw + 1` floats; the other lanes are masked off.
+                        for &(at, km) in runs {
+                            // SAFETY: the run's lanes `lane0..lane0 + n` read `src[at + lane0
+                            // + i s + off..][..n]`, inside a row of `s = tw + 1` floats; the
+                            // other lanes are masked off.
                             val = unsafe {
                                 _mm512_mask_loadu_ps(
                                     val,
-                                    sg.mask(),
-                                    src.as_ptr().wrapping_add(at).wrapping_sub(sg.lane0),
+                                    km,
+                                    src.as_ptr().wrapping_add(at.wrapping_add(i * s + off)),
                                 )
                             };
                         }
@@ -342,7 +399,7 @@ unsafe fn group(
                     hi[2] = _mm512_sub_ps(di[2], di[1]);
                     hi[3] = _mm512_sub_ps(di[1], di[3]);
                 }
-                let t0 = img * tiles + vec.t0;
+                let t0 = img * tiles + vec.t0 - first;
                 #[allow(clippy::needless_range_loop)] // Column j of every row of h.
                 for j in 0..4 {
                     let vals = [
@@ -352,7 +409,7 @@ unsafe fn group(
                         _mm512_sub_ps(h[1][j], h[3][j]),
                     ];
                     for (r, &val) in vals.iter().enumerate() {
-                        let at = ((4 * r + j) * g.c_in + ci) * tp + t0;
+                        let at = (4 * r + j) * lay.vks + ci * tp + t0;
                         debug_assert!(at + vec.lanes <= v.len());
                         // SAFETY: the lanes of tiles `t0..t0 + lanes` of row `(k, ci)`.
                         unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), k, val) };
@@ -365,8 +422,8 @@ unsafe fn group(
     let panels = lay.coutp / ROWS;
     for kk in 0..16 {
         let uk = &u[kk * panels * ROWS * g.c_in..][..panels * ROWS * g.c_in];
-        let vk = &v[kk * g.c_in * tp..][..g.c_in * tp];
-        let mk = &mut m[kk * lay.coutp * tp..][..lay.coutp * tp];
+        let vk = &v[kk * lay.vks..][..g.c_in * tp];
+        let mk = &mut m[kk * lay.mks..][..lay.coutp * tp];
         let mut c0 = 0;
         while c0 < used {
             let wide = c0 + 32 <= tp;
@@ -391,15 +448,44 @@ unsafe fn group(
     let zero = _mm512_setzero_ps();
     let ys = g.c_out * plane;
     for img in 0..images {
-        for co in 0..g.c_out {
-            let b = store.bias.map(|b| _mm512_set1_ps(b[co]));
-            let base = img * ys + co * plane;
-            for vec in lay.vectors() {
-                let k = mask(vec.lanes);
-                let t0 = img * tiles + vec.t0;
+        for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
+            let k = mask(vec.lanes);
+            let t0 = img * tiles + vec.t0 - first;
+            // The vector's stores: output row r of the tiles (0 or 1), half hh of the
+            // interleaved pair, the offset in the plane of that half's lane 0 (wrapping) and
+            // its lanes.
+            let mut stores = [(0usize, 0usize, 0usize, 0 as __mmask16); 64];
+            let mut ns = 0;
+            for r in 0..2 {
+                for sg in vec.segments() {
+                    let oy = 2 * sg.ty + r;
+                    if oy >= g.h {
+                        continue;
+                    }
+                    // Interleaved positions [2 lane0, 2 lane0 + count): pixels 2 tx0.. of
+                    // output row oy.
+                    let count = (2 * sg.n).min(g.w - 2 * sg.tx0);
+                    let (p0, p1) = (2 * sg.lane0, 2 * sg.lane0 + count);
+                    for hh in 0..2 {
+                        let (h0, h1) = (16 * hh, 16 * hh + 16);
+                        if p1 <= h0 || p0 >= h1 {
+                            continue;
+                        }
+                        let km = (mask(p1.min(h1) - h0) & !mask(p0.max(h0) - h0)) as __mmask16;
+                        // Lane q of this half is pixel 2 tx0 + h0 + q - p0.
+                        let at = (oy * g.w + 2 * sg.tx0 + h0).wrapping_sub(p0);
+                        stores[ns] = (r, hh, at, km);
+                        ns += 1;
+                    }
+                }
+            }
+            let stores = &stores[..ns];
+            for co in 0..g.c_out {
+                let b = store.bias.map(|b| _mm512_set1_ps(b[co]));
+                let base = img * ys + co * plane;
                 let mut mv = [zero; 16];
                 for (kk, mvk) in mv.iter_mut().enumerate() {
-                    let at = (kk * lay.coutp + co) * tp + t0;
+                    let at = kk * lay.mks + co * tp + t0;
                     debug_assert!(at + vec.lanes <= m.len());
                     // SAFETY: the lanes of tiles `t0..t0 + lanes` of row `(k, co)`.
                     *mvk = unsafe { _mm512_maskz_loadu_ps(k, m.as_ptr().add(at)) };
@@ -410,63 +496,86 @@ unsafe fn group(
                     sm[0][j] = _mm512_add_ps(_mm512_add_ps(mv[j], mv[4 + j]), mv[8 + j]);
                     sm[1][j] = _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j]);
                 }
-                for (r, sr) in sm.iter().enumerate() {
+                // Lane 2q + e of the interleaved pair of row r holds pixel e of tile lane q.
+                let mut halves = [[zero; 2]; 2];
+                for (hr, sr) in halves.iter_mut().zip(&sm) {
                     let y0 = _mm512_add_ps(_mm512_add_ps(sr[0], sr[1]), sr[2]);
                     let y1 = _mm512_sub_ps(_mm512_sub_ps(sr[1], sr[2]), sr[3]);
-                    // Lane 2q + e of the interleaved pair holds pixel e of tile lane q.
-                    let halves = [
+                    *hr = [
                         _mm512_permutex2var_ps(y0, lo, y1),
                         _mm512_permutex2var_ps(y0, hi, y1),
                     ];
-                    for sg in vec.segments() {
-                        let oy = 2 * sg.ty + r;
-                        if oy >= g.h {
-                            continue;
-                        }
-                        // Interleaved positions [2 lane0, 2 lane0 + count): pixels
-                        // 2 tx0.. of output row oy.
-                        let count = (2 * sg.n).min(g.w - 2 * sg.tx0);
-                        let (p0, p1) = (2 * sg.lane0, 2 * sg.lane0 + count);
-                        for (hh, &val) in halves.iter().enumerate() {
-                            let (h0, h1) = (16 * hh, 16 * hh + 16);
-                            if p1 <= h0 || p0 >= h1 {
-                                continue;
-                            }
-                            let km = (mask(p1.min(h1) - h0) & !mask(p0.max(h0) - h0)) as __mmask16;
-                            // Lane q of this half is pixel 2 tx0 + h0 + q - p0.
-                            let at = base + oy * g.w + 2 * sg.tx0;
-                            let mut a = val;
-                            if let Some(b) = b {
-                                a = _mm512_add_ps(a, b);
-                            }
-                            if let Some(rs) = res {
-                                // SAFETY: the unmasked lanes read pixels of row `oy` of this
-                                // plane (`count` pixels from `2 tx0`).
-                                a = _mm512_add_ps(a, unsafe {
-                                    _mm512_maskz_loadu_ps(
-                                        km,
-                                        rs.as_ptr().wrapping_add(at + h0).wrapping_sub(p0),
-                                    )
-                                });
-                            }
-                            if store.relu {
-                                // max(0, a) returns `a` when it is NaN or -0, as
-                                // `if a < 0 { 0 }`.
-                                a = _mm512_max_ps(zero, a);
-                            }
-                            // SAFETY: as the residual's load.
-                            unsafe {
-                                _mm512_mask_storeu_ps(
-                                    y.as_mut_ptr().wrapping_add(at + h0).wrapping_sub(p0),
-                                    km,
-                                    a,
-                                )
-                            };
-                        }
+                }
+                for &(r, hh, at, km) in stores {
+                    let at = base.wrapping_add(at);
+                    let mut a = halves[r][hh];
+                    if let Some(b) = b {
+                        a = _mm512_add_ps(a, b);
                     }
+                    if let Some(rs) = res {
+                        // SAFETY: the unmasked lanes read pixels of one output row of this
+                        // plane.
+                        a = _mm512_add_ps(a, unsafe {
+                            _mm512_maskz_loadu_ps(km, rs.as_ptr().wrapping_add(at))
+                        });
+                    }
+                    if store.relu {
+                        // max(0, a) returns `a` when it is NaN or -0, as `if a < 0 { 0 }`.
+                        a = _mm512_max_ps(zero, a);
+                    }
+                    // SAFETY: as the residual's load.
+                    unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().wrapping_add(at), km, a) };
                 }
             }
         }
+    }
+}
+
+/// `er[0] = 0`, `er[j] = row[2j - 1]` and `or[j] = row[2j]` for `j < er.len()`, zero past
+/// the row's end: the odd and even columns of a row of 32 floats at a time, deinterleaved
+/// by two permutes.
+///
+/// # Safety
+/// AVX-512F; `er` and `or` of one length `s` with `2 s >= row.len()`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn split_row(row: &[f32], er: &mut [f32], or: &mut [f32]) {
+    let (w, s) = (row.len(), er.len());
+    debug_assert!(or.len() == s && 2 * s >= w);
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    er[0] = 0.0;
+    let mut j0 = 0;
+    while j0 < s {
+        let c0 = 2 * j0;
+        let left = w.saturating_sub(c0);
+        // SAFETY: lanes `l` with `c0 + l < w` read inside `row`; the rest are masked off.
+        let (a, b) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(mask(left), row.as_ptr().wrapping_add(c0)),
+                _mm512_maskz_loadu_ps(
+                    mask(left.saturating_sub(16)),
+                    row.as_ptr().wrapping_add(c0 + 16),
+                ),
+            )
+        };
+        // Lane i: or[j0 + i] = row[c0 + 2i], er[j0 + 1 + i] = row[c0 + 2i + 1].
+        let n = (s - j0).min(16);
+        // SAFETY: lanes `i < n` write `or[j0 + i]`, `j0 + i < s`; and `er[j0 + 1 + i]` for
+        // `j0 + 1 + i < s`.
+        unsafe {
+            _mm512_mask_storeu_ps(
+                or.as_mut_ptr().add(j0),
+                mask(n),
+                _mm512_permutex2var_ps(a, evens, b),
+            );
+            _mm512_mask_storeu_ps(
+                er.as_mut_ptr().add(j0 + 1),
+                mask((s - j0 - 1).min(16)),
+                _mm512_permutex2var_ps(a, odds, b),
+            );
+        }
+        j0 += 16;
     }
 }
 
@@ -511,3 +620,4 @@ unsafe fn tile<const NV: usize>(
         }
     }
 }
+
