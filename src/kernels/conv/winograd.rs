@@ -120,6 +120,13 @@ impl Layout {
             eo_len: 2 * (2 * th + 2) * eo_stride,
         }
     }
+    /// The blocks of tile rows a group is processed in, `(first, end)`.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.th.div_ceil(self.block_rows)).map(|b| {
+            let r0 = b * self.block_rows;
+            (r0, (r0 + self.block_rows).min(self.th))
+        })
+    }
     /// Floats of `U`, of a group's `V` and of its `M`.
     pub fn u_len(&self, g: &Conv2d) -> usize {
         16 * self.coutp * g.c_in
@@ -216,9 +223,11 @@ pub(super) fn forward(
                         let res = store
                             .residual
                             .map(|r| &r[gi * lay.images * ys..][..images * ys]);
-                        // SAFETY: `applies` checked AVX-512F; the buffers have the
-                        // layout's lengths and the slices the group's.
-                        unsafe { group(g, &lay, u, xg, v, m, eo, store, res, yg) };
+                        for rows in lay.blocks() {
+                            // SAFETY: `applies` checked AVX-512F; the buffers have the
+                            // layout's lengths, the slices the group's, `rows` a block's.
+                            unsafe { block(g, &lay, u, xg, v, m, eo, store, res, yg, rows) };
+                        }
                     })
                 })
             })
@@ -274,39 +283,13 @@ fn mask(n: usize) -> __mmask16 {
     }
 }
 
-/// One group of images: the input transform, the 16 products, the output transform.
-///
-/// # Safety
-/// AVX-512F must be available; `u`, `v`, `m`, `eo` of the layout's lengths, `x` and `y`
-/// whole images (at most `lay.images`), `res` (if any) of `y`'s length.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn group(
-    g: &Conv2d,
-    lay: &Layout,
-    u: &[f32],
-    x: &[f32],
-    v: &mut [f32],
-    m: &mut [f32],
-    eo: &mut [f32],
-    store: Store<'_>,
-    res: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let mut r0 = 0;
-    while r0 < lay.th {
-        let r1 = (r0 + lay.block_rows).min(lay.th);
-        // SAFETY: the caller's contract.
-        unsafe { block(g, lay, u, x, v, m, eo, store, res, y, (r0, r1)) };
-        r0 = r1;
-    }
-}
-
 /// Tile rows `rows.0..rows.1` of every image of a group: the input transform, the 16
 /// products, the output transform.
 ///
 /// # Safety
-/// As [`group`].
+/// AVX-512F must be available; `u`, `v`, `m`, `eo` of the layout's lengths, `x` and `y`
+/// whole images (at most `lay.images`), `res` (if any) of `y`'s length, `rows` within the
+/// tile rows and at most `lay.block_rows` of them.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
@@ -620,4 +603,3 @@ unsafe fn tile<const NV: usize>(
         }
     }
 }
-
