@@ -86,7 +86,7 @@ fn gemm_and_conv_allocate_nothing_in_steady_state() {
             // Pointwise strided (the ResNet shortcuts), with whole and padded pixel vectors.
             Conv2d::new(40, 8, 16, 16, 16, 1, 2, 0),
             Conv2d::new(40, 8, 7, 5, 16, 1, 3, 0),
-            // Winograd F(2x2, 3x3) (AVX-512), several groups of images.
+            // Winograd F(2x2, 3x3) (AVX-512 or AVX2), several groups of images.
             Conv2d::new(20, 64, 8, 8, 64, 3, 1, 1),
         ] {
             let x = vec![0.1f32; g.x_len()];

@@ -13,11 +13,11 @@
 //!   outputs at least 16 pixels wide run on the row tiles instead (`direct/rows.rs`: pixels
 //!   of a row in the lanes, output channels broadcast, stored straight into NCHW), with the
 //!   same bits.
-//! - Winograd (`winograd.rs`, AVX-512, 3x3 stride-1 pad-1 kernels with at least 32 input
-//!   and output channels: forward pass only, chosen before the direct strategy; the weight
-//!   gradient stays direct): F(2x2, 3x3) (Lavin & Gray 2016), 16 multiplications per 2x2
-//!   output tile instead of 36. Per group of images, the input tiles transformed into 16
-//!   matrices `V[k]`, multiplied by the transformed filters `U[k]` (8x32 register tiles),
+//! - Winograd (`winograd/`, AVX-512 and AVX2, 3x3 stride-1 pad-1 kernels with at least 32
+//!   input and output channels: forward pass only, chosen before the direct strategy; the
+//!   weight gradient stays direct): F(2x2, 3x3) (Lavin & Gray 2016), 16 multiplications per
+//!   2x2 output tile instead of 36. Per group of images, the input tiles transformed into 16
+//!   matrices `V[k]`, multiplied by the transformed filters `U[k]` (register tiles),
 //!   the products transformed back into NCHW with the bias, residual and ReLU in the store.
 //!   The stride-1 input gradient of such a layer runs through it too (`flipped.rs`).
 //! - Implicit im2col (`im2col/`, the portable path but for pointwise strided kernels, and

@@ -1,6 +1,8 @@
 //! Winograd minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for the forward pass of 3x3,
-//! stride-1, pad-1 convolutions on AVX-512: 16 multiplications per 2x2 output tile and
-//! channel pair instead of the direct convolution's 36.
+//! stride-1, pad-1 convolutions on AVX-512 and on AVX2: 16 multiplications per 2x2 output
+//! tile and channel pair instead of the direct convolution's 36. The transforms are written
+//! once over a vector of `N` tiles (`lanes.rs`: 16 with AVX-512, 8 with AVX2) and compiled
+//! for each instruction set.
 //!
 //! Each output tile `(ty, tx)` of an image covers the output pixels `2ty..2ty+2 x
 //! 2tx..2tx+2` and reads the 4x4 input patch at `(2ty - 1, 2tx - 1)` (outside the image:
@@ -13,14 +15,14 @@
 //! - per group of whole images (the group's size from the shapes only, so that its
 //!   transformed tiles stay in L2; an image too large for that is taken a block of tile rows
 //!   at a time), the input transform `V = B^T d B` of every 4x4 patch into 16 matrices
-//!   `V[k]` (`Cin x T`, the group's `T` tiles rounded up to 16 lanes), computed 16 tiles of
-//!   a tile row at a time (the lanes): the plane is first split into its even and odd
-//!   columns (two permutes per 32 floats) so that every patch column is a contiguous
-//!   vector, and each vector's masks and offsets are worked out once for all 16 loads;
-//! - the 16 independent products `M[k] = U[k] * V[k]` on an 8x32 register tile (8 output
-//!   channels broadcast, 32 tiles in two vectors), each output one chain of fused
+//!   `V[k]` (`Cin x T`, the group's `T` tiles rounded up to 16), computed `N` tiles of a
+//!   tile row at a time (the lanes): the plane is first split into its even and odd columns
+//!   (two permutes per `2 N` floats) so that every patch column is a contiguous vector, and
+//!   each vector's masks and offsets are worked out once for all 16 loads;
+//! - the 16 independent products `M[k] = U[k] * V[k]` on a register tile (8 output
+//!   channels x 32 tiles with AVX-512, 4 x 16 with AVX2), each output one chain of fused
 //!   multiply-adds in input-channel order;
-//! - the output transform `Y = A^T M A` 16 tiles of a tile row at a time, the two output
+//! - the output transform `Y = A^T M A` `N` tiles of a tile row at a time, the two output
 //!   pixels of each tile row interleaved into NCHW rows, with the bias, a residual and the
 //!   ReLU applied as they are stored (`act(y + bias + residual)`).
 //!
@@ -31,11 +33,11 @@
 use crate::error::Result;
 use crate::kernels::conv::{images_per_group, with_scratch, Conv2d, Store};
 use rayon::prelude::*;
-use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Output channels per panel of `U` (the broadcast rows of the product tile).
-pub(super) const ROWS: usize = 8;
+mod lanes;
+use lanes::{Avx2, Avx512, Lanes, ROWS};
+
 /// Bytes of a group's `V` and `M` (whole images, at least one): about half the L2.
 pub(super) const GROUP_BYTES: usize = 640 * 1024;
 /// A batch of at least this many images is cut into at least this many groups.
@@ -52,10 +54,10 @@ thread_local! {
     static WEO: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether the forward pass of `g` runs here: 3x3, stride 1, padding 1, on AVX-512, at least
-/// 32 input and output channels (2026-12-08, AMD EPYC KVM, 2 threads, the benchmark
-/// model's layers: 1.27x the direct convolution at 32 channels, 32 x 32 pixels; 1.2-1.9x at
-/// 64 and 128).
+/// Whether the forward pass of `g` runs here: 3x3, stride 1, padding 1, on AVX-512 or AVX2,
+/// at least 32 input and output channels (2026-12-08, AMD EPYC KVM, 2 threads, the
+/// benchmark model's layers: AVX-512 1.27x the direct convolution at 32 channels, 32 x 32
+/// pixels, 1.2-1.9x at 64 and 128; AVX2 forced 1.1x, 1.2-1.3x and 1.5x).
 pub(super) fn applies(g: &Conv2d) -> bool {
     g.n > 0
         && (g.kh, g.kw) == (3, 3)
@@ -63,7 +65,19 @@ pub(super) fn applies(g: &Conv2d) -> bool {
         && g.pad == (1, 1)
         && g.c_in >= 32
         && g.c_out >= 32
-        && crate::kernels::isa() == crate::kernels::Isa::Avx512
+        && matches!(
+            crate::kernels::isa(),
+            crate::kernels::Isa::Avx512 | crate::kernels::Isa::Avx2Fma
+        )
+}
+
+/// Tiles per vector on this CPU's instruction set.
+fn lanes() -> usize {
+    if crate::kernels::isa() == crate::kernels::Isa::Avx512 {
+        Avx512::N
+    } else {
+        Avx2::N
+    }
 }
 
 /// The cut of a geometry into tiles and groups (from the shapes only).
@@ -74,6 +88,8 @@ pub(super) struct Layout {
     tw: usize,
     /// Images per group.
     pub images: usize,
+    /// Tiles per vector of the transforms: 16 (AVX-512) or 8 (AVX2).
+    lanes: usize,
     /// Tile rows per block: a group is processed a block of tile rows of its images at a
     /// time (all the rows, unless one image's transforms exceed [`GROUP_BYTES`]).
     block_rows: usize,
@@ -99,8 +115,9 @@ impl Layout {
         let per_tile = 16 * (g.c_in + coutp) * 4;
         let images = images_per_group(g.n, GROUP_BYTES, per_tile * tiles, MIN_GROUPS);
         // An image whose V and M exceed the budget is cut into blocks of whole tile rows
-        // (when its tile rows are vectors of their own, tw > 8).
-        let block_rows = if images == 1 && tw > 8 && per_tile * tiles > GROUP_BYTES {
+        // (when its tile rows are vectors of their own).
+        let lanes = lanes();
+        let block_rows = if images == 1 && tw > lanes / 2 && per_tile * tiles > GROUP_BYTES {
             (GROUP_BYTES / (per_tile * tw)).clamp(1, th)
         } else {
             th
@@ -111,6 +128,7 @@ impl Layout {
             th,
             tw,
             images,
+            lanes,
             block_rows,
             tp,
             coutp,
@@ -137,18 +155,24 @@ impl Layout {
     pub fn m_len(&self) -> usize {
         16 * self.mks
     }
-    /// The vectors of an image's tiles in order: whole tile rows, as many as fit the 16
-    /// lanes, when a row has at most 8 tiles; else runs of at most 16 tiles of one row.
+    /// Whether a vector holds whole tile rows (else runs of one row).
+    fn rows_per_vector(&self) -> bool {
+        self.tw <= self.lanes / 2
+    }
+    /// The vectors of an image's tiles in order: whole tile rows, as many as fit the lanes,
+    /// when a row has at most half as many tiles; else runs of at most a vector's lanes of
+    /// one row.
     fn vectors(&self) -> impl Iterator<Item = TileVec> + '_ {
-        let (th, tw) = (self.th, self.tw);
-        let rows = if tw <= 8 { 16 / tw } else { 1 };
-        let per_row = if tw <= 8 { 1 } else { tw.div_ceil(16) };
+        let (th, tw, lanes) = (self.th, self.tw, self.lanes);
+        let whole = self.rows_per_vector();
+        let rows = if whole { lanes / tw } else { 1 };
+        let per_row = if whole { 1 } else { tw.div_ceil(lanes) };
         (0..th.div_ceil(rows) * per_row).map(move |v| {
-            let (ty0, tx0) = (v / per_row * rows, v % per_row * 16);
-            let (nrows, n) = if tw <= 8 {
+            let (ty0, tx0) = (v / per_row * rows, v % per_row * lanes);
+            let (nrows, n) = if whole {
                 (rows.min(th - ty0), tw)
             } else {
-                (1, (tw - tx0).min(16))
+                (1, (tw - tx0).min(lanes))
             };
             TileVec {
                 t0: ty0 * tw + tx0,
@@ -181,12 +205,6 @@ struct Segment {
     tx0: usize,
     lane0: usize,
     n: usize,
-}
-
-impl Segment {
-    fn mask(&self) -> __mmask16 {
-        mask(self.lane0 + self.n) & !mask(self.lane0)
-    }
 }
 
 impl TileVec {
@@ -224,9 +242,17 @@ pub(super) fn forward(
                             .residual
                             .map(|r| &r[gi * lay.images * ys..][..images * ys]);
                         for rows in lay.blocks() {
-                            // SAFETY: `applies` checked AVX-512F; the buffers have the
-                            // layout's lengths, the slices the group's, `rows` a block's.
-                            unsafe { block(g, &lay, u, xg, v, m, eo, store, res, yg, rows) };
+                            let bufs = (&mut *v, &mut *m, &mut *eo);
+                            // SAFETY: `applies` checked the instruction set, which `lanes`
+                            // and the layout follow; the buffers have the layout's lengths,
+                            // the slices the group's, `rows` a block's.
+                            unsafe {
+                                if lay.lanes == Avx512::N {
+                                    block_avx512(g, &lay, u, xg, bufs, store, res, yg, rows)
+                                } else {
+                                    block_avx2(g, &lay, u, xg, bufs, store, res, yg, rows)
+                                }
+                            }
                         }
                     })
                 })
@@ -273,38 +299,70 @@ fn filter_transform(g: &Conv2d, lay: &Layout, w: &[f32], u: &mut [f32]) {
     }
 }
 
-/// Lanes `0..n` of a vector.
-#[inline]
-fn mask(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
-/// Tile rows `rows.0..rows.1` of every image of a group: the input transform, the 16
-/// products, the output transform.
+/// [`block`] on AVX-512.
 ///
 /// # Safety
-/// AVX-512F must be available; `u`, `v`, `m`, `eo` of the layout's lengths, `x` and `y`
-/// whole images (at most `lay.images`), `res` (if any) of `y`'s length, `rows` within the
-/// tile rows and at most `lay.block_rows` of them.
+/// AVX-512F; as [`block`].
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(
+unsafe fn block_avx512(
     g: &Conv2d,
     lay: &Layout,
     u: &[f32],
     x: &[f32],
-    v: &mut [f32],
-    m: &mut [f32],
-    eo: &mut [f32],
+    (v, m, eo): (&mut [f32], &mut [f32], &mut [f32]),
+    store: Store<'_>,
+    res: Option<&[f32]>,
+    y: &mut [f32],
+    rows: (usize, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { block(Avx512::new(), g, lay, u, x, (v, m, eo), store, res, y, rows) }
+}
+
+/// [`block`] on AVX2.
+///
+/// # Safety
+/// AVX2 and FMA; as [`block`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2(
+    g: &Conv2d,
+    lay: &Layout,
+    u: &[f32],
+    x: &[f32],
+    (v, m, eo): (&mut [f32], &mut [f32], &mut [f32]),
+    store: Store<'_>,
+    res: Option<&[f32]>,
+    y: &mut [f32],
+    rows: (usize, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { block(Avx2::new(), g, lay, u, x, (v, m, eo), store, res, y, rows) }
+}
+
+/// Tile rows `rows.0..rows.1` of every image of a group: the input transform, the 16
+/// products, the output transform, in `L`'s vectors.
+///
+/// # Safety
+/// `L`'s instruction set; `u`, `v`, `m`, `eo` of the layout's lengths (the layout made for
+/// `L::N` lanes), `x` and `y` whole images (at most `lay.images`), `res` (if any) of `y`'s
+/// length, `rows` one of the layout's blocks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<L: Lanes>(
+    l: L,
+    g: &Conv2d,
+    lay: &Layout,
+    u: &[f32],
+    x: &[f32],
+    (v, m, eo): (&mut [f32], &mut [f32], &mut [f32]),
     store: Store<'_>,
     res: Option<&[f32]>,
     y: &mut [f32],
     (r0, r1): (usize, usize),
 ) {
+    debug_assert_eq!(lay.lanes, L::N);
     let (th, tw, tp) = (lay.th, lay.tw, lay.tp);
     let plane = g.h * g.w;
     let images = x.len() / (g.c_in * plane);
@@ -334,22 +392,25 @@ unsafe fn block(
                     continue;
                 }
                 let row = &xp[(yp - 1) * g.w..][..g.w];
-                // SAFETY: AVX-512F (the caller's contract); `row`, `er`, `or` as sliced.
-                unsafe { split_row(row, er, or) };
+                // SAFETY: `L`'s instruction set (the caller's contract); `2 s >= w`.
+                unsafe { split_row(l, row, er, or) };
             }
             for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
-                let k = mask(vec.lanes);
+                let k = l.lanes(0, vec.lanes);
                 // Each run of the vector: the offset of its lane 0 in the planes' rows (the
                 // row of the patch's top, wrapping: lane0 may exceed 2 ty s + tx0) and its
                 // lanes.
-                let mut runs = [(0usize, 0 as __mmask16); 16];
+                let mut runs = [(0usize, l.lanes(0, 0)); 16];
                 let mut nr = 0;
                 for sg in vec.segments() {
-                    runs[nr] = ((2 * sg.ty * s + sg.tx0).wrapping_sub(sg.lane0), sg.mask());
+                    runs[nr] = (
+                        (2 * sg.ty * s + sg.tx0).wrapping_sub(sg.lane0),
+                        l.lanes(sg.lane0, sg.lane0 + sg.n),
+                    );
                     nr += 1;
                 }
                 let runs = &runs[..nr];
-                let mut d = [[_mm512_setzero_ps(); 4]; 4];
+                let mut d = [[l.zero(); 4]; 4];
                 for (i, di) in d.iter_mut().enumerate() {
                     for (c, dc) in di.iter_mut().enumerate() {
                         let (src, off) = match c {
@@ -358,13 +419,13 @@ unsafe fn block(
                             2 => (&*ev, 1),
                             _ => (&*od, 1),
                         };
-                        let mut val = _mm512_setzero_ps();
+                        let mut val = l.zero();
                         for &(at, km) in runs {
                             // SAFETY: the run's lanes `lane0..lane0 + n` read `src[at + lane0
                             // + i s + off..][..n]`, inside a row of `s = tw + 1` floats; the
                             // other lanes are masked off.
                             val = unsafe {
-                                _mm512_mask_loadu_ps(
+                                l.load_into(
                                     val,
                                     km,
                                     src.as_ptr().wrapping_add(at.wrapping_add(i * s + off)),
@@ -375,27 +436,27 @@ unsafe fn block(
                     }
                 }
                 // h = d B (columns), then B^T h (rows).
-                let mut h = [[_mm512_setzero_ps(); 4]; 4];
+                let mut h = [[l.zero(); 4]; 4];
                 for (hi, di) in h.iter_mut().zip(&d) {
-                    hi[0] = _mm512_sub_ps(di[0], di[2]);
-                    hi[1] = _mm512_add_ps(di[1], di[2]);
-                    hi[2] = _mm512_sub_ps(di[2], di[1]);
-                    hi[3] = _mm512_sub_ps(di[1], di[3]);
+                    hi[0] = l.sub(di[0], di[2]);
+                    hi[1] = l.add(di[1], di[2]);
+                    hi[2] = l.sub(di[2], di[1]);
+                    hi[3] = l.sub(di[1], di[3]);
                 }
                 let t0 = img * tiles + vec.t0 - first;
                 #[allow(clippy::needless_range_loop)] // Column j of every row of h.
                 for j in 0..4 {
                     let vals = [
-                        _mm512_sub_ps(h[0][j], h[2][j]),
-                        _mm512_add_ps(h[1][j], h[2][j]),
-                        _mm512_sub_ps(h[2][j], h[1][j]),
-                        _mm512_sub_ps(h[1][j], h[3][j]),
+                        l.sub(h[0][j], h[2][j]),
+                        l.add(h[1][j], h[2][j]),
+                        l.sub(h[2][j], h[1][j]),
+                        l.sub(h[1][j], h[3][j]),
                     ];
                     for (r, &val) in vals.iter().enumerate() {
                         let at = (4 * r + j) * lay.vks + ci * tp + t0;
                         debug_assert!(at + vec.lanes <= v.len());
                         // SAFETY: the lanes of tiles `t0..t0 + lanes` of row `(k, ci)`.
-                        unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), k, val) };
+                        unsafe { l.store(v.as_mut_ptr().add(at), k, val) };
                     }
                 }
             }
@@ -409,35 +470,30 @@ unsafe fn block(
         let mk = &mut m[kk * lay.mks..][..lay.coutp * tp];
         let mut c0 = 0;
         while c0 < used {
-            let wide = c0 + 32 <= tp;
+            // A multiple of L::N: tp is a multiple of 16, c0 of L::N.
+            let cols = L::COLS.min(tp - c0);
             for (p, up) in uk.chunks_exact(ROWS * g.c_in).enumerate() {
                 // SAFETY: `up` holds `ROWS * Cin` floats, `vk` rows of `tp` floats from
-                // `c0` (+32 or +16 <= tp), `mk` rows `p * ROWS..` of `tp` floats.
+                // `c0` (+ cols <= tp), `mk` rows `p * ROWS..` of `tp` floats.
                 unsafe {
                     let out = mk.as_mut_ptr().add(p * ROWS * tp + c0);
-                    if wide {
-                        tile::<2>(g.c_in, up.as_ptr(), vk.as_ptr().add(c0), tp, out);
-                    } else {
-                        tile::<1>(g.c_in, up.as_ptr(), vk.as_ptr().add(c0), tp, out);
-                    }
+                    l.product(g.c_in, up.as_ptr(), vk.as_ptr().add(c0), tp, out, cols);
                 }
             }
-            c0 += if wide { 32 } else { 16 };
+            c0 += cols;
         }
     }
     // Output transform.
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    let zero = _mm512_setzero_ps();
+    let n = L::N;
     let ys = g.c_out * plane;
     for img in 0..images {
         for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
-            let k = mask(vec.lanes);
+            let k = l.lanes(0, vec.lanes);
             let t0 = img * tiles + vec.t0 - first;
             // The vector's stores: output row r of the tiles (0 or 1), half hh of the
             // interleaved pair, the offset in the plane of that half's lane 0 (wrapping) and
             // its lanes.
-            let mut stores = [(0usize, 0usize, 0usize, 0 as __mmask16); 64];
+            let mut stores = [(0usize, 0usize, 0usize, l.lanes(0, 0)); 64];
             let mut ns = 0;
             for r in 0..2 {
                 for sg in vec.segments() {
@@ -450,11 +506,11 @@ unsafe fn block(
                     let count = (2 * sg.n).min(g.w - 2 * sg.tx0);
                     let (p0, p1) = (2 * sg.lane0, 2 * sg.lane0 + count);
                     for hh in 0..2 {
-                        let (h0, h1) = (16 * hh, 16 * hh + 16);
+                        let (h0, h1) = (n * hh, n * hh + n);
                         if p1 <= h0 || p0 >= h1 {
                             continue;
                         }
-                        let km = (mask(p1.min(h1) - h0) & !mask(p0.max(h0) - h0)) as __mmask16;
+                        let km = l.lanes(p0.max(h0) - h0, p1.min(h1) - h0);
                         // Lane q of this half is pixel 2 tx0 + h0 + q - p0.
                         let at = (oy * g.w + 2 * sg.tx0 + h0).wrapping_sub(p0);
                         stores[ns] = (r, hh, at, km);
@@ -464,50 +520,45 @@ unsafe fn block(
             }
             let stores = &stores[..ns];
             for co in 0..g.c_out {
-                let b = store.bias.map(|b| _mm512_set1_ps(b[co]));
+                let b = store.bias.map(|b| l.splat(b[co]));
                 let base = img * ys + co * plane;
-                let mut mv = [zero; 16];
+                let mut mv = [l.zero(); 16];
                 for (kk, mvk) in mv.iter_mut().enumerate() {
                     let at = kk * lay.mks + co * tp + t0;
                     debug_assert!(at + vec.lanes <= m.len());
                     // SAFETY: the lanes of tiles `t0..t0 + lanes` of row `(k, co)`.
-                    *mvk = unsafe { _mm512_maskz_loadu_ps(k, m.as_ptr().add(at)) };
+                    *mvk = unsafe { l.load(k, m.as_ptr().add(at)) };
                 }
                 // s = A^T M (2 x 4), then s A (2 x 2).
-                let mut sm = [[zero; 4]; 2];
+                let mut sm = [[l.zero(); 4]; 2];
                 for j in 0..4 {
-                    sm[0][j] = _mm512_add_ps(_mm512_add_ps(mv[j], mv[4 + j]), mv[8 + j]);
-                    sm[1][j] = _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j]);
+                    sm[0][j] = l.add(l.add(mv[j], mv[4 + j]), mv[8 + j]);
+                    sm[1][j] = l.sub(l.sub(mv[4 + j], mv[8 + j]), mv[12 + j]);
                 }
                 // Lane 2q + e of the interleaved pair of row r holds pixel e of tile lane q.
-                let mut halves = [[zero; 2]; 2];
+                let mut halves = [[l.zero(); 2]; 2];
                 for (hr, sr) in halves.iter_mut().zip(&sm) {
-                    let y0 = _mm512_add_ps(_mm512_add_ps(sr[0], sr[1]), sr[2]);
-                    let y1 = _mm512_sub_ps(_mm512_sub_ps(sr[1], sr[2]), sr[3]);
-                    *hr = [
-                        _mm512_permutex2var_ps(y0, lo, y1),
-                        _mm512_permutex2var_ps(y0, hi, y1),
-                    ];
+                    let y0 = l.add(l.add(sr[0], sr[1]), sr[2]);
+                    let y1 = l.sub(l.sub(sr[1], sr[2]), sr[3]);
+                    let (a, b) = l.interleave(y0, y1);
+                    *hr = [a, b];
                 }
                 for &(r, hh, at, km) in stores {
                     let at = base.wrapping_add(at);
                     let mut a = halves[r][hh];
                     if let Some(b) = b {
-                        a = _mm512_add_ps(a, b);
+                        a = l.add(a, b);
                     }
                     if let Some(rs) = res {
                         // SAFETY: the unmasked lanes read pixels of one output row of this
                         // plane.
-                        a = _mm512_add_ps(a, unsafe {
-                            _mm512_maskz_loadu_ps(km, rs.as_ptr().wrapping_add(at))
-                        });
+                        a = l.add(a, unsafe { l.load(km, rs.as_ptr().wrapping_add(at)) });
                     }
                     if store.relu {
-                        // max(0, a) returns `a` when it is NaN or -0, as `if a < 0 { 0 }`.
-                        a = _mm512_max_ps(zero, a);
+                        a = l.relu(a);
                     }
                     // SAFETY: as the residual's load.
-                    unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().wrapping_add(at), km, a) };
+                    unsafe { l.store(y.as_mut_ptr().wrapping_add(at), km, a) };
                 }
             }
         }
@@ -515,18 +566,15 @@ unsafe fn block(
 }
 
 /// `er[0] = 0`, `er[j] = row[2j - 1]` and `or[j] = row[2j]` for `j < er.len()`, zero past
-/// the row's end: the odd and even columns of a row of 32 floats at a time, deinterleaved
+/// the row's end: the odd and even columns of a row, `2 N` floats at a time, deinterleaved
 /// by two permutes.
 ///
 /// # Safety
-/// AVX-512F; `er` and `or` of one length `s` with `2 s >= row.len()`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn split_row(row: &[f32], er: &mut [f32], or: &mut [f32]) {
-    let (w, s) = (row.len(), er.len());
+/// `L`'s instruction set; `er` and `or` of one length `s` with `2 s >= row.len()`.
+#[inline(always)]
+unsafe fn split_row<L: Lanes>(l: L, row: &[f32], er: &mut [f32], or: &mut [f32]) {
+    let (w, s, n) = (row.len(), er.len(), L::N);
     debug_assert!(or.len() == s && 2 * s >= w);
-    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     er[0] = 0.0;
     let mut j0 = 0;
     while j0 < s {
@@ -535,71 +583,25 @@ unsafe fn split_row(row: &[f32], er: &mut [f32], or: &mut [f32]) {
         // SAFETY: lanes `l` with `c0 + l < w` read inside `row`; the rest are masked off.
         let (a, b) = unsafe {
             (
-                _mm512_maskz_loadu_ps(mask(left), row.as_ptr().wrapping_add(c0)),
-                _mm512_maskz_loadu_ps(
-                    mask(left.saturating_sub(16)),
-                    row.as_ptr().wrapping_add(c0 + 16),
+                l.load(l.lanes(0, left.min(n)), row.as_ptr().wrapping_add(c0)),
+                l.load(
+                    l.lanes(0, left.saturating_sub(n).min(n)),
+                    row.as_ptr().wrapping_add(c0 + n),
                 ),
             )
         };
+        let (evens, odds) = l.deinterleave(a, b);
         // Lane i: or[j0 + i] = row[c0 + 2i], er[j0 + 1 + i] = row[c0 + 2i + 1].
-        let n = (s - j0).min(16);
-        // SAFETY: lanes `i < n` write `or[j0 + i]`, `j0 + i < s`; and `er[j0 + 1 + i]` for
+        // SAFETY: lanes `i < min(N, s - j0)` write `or[j0 + i]`; and `er[j0 + 1 + i]` for
         // `j0 + 1 + i < s`.
         unsafe {
-            _mm512_mask_storeu_ps(
-                or.as_mut_ptr().add(j0),
-                mask(n),
-                _mm512_permutex2var_ps(a, evens, b),
-            );
-            _mm512_mask_storeu_ps(
+            l.store(or.as_mut_ptr().add(j0), l.lanes(0, (s - j0).min(n)), evens);
+            l.store(
                 er.as_mut_ptr().add(j0 + 1),
-                mask((s - j0 - 1).min(16)),
-                _mm512_permutex2var_ps(a, odds, b),
+                l.lanes(0, (s - j0 - 1).min(n)),
+                odds,
             );
         }
-        j0 += 16;
-    }
-}
-
-/// `out[r * ld + j] = sum_ci u[ci * ROWS + r] * v[ci * ld + j]` for `r < ROWS`,
-/// `j < 16 * NV`: one fused multiply-add chain per output, in `ci` order.
-///
-/// # Safety
-/// AVX-512F; `u` valid for `cin * ROWS` reads, `v` for rows `ci < cin` of `16 * NV` floats
-/// at stride `ld`, `out` for `ROWS` rows of `16 * NV` floats at stride `ld`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn tile<const NV: usize>(
-    cin: usize,
-    u: *const f32,
-    v: *const f32,
-    ld: usize,
-    out: *mut f32,
-) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; ROWS];
-    let (mut u, mut v) = (u, v);
-    for _ in 0..cin {
-        // SAFETY: the caller's contract; `cin` steps.
-        unsafe {
-            let mut b = [_mm512_setzero_ps(); NV];
-            for (j, bj) in b.iter_mut().enumerate() {
-                *bj = _mm512_loadu_ps(v.add(16 * j));
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*u.add(r));
-                for (j, &bj) in b.iter().enumerate() {
-                    row[j] = _mm512_fmadd_ps(a, bj, row[j]);
-                }
-            }
-            u = u.add(ROWS);
-            v = v.add(ld);
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (j, &val) in row.iter().enumerate() {
-            // SAFETY: the caller's contract.
-            unsafe { _mm512_storeu_ps(out.add(r * ld + 16 * j), val) };
-        }
+        j0 += n;
     }
 }
