@@ -363,7 +363,7 @@ unsafe fn block<L: Lanes>(
     (r0, r1): (usize, usize),
 ) {
     debug_assert_eq!(lay.lanes, L::N);
-    let (th, tw, tp) = (lay.th, lay.tw, lay.tp);
+    let (tw, tp) = (lay.tw, lay.tp);
     let plane = g.h * g.w;
     let images = x.len() / (g.c_in * plane);
     // The block's tiles per image; tile `t` of the image is column `img * tiles + t - first`.
@@ -378,89 +378,11 @@ unsafe fn block<L: Lanes>(
         }
     }
     // Input transform.
-    let s = lay.eo_stride;
-    let hp = 2 * th + 2;
-    let (ev, od) = eo.split_at_mut(hp * s);
     for (img, xi) in x.chunks_exact(g.c_in * plane).enumerate() {
-        for (ci, xp) in xi.chunks_exact(plane).enumerate() {
-            // ev[yp][j] = x[yp - 1][2j - 1], od[yp][j] = x[yp - 1][2j] (zero outside).
-            for yp in 2 * r0..hp.min(2 * r1 + 2) {
-                let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
-                if yp == 0 || yp > g.h {
-                    er.fill(0.0);
-                    or.fill(0.0);
-                    continue;
-                }
-                let row = &xp[(yp - 1) * g.w..][..g.w];
-                // SAFETY: `L`'s instruction set (the caller's contract); `2 s >= w`.
-                unsafe { split_row(l, row, er, or) };
-            }
-            for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
-                let k = l.lanes(0, vec.lanes);
-                // Each run of the vector: the offset of its lane 0 in the planes' rows (the
-                // row of the patch's top, wrapping: lane0 may exceed 2 ty s + tx0) and its
-                // lanes.
-                let mut runs = [(0usize, l.lanes(0, 0)); 16];
-                let mut nr = 0;
-                for sg in vec.segments() {
-                    runs[nr] = (
-                        (2 * sg.ty * s + sg.tx0).wrapping_sub(sg.lane0),
-                        l.lanes(sg.lane0, sg.lane0 + sg.n),
-                    );
-                    nr += 1;
-                }
-                let runs = &runs[..nr];
-                let mut d = [[l.zero(); 4]; 4];
-                for (i, di) in d.iter_mut().enumerate() {
-                    for (c, dc) in di.iter_mut().enumerate() {
-                        let (src, off) = match c {
-                            0 => (&*ev, 0),
-                            1 => (&*od, 0),
-                            2 => (&*ev, 1),
-                            _ => (&*od, 1),
-                        };
-                        let mut val = l.zero();
-                        for &(at, km) in runs {
-                            // SAFETY: the run's lanes `lane0..lane0 + n` read `src[at + lane0
-                            // + i s + off..][..n]`, inside a row of `s = tw + 1` floats; the
-                            // other lanes are masked off.
-                            val = unsafe {
-                                l.load_into(
-                                    val,
-                                    km,
-                                    src.as_ptr().wrapping_add(at.wrapping_add(i * s + off)),
-                                )
-                            };
-                        }
-                        *dc = val;
-                    }
-                }
-                // h = d B (columns), then B^T h (rows).
-                let mut h = [[l.zero(); 4]; 4];
-                for (hi, di) in h.iter_mut().zip(&d) {
-                    hi[0] = l.sub(di[0], di[2]);
-                    hi[1] = l.add(di[1], di[2]);
-                    hi[2] = l.sub(di[2], di[1]);
-                    hi[3] = l.sub(di[1], di[3]);
-                }
-                let t0 = img * tiles + vec.t0 - first;
-                #[allow(clippy::needless_range_loop)] // Column j of every row of h.
-                for j in 0..4 {
-                    let vals = [
-                        l.sub(h[0][j], h[2][j]),
-                        l.add(h[1][j], h[2][j]),
-                        l.sub(h[2][j], h[1][j]),
-                        l.sub(h[1][j], h[3][j]),
-                    ];
-                    for (r, &val) in vals.iter().enumerate() {
-                        let at = (4 * r + j) * lay.vks + ci * tp + t0;
-                        debug_assert!(at + vec.lanes <= v.len());
-                        // SAFETY: the lanes of tiles `t0..t0 + lanes` of row `(k, ci)`.
-                        unsafe { l.store(v.as_mut_ptr().add(at), k, val) };
-                    }
-                }
-            }
-        }
+        // SAFETY: `L`'s instruction set (the caller's contract); `v` holds the 16 matrices
+        // of `Cin` rows of `tp` floats at stride `vks`, the block's tiles from `img *
+        // tiles`.
+        unsafe { input_transform(l, g, lay, xi, eo, v, (lay.vks, tp), img * tiles, (r0, r1)) };
     }
     // The 16 products M[k] = U[k] * V[k].
     let panels = lay.coutp / ROWS;
@@ -559,6 +481,110 @@ unsafe fn block<L: Lanes>(
                     }
                     // SAFETY: as the residual's load.
                     unsafe { l.store(y.as_mut_ptr().wrapping_add(at), km, a) };
+                }
+            }
+        }
+    }
+}
+
+/// The input transform `V = B^T d B` of the tiles in tile rows `rows` of the channels `xi`
+/// (whole `h x w` planes) of one image, `N` tiles at a time (the lanes of a [`TileVec`]):
+/// entry `k = 4 r + j` of the image's tile `t` of channel `ci` goes to `v[k * ks + ci * ld
+/// + t0 + t - rows.0 * tw]`; the lanes past the tiles are left as they are.
+///
+/// # Safety
+/// `L`'s instruction set; `eo` of `lay.eo_len` floats; `v` long enough for every entry
+/// written (`16` matrices of the channels' rows).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform<L: Lanes>(
+    l: L,
+    g: &Conv2d,
+    lay: &Layout,
+    xi: &[f32],
+    eo: &mut [f32],
+    v: &mut [f32],
+    (ks, ld): (usize, usize),
+    t0: usize,
+    (r0, r1): (usize, usize),
+) {
+    let s = lay.eo_stride;
+    let hp = 2 * lay.th + 2;
+    let (ev, od) = eo.split_at_mut(hp * s);
+    for (ci, xp) in xi.chunks_exact(g.h * g.w).enumerate() {
+        // ev[yp][j] = x[yp - 1][2j - 1], od[yp][j] = x[yp - 1][2j] (zero outside).
+        for yp in 2 * r0..hp.min(2 * r1 + 2) {
+            let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
+            if yp == 0 || yp > g.h {
+                er.fill(0.0);
+                or.fill(0.0);
+                continue;
+            }
+            let row = &xp[(yp - 1) * g.w..][..g.w];
+            // SAFETY: `L`'s instruction set (the caller's contract); `2 s >= w`.
+            unsafe { split_row(l, row, er, or) };
+        }
+        for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
+            let k = l.lanes(0, vec.lanes);
+            // Each run of the vector: the offset of its lane 0 in the planes' rows (the row
+            // of the patch's top, wrapping: lane0 may exceed 2 ty s + tx0) and its lanes.
+            let mut runs = [(0usize, l.lanes(0, 0)); 16];
+            let mut nr = 0;
+            for sg in vec.segments() {
+                runs[nr] = (
+                    (2 * sg.ty * s + sg.tx0).wrapping_sub(sg.lane0),
+                    l.lanes(sg.lane0, sg.lane0 + sg.n),
+                );
+                nr += 1;
+            }
+            let runs = &runs[..nr];
+            let mut d = [[l.zero(); 4]; 4];
+            for (i, di) in d.iter_mut().enumerate() {
+                for (c, dc) in di.iter_mut().enumerate() {
+                    let (src, off) = match c {
+                        0 => (&*ev, 0),
+                        1 => (&*od, 0),
+                        2 => (&*ev, 1),
+                        _ => (&*od, 1),
+                    };
+                    let mut val = l.zero();
+                    for &(at, km) in runs {
+                        // SAFETY: the run's lanes `lane0..lane0 + n` read `src[at + lane0 + i
+                        // s + off..][..n]`, inside a row of `s = tw + 1` floats; the other
+                        // lanes are masked off.
+                        val = unsafe {
+                            l.load_into(
+                                val,
+                                km,
+                                src.as_ptr().wrapping_add(at.wrapping_add(i * s + off)),
+                            )
+                        };
+                    }
+                    *dc = val;
+                }
+            }
+            // h = d B (columns), then B^T h (rows).
+            let mut h = [[l.zero(); 4]; 4];
+            for (hi, di) in h.iter_mut().zip(&d) {
+                hi[0] = l.sub(di[0], di[2]);
+                hi[1] = l.add(di[1], di[2]);
+                hi[2] = l.sub(di[2], di[1]);
+                hi[3] = l.sub(di[1], di[3]);
+            }
+            let t = t0 + vec.t0 - r0 * lay.tw;
+            #[allow(clippy::needless_range_loop)] // Column j of every row of h.
+            for j in 0..4 {
+                let vals = [
+                    l.sub(h[0][j], h[2][j]),
+                    l.add(h[1][j], h[2][j]),
+                    l.sub(h[2][j], h[1][j]),
+                    l.sub(h[1][j], h[3][j]),
+                ];
+                for (r, &val) in vals.iter().enumerate() {
+                    let at = (4 * r + j) * ks + ci * ld + t;
+                    debug_assert!(at + vec.lanes <= v.len());
+                    // SAFETY: the lanes of tiles `t..t + lanes` of row `(k, ci)`.
+                    unsafe { l.store(v.as_mut_ptr().add(at), k, val) };
                 }
             }
         }
