@@ -1,6 +1,7 @@
-//! Winograd minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for the forward pass of 3x3,
-//! stride-1, pad-1 convolutions on AVX-512: 16 multiplications per 2x2 output tile and
-//! channel pair instead of the direct convolution's 36.
+//! Winograd minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for the forward pass (here)
+//! and the weight gradient (`weight_grad.rs`) of 3x3, stride-1, pad-1 convolutions on
+//! AVX-512: 16 multiplications per 2x2 output tile and channel pair instead of the direct
+//! convolution's 36.
 //!
 //! Each output tile `(ty, tx)` of an image covers the output pixels `2ty..2ty+2 x
 //! 2tx..2tx+2` and reads the 4x4 input patch at `(2ty - 1, 2tx - 1)` (outside the image:
@@ -25,6 +26,10 @@
 //! Every output is the same sequence of operations whatever the number of threads. The
 //! transforms' entries are 0, +-1 and +-1/2, so the rounding error stays of the order of
 //! the direct sum's.
+
+mod weight_grad;
+
+pub(super) use weight_grad::{weight_grad, WgradLayout};
 
 use crate::error::Result;
 use crate::kernels::conv::{images_per_group, with_scratch, Conv2d, Store};
@@ -67,6 +72,9 @@ pub(super) fn applies(g: &Conv2d) -> bool {
 /// The cut of a geometry into tiles and groups (from the shapes only).
 #[derive(Clone, Copy)]
 pub(super) struct Layout {
+    /// Image rows and columns (of the input and of the output).
+    h: usize,
+    w: usize,
     /// Tile rows and columns per image.
     th: usize,
     tw: usize,
@@ -90,6 +98,8 @@ impl Layout {
         let images = images_per_group(g.n, GROUP_BYTES, per_image, MIN_GROUPS);
         let eo_stride = tw + 1;
         Self {
+            h: g.h,
+            w: g.w,
             th,
             tw,
             images,
@@ -253,6 +263,139 @@ fn mask(n: usize) -> __mmask16 {
     }
 }
 
+/// Splits the plane `xp` (`h x w`) into its even and odd padded columns, rows `yp < 2 th + 2`
+/// of `s = tw + 1` floats each: `ev[yp][j] = x[yp - 1][2j - 1]` and `od[yp][j] = x[yp - 1][2j]`
+/// (zero outside the plane), so that every column of the 4x4 patches of a tile row is a
+/// contiguous run.
+///
+/// # Safety
+/// AVX-512F (only for the code generated; every access is checked).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn split_columns(lay: &Layout, xp: &[f32], eo: &mut [f32]) {
+    let s = lay.eo_stride;
+    let hp = 2 * lay.th + 2;
+    let w = lay.w;
+    let (ev, od) = eo[..2 * hp * s].split_at_mut(hp * s);
+    for yp in 0..hp {
+        let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
+        if yp == 0 || yp > lay.h {
+            er.fill(0.0);
+            or.fill(0.0);
+            continue;
+        }
+        let row = &xp[(yp - 1) * w..][..w];
+        // Pixel 2j goes to od[j], pixel 2j + 1 to er[j + 1]; the columns past the plane
+        // are zero (`s = ceil(w / 2) + 1`).
+        er[0] = 0.0;
+        for ((pair, o), e) in row.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
+            *o = pair[0];
+            *e = pair[1];
+        }
+        let half = w / 2;
+        if w % 2 == 1 {
+            or[half] = row[w - 1];
+            or[half + 1..].fill(0.0);
+        } else {
+            or[half..].fill(0.0);
+        }
+        er[half + 1..].fill(0.0);
+    }
+}
+
+/// Entry `(i, c)` of the 4x4 patches of the tiles of `vec` from a plane split by
+/// [`split_columns`]: lane `q` holds `x[2 ty + i - 1][2 tx + c - 1]` of the lane's tile
+/// (zero outside the plane), the lanes past `vec.lanes` zero.
+///
+/// # Safety
+/// AVX-512F; `eo` split from a plane of the layout's geometry.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn patch_entry(lay: &Layout, eo: &[f32], vec: &TileVec, i: usize, c: usize) -> __m512 {
+    let s = lay.eo_stride;
+    let (ev, od) = eo.split_at((2 * lay.th + 2) * s);
+    let (src, off) = match c {
+        0 => (ev, 0),
+        1 => (od, 0),
+        2 => (ev, 1),
+        _ => (od, 1),
+    };
+    let mut val = _mm512_setzero_ps();
+    for sg in vec.segments() {
+        let at = (2 * sg.ty + i) * s + sg.tx0 + off;
+        debug_assert!(at + sg.n <= src.len());
+        // SAFETY: lanes `lane0..lane0 + n` read `src[at..at + n]`, inside a row of
+        // `s = tw + 1` floats; the other lanes are masked off.
+        val = unsafe {
+            _mm512_mask_loadu_ps(
+                val,
+                sg.mask(),
+                src.as_ptr().wrapping_add(at).wrapping_sub(sg.lane0),
+            )
+        };
+    }
+    val
+}
+
+/// The input transform `V = B^T d B` of every tile of the channels `xi` (whole `h x w`
+/// planes) of one image: entry `k = 4 r + j` of tile `t` of channel `ci` goes to
+/// `v[(k * rows + ci) * ld + t0 + t]`, 16 tiles at a time (the lanes of a [`TileVec`]); the
+/// lanes past the image's tiles are left as they are.
+///
+/// # Safety
+/// AVX-512F; `eo` of `lay.eo_len` floats; `v` holds `16 * rows` rows of `ld` floats,
+/// `rows >=` the channels of `xi` and `t0 + th * tw <= ld`.
+#[target_feature(enable = "avx512f")]
+unsafe fn input_transform(
+    lay: &Layout,
+    xi: &[f32],
+    eo: &mut [f32],
+    v: &mut [f32],
+    rows: usize,
+    ld: usize,
+    t0: usize,
+) {
+    for (ci, xp) in xi.chunks_exact(lay.h * lay.w).enumerate() {
+        // SAFETY: the caller's contract (AVX-512F).
+        unsafe { split_columns(lay, xp, eo) };
+        let eo = &*eo;
+        for vec in lay.vectors() {
+            let k = mask(vec.lanes);
+            let mut d = [[_mm512_setzero_ps(); 4]; 4];
+            for (i, di) in d.iter_mut().enumerate() {
+                for (c, dc) in di.iter_mut().enumerate() {
+                    // SAFETY: `eo` was split from this layout's plane.
+                    *dc = unsafe { patch_entry(lay, eo, &vec, i, c) };
+                }
+            }
+            // h = d B (columns), then B^T h (rows).
+            let mut h = [[_mm512_setzero_ps(); 4]; 4];
+            for (hi, di) in h.iter_mut().zip(&d) {
+                hi[0] = _mm512_sub_ps(di[0], di[2]);
+                hi[1] = _mm512_add_ps(di[1], di[2]);
+                hi[2] = _mm512_sub_ps(di[2], di[1]);
+                hi[3] = _mm512_sub_ps(di[1], di[3]);
+            }
+            let t = t0 + vec.t0;
+            #[allow(clippy::needless_range_loop)] // Column j of every row of h.
+            for j in 0..4 {
+                let vals = [
+                    _mm512_sub_ps(h[0][j], h[2][j]),
+                    _mm512_add_ps(h[1][j], h[2][j]),
+                    _mm512_sub_ps(h[2][j], h[1][j]),
+                    _mm512_sub_ps(h[1][j], h[3][j]),
+                ];
+                for (r, &val) in vals.iter().enumerate() {
+                    let at = ((4 * r + j) * rows + ci) * ld + t;
+                    debug_assert!(at + vec.lanes <= v.len());
+                    // SAFETY: the lanes of tiles `t..t + lanes` of row `(k, ci)`.
+                    unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), k, val) };
+                }
+            }
+        }
+    }
+}
+
 /// One group of images: the input transform, the 16 products, the output transform.
 ///
 /// # Safety
@@ -284,82 +427,9 @@ unsafe fn group(
         }
     }
     // Input transform.
-    let s = lay.eo_stride;
-    let hp = 2 * th + 2;
-    let (ev, od) = eo.split_at_mut(hp * s);
     for (img, xi) in x.chunks_exact(g.c_in * plane).enumerate() {
-        for (ci, xp) in xi.chunks_exact(plane).enumerate() {
-            // ev[yp][j] = x[yp - 1][2j - 1], od[yp][j] = x[yp - 1][2j] (zero outside).
-            for yp in 0..hp {
-                let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
-                if yp == 0 || yp > g.h {
-                    er.fill(0.0);
-                    or.fill(0.0);
-                    continue;
-                }
-                let row = &xp[(yp - 1) * g.w..][..g.w];
-                er[0] = 0.0;
-                for (j, e) in er.iter_mut().enumerate().skip(1) {
-                    *e = row.get(2 * j - 1).copied().unwrap_or(0.0);
-                }
-                for (j, o) in or.iter_mut().enumerate() {
-                    *o = row.get(2 * j).copied().unwrap_or(0.0);
-                }
-            }
-            for vec in lay.vectors() {
-                let k = mask(vec.lanes);
-                let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                for (i, di) in d.iter_mut().enumerate() {
-                    for (c, dc) in di.iter_mut().enumerate() {
-                        let (src, off) = match c {
-                            0 => (&*ev, 0),
-                            1 => (&*od, 0),
-                            2 => (&*ev, 1),
-                            _ => (&*od, 1),
-                        };
-                        let mut val = _mm512_setzero_ps();
-                        for sg in vec.segments() {
-                            let at = (2 * sg.ty + i) * s + sg.tx0 + off;
-                            debug_assert!(at + sg.n <= src.len());
-                            // SAFETY: lanes `lane0..lane0 + n` read `src[at..at + n]`, inside
-                            // a row of `s = tw + 1` floats; the other lanes are masked off.
-                            val = unsafe {
-                                _mm512_mask_loadu_ps(
-                                    val,
-                                    sg.mask(),
-                                    src.as_ptr().wrapping_add(at).wrapping_sub(sg.lane0),
-                                )
-                            };
-                        }
-                        *dc = val;
-                    }
-                }
-                // h = d B (columns), then B^T h (rows).
-                let mut h = [[_mm512_setzero_ps(); 4]; 4];
-                for (hi, di) in h.iter_mut().zip(&d) {
-                    hi[0] = _mm512_sub_ps(di[0], di[2]);
-                    hi[1] = _mm512_add_ps(di[1], di[2]);
-                    hi[2] = _mm512_sub_ps(di[2], di[1]);
-                    hi[3] = _mm512_sub_ps(di[1], di[3]);
-                }
-                let t0 = img * tiles + vec.t0;
-                #[allow(clippy::needless_range_loop)] // Column j of every row of h.
-                for j in 0..4 {
-                    let vals = [
-                        _mm512_sub_ps(h[0][j], h[2][j]),
-                        _mm512_add_ps(h[1][j], h[2][j]),
-                        _mm512_sub_ps(h[2][j], h[1][j]),
-                        _mm512_sub_ps(h[1][j], h[3][j]),
-                    ];
-                    for (r, &val) in vals.iter().enumerate() {
-                        let at = ((4 * r + j) * g.c_in + ci) * tp + t0;
-                        debug_assert!(at + vec.lanes <= v.len());
-                        // SAFETY: the lanes of tiles `t0..t0 + lanes` of row `(k, ci)`.
-                        unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), k, val) };
-                    }
-                }
-            }
-        }
+        // SAFETY: the caller's contract; `v` rows of `tp` floats hold the group's tiles.
+        unsafe { input_transform(lay, xi, eo, v, g.c_in, tp, img * tiles) };
     }
     // The 16 products M[k] = U[k] * V[k].
     let panels = lay.coutp / ROWS;
