@@ -113,9 +113,12 @@ fn wide_geometry() -> impl Strategy<Value = Conv2d> {
 }
 
 /// 3x3, stride-1, pad-1 kernels with at least 32 input and output channels (Winograd
-/// F(2x2, 3x3) on AVX-512): odd sizes (cut last tiles), 1x1 and 2x2 images, tile rows on and
-/// off the 16 lanes, channel counts off the 8-row panels, batch 1, images cut into blocks of
-/// tile rows (32 channels, 31-35 pixels wide).
+/// F(2x2, 3x3) on AVX-512 and AVX2: the forward pass, the input gradient through it and, at
+/// 64 channels and more on AVX-512, the weight gradient, overwritten and accumulated): odd
+/// sizes (cut last tiles), 1x1 and 2x2 images, tile rows on and off the vectors' lanes,
+/// channel counts off the 8-row panels and the 16-lane blocks of the weight gradient's
+/// transposed input, batch 1, images cut into blocks of tile rows (32 channels, 31-35 pixels
+/// wide).
 fn winograd_geometry() -> impl Strategy<Value = Conv2d> {
     (
         (
@@ -416,13 +419,19 @@ fn resnet_mini_layers_match_reference() {
     }
 }
 
-/// The Winograd forward pass (and the input gradient through it) at its edges: 1x1, 2x2
-/// and odd images, a tile row of exactly 16 and of 17 tiles, groups of several images with
-/// a short last group, batch 1, images cut into blocks of tile rows (a short last block; a
-/// tile row of 9; the benchmark model's 32 x 32 layer at 32 channels).
+/// The Winograd forward pass (and the input gradient through it) and weight gradient
+/// (overwritten and accumulated) at their edges: 1x1, 2x2 and odd images, a tile row of
+/// exactly 16 and of 17 tiles, groups of several images with a short last group, batch 1,
+/// images cut into blocks of tile rows (a short last block; a tile row of 9; the benchmark
+/// model's 32 x 32 layer at 32 channels); for the weight gradient also more groups than
+/// chunks (some chunks sum several groups) and input channels in 32-, 16- and partial
+/// 16-lane blocks.
 #[test]
 fn winograd_edges_match_reference() {
     for g in [
+        Conv2d::new(40, 64, 16, 16, 64, 3, 1, 1),
+        Conv2d::new(2, 100, 6, 9, 64, 3, 1, 1),
+        Conv2d::new(2, 81, 3, 3, 65, 3, 1, 1),
         Conv2d::new(1, 64, 1, 1, 64, 3, 1, 1),
         Conv2d::new(3, 64, 2, 2, 72, 3, 1, 1),
         Conv2d::new(2, 65, 3, 5, 64, 3, 1, 1),
@@ -538,8 +547,9 @@ fn bit_identical_for_1_2_3_threads() {
         Conv2d::new(50, 33, 9, 11, 7, 5, 3, 2),
         Conv2d::new(40, 17, 2, 3, 5, 3, 2, 1),
         // Winograd F(2x2, 3x3): many groups of images (the model's 8x8 and 16x16 layers),
-        // odd sizes, a short last group.
+        // odd sizes, a short last group; the weight gradient with more groups than chunks.
         Conv2d::new(33, 128, 8, 8, 128, 3, 1, 1),
+        Conv2d::new(40, 64, 16, 16, 64, 3, 1, 1),
         Conv2d::new(20, 64, 16, 16, 64, 3, 1, 1),
         Conv2d::new(13, 64, 11, 7, 72, 3, 1, 1),
     ] {

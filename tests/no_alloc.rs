@@ -86,8 +86,11 @@ fn gemm_and_conv_allocate_nothing_in_steady_state() {
             // Pointwise strided (the ResNet shortcuts), with whole and padded pixel vectors.
             Conv2d::new(40, 8, 16, 16, 16, 1, 2, 0),
             Conv2d::new(40, 8, 7, 5, 16, 1, 3, 0),
-            // Winograd F(2x2, 3x3) (AVX-512 or AVX2), several groups of images.
+            // Winograd F(2x2, 3x3) (AVX-512 or AVX2), several groups of images: the forward
+            // pass, the input gradient through it and (AVX-512) the weight gradient (one chunk
+            // per group, and more groups than chunks).
             Conv2d::new(20, 64, 8, 8, 64, 3, 1, 1),
+            Conv2d::new(40, 64, 16, 16, 64, 3, 1, 1),
         ] {
             let x = vec![0.1f32; g.x_len()];
             let w = vec![0.2f32; g.w_len()];

@@ -14,12 +14,15 @@
 //!   of a row in the lanes, output channels broadcast, stored straight into NCHW), with the
 //!   same bits.
 //! - Winograd (`winograd/`, AVX-512 and AVX2, 3x3 stride-1 pad-1 kernels with at least 32
-//!   input and output channels: forward pass only, chosen before the direct strategy; the
-//!   weight gradient stays direct): F(2x2, 3x3) (Lavin & Gray 2016), 16 multiplications per
-//!   2x2 output tile instead of 36. Per group of images, the input tiles transformed into 16
-//!   matrices `V[k]`, multiplied by the transformed filters `U[k]` (register tiles),
+//!   input and output channels, chosen before the direct strategy; the weight gradient on
+//!   AVX-512 from 64 channels): F(2x2, 3x3) (Lavin & Gray 2016), 16 multiplications per 2x2
+//!   output tile instead of 36. Forward per group of images: the input tiles transformed into
+//!   16 matrices `V[k]`, multiplied by the transformed filters `U[k]` (register tiles),
 //!   the products transformed back into NCHW with the bias, residual and ReLU in the store.
-//!   The stride-1 input gradient of such a layer runs through it too (`flipped.rs`).
+//!   The stride-1 input gradient of such a layer runs through it too (`flipped.rs`). Weight
+//!   gradient (`winograd/weight_grad.rs`): the transformed output gradient `Z[k]` times the
+//!   transposed `V[k]` summed over every tile of the batch (16 products `dU[k]`, fixed
+//!   chunks of groups of images added in chunk order), then `dW = G^T dU G`.
 //! - Implicit im2col (`im2col/`, the portable path but for pointwise strided kernels, and
 //!   1x1 stride-1 unpadded kernels on every CPU): GEMM with implicit im2col (Chellapilla et
 //!   al. 2006 for the lowering): the GEMM's packers read panels straight from the image.
@@ -274,6 +277,11 @@ pub fn conv2d_backward_weight(
     check_len("conv2d input", x.len(), g.x_len())?;
     check_len("conv2d output gradient", dy.len(), g.y_len())?;
     check_len("conv2d weight gradient", dw.len(), g.w_len())?;
+    #[cfg(target_arch = "x86_64")]
+    if winograd::weight_grad_applies(g) {
+        winograd::weight_grad(g, x, dy, dw, accumulate);
+        return Ok(());
+    }
     match Conv2dImpl::choose(g) {
         #[cfg(target_arch = "x86_64")]
         Conv2dImpl::DirectAvx512 => {

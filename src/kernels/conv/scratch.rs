@@ -1,7 +1,7 @@
 //! How much per-thread scratch the convolution passes of a geometry grow to, for a memory
 //! estimate before a graph is built: the same sizes the strategies ask [`super::with_scratch`]
 //! for (`direct/forward.rs`, `direct/weight_grad.rs`, `im2col/forward.rs`, `flipped.rs`,
-//! `polyphase.rs`, `col2im.rs`, `pointwise_strided.rs`, `winograd.rs`), summed over the
+//! `polyphase.rs`, `col2im.rs`, `pointwise_strided.rs`, `winograd/`), summed over the
 //! buffers of a forward, a weight gradient and an input gradient. Saturating, never
 //! overflowing.
 
@@ -104,6 +104,20 @@ fn padded_len(g: &Conv2d) -> usize {
 }
 
 fn weight_grad(g: &Conv2d) -> Floats {
+    #[cfg(target_arch = "x86_64")]
+    if super::winograd::weight_grad_applies(g) {
+        // WDU (one partial dU per chunk) once; WVT, WZ (a group's transposed input transform
+        // and output gradient transform), WSTAGE and WEO per thread.
+        let wl = super::winograd::WgradLayout::of(g);
+        return Floats {
+            once: wl.chunks.saturating_mul(wl.du_len()),
+            per_thread: wl
+                .vt_len()
+                .saturating_add(wl.z_len())
+                .saturating_add(wl.stage_len())
+                .saturating_add(wl.eo_len()),
+        };
+    }
     match Conv2dImpl::choose(g) {
         #[cfg(target_arch = "x86_64")]
         Conv2dImpl::DirectAvx512 => direct_weight_grad(g, 8, 32),

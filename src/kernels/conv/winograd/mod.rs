@@ -36,7 +36,9 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 mod lanes;
+mod weight_grad;
 use lanes::{Avx2, Avx512, Lanes, ROWS};
+pub(super) use weight_grad::{weight_grad, WgradLayout};
 
 /// Bytes of a group's `V` and `M` (whole images, at least one): about half the L2.
 pub(super) const GROUP_BYTES: usize = 640 * 1024;
@@ -69,6 +71,16 @@ pub(super) fn applies(g: &Conv2d) -> bool {
             crate::kernels::isa(),
             crate::kernels::Isa::Avx512 | crate::kernels::Isa::Avx2Fma
         )
+}
+
+/// Whether the weight gradient of `g` runs here ([`weight_grad`]): a geometry [`applies`]
+/// accepts with at least 64 input and output channels, on AVX-512 (2026-12-08, AMD EPYC KVM,
+/// 2 threads: 1.14-1.22x the direct weight gradient at 64 and 128 channels).
+pub(super) fn weight_grad_applies(g: &Conv2d) -> bool {
+    applies(g)
+        && g.c_in >= 64
+        && g.c_out >= 64
+        && crate::kernels::isa() == crate::kernels::Isa::Avx512
 }
 
 /// Tiles per vector on this CPU's instruction set.
@@ -487,6 +499,91 @@ unsafe fn block<L: Lanes>(
     }
 }
 
+/// Splits the input rows that tile rows `rows` read of one `h x w` plane into its even and
+/// odd columns: `ev[yp][j] = x[yp - 1][2j - 1]`, `od[yp][j] = x[yp - 1][2j]` (zero outside
+/// the plane), the two halves of `eo`.
+///
+/// # Safety
+/// `L`'s instruction set; `eo` of `lay.eo_len` floats.
+#[inline(always)]
+unsafe fn split_plane<L: Lanes>(
+    l: L,
+    g: &Conv2d,
+    lay: &Layout,
+    xp: &[f32],
+    eo: &mut [f32],
+    (r0, r1): (usize, usize),
+) {
+    let s = lay.eo_stride;
+    let hp = 2 * lay.th + 2;
+    let (ev, od) = eo.split_at_mut(hp * s);
+    for yp in 2 * r0..hp.min(2 * r1 + 2) {
+        let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
+        if yp == 0 || yp > g.h {
+            er.fill(0.0);
+            or.fill(0.0);
+            continue;
+        }
+        let row = &xp[(yp - 1) * g.w..][..g.w];
+        // SAFETY: `L`'s instruction set (the caller's contract); `2 s >= w`.
+        unsafe { split_row(l, row, er, or) };
+    }
+}
+
+/// The runs of a tile vector in the split planes: the offset of each run's lane 0 in the
+/// planes' rows (the row of the patch's top, wrapping: lane0 may exceed 2 ty s + tx0) and
+/// its lanes; the first `n` of the 16 entries.
+#[inline(always)]
+fn runs<L: Lanes>(l: L, lay: &Layout, vec: &TileVec) -> ([(usize, L::K); 16], usize) {
+    let mut runs = [(0usize, l.lanes(0, 0)); 16];
+    let mut n = 0;
+    for sg in vec.segments() {
+        runs[n] = (
+            (2 * sg.ty * lay.eo_stride + sg.tx0).wrapping_sub(sg.lane0),
+            l.lanes(sg.lane0, sg.lane0 + sg.n),
+        );
+        n += 1;
+    }
+    (runs, n)
+}
+
+/// Entry `(i, c)` of the 4x4 patches of a tile vector (its `runs`), from a plane split by
+/// [`split_plane`]: `x[2 ty + i - 1][2 tx + c - 1]` in each tile's lane.
+///
+/// # Safety
+/// `L`'s instruction set; `eo` split from a plane of this layout, for the vector's rows.
+#[inline(always)]
+unsafe fn patch_entry<L: Lanes>(
+    l: L,
+    lay: &Layout,
+    eo: &[f32],
+    runs: &[(usize, L::K)],
+    i: usize,
+    c: usize,
+) -> L::V {
+    let s = lay.eo_stride;
+    let (ev, od) = eo.split_at((2 * lay.th + 2) * s);
+    let (src, off) = match c {
+        0 => (ev, 0),
+        1 => (od, 0),
+        2 => (ev, 1),
+        _ => (od, 1),
+    };
+    let mut val = l.zero();
+    for &(at, km) in runs {
+        // SAFETY: the run's lanes `lane0..lane0 + n` read `src[at + lane0 + i s + off..][..n]`,
+        // inside a row of `s = tw + 1` floats; the other lanes are masked off.
+        val = unsafe {
+            l.load_into(
+                val,
+                km,
+                src.as_ptr().wrapping_add(at.wrapping_add(i * s + off)),
+            )
+        };
+    }
+    val
+}
+
 /// The input transform `V = B^T d B` of the tiles in tile rows `rows` of the channels `xi`
 /// (whole `h x w` planes) of one image, `N` tiles at a time (the lanes of a [`TileVec`]):
 /// entry `k = 4 r + j` of the image's tile `t` of channel `ci` goes to `v[k * ks + ci * ld
@@ -508,59 +605,18 @@ unsafe fn input_transform<L: Lanes>(
     t0: usize,
     (r0, r1): (usize, usize),
 ) {
-    let s = lay.eo_stride;
-    let hp = 2 * lay.th + 2;
-    let (ev, od) = eo.split_at_mut(hp * s);
     for (ci, xp) in xi.chunks_exact(g.h * g.w).enumerate() {
-        // ev[yp][j] = x[yp - 1][2j - 1], od[yp][j] = x[yp - 1][2j] (zero outside).
-        for yp in 2 * r0..hp.min(2 * r1 + 2) {
-            let (er, or) = (&mut ev[yp * s..][..s], &mut od[yp * s..][..s]);
-            if yp == 0 || yp > g.h {
-                er.fill(0.0);
-                or.fill(0.0);
-                continue;
-            }
-            let row = &xp[(yp - 1) * g.w..][..g.w];
-            // SAFETY: `L`'s instruction set (the caller's contract); `2 s >= w`.
-            unsafe { split_row(l, row, er, or) };
-        }
+        // SAFETY: the caller's contract.
+        unsafe { split_plane(l, g, lay, xp, eo, (r0, r1)) };
+        let eo = &*eo;
         for vec in lay.vectors().filter(|v| (r0..r1).contains(&v.ty0)) {
             let k = l.lanes(0, vec.lanes);
-            // Each run of the vector: the offset of its lane 0 in the planes' rows (the row
-            // of the patch's top, wrapping: lane0 may exceed 2 ty s + tx0) and its lanes.
-            let mut runs = [(0usize, l.lanes(0, 0)); 16];
-            let mut nr = 0;
-            for sg in vec.segments() {
-                runs[nr] = (
-                    (2 * sg.ty * s + sg.tx0).wrapping_sub(sg.lane0),
-                    l.lanes(sg.lane0, sg.lane0 + sg.n),
-                );
-                nr += 1;
-            }
-            let runs = &runs[..nr];
+            let (runs, nr) = runs(l, lay, &vec);
             let mut d = [[l.zero(); 4]; 4];
             for (i, di) in d.iter_mut().enumerate() {
                 for (c, dc) in di.iter_mut().enumerate() {
-                    let (src, off) = match c {
-                        0 => (&*ev, 0),
-                        1 => (&*od, 0),
-                        2 => (&*ev, 1),
-                        _ => (&*od, 1),
-                    };
-                    let mut val = l.zero();
-                    for &(at, km) in runs {
-                        // SAFETY: the run's lanes `lane0..lane0 + n` read `src[at + lane0 + i
-                        // s + off..][..n]`, inside a row of `s = tw + 1` floats; the other
-                        // lanes are masked off.
-                        val = unsafe {
-                            l.load_into(
-                                val,
-                                km,
-                                src.as_ptr().wrapping_add(at.wrapping_add(i * s + off)),
-                            )
-                        };
-                    }
-                    *dc = val;
+                    // SAFETY: `eo` was split from this plane for the block's rows.
+                    *dc = unsafe { patch_entry(l, lay, eo, &runs[..nr], i, c) };
                 }
             }
             // h = d B (columns), then B^T h (rows).
