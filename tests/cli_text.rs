@@ -284,3 +284,104 @@ fn bad_text_corpora_are_one_line_errors() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("1 cut to 8 tokens"), "{err}");
 }
+
+/// `--subwords`: the vocabulary records the n-gram setting, the checkpoint rebuilds it for
+/// `embed` and `probe`, and two unknown words get different rows (without subword units
+/// both are `<unk>` alone).
+#[test]
+fn subword_units_are_recorded_and_used_by_embed_and_probe() {
+    let dir = TempDir::new("cli-text-subwords");
+    let root = corpus(&dir);
+    let data = format!("text:{}", root.display());
+    let lines = dir.write("oov.txt", b"zebras\nquokkas\n");
+    let mut rows = Vec::new();
+    for (name, subwords) in [("words", "0"), ("sub", "500")] {
+        let run = dir.join(name);
+        let run_s = run.to_str().unwrap();
+        let mut args = vec![
+            "pretrain",
+            "--data",
+            &data,
+            "--out",
+            run_s,
+            "--steps",
+            "6",
+            "--batch",
+            "16",
+            "--encoder",
+            "bow",
+            "--subwords",
+            subwords,
+            "--subword-ngrams",
+            "3-5",
+        ];
+        args.extend_from_slice(SMALL);
+        ok(&args);
+        let vocab: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("vocab.json")).unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+        if subwords == "0" {
+            assert!(vocab.get("subwords").is_none(), "{vocab}");
+        } else {
+            assert_eq!(vocab["subwords"]["buckets"], 500, "{vocab}");
+            assert_eq!(vocab["subwords"]["min_n"], 3, "{vocab}");
+            assert_eq!(vocab["subwords"]["max_n"], 5, "{vocab}");
+            assert_eq!(config["args"]["subwords"], 500, "{config}");
+            assert_eq!(
+                config["encoder"]["vocab"],
+                vocab["words"].as_array().unwrap().len() + 500
+            );
+        }
+        let ckpt = newest_checkpoint(&run);
+        let npy = dir.join(&format!("{name}.npy"));
+        ok(&[
+            "embed",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--sentences",
+            lines.to_str().unwrap(),
+            "--out",
+            npy.to_str().unwrap(),
+        ]);
+        let mut f = std::fs::File::open(&npy).unwrap();
+        let (shape, values) = selfsup::io::npy::read_npy_f32(&mut f).unwrap();
+        assert_eq!(shape, vec![2, 16]);
+        rows.push(values);
+        let mut tsv = String::new();
+        for i in 0..20 {
+            let (label, text) = if i % 2 == 0 {
+                ("food", "The cook tasted the sauces")
+            } else {
+                ("road", "The driver parked the vans")
+            };
+            tsv.push_str(&format!("{label}\t{text} on day {i}.\n"));
+        }
+        let tsv = dir.write(&format!("{name}.tsv"), tsv.as_bytes());
+        let table = ok(&[
+            "probe",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--tsv",
+            tsv.to_str().unwrap(),
+            "--folds",
+            "2",
+            "--labels",
+            "100%",
+        ]);
+        assert!(table.contains("random init"), "{table}");
+    }
+    // Words only: both unknown words are <unk>, the same row; with subwords they differ.
+    assert_eq!(rows[0][..16], rows[0][16..]);
+    assert_ne!(rows[1][..16], rows[1][16..]);
+    fails_with(
+        &[
+            "pretrain",
+            "--method",
+            "quickthought",
+            "--subword-ngrams",
+            "5-3",
+        ],
+        "MIN-MAX",
+    );
+}

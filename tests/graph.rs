@@ -289,6 +289,66 @@ fn sequence_encoder_gradients_match_finite_differences() {
     assert!(e.to_string().contains("tall"), "{e}");
 }
 
+/// The bag-of-words sentence encoder over a vocabulary with subword units: the ids
+/// `Vocab::encode` makes (each word, then its hashed character n-grams), through the
+/// encoder `sentence_encoder` builds, checked by central differences; an unknown word's
+/// n-gram rows get a gradient and its word row (`<unk>`) is shared.
+#[test]
+fn subword_bag_of_words_gradients_match_finite_differences() {
+    use selfsup::nn::{sentence_encoder, SentenceEncoderConfig, SentenceEncoderKind};
+    use selfsup::text::{Subwords, Vocab};
+    let sw = Subwords {
+        buckets: 13,
+        min_n: 3,
+        max_n: 4,
+    };
+    let vocab = Vocab::build(["the cat sat on the mat ."], 1, 100)
+        .unwrap()
+        .with_subwords(sw)
+        .unwrap();
+    let len = 24;
+    let sentences = [
+        "The cat sat.",
+        "A dog barked!",
+        "the mat",
+        "zebras",
+        "",
+        "on the mat the cat sat on",
+    ];
+    let mut ids = vec![0u32; sentences.len() * len];
+    for (s, row) in sentences.iter().zip(ids.chunks_mut(len)) {
+        let e = vocab.encode(s, len);
+        row[..e.len()].copy_from_slice(&e);
+    }
+    let cfg = SentenceEncoderConfig {
+        kind: SentenceEncoderKind::Bow,
+        vocab: vocab.len(),
+        embed_dim: 3,
+        channels: 0,
+        kernel: 1,
+        max_len: len,
+    };
+    let mut b = GraphBuilder::new();
+    let enc = sentence_encoder(&mut b, "f", &cfg, sentences.len()).unwrap();
+    let l = b.linear("fc", enc.h, 3, true, false).unwrap();
+    let loss = b.softmax_cross_entropy("loss", l).unwrap();
+    let mut g = b.build(5).unwrap();
+    g.set_tokens(enc.tokens, &ids).unwrap();
+    g.set_labels(loss, &[0, 1, 2, 1, 0, 2]).unwrap();
+    check_tensors(&mut g, loss, 60, 1e-3, 0.02);
+    // "zebras" is unknown: <unk> and its n-grams' rows all get a gradient.
+    let r = g.param_info()[0].range.clone();
+    let grads = &g.param_grads()[r];
+    let row_moves = |id: u32| {
+        grads[id as usize * 3..id as usize * 3 + 3]
+            .iter()
+            .any(|&v| v != 0.0)
+    };
+    let zebras = vocab.encode("zebras", len);
+    assert!(zebras.len() > 1 && zebras.iter().all(|&id| row_moves(id)));
+    assert!(!row_moves(0), "the padding row gets no gradient");
+}
+
 /// Quick Thoughts' in-batch loss as a graph node: two linear encoders f and g of the same
 /// sentences (and one encoder feeding both sides), previous/next-sentence targets inside
 /// two documents; every parameter against central differences, the loss against a direct

@@ -381,6 +381,59 @@ mod trainer {
         };
         assert_eq!(run(1), run(2));
     }
+
+    /// The bag of words over subword ids ([`Vocab::with_subwords`]) trains to the same
+    /// bits on one and two threads, and its n-gram rows move.
+    #[test]
+    fn subword_training_is_bit_identical_for_one_and_two_threads() {
+        use selfsup::text::Subwords;
+        let train = docs(120, 5);
+        let vocab = Vocab::build(train.iter().flatten(), 2, 5000)
+            .unwrap()
+            .with_subwords(Subwords {
+                buckets: 300,
+                min_n: 3,
+                max_n: 5,
+            })
+            .unwrap();
+        let corpus = Arc::new(TokenizedCorpus::new(&train, &vocab, 96).unwrap());
+        let cfg = QtConfig {
+            encoder: SentenceEncoderConfig {
+                kind: SentenceEncoderKind::Bow,
+                vocab: vocab.len(),
+                embed_dim: 16,
+                channels: 0,
+                kernel: 1,
+                max_len: 96,
+            },
+            batch: 24,
+            objective: QtObjective::InBatch,
+            temperature: 5.0,
+            optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+            schedule: LrSchedule::new(3e-2, 0, 8).unwrap(),
+            seed: 2,
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut t = QtTrainer::new(cfg.clone(), Arc::clone(&corpus)).unwrap();
+                let before = t.graph().params().to_vec();
+                for _ in 0..8 {
+                    t.train_step().unwrap();
+                }
+                (before, t.graph().params().to_vec())
+            })
+        };
+        let (before, one) = run(1);
+        assert_eq!(one, run(2).1);
+        // Some row past the words (an n-gram bucket) of f's table has moved.
+        let w = vocab.word_count() * 16;
+        let moved = (w..vocab.len() * 16).any(|i| one[i] != before[i]);
+        assert!(moved, "no n-gram row moved");
+    }
 }
 
 /// The temperature divides the in-batch logits: the graph's loss at temperature `t` is the

@@ -11,7 +11,8 @@ use selfsup::text::read::{MAX_FILE_BYTES, MIN_DOCUMENT_SENTENCES};
 use selfsup::text::vocab::MAX_VOCAB_SIZE;
 use selfsup::text::{
     builtin_corpus, builtin_document, read_corpus, read_corpus_report, split_sentences, tokenize,
-    topic_of, CorpusConfig, Vocab, MAX_SENTENCE_CHARS, PAD, PAD_TOKEN, TOPICS, UNK, UNK_TOKEN,
+    topic_of, CorpusConfig, Subwords, Vocab, MAX_SENTENCE_CHARS, PAD, PAD_TOKEN, TOPICS, UNK,
+    UNK_TOKEN,
 };
 use selfsup::Error;
 use std::collections::HashSet;
@@ -363,6 +364,107 @@ fn vocab_encodes_with_unk_and_truncation() {
     assert!(v.encode("", 5).is_empty());
     assert_eq!(v.decode(&[v.id("the"), UNK, PAD, 9999]), "the <unk> <unk>");
     assert_eq!(v.id("The"), UNK, "id looks tokens up as given");
+}
+
+/// The n-grams of one token with `min_n..=max_n` characters, as buckets.
+fn buckets_of(sw: &Subwords, token: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    sw.for_each_bucket(token, |b| out.push(b));
+    out
+}
+
+#[test]
+fn subwords_are_fasttext_hashed_character_ngrams() {
+    // 32-bit FNV-1a: "a" is 0xe40c292c, "foobar" 0xbf9cf968 (the published test values).
+    let one = Subwords {
+        buckets: 1 << 22,
+        min_n: 1,
+        max_n: 1,
+    };
+    let fnv_a = 0xe40c_292c_u32 % (1 << 22);
+    // "<a>": "<", "a", ">".
+    assert_eq!(buckets_of(&one, "a")[1], fnv_a);
+    assert_eq!(buckets_of(&one, "a").len(), 3);
+    let six = Subwords {
+        buckets: 1 << 22,
+        min_n: 6,
+        max_n: 6,
+    };
+    // "<foobar>" has 3 six-grams; the middle one is "foobar".
+    assert_eq!(buckets_of(&six, "foobar"), {
+        let mut want = buckets_of(&six, "foobar");
+        want[1] = 0xbf9c_f968 % (1 << 22);
+        want
+    });
+    // Characters, not bytes: "<né>" has 4 characters, so 2 three-grams and 1 four-gram.
+    let sw = Subwords {
+        buckets: 97,
+        min_n: 3,
+        max_n: 6,
+    };
+    assert_eq!(buckets_of(&sw, "né").len(), 3);
+    // "<movie>": 5 + 4 + 3 + 2 n-grams of 3 to 6 characters, every bucket in range.
+    let b = buckets_of(&sw, "movie");
+    assert_eq!(b.len(), 14);
+    assert!(b.iter().all(|&x| x < 97));
+    // Shared n-grams: "movies" repeats the first n-grams of "movie" ("<mo", "mov", ...).
+    assert_eq!(buckets_of(&sw, "movies")[..3], b[..3]);
+    for bad in [
+        Subwords { buckets: 0, ..sw },
+        Subwords { min_n: 0, ..sw },
+        Subwords {
+            min_n: 4,
+            max_n: 3,
+            ..sw
+        },
+        Subwords { max_n: 17, ..sw },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn vocab_with_subwords_encodes_each_token_then_its_ngrams() {
+    let sw = Subwords {
+        buckets: 50,
+        min_n: 3,
+        max_n: 4,
+    };
+    let words = Vocab::build(["the cat sat ."], 1, 100).unwrap();
+    let v = words.clone().with_subwords(sw).unwrap();
+    assert_eq!(v.word_count(), words.len());
+    assert_eq!(v.len(), words.len() + 50);
+    assert_eq!(v.subwords(), Some(sw));
+    let base = v.word_count() as u32;
+    // "the" (known): its id, then "<th", "the", "he>", "<the", "the>".
+    let mut want = vec![v.id("the")];
+    want.extend(buckets_of(&sw, "the").iter().map(|b| base + b));
+    assert_eq!(want.len(), 6);
+    // "dogs" (unknown): UNK, then its own n-grams, so two unknown words differ.
+    want.push(UNK);
+    want.extend(buckets_of(&sw, "dogs").iter().map(|b| base + b));
+    assert_eq!(v.encode("The dogs", 100), want);
+    assert_ne!(v.encode("dogs", 100), v.encode("cats", 100));
+    assert_eq!(words.encode("dogs", 100), words.encode("cats", 100));
+    // max_len counts ids and may cut a token's n-grams.
+    assert_eq!(v.encode("The dogs", 8), want[..8]);
+    assert!(v
+        .encode("The dogs", 100)
+        .iter()
+        .all(|&id| (id as usize) < v.len()));
+    // decode shows the words only.
+    assert_eq!(v.decode(&v.encode("the cat dogs", 100)), "the cat <unk>");
+    // JSON keeps the setting; a vocabulary without it reads as before.
+    let json = v.to_json();
+    assert!(json.contains("\"subwords\""), "{json}");
+    assert_eq!(Vocab::from_json(&json).unwrap(), v);
+    assert_eq!(Vocab::from_json(&words.to_json()).unwrap().subwords(), None);
+    let bad = json.replace("\"buckets\":50", "\"buckets\":0");
+    let err = Vocab::from_json(&bad).unwrap_err().to_string();
+    assert!(err.contains("0 buckets"), "{err}");
+    let bad = json.replace("\"max_n\":4", "\"max_n\":\"x\"");
+    let err = Vocab::from_json(&bad).unwrap_err().to_string();
+    assert!(err.contains("subwords"), "{err}");
 }
 
 #[test]

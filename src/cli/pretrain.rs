@@ -15,7 +15,9 @@ use selfsup::data::Splits;
 use selfsup::dist::Collectives;
 use selfsup::nn::{QtObjective, ResNetConfig, SentenceEncoderConfig, SentenceEncoderKind};
 use selfsup::optim::OptimizerConfig;
-use selfsup::text::{default_max_len, TokenizedCorpus, Vocab};
+use selfsup::text::{
+    default_max_len, Subwords, TokenizedCorpus, Vocab, MAX_SUBWORD_BUCKETS, MAX_SUBWORD_N,
+};
 use selfsup::train::image::{ImageMethod, PretrainConfig, Pretrainer};
 use selfsup::train::text::{QtConfig, QtTrainer, TextRecord, QT_TEMPERATURE, VOCAB_FILE};
 use selfsup::train::{
@@ -323,7 +325,8 @@ pub struct PretrainArgs {
     pub kernel: usize,
 
     /// Tokens per sentence: longer sentences keep their first N (counted in config.json)
-    /// [default: the 99th percentile of the training sentences' lengths, from 4 to 64]
+    /// [default: the 99th percentile of the training sentences' lengths, from 4 to 64; with
+    /// --subwords, of their id counts, up to 1024]
     #[arg(long, value_name = "N", value_parser = width_1024, help_heading = "Quick Thoughts")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_len: Option<usize>,
@@ -343,6 +346,42 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = vocab_size, help_heading = "Quick Thoughts")]
     #[serde(default = "default_vocab_size")]
     pub vocab_size: usize,
+
+    /// Subword units: each token also brings its character n-grams (of <token>, the word
+    /// between boundary marks), hashed into N buckets with embeddings of their own, as
+    /// fastText; the bag of words then averages the words' and the n-grams' vectors, so an
+    /// unknown word is not a blank. 0: words only. --max-len then counts ids (a token and
+    /// its n-grams), and the vocabulary (vocab.json, the checkpoint) records the setting
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = buckets, help_heading = "Quick Thoughts")]
+    #[serde(default)]
+    pub subwords: usize,
+
+    /// The n-gram lengths of --subwords, in characters (boundary marks included)
+    #[arg(long, value_name = "MIN-MAX", default_value = "3-6", value_parser = ngram_range, help_heading = "Quick Thoughts")]
+    #[serde(default = "default_ngrams")]
+    pub subword_ngrams: (usize, usize),
+}
+
+fn default_ngrams() -> (usize, usize) {
+    (3, 6)
+}
+
+fn buckets(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v <= MAX_SUBWORD_BUCKETS => Ok(v),
+        _ => Err(format!(
+            "expected a number of buckets from 0 to {MAX_SUBWORD_BUCKETS}, got '{s}'"
+        )),
+    }
+}
+
+fn ngram_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("expected MIN-MAX with 1 <= MIN <= MAX <= {MAX_SUBWORD_N}, got '{s}'");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+        (Ok(a), Ok(b)) if 1 <= a && a <= b && b <= MAX_SUBWORD_N => Ok((a, b)),
+        _ => Err(bad()),
+    }
 }
 
 fn default_encoder() -> SentenceEncoderKind {
@@ -779,7 +818,16 @@ fn pretrain_text(args: &PretrainArgs) -> Result<()> {
             .with_context(|| format!("--resume: reading {}", vocab_path.display()))?;
         Vocab::from_json(&text).with_context(|| format!("--resume: {}", vocab_path.display()))?
     } else {
-        Vocab::build(data.train.iter().flatten(), args.min_count, args.vocab_size)?
+        let words = Vocab::build(data.train.iter().flatten(), args.min_count, args.vocab_size)?;
+        if args.subwords > 0 {
+            words.with_subwords(Subwords {
+                buckets: args.subwords,
+                min_n: args.subword_ngrams.0,
+                max_n: args.subword_ngrams.1,
+            })?
+        } else {
+            words
+        }
     };
     // A resumed run keeps its sentence length too (the corpus may have changed since).
     let max_len = match (args.max_len, &old) {

@@ -52,4 +52,6 @@ pub use split::{split_sentences, MAX_SENTENCE_CHARS};
 pub use tfidf::TfIdf;
 pub use tokens::{default_max_len, TokenizedCorpus};
 pub use tsv::{parse_labeled_tsv, read_labeled_tsv, LabeledSentences};
-pub use vocab::{tokenize, Vocab, PAD, PAD_TOKEN, UNK, UNK_TOKEN};
+pub use vocab::{
+    tokenize, Subwords, Vocab, MAX_SUBWORD_BUCKETS, MAX_SUBWORD_N, PAD, PAD_TOKEN, UNK, UNK_TOKEN,
+};

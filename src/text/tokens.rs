@@ -15,20 +15,29 @@ fn invalid(msg: String) -> Error {
 
 /// The default `max_len` of `docs`: the 99th percentile of the sentences' token counts,
 /// from 4 to 64 (a static graph pays for every position, so the padding of a generous
-/// bound costs as much as tokens).
+/// bound costs as much as tokens); with [`Subwords`](super::Subwords), of their id counts
+/// (each token's id and its n-grams'), from 4 to [`MAX_SUBWORD_LEN`].
 pub fn default_max_len(docs: &[Vec<String>], vocab: &Vocab) -> usize {
+    let cap = if vocab.subwords().is_some() {
+        MAX_SUBWORD_LEN
+    } else {
+        64
+    };
     let mut lens: Vec<usize> = docs
         .iter()
         .flatten()
-        .map(|s| vocab.encode(s, 65).len())
+        .map(|s| vocab.encode(s, cap + 1).len())
         .collect();
     if lens.is_empty() {
         return 4;
     }
     let k = (lens.len() - 1) * 99 / 100;
     let (_, p99, _) = lens.select_nth_unstable(k);
-    (*p99).clamp(4, 64)
+    (*p99).clamp(4, cap)
 }
+
+/// The largest default `max_len` with subword units (ids per sentence).
+pub const MAX_SUBWORD_LEN: usize = 1024;
 
 /// Documents of sentences as token rows of `max_len` ids (row-major, [`PAD`]-padded).
 #[derive(Clone, Debug)]

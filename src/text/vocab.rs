@@ -4,6 +4,9 @@
 //! [`Vocab`] maps tokens to dense `u32` ids (0 is [`PAD_TOKEN`], 1 is [`UNK_TOKEN`], then
 //! the kept words by descending count), is built from a corpus with [`Vocab::build`] and
 //! saved and loaded as JSON with [`Vocab::to_json`] and [`Vocab::from_json`].
+//! Optionally ([`Vocab::with_subwords`]) each token also brings its hashed character
+//! n-grams, fastText's subword units (Bojanowski et al. 2017): ids past the words, one
+//! per hash bucket, so that an unknown or rare word still has features of its own.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -82,16 +85,93 @@ fn is_combining(c: char) -> bool {
         0x0300..=0x036F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F)
 }
 
+/// The most hash buckets of [`Subwords`].
+pub const MAX_SUBWORD_BUCKETS: usize = 1 << 22;
+/// The longest character n-gram of [`Subwords`].
+pub const MAX_SUBWORD_N: usize = 16;
+
+/// fastText's subword units: the character n-grams of `<token>` (the token between the
+/// boundary marks `<` and `>`), of `min_n` to `max_n` characters, each hashed (32-bit
+/// FNV-1a of its UTF-8 bytes, as fastText) into one of `buckets` ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subwords {
+    pub buckets: usize,
+    pub min_n: usize,
+    pub max_n: usize,
+}
+
+impl Subwords {
+    /// Checks the sizes: 1 to [`MAX_SUBWORD_BUCKETS`] buckets, `1 <= min_n <= max_n <=`
+    /// [`MAX_SUBWORD_N`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.buckets == 0 || self.buckets > MAX_SUBWORD_BUCKETS {
+            return Err(invalid(
+                "Subwords",
+                format!(
+                    "{} buckets: expected 1 to {MAX_SUBWORD_BUCKETS}",
+                    self.buckets
+                ),
+            ));
+        }
+        if self.min_n == 0 || self.min_n > self.max_n || self.max_n > MAX_SUBWORD_N {
+            return Err(invalid(
+                "Subwords",
+                format!(
+                    "n-grams of {} to {} characters: expected 1 <= min <= max <= {MAX_SUBWORD_N}",
+                    self.min_n, self.max_n
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the bucket (below `buckets`) of each character n-gram of `<token>`,
+    /// shortest n-grams first, each length left to right.
+    pub fn for_each_bucket(&self, token: &str, mut f: impl FnMut(u32)) {
+        let mut marked = String::with_capacity(token.len() + 2);
+        marked.push('<');
+        marked.push_str(token);
+        marked.push('>');
+        // Byte offsets of every character, and the end.
+        let mut at: Vec<usize> = marked.char_indices().map(|(i, _)| i).collect();
+        at.push(marked.len());
+        let chars = at.len() - 1;
+        for n in self.min_n..=self.max_n.min(chars) {
+            for i in 0..=chars - n {
+                let gram = &marked.as_bytes()[at[i]..at[i + n]];
+                f((fnv1a(gram) as usize % self.buckets) as u32);
+            }
+        }
+    }
+}
+
+/// The 32-bit FNV-1a hash of `bytes` (fastText's n-gram hash, which casts each byte to a
+/// signed char before the xor; the same for ASCII, kept for its other bytes too).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 2_166_136_261;
+    for &b in bytes {
+        h ^= b as i8 as u32;
+        h = h.wrapping_mul(16_777_619);
+    }
+    h
+}
+
 /// A word-level vocabulary: tokens to dense ids and back.
 ///
-/// Id 0 is [`PAD_TOKEN`], id 1 is [`UNK_TOKEN`], then the words. Every vocabulary holds
-/// both special tokens, so [`len`](Vocab::len) is at least 2.
+/// Id 0 is [`PAD_TOKEN`], id 1 is [`UNK_TOKEN`], then the words; with [`Subwords`], the
+/// hash buckets of the character n-grams follow the words. Every vocabulary holds both
+/// special tokens, so [`len`](Vocab::len) is at least 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vocab {
     /// Id to token: `words[0] == PAD_TOKEN`, `words[1] == UNK_TOKEN`.
     words: Vec<String>,
     /// Token to id, for every entry of `words`.
     index: HashMap<String, u32>,
+    /// The character n-grams each token brings, if any.
+    subwords: Option<Subwords>,
 }
 
 impl Vocab {
@@ -155,7 +235,43 @@ impl Vocab {
             .enumerate()
             .map(|(i, w)| (w.clone(), i as u32))
             .collect();
-        Vocab { words, index }
+        Vocab {
+            words,
+            index,
+            subwords: None,
+        }
+    }
+
+    /// This vocabulary with `subwords`: [`encode`](Vocab::encode) then gives each token's
+    /// id followed by the ids of its character n-grams, `word_count() + bucket`, and
+    /// [`len`](Vocab::len) counts the buckets too.
+    ///
+    /// # Errors
+    /// Invalid sizes ([`Subwords::validate`]), or more ids in all than [`MAX_VOCAB_SIZE`].
+    pub fn with_subwords(mut self, subwords: Subwords) -> Result<Vocab> {
+        subwords.validate()?;
+        if self.words.len() + subwords.buckets > MAX_VOCAB_SIZE {
+            return Err(invalid(
+                "Vocab::with_subwords",
+                format!(
+                    "{} words and {} buckets, above the limit {MAX_VOCAB_SIZE} ids",
+                    self.words.len(),
+                    subwords.buckets
+                ),
+            ));
+        }
+        self.subwords = Some(subwords);
+        Ok(self)
+    }
+
+    /// The subword units, if any.
+    pub fn subwords(&self) -> Option<Subwords> {
+        self.subwords
+    }
+
+    /// The number of words, special tokens included (the ids below the subword buckets).
+    pub fn word_count(&self) -> usize {
+        self.words.len()
     }
 
     /// The id of `token`, or [`UNK`] when it is not in the vocabulary. `token` is looked
@@ -164,7 +280,7 @@ impl Vocab {
         self.index.get(token).copied().unwrap_or(UNK)
     }
 
-    /// The token of `id`, or `None` when `id >= len()`.
+    /// The token of `id`, or `None` when `id >= word_count()` (a subword bucket or outside).
     pub fn word(&self, id: u32) -> Option<&str> {
         self.words.get(id as usize).map(String::as_str)
     }
@@ -174,9 +290,10 @@ impl Vocab {
         &self.words
     }
 
-    /// The number of ids, special tokens included (at least 2).
+    /// The number of ids, special tokens and subword buckets included (at least 2): the
+    /// rows of an embedding table for [`encode`](Vocab::encode)'s ids.
     pub fn len(&self) -> usize {
-        self.words.len()
+        self.words.len() + self.subwords.map_or(0, |s| s.buckets)
     }
 
     /// Always `false`: a vocabulary holds at least its two special tokens.
@@ -185,26 +302,39 @@ impl Vocab {
     }
 
     /// The ids of `sentence`'s tokens ([`tokenize`]), unknown ones as [`UNK`], truncated
-    /// to the first `max_len` tokens (tokens past `max_len` are dropped, not an error).
-    /// No padding is added: the result may be shorter than `max_len`.
+    /// to the first `max_len` ids (ids past `max_len` are dropped, not an error).
+    /// No padding is added: the result may be shorter than `max_len`. With
+    /// [`Subwords`], each token's id is followed by its n-grams' ids
+    /// ([`Subwords::for_each_bucket`] order), and the cut may fall inside a token's
+    /// n-grams.
     pub fn encode(&self, sentence: &str, max_len: usize) -> Vec<u32> {
         let mut ids = Vec::new();
         if max_len == 0 {
             return ids;
         }
+        let base = self.words.len() as u32;
         for_each_token(sentence, |t| {
             if ids.len() < max_len {
                 ids.push(self.id(t));
+                if let Some(sw) = &self.subwords {
+                    sw.for_each_bucket(t, |b| {
+                        if ids.len() < max_len {
+                            ids.push(base + b);
+                        }
+                    });
+                }
             }
         });
         ids
     }
 
     /// The tokens of `ids`, joined by single spaces; ids outside the vocabulary show as
-    /// [`UNK_TOKEN`] and [`PAD`] ids are skipped. For inspection: tokenization is lossy.
+    /// [`UNK_TOKEN`], [`PAD`] and subword ids are skipped. For inspection: tokenization
+    /// is lossy.
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut out = String::new();
-        for &id in ids.iter().filter(|&&id| id != PAD) {
+        let subword = |id: u32| (id as usize) >= self.words.len() && (id as usize) < self.len();
+        for &id in ids.iter().filter(|&&id| id != PAD && !subword(id)) {
             if !out.is_empty() {
                 out.push(' ');
             }
@@ -214,15 +344,19 @@ impl Vocab {
     }
 
     /// The vocabulary as JSON: `{"format":"selfsup-vocab","version":1,"words":[...]}`, the
-    /// tokens in id order (special tokens included), which [`Vocab::from_json`] reads back
-    /// to an equal vocabulary.
+    /// tokens in id order (special tokens included), plus
+    /// `"subwords":{"buckets":B,"min_n":N,"max_n":M}` with subword units, which
+    /// [`Vocab::from_json`] reads back to an equal vocabulary.
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "format": FORMAT,
             "version": VERSION,
             "words": self.words,
-        })
-        .to_string()
+        });
+        if let Some(sw) = &self.subwords {
+            v["subwords"] = serde_json::json!(sw);
+        }
+        v.to_string()
     }
 
     /// Reads a vocabulary written by [`Vocab::to_json`].
@@ -303,7 +437,12 @@ impl Vocab {
                 ),
             ));
         }
-        let vocab = Self::from_words_unchecked(words);
+        let mut vocab = Self::from_words_unchecked(words);
+        if let Some(sw) = obj.get("subwords") {
+            let sw: Subwords = serde_json::from_value(sw.clone())
+                .map_err(|e| invalid(OP, format!("field \"subwords\": {e}")))?;
+            vocab = vocab.with_subwords(sw)?;
+        }
         if vocab.index.len() != vocab.words.len() {
             let mut seen = std::collections::HashSet::new();
             let dup = vocab.words.iter().find(|w| !seen.insert(w.as_str()));
