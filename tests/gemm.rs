@@ -273,6 +273,31 @@ fn deep_and_wide_cross_every_block_boundary() {
     }
 }
 
+#[test]
+fn tall_row_major_a_matches_reference() {
+    // Many rows per thread (each thread packs its own B) and a row-major A, packed one cache
+    // line of its rows at a time: a row stride of 1024 floats (rows aligned to a line) and
+    // one of 520 (rows starting mid-line), with a last partial panel and a depth tail.
+    for (m, n, k) in [(1030, 70, 1024), (1100, 300, 520)] {
+        for beta in [0.0, 0.5] {
+            let c = Case {
+                m,
+                n,
+                k,
+                la: Layout::RowMajor,
+                lb: Layout::RowMajor,
+                lc: Layout::RowMajor,
+                ta: false,
+                tb: false,
+                alpha: 0.75,
+                beta,
+                seed: (m + n + k) as u64,
+            };
+            check(&c).unwrap();
+        }
+    }
+}
+
 fn run_in_pool(threads: usize, m: usize, n: usize, k: usize, beta: f32) -> Vec<u32> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -303,6 +328,8 @@ fn bit_identical_for_1_2_3_threads() {
         (1000, 37, 520),
         (5, 4200, 27),
         (145, 33, 1),
+        (1100, 300, 520),
+        (1024, 64, 1024),
     ] {
         for beta in [0.0, 0.5] {
             let one = run_in_pool(1, m, n, k, beta);

@@ -36,6 +36,24 @@ impl MicroKernel for Avx512 {
     }
 }
 
+/// Expands `$m!(i)` for the twelve rows `i = 0 .. 12` of the GEMM tile.
+macro_rules! each_row {
+    ($m:ident) => {
+        $m!(0);
+        $m!(1);
+        $m!(2);
+        $m!(3);
+        $m!(4);
+        $m!(5);
+        $m!(6);
+        $m!(7);
+        $m!(8);
+        $m!(9);
+        $m!(10);
+        $m!(11);
+    };
+}
+
 /// # Safety
 /// See [`MicroKernel::kernel`]; AVX-512F must be available.
 #[target_feature(enable = "avx512f")]
@@ -52,11 +70,14 @@ unsafe fn kernel_12x32(
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; 12];
     if csc == 1 {
-        // Start fetching the C tile now, so the update at the end does not wait on memory.
+        // Start fetching the C tile now, so the update at the end does not wait on memory;
+        // into L2, not L1: with a row stride of a multiple of 4 KiB (1024 or 2048 columns)
+        // the twelve rows fall in the same L1 sets, and fetched there this early they
+        // evicted each other and lines of the B panel before the update read them.
         for i in 0..12 {
             let row = c.wrapping_add(i * rsc);
-            _mm_prefetch::<_MM_HINT_T0>(row.cast::<i8>());
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(31).cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T1>(row.cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(31).cast::<i8>());
         }
     }
 
@@ -88,37 +109,46 @@ unsafe fn kernel_12x32(
         step!();
     }
 
+    // The rows are written out by a macro with constant indices, not a loop: indexing the
+    // accumulators with a loop variable kept them in a stack array (zeroed by a call to
+    // memset and spilled after the depth loop, on every call).
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
     if csc == 1 {
-        for (i, row) in acc.iter().enumerate() {
-            // SAFETY: the caller guarantees the tile `c + i*rsc + j`, j < 32, is valid.
-            unsafe {
-                let cp = c.add(i * rsc);
-                let mut r0 = _mm512_mul_ps(va, row[0]);
-                let mut r1 = _mm512_mul_ps(va, row[1]);
-                if beta != 0.0 {
-                    r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cp), r0);
-                    r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cp.add(16)), r1);
+        macro_rules! store_row {
+            ($i:literal) => {
+                // SAFETY: the caller guarantees the tile `c + i*rsc + j`, j < 32, is valid.
+                unsafe {
+                    let cp = c.add($i * rsc);
+                    let mut r0 = _mm512_mul_ps(va, acc[$i][0]);
+                    let mut r1 = _mm512_mul_ps(va, acc[$i][1]);
+                    if beta != 0.0 {
+                        r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cp), r0);
+                        r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cp.add(16)), r1);
+                    }
+                    _mm512_storeu_ps(cp, r0);
+                    _mm512_storeu_ps(cp.add(16), r1);
                 }
-                _mm512_storeu_ps(cp, r0);
-                _mm512_storeu_ps(cp.add(16), r1);
-            }
+            };
         }
+        each_row!(store_row);
     } else {
         let mut t = [0.0f32; 32];
-        for (i, row) in acc.iter().enumerate() {
-            // SAFETY: `t` holds 32 floats; the tile `c + i*rsc + j*csc`, j < 32, is valid.
-            unsafe {
-                _mm512_storeu_ps(t.as_mut_ptr(), _mm512_mul_ps(va, row[0]));
-                _mm512_storeu_ps(t.as_mut_ptr().add(16), _mm512_mul_ps(va, row[1]));
-                for (j, &v) in t.iter().enumerate() {
-                    let cp = c.add(i * rsc + j * csc);
-                    // Same rounding as the vector path: one fused multiply-add.
-                    *cp = if beta != 0.0 { beta.mul_add(*cp, v) } else { v };
+        macro_rules! store_row {
+            ($i:literal) => {
+                // SAFETY: `t` holds 32 floats; the tile `c + i*rsc + j*csc`, j < 32, is valid.
+                unsafe {
+                    _mm512_storeu_ps(t.as_mut_ptr(), _mm512_mul_ps(va, acc[$i][0]));
+                    _mm512_storeu_ps(t.as_mut_ptr().add(16), _mm512_mul_ps(va, acc[$i][1]));
+                    for (j, &v) in t.iter().enumerate() {
+                        let cp = c.add($i * rsc + j * csc);
+                        // Same rounding as the vector path: one fused multiply-add.
+                        *cp = if beta != 0.0 { beta.mul_add(*cp, v) } else { v };
+                    }
                 }
-            }
+            };
         }
+        each_row!(store_row);
     }
 }
 

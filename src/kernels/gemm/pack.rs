@@ -69,15 +69,39 @@ fn copy_run(width: usize, dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Floats per cache line: the rows are interleaved one line-sized chunk at a time.
+const LINE: usize = 16;
+
 /// `dst[p * R + i] = rows[i][p]`: R equally long rows interleaved k-major.
+///
+/// Walked one cache line of each row at a time (all R rows over one `LINE`-float chunk of
+/// `p`, then the next chunk), not one `p` across all rows: with a power-of-two row stride
+/// the R rows map to the same L1 set, and reading them element by element in lockstep
+/// evicted each line before its next element was read (R > the ways of the set).
 #[inline]
 fn interleave_rows<const R: usize>(rows: [&[f32]; R], dst: &mut [f32]) {
     let kc = dst.len() / R;
     // Bounds known up front let the compiler drop the per-element checks.
     let rows: [&[f32]; R] = std::array::from_fn(|i| &rows[i][..kc]);
-    for (p, d) in dst.chunks_exact_mut(R).enumerate() {
+    // Chunks start at a line boundary of row 0 (every row, when the stride is a multiple of
+    // a line, the case this ordering is for), so each chunk reads one line per row.
+    let head = (rows[0].as_ptr().align_offset(4 * LINE) % LINE).min(kc);
+    let body = head + (kc - head) / LINE * LINE;
+    let column = |p: usize, d: &mut [f32]| {
         for i in 0..R {
             d[i] = rows[i][p];
+        }
+    };
+    for p in (0..head).chain(body..kc) {
+        column(p, &mut dst[p * R..][..R]);
+    }
+    for p0 in (head..body).step_by(LINE) {
+        let d = &mut dst[p0 * R..][..LINE * R];
+        for (i, row) in rows.iter().enumerate() {
+            let src: &[f32; LINE] = row[p0..p0 + LINE].try_into().expect("a chunk of a row");
+            for (q, &v) in src.iter().enumerate() {
+                d[q * R + i] = v;
+            }
         }
     }
 }
