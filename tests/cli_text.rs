@@ -16,6 +16,26 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `selfsup embed --checkpoint CKPT --sentences LINES --out NPY`, then the `.npy` it wrote:
+/// its shape and values.
+fn embed_sentences(
+    ckpt: &str,
+    lines: &std::path::Path,
+    npy: &std::path::Path,
+) -> (Vec<usize>, Vec<f32>) {
+    ok(&[
+        "embed",
+        "--checkpoint",
+        ckpt,
+        "--sentences",
+        lines.to_str().unwrap(),
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    let mut f = std::fs::File::open(npy).unwrap();
+    selfsup::io::npy::read_npy_f32(&mut f).unwrap()
+}
+
 /// Asserts exit status 2 and one `error:` line on stderr containing `want`.
 fn fails_with(args: &[&str], want: &str) {
     let out = selfsup(args);
@@ -124,17 +144,7 @@ fn pretrain_embed_probe_and_neighbors_on_a_text_folder() {
         b"The cook stirred the soup.\n\nThe driver drove north.\n",
     );
     let npy = dir.join("sent.npy");
-    ok(&[
-        "embed",
-        "--checkpoint",
-        ckpt_s,
-        "--sentences",
-        lines.to_str().unwrap(),
-        "--out",
-        npy.to_str().unwrap(),
-    ]);
-    let mut f = std::fs::File::open(&npy).unwrap();
-    let (shape, values) = selfsup::io::npy::read_npy_f32(&mut f).unwrap();
+    let (shape, values) = embed_sentences(ckpt_s, &lines, &npy);
     assert_eq!(shape, vec![3, 32]);
     assert!(values.iter().all(|v| v.is_finite()));
     assert_ne!(values[..32], values[64..]);
@@ -335,17 +345,7 @@ fn subword_units_are_recorded_and_used_by_embed_and_probe() {
         }
         let ckpt = newest_checkpoint(&run);
         let npy = dir.join(&format!("{name}.npy"));
-        ok(&[
-            "embed",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--sentences",
-            lines.to_str().unwrap(),
-            "--out",
-            npy.to_str().unwrap(),
-        ]);
-        let mut f = std::fs::File::open(&npy).unwrap();
-        let (shape, values) = selfsup::io::npy::read_npy_f32(&mut f).unwrap();
+        let (shape, values) = embed_sentences(ckpt.to_str().unwrap(), &lines, &npy);
         assert_eq!(shape, vec![2, 16]);
         rows.push(values);
         let mut tsv = String::new();
