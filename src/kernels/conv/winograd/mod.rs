@@ -92,6 +92,12 @@ fn lanes() -> usize {
     }
 }
 
+/// Whether a vector of `lanes` tiles holds whole tile rows of `tw` tiles (else runs of one
+/// row): when a row has at most half as many tiles as the vector.
+fn rows_per_vector(tw: usize, lanes: usize) -> bool {
+    tw <= lanes / 2
+}
+
 /// The cut of a geometry into tiles and groups (from the shapes only).
 #[derive(Clone, Copy)]
 pub(super) struct Layout {
@@ -129,11 +135,12 @@ impl Layout {
         // An image whose V and M exceed the budget is cut into blocks of whole tile rows
         // (when its tile rows are vectors of their own).
         let lanes = lanes();
-        let block_rows = if images == 1 && tw > lanes / 2 && per_tile * tiles > GROUP_BYTES {
-            (GROUP_BYTES / (per_tile * tw)).clamp(1, th)
-        } else {
-            th
-        };
+        let block_rows =
+            if images == 1 && !rows_per_vector(tw, lanes) && per_tile * tiles > GROUP_BYTES {
+                (GROUP_BYTES / (per_tile * tw)).clamp(1, th)
+            } else {
+                th
+            };
         let eo_stride = tw + 1;
         let tp = (images * block_rows * tw).next_multiple_of(16);
         Self {
@@ -167,16 +174,12 @@ impl Layout {
     pub fn m_len(&self) -> usize {
         16 * self.mks
     }
-    /// Whether a vector holds whole tile rows (else runs of one row).
-    fn rows_per_vector(&self) -> bool {
-        self.tw <= self.lanes / 2
-    }
     /// The vectors of an image's tiles in order: whole tile rows, as many as fit the lanes,
     /// when a row has at most half as many tiles; else runs of at most a vector's lanes of
     /// one row.
     fn vectors(&self) -> impl Iterator<Item = TileVec> + '_ {
         let (th, tw, lanes) = (self.th, self.tw, self.lanes);
-        let whole = self.rows_per_vector();
+        let whole = rows_per_vector(tw, lanes);
         let rows = if whole { lanes / tw } else { 1 };
         let per_row = if whole { 1 } else { tw.div_ceil(lanes) };
         (0..th.div_ceil(rows) * per_row).map(move |v| {
